@@ -1,0 +1,5 @@
+"""``python -m d4p_hpc`` is the ``d4p-hpc`` command."""
+
+from d4p_hpc.cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""The ``d4p-hpc`` command: options in, library calls out.
+
+Exit codes follow click: 0 success, 1 a failure while working, 2 bad input or
+usage (nothing ran); a run stopped by a signal exits 128 + signal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from d4p_hpc import __version__
+from d4p_hpc.errors import D4pHpcError
+
+
+class _Group(click.Group):
+    """Turns every D4pHpcError into ``Error: message`` and its exit code, in one place."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except D4pHpcError as err:
+            exc = click.ClickException(str(err))
+            exc.exit_code = err.exit_code
+            raise exc from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="d4p-hpc")
+def main() -> None:
+    """Run dispel4py workflows locally or as Slurm/PBS jobs."""
+
+
+@main.command()
+@click.argument("graph")
+@click.option("-m", "--mapping", default="simple", show_default=True,
+              help="simple, multi, mpi, dyn_multi, dyn_auto_multi, dyn_redis, dyn_auto_redis or hybrid_redis.")
+@click.option("-n", "--processes", type=click.IntRange(min=1),
+              help="Processes, MPI ranks or workers [default: 1 for simple, else the number of cores].")
+@click.option("-a", "--attr", help="Name of the graph variable in GRAPH (default: its only WorkflowGraph).")
+@click.option("-i", "--iterations", type=click.IntRange(min=0), help="Feed each root PE N times [default: 1].")
+@click.option("-d", "--data", help='Inputs as JSON: {"PE": [{"input": ...}, ...]} or {"PE": N}.')
+@click.option("-f", "--file", "data_file", type=click.Path(dir_okay=False), help="Inputs as a JSON file.")
+@click.option("--results", type=click.Path(file_okay=False),
+              help="Results directory [default: ./d4p-results/<graph>-<mapping>-<time>].")
+@click.option("--redis", "redis_url", help="Use this Redis (redis://[:password@]host:port) instead of a per-run one.")
+@click.option("--redis-connection", type=click.Path(dir_okay=False),
+              help="Connection file of a running per-job Redis (written by d4p_hpc.mappings.redis_server).")
+@click.option("--external-workers", is_flag=True,
+              help="Redis mappings: workers are started elsewhere (a job script); start none here.")
+@click.option("--redis-server", "redis_server", help="redis-server binary [default: from PATH].")
+def run(graph: str, mapping: str, processes: int | None, attr: str | None, iterations: int | None,
+        data: str | None, data_file: str | None, results: str | None, redis_url: str | None,
+        redis_connection: str | None, external_workers: bool, redis_server: str | None) -> None:
+    """Run GRAPH here, with no scheduler, and write a results directory."""
+    from d4p_hpc import mappings
+    from d4p_hpc.loader import default_results, parse_inputs
+    from d4p_hpc.mappings import runner
+
+    mappings.check(mapping)
+    raw = parse_inputs(iterations, data, data_file)
+    options = {"redis_url": redis_url, "redis_connection": redis_connection,
+               "external_workers": external_workers, "redis_server": redis_server}
+    results_dir = results or default_results(graph, mapping)
+    if mapping == "mpi":
+        from d4p_hpc.mappings import mpi
+
+        if not mpi.inside_mpi_world():
+            n = processes or os.cpu_count() or 1
+            runner.prepare(graph, attr, mapping, n, raw, results_dir, options)  # bad input fails here, not in N ranks
+            _launch_mpi(n, results_dir)
+            return
+        from mpi4py import MPI
+
+        processes = MPI.COMM_WORLD.Get_size()
+    n = 1 if mapping == "simple" else processes or os.cpu_count() or 1
+    ctx = runner.prepare(graph, attr, mapping, n, raw, results_dir, options)
+    for notice in ctx.plan.notices if mapping != "simple" else []:
+        click.echo(f"notice: {notice}", err=True)
+    module = mappings.load(mapping)
+    record = module.run(ctx)
+    if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):
+        _summary(ctx.results, record)
+    getattr(module, "exit", sys.exit)(record["exit_code"])
+
+
+def _launch_mpi(n: int, results_dir: str) -> None:
+    """Re-run this very command under ``mpiexec -n N``; rank 0 writes, this process summarises."""
+    import subprocess
+    from pathlib import Path
+
+    from d4p_hpc import results as rd
+    from d4p_hpc.mappings.mpi import launcher_argv
+
+    args = sys.argv[1:]
+    if "--results" not in args and not any(a.startswith("--results=") for a in args):
+        args += ["--results", str(results_dir)]
+    env = dict(os.environ, D4P_HPC_QUIET="1")
+    code = subprocess.call(launcher_argv(n) + [sys.executable, "-m", "d4p_hpc"] + args, env=env)
+    record = rd.read_run(results_dir)
+    if record is None:
+        raise D4pHpcError(f"mpiexec exited with {code} before the run started; see the messages above")
+    _summary(Path(results_dir), record)
+    sys.exit(record["exit_code"] if record.get("exit_code") is not None else code or 1)
+
+
+def _summary(results_dir, record: dict) -> None:
+    from d4p_hpc import results as rd
+
+    metrics = rd.read_metrics(results_dir) or {}
+    state = record["state"]
+    rate = metrics.get("items_per_second")
+    click.echo(f"{state} in {record.get('wall_seconds', 0):.2f} s: {metrics.get('items', 0)} items"
+               + (f", {rate:,.0f} items/s" if rate else "")
+               + f" ({record['mapping']}, {record['processes']} processes)")
+    if record.get("error"):
+        err = record["error"]
+        click.echo(f"PE {err.get('pe')} failed (process {err.get('process')}):\n{err.get('traceback', '')}",
+                   err=True)
+    outputs = rd.list_outputs(results_dir)
+    click.echo(f"results: {results_dir}")
+    for pe, output in outputs:
+        click.echo(f"  {pe}.{output}: {rd.count_items(results_dir, pe, output)} items")
+    click.echo(f"logs: {results_dir}/{rd.LOGS}/")

@@ -1,0 +1,68 @@
+"""The d4p-hpc error hierarchy.
+
+Every error a user can cause derives from :class:`D4pHpcError`. Messages say
+what to do next. ``exit_code`` follows click: 2 for bad input or usage (and
+nothing ran), 1 for a failure while doing the work.
+"""
+
+from __future__ import annotations
+
+
+class D4pHpcError(Exception):
+    """Base of all d4p-hpc errors; ``str(err)`` is a complete, actionable message."""
+
+    exit_code = 1
+
+
+class UsageError(D4pHpcError):
+    """Bad input from the user, found before anything ran."""
+
+    exit_code = 2
+
+
+class GraphError(UsageError):
+    """The graph file cannot be loaded, or holds no (or several) graphs."""
+
+
+class InputsError(UsageError):
+    """``-i``/``-d``/``-f`` inputs are malformed or name PEs the graph lacks."""
+
+
+class UnknownMappingError(UsageError):
+    """A mapping name that does not exist."""
+
+
+class MappingError(UsageError):
+    """The graph cannot run under the chosen mapping (e.g. stateful PE under dyn_multi)."""
+
+
+class SpecError(UsageError):
+    """A job specification value is invalid."""
+
+
+class RenderError(D4pHpcError):
+    """A job script template could not be rendered."""
+
+
+class SubmitError(D4pHpcError):
+    """The scheduler refused or failed a command."""
+
+    def __init__(self, message: str, cmd: list[str] | None = None, returncode: int | None = None,
+                 stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.cmd = cmd
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class RedisError(D4pHpcError):
+    """The per-job Redis could not be started, reached or authenticated."""
+
+
+class JobNotFoundError(UsageError):
+    """A job id or results directory that d4p-hpc cannot find."""
+
+
+class RunFailed(D4pHpcError):
+    """A workflow run ended FAILED, CANCELLED or TIMEOUT; ``run.json`` holds the details."""

@@ -1,0 +1,406 @@
+"""The routing and termination core shared by every mapping.
+
+One :class:`Runtime` runs in each process (or MPI rank) and hosts the PE
+instances the plan places there. Data for an instance in the same process is
+handed over by a direct call (depth first, so memory stays bounded however
+many items one ``process`` call writes); data for another process is put in a
+per-destination outbox and sent as one pickled batch (protocol 5) when the
+box is full, or before the process would wait for input.
+
+Termination is end-of-stream accounting, never an idle timeout: when an
+instance has finished (roots: after their last input; others: after
+``postprocess``) it sends one end-of-stream marker to every instance of every
+downstream PE, after its data on the same ordered channel. An instance runs
+``postprocess`` exactly once, when it has the markers of all its upstream
+instances.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from d4p_hpc import results as rd
+from d4p_hpc.mappings.plan import Plan, PENode, group_key, stable_hash
+from d4p_hpc.workflow import WRITER
+
+BATCH_ITEMS = 256
+BATCH_BYTES = 4 << 20
+SINK_FLUSH_SECONDS = 1.0
+
+
+class PEFailed(BaseException):
+    """A PE raised. BaseException, so a PE's own ``except Exception`` around ``write`` cannot swallow it."""
+
+    def __init__(self, pe: str, tb: str) -> None:
+        super().__init__(f"PE {pe} failed")
+        self.pe = pe
+        self.traceback = tb
+
+
+class Interrupted(BaseException):
+    """A signal asked the run to stop: ``state`` is CANCELLED or TIMEOUT."""
+
+    def __init__(self, state: str, signum: int) -> None:
+        super().__init__(state)
+        self.state = state
+        self.signum = signum
+
+
+SIGNAL_STATES = {signal.SIGTERM: "CANCELLED", signal.SIGINT: "CANCELLED", signal.SIGUSR1: "TIMEOUT"}
+
+
+def raise_on_signals() -> None:
+    """Turn SIGTERM/SIGINT (cancel) and SIGUSR1 (walltime near) into :class:`Interrupted`."""
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(SIGNAL_STATES[signum], signum)
+    for signum in SIGNAL_STATES:
+        signal.signal(signum, handler)
+
+
+def ignore_signals() -> None:
+    """Stop turning signals into exceptions (while flushing results)."""
+    for signum in SIGNAL_STATES:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+@contextmanager
+def redirect_output(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors too) to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _json_safe(o: Any) -> bool:
+    t = type(o)
+    if t is str or t is int or t is bool or o is None:
+        return True
+    if t is float:
+        return math.isfinite(o)
+    if t is list or t is tuple:
+        return all(_json_safe(x) for x in o)
+    if t is dict:
+        return all(type(k) is str and _json_safe(v) for k, v in o.items())
+    return False
+
+
+class Sink:
+    """Writes the items of unconnected outputs to this process's part files."""
+
+    def __init__(self, results: Path, proc: int) -> None:
+        self.results = results
+        self.proc = proc
+        self._files: dict[tuple[str, str, str], Any] = {}
+        self._last_flush = time.monotonic()
+        self._writes = 0
+
+    def _file(self, pe: str, output: str, kind: str) -> Any:
+        fh = self._files.get((pe, output, kind))
+        if fh is None:
+            d = rd.make_private_dir(rd.output_dir(self.results, pe, output))
+            path = d / f"part-{self.proc:05d}.{kind}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fh = os.fdopen(fd, "a" if kind == "jsonl" else "ab")
+            self._files[(pe, output, kind)] = fh
+        return fh
+
+    def write(self, pe: str, output: str, data: Any) -> None:
+        if _json_safe(data):
+            self._file(pe, output, "jsonl").write(json.dumps(data) + "\n")
+        else:
+            pickle.dump(data, self._file(pe, output, "pickle"), protocol=5)
+        self._writes += 1
+        if self._writes & 255 == 0 and time.monotonic() - self._last_flush > SINK_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Push buffered items to the files, so a killed job keeps what it produced."""
+        for fh in self._files.values():
+            fh.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+
+class Instance:
+    """One PE instance in this process, with its counters."""
+
+    __slots__ = ("gid", "node", "index", "pe", "routes", "eos_left", "done",
+                 "items_in", "items_out", "busy")
+
+    def __init__(self, gid: int, node: PENode, pe: Any, eos: int) -> None:
+        self.gid = gid
+        self.node = node
+        self.index = gid - node.first_gid
+        self.pe = pe
+        self.routes: dict[str, list[Route]] = {}
+        self.eos_left = eos
+        self.done = False
+        self.items_in = 0
+        self.items_out = 0
+        self.busy = 0.0
+
+    def stats(self, proc: int) -> dict:
+        return {"pe": self.node.key, "instance": self.index, "process": proc, "items_in": self.items_in,
+                "items_out": self.items_out, "busy_seconds": round(self.busy, 6)}
+
+
+class Route:
+    """Picks the destination instances of one item on one connection, from one sender instance."""
+
+    __slots__ = ("input", "gids", "mode", "fields", "next")
+
+    def __init__(self, input_name: str, gids: range, grouping: Any, sender: int) -> None:
+        self.input = input_name
+        self.gids = tuple(gids)
+        self.fields = grouping if isinstance(grouping, list) else None
+        if grouping == "all":
+            self.mode = "all"
+        elif grouping == "global" or len(self.gids) == 1:
+            self.mode = "one"
+        elif self.fields is not None:
+            self.mode = "key"
+        else:
+            self.mode = "shuffle"
+        # senders start at different instances, so several senders do not all hit instance 0 first
+        self.next = sender % len(self.gids)
+
+    def targets(self, data: Any) -> tuple:
+        mode = self.mode
+        if mode == "one":
+            return self.gids[:1]
+        if mode == "all":
+            return self.gids
+        if mode == "key":
+            return (self.gids[stable_hash(group_key(data, self.fields)) % len(self.gids)],)
+        i = self.next
+        self.next = (i + 1) % len(self.gids)
+        return (self.gids[i],)
+
+
+class Transport(Protocol):
+    """Moves pickled batches between the processes of one run, in order per pair of processes."""
+
+    def send(self, proc: int, payload: bytes) -> None:
+        """Send to process ``proc``; may block while the receiver is behind (backpressure)."""
+
+    def recv(self, block: bool) -> bytes | None:
+        """Next batch for this process; None if ``block`` is False and nothing is waiting."""
+
+
+class _Writer:
+    __slots__ = ("runtime", "inst", "output")
+
+    def __init__(self, runtime: "Runtime", inst: Instance, output: str) -> None:
+        self.runtime = runtime
+        self.inst = inst
+        self.output = output
+
+    def write(self, data: Any) -> None:
+        self.runtime.emit(self.inst, self.output, data)
+
+
+def make_logger(pe: Any, label: str) -> Callable[[str], None]:
+    """The ``pe.log`` mappings install: a line tagged with PE id and process."""
+    def log(msg: str) -> None:
+        print(f"{pe.id} ({label}): {msg}")
+    return log
+
+
+def root_feed(spec: int | list) -> Iterable[Any]:
+    """The inputs a root PE's ``process`` is called with: ``{}`` N times, or each given item."""
+    if isinstance(spec, int):
+        return ({} for _ in range(spec))
+    return iter(spec)
+
+
+class Runtime:
+    """Runs the PE instances the plan places on process ``proc``."""
+
+    def __init__(self, plan: Plan, proc: int, sink: Sink, transport: Transport | None,
+                 feeds: dict[int, int | list], copy_pe: Callable[[Any], Any]) -> None:
+        self.plan = plan
+        self.proc = proc
+        self.sink = sink
+        self.transport = transport
+        self.feeds = feeds
+        self.local: dict[int, Instance] = {}
+        self.outbox: dict[int, list] = {}
+        self.outbytes: dict[int, int] = {}
+        self._owner: Instance | None = None
+        self._t = time.perf_counter()
+        seen: set[int] = set()
+        for gid in plan.local_gids(proc):
+            node = plan.pe_of(gid)
+            # the plan's PE object is a template: a second instance in the same process needs its own copy
+            pe = copy_pe(node.pe) if node.index in seen else node.pe
+            seen.add(node.index)
+            self.local[gid] = Instance(gid, node, pe, plan.expected_eos(node.index))
+        for inst in self.local.values():
+            self._wire(inst)
+
+    def _wire(self, inst: Instance) -> None:
+        pe = inst.pe
+        for output in inst.node.outputs:
+            pe.outputconnections[output][WRITER] = _Writer(self, inst, output)
+            inst.routes[output] = [Route(c.input, self.plan.pes[c.dst].gids, c.grouping, inst.index)
+                                   for c in self.plan.outgoing(inst.node.index, output)]
+        pe.log = make_logger(pe, f"process {self.proc}")
+        pe.rank = self.proc
+
+    # --- running PE code -----------------------------------------------------------------------
+    def _call(self, inst: Instance, fn: Callable, *args: Any) -> Any:
+        # busy time is charged to the innermost PE: a local delivery runs inside its sender's call
+        now = time.perf_counter()
+        prev = self._owner
+        if prev is not None:
+            prev.busy += now - self._t
+        self._owner = inst
+        self._t = now
+        try:
+            return fn(*args)
+        except (PEFailed, Interrupted):
+            raise
+        except BaseException:
+            raise PEFailed(inst.node.key, traceback.format_exc()) from None
+        finally:
+            now = time.perf_counter()
+            inst.busy += now - self._t
+            self._owner = prev
+            self._t = now
+
+    def _process(self, inst: Instance, inputs: Any) -> None:
+        inst.items_in += 1
+        result = self._call(inst, inst.pe.process, inputs)
+        if result:
+            for output, data in result.items():
+                self.emit(inst, output, data)
+
+    def emit(self, inst: Instance, output: str, data: Any) -> None:
+        """Route one item written by ``inst`` to ``output``."""
+        inst.items_out += 1
+        routes = inst.routes.get(output)
+        if routes is None:
+            raise KeyError(f"PE {inst.node.key} wrote to unknown output {output!r}")
+        if not routes:
+            self.sink.write(inst.node.key, output, data)
+            return
+        for route in routes:
+            for gid in route.targets(data):
+                target = self.local.get(gid)
+                if target is not None:
+                    self._process(target, {route.input: data})
+                else:
+                    self._enqueue(gid, route.input, data)
+
+    def _enqueue(self, gid: int, input_name: str | None, data: Any) -> None:
+        proc = self.plan.placement[gid]
+        box = self.outbox.setdefault(proc, [])
+        box.append((gid, input_name, data))
+        size = self.outbytes.get(proc, 0) + getattr(data, "nbytes", 64)
+        self.outbytes[proc] = size
+        if len(box) >= BATCH_ITEMS or size >= BATCH_BYTES:
+            self._flush(proc)
+
+    def _flush(self, proc: int) -> None:
+        box = self.outbox.pop(proc, None)
+        self.outbytes.pop(proc, None)
+        if box:
+            self.transport.send(proc, pickle.dumps(box, protocol=5))
+
+    def flush_all(self) -> None:
+        """Send every partly filled batch (before waiting for input, and at the end)."""
+        for proc in list(self.outbox):
+            self._flush(proc)
+
+    def handle(self, payload: bytes) -> None:
+        """Deliver one received batch to the local instances."""
+        for gid, input_name, data in pickle.loads(payload):
+            if input_name is None:
+                self._end_of_stream(gid)
+            else:
+                self._process(self.local[gid], {input_name: data})
+
+    # --- end-of-stream accounting --------------------------------------------------------------
+    def _end_of_stream(self, gid: int) -> None:
+        inst = self.local[gid]
+        inst.eos_left -= 1
+        if inst.eos_left == 0:
+            self._finish(inst)
+
+    def _finish(self, inst: Instance) -> None:
+        self._call(inst, inst.pe.postprocess)
+        inst.done = True
+        for conn in self.plan.outgoing(inst.node.index):
+            for gid in self.plan.pes[conn.dst].gids:
+                if gid in self.local:
+                    self._end_of_stream(gid)
+                else:
+                    self._enqueue(gid, None, None)
+
+    def finished(self) -> bool:
+        return all(inst.done for inst in self.local.values())
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until every local instance has finished, then send what is left."""
+        for inst in self.local.values():
+            self._call(inst, inst.pe.preprocess)
+        feeding = [(inst, iter(root_feed(self.feeds.get(inst.node.index, 0))))
+                   for inst in self.local.values() if inst.eos_left == 0]
+        while feeding:
+            for entry in list(feeding):
+                inst, feed = entry
+                # a slice of each root at a time, then look at the inbox: co-located PEs keep up
+                for n, item in enumerate(feed, 1):
+                    self._process(inst, item)
+                    if n == 64:
+                        break
+                else:
+                    feeding.remove(entry)
+                    self._finish(inst)
+            self._drain(block=False)
+        while not self.finished():
+            self._drain(block=True)
+        self.flush_all()
+
+    def _drain(self, block: bool) -> None:
+        if self.transport is None:
+            return
+        payload = self.transport.recv(False)
+        while payload is not None:
+            self.handle(payload)
+            payload = self.transport.recv(False)
+        if block and not self.finished():
+            self.flush_all()
+            self.handle(self.transport.recv(True))
+
+    def stats(self) -> list[dict]:
+        return [inst.stats(self.proc) for inst in self.local.values()]
+

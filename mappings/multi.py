@@ -1,0 +1,108 @@
+"""``multi``: a fixed set of forked processes, each hosting the PE instances the plan places on it.
+
+Each process has one bounded inbox queue; a full inbox blocks its senders,
+which is the backpressure that keeps memory bounded. The parent hosts no PE:
+it supervises. When a process fails, or the parent is signalled, the others
+get SIGTERM, flush their outputs and write their metrics before exiting.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import sys
+
+from d4p_hpc.mappings.core import Interrupted, ignore_signals, raise_on_signals
+from d4p_hpc.mappings.runner import (Outcome, RunContext, begin, combine, end, read_parts, restore_signals,
+                                     run_process)
+
+INBOX_BATCHES = 8
+
+
+class QueueTransport:
+    """Batches between forked processes through one bounded queue per process."""
+
+    def __init__(self, queues: list, proc: int) -> None:
+        self.queues = queues
+        self.inbox = queues[proc]
+
+    def send(self, proc: int, payload: bytes) -> None:
+        self.queues[proc].put(payload)
+
+    def recv(self, block: bool) -> bytes | None:
+        try:
+            return self.inbox.get(block)
+        except queue.Empty:
+            return None
+
+
+def _child(ctx: RunContext, proc: int, queues: list) -> None:
+    outcome = run_process(ctx, proc, QueueTransport(queues, proc))
+    if outcome.state != "COMPLETED":
+        # a peer may never read what is still in our queue buffers; do not wait for it at exit
+        for q in queues:
+            q.cancel_join_thread()
+    sys.exit(outcome.exit_code)
+
+
+def run(ctx: RunContext) -> dict:
+    """Run the graph on ``ctx.processes`` forked processes; return the final run record."""
+    t0 = begin(ctx)
+    used = max(ctx.plan.placement) + 1
+    mp = multiprocessing.get_context("fork")
+    queues = [mp.Queue(maxsize=INBOX_BATCHES) for _ in range(used)]
+    children = [mp.Process(target=_child, args=(ctx, p, queues), name=f"d4p-{p}") for p in range(used)]
+    stopped = None
+    raise_on_signals()
+    try:
+        for child in children:
+            child.start()
+        stopped = _supervise(children)
+    except Interrupted as stop:
+        stopped = Outcome(stop.state, stop.signum)
+        _signal_all(children, stop.signum)
+    finally:
+        ignore_signals()  # the children are finishing; a second Ctrl-C must not orphan them
+        for child in children:
+            child.join()
+        restore_signals()
+    return end(ctx, t0, _outcome(ctx, children, stopped))
+
+
+def _signal_all(children: list, signum: int) -> None:
+    for child in children:
+        if child.exitcode is None and child.pid:
+            try:
+                os.kill(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _supervise(children: list) -> Outcome | None:
+    """Wait for the children; on the first abnormal exit, stop the rest."""
+    alive = {c.sentinel: c for c in children}
+    while alive:
+        for sentinel in multiprocessing.connection.wait(list(alive)):
+            child = alive.pop(sentinel)
+            child.join()
+            if child.exitcode != 0:
+                _signal_all(children, signal.SIGTERM)
+                return None
+    return None
+
+
+def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcome:
+    parts = {p["process"]: p for p in read_parts(ctx)}
+    outcomes = [Outcome(p["state"], p.get("signum"), p.get("error")) for p in parts.values()]
+    if stopped is not None:
+        outcomes.insert(0, stopped)
+    for proc, child in enumerate(children):
+        if proc not in parts or child.exitcode not in (0, 1, 128 + 15, 128 + 10, 128 + 2):
+            outcomes.insert(0, Outcome("FAILED", None, {
+                "pe": None, "process": proc,
+                "traceback": f"process {proc} (pid {child.pid}) died with exit code {child.exitcode}"}))
+    # children stopped by our own SIGTERM after a peer failed report CANCELLED: the failure is the cause
+    return combine(outcomes)

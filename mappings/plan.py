@@ -1,0 +1,294 @@
+"""From a flattened workflow graph to an execution plan every process agrees on.
+
+The plan is a pure function of the graph and the process count, so every MPI
+rank (each loads the graph file itself) computes the same one.
+
+Instance counts (``numprocesses`` is a request, as in dispel4py):
+
+* a root PE (no connected input) and a PE with a ``"global"`` input get one
+  instance: roots are fed from the command line, and a global input sends
+  everything to one instance, so more would only add empty postprocess calls;
+* if the other PEs ask (``numprocesses``) for more than the ``N - fixed``
+  remaining processes, the requests are scaled down in proportion, at least
+  one instance each, with a notice;
+* otherwise explicit requests (> 1) are kept and the PEs left at the default
+  share the spare processes, as in dispel4py.
+
+Placement: instances are listed in topological order and cut into at most
+``N`` contiguous, equal chunks, one per process. An edge therefore never goes
+from a later process to an earlier one, so blocking sends (backpressure)
+cannot deadlock even when several PEs share a process.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from d4p_hpc.errors import GraphError
+
+GROUPING = "grouping"
+
+
+@dataclass
+class PENode:
+    """One PE of the plan. ``pe`` is the user's object (a template for instances)."""
+
+    index: int
+    key: str
+    pe: Any
+    inputs: list[str]
+    outputs: list[str]
+    count: int = 1
+    first_gid: int = 0
+
+    @property
+    def gids(self) -> range:
+        """Global ids of this PE's instances."""
+        return range(self.first_gid, self.first_gid + self.count)
+
+
+@dataclass
+class Connection:
+    """``src.output`` feeds ``dst.input``; ``grouping`` is None, a key list, ``"all"`` or ``"global"``."""
+
+    src: int
+    output: str
+    dst: int
+    input: str
+    grouping: Any = None
+
+
+@dataclass
+class Plan:
+    """PEs in topological order, their connections, instance counts and placement."""
+
+    pes: list[PENode]
+    connections: list[Connection]
+    processes: int
+    notices: list[str] = field(default_factory=list)
+    placement: list[int] = field(default_factory=list)
+
+    @property
+    def instances(self) -> int:
+        """Total number of PE instances."""
+        return sum(p.count for p in self.pes)
+
+    def by_key(self, key: str) -> PENode:
+        """The PE called ``key`` (its unique display name)."""
+        for node in self.pes:
+            if node.key == key:
+                return node
+        raise KeyError(key)
+
+    def roots(self) -> list[PENode]:
+        """PEs with no connected input."""
+        fed = {c.dst for c in self.connections}
+        return [p for p in self.pes if p.index not in fed]
+
+    def incoming(self, index: int) -> list[Connection]:
+        return [c for c in self.connections if c.dst == index]
+
+    def outgoing(self, index: int, output: str | None = None) -> list[Connection]:
+        return [c for c in self.connections if c.src == index and (output is None or c.output == output)]
+
+    def expected_eos(self, index: int) -> int:
+        """End-of-stream markers an instance of PE ``index`` waits for: one per upstream instance and edge."""
+        return sum(self.pes[c.src].count for c in self.incoming(index))
+
+    def pe_of(self, gid: int) -> PENode:
+        for node in self.pes:
+            if gid in node.gids:
+                return node
+        raise KeyError(gid)
+
+    def local_gids(self, proc: int) -> list[int]:
+        return [gid for gid, p in enumerate(self.placement) if p == proc]
+
+    def stateful(self, node: PENode) -> bool:
+        """True if the PE keeps state across items (a grouped input, or marked ``stateful``)."""
+        if getattr(node.pe, "stateful", False):
+            return True
+        return any(c.grouping is not None for c in self.incoming(node.index))
+
+
+def _edges(graph: Any) -> Iterable[tuple[Any, str, Any, str]]:
+    for _u, _v, data in graph.graph.edges(data=True):
+        src, dst = data["DIRECTION"]
+        for output, inp in data["ALL_CONNECTIONS"]:
+            yield src, output, dst, inp
+
+
+def _topological(nodes: list[Any], edges: list[tuple[Any, str, Any, str]]) -> list[Any]:
+    order: list[Any] = []
+    indeg = {id(n): 0 for n in nodes}
+    for _s, _o, d, _i in edges:
+        indeg[id(d)] += 1
+    ready = [n for n in nodes if indeg[id(n)] == 0]
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for s, _o, d, _i in edges:
+            if s is n:
+                indeg[id(d)] -= 1
+                if indeg[id(d)] == 0:
+                    ready.append(d)
+    if len(order) != len(nodes):
+        stuck = sorted(getattr(n, "name", "?") for n in nodes if n not in order)
+        raise GraphError(f"the graph has a cycle through {', '.join(stuck)}; d4p-hpc runs acyclic graphs only "
+                         "(end-of-stream accounting needs a DAG)")
+    return order
+
+
+def _unique_keys(pes: list[Any]) -> list[str]:
+    names = [str(getattr(pe, "name", type(pe).__name__)) for pe in pes]
+    seen: dict[str, int] = {}
+    keys = []
+    for name in names:
+        if names.count(name) == 1:
+            keys.append(name)
+        else:
+            seen[name] = seen.get(name, -1) + 1
+            keys.append(f"{name}{seen[name]}")
+    return keys
+
+
+def _grouping(pe: Any, inp: str) -> Any:
+    grouping = pe.inputconnections[inp].get(GROUPING)
+    if grouping in (None, "", []):
+        return None
+    if isinstance(grouping, (list, tuple)):
+        return list(grouping)
+    if grouping in ("all", "global"):
+        return grouping
+    raise GraphError(f"PE {pe.name}: input {inp!r} has grouping {grouping!r}; use a list of indices, "
+                     "'all' or 'global'")
+
+
+def build_plan(graph: Any, processes: int) -> Plan:
+    """Return the plan of a flattened ``graph`` for ``processes`` processes (ranks, workers)."""
+    if processes < 1:
+        raise GraphError(f"the process count must be at least 1, got {processes}")
+    nodes = [n.get_contained_object() for n in graph.graph.nodes()]
+    if not nodes:
+        raise GraphError("the graph has no PEs")
+    edges = list(_edges(graph))
+    for src, output, dst, inp in edges:
+        if output not in src.outputconnections:
+            raise GraphError(f"PE {src.name} has no output {output!r} (it has: {', '.join(src.outputconnections)})")
+        if inp not in dst.inputconnections:
+            raise GraphError(f"PE {dst.name} has no input {inp!r} (it has: {', '.join(dst.inputconnections)})")
+    order = _topological(nodes, edges)
+    index = {id(pe): i for i, pe in enumerate(order)}
+    pes = [PENode(i, key, pe, list(pe.inputconnections), list(pe.outputconnections))
+           for i, (key, pe) in enumerate(zip(_unique_keys(order), order))]
+    conns = [Connection(index[id(s)], o, index[id(d)], i, _grouping(d, i)) for s, o, d, i in edges]
+    plan = Plan(pes, conns, processes)
+    _assign_counts(plan)
+    _place(plan)
+    return plan
+
+
+def _share(weights: list[int], total: int) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` (largest remainder: the parts add up to ``total``)."""
+    quotas = [w * total / sum(weights) for w in weights]
+    parts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda k: parts[k] - quotas[k])
+    for k in by_remainder[: total - sum(parts)]:
+        parts[k] += 1
+    return parts
+
+
+def _assign_counts(plan: Plan) -> None:
+    fixed = {p.index for p in plan.roots()}
+    fixed |= {c.dst for c in plan.connections if c.grouping == "global"}
+    elastic = [p for p in plan.pes if p.index not in fixed]
+    spare = max(0, plan.processes - len(fixed))
+    wants = [max(1, int(getattr(p.pe, "numprocesses", 1) or 1)) for p in elastic]
+    if elastic and sum(wants) > spare:
+        counts = [max(1, c) for c in _share(wants, spare)] if spare else [1] * len(elastic)
+    elif elastic:
+        # as dispel4py: explicit requests are kept, PEs left at the default share the spare processes
+        counts = list(wants)
+        defaults = [k for k, w in enumerate(wants) if w == 1]
+        if defaults:
+            for k, extra in zip(defaults, _share([1] * len(defaults), spare - sum(wants))):
+                counts[k] += extra
+    for node, want, count in zip(elastic, wants, counts if elastic else []):
+        node.count = count
+        if count < want:
+            plan.notices.append(f"PE {node.key} asks for {want} instances; it gets {count} "
+                                f"({plan.processes} processes)")
+    gid = 0
+    for node in plan.pes:
+        node.first_gid = gid
+        gid += node.count
+
+
+def _place(plan: Plan) -> None:
+    total = plan.instances
+    used = min(plan.processes, total)
+    plan.placement = [min(used - 1, g * used // total) for g in range(total)]
+    if total > plan.processes:
+        plan.notices.append(f"{total} PE instances share {plan.processes} processes")
+
+
+# --- deterministic group-by hash ---------------------------------------------------------------
+# Python's hash() of str is salted per process, so it would send the same key to different
+# instances from different ranks. This encoding is stable across processes, hosts and runs, and
+# treats values Python considers equal as the same key (1 == 1.0 == True), as a dict would.
+
+_PACK_Q = struct.Struct("<q").pack
+_PACK_D = struct.Struct("<d").pack
+
+
+def _encode(o: Any, out: list[bytes]) -> None:
+    t = type(o)
+    if t is str:
+        out.append(b"s" + o.encode("utf-8", "surrogatepass") + b"\0")
+    elif t is int or t is bool:
+        out.append(b"i" + (_PACK_Q(o) if -(2 ** 63) <= o < 2 ** 63 else str(o).encode()))
+    elif t is float:
+        if o.is_integer() and -(2 ** 63) <= o < 2 ** 63:
+            out.append(b"i" + _PACK_Q(int(o)))
+        else:
+            out.append(b"f" + _PACK_D(o))
+    elif t is bytes:
+        out.append(b"b" + o + b"\0")
+    elif o is None:
+        out.append(b"n")
+    elif t is tuple or t is list:
+        out.append(b"(")
+        for item in o:
+            _encode(item, out)
+        out.append(b")")
+    elif t is frozenset or t is set:
+        parts = []
+        for item in o:
+            sub: list[bytes] = []
+            _encode(item, sub)
+            parts.append(b"".join(sub))
+        out.append(b"{" + b"".join(sorted(parts)) + b"}")
+    elif t is dict:
+        out.append(b"d")
+        _encode(frozenset(o.items()), out)
+    elif hasattr(o, "item") and hasattr(o, "dtype") and getattr(o, "shape", None) == ():
+        _encode(o.item(), out)  # numpy scalars hash like the Python number they equal
+    else:
+        out.append(b"p" + pickle.dumps(o, protocol=5))
+
+
+def stable_hash(key: Any) -> int:
+    """A hash of ``key`` that is the same in every process and on every host."""
+    out: list[bytes] = []
+    _encode(key, out)
+    return zlib.crc32(b"".join(out))
+
+
+def group_key(value: Any, fields: list) -> tuple:
+    """The group-by key of ``value``: its items at ``fields`` (indices, or keys of a dict)."""
+    return tuple(value[f] for f in fields)
