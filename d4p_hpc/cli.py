@@ -7,12 +7,13 @@ usage (nothing ran); a run stopped by a signal exits 128 + signal.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
 
 from d4p_hpc import __version__
-from d4p_hpc.errors import D4pHpcError
+from d4p_hpc.errors import D4pHpcError, UsageError
 
 
 class _Group(click.Group):
@@ -64,21 +65,23 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
     options = {"redis_url": redis_url, "redis_connection": redis_connection,
                "external_workers": external_workers, "redis_server": redis_server}
     results_dir = results or default_results(graph, mapping)
+    if not (mapping == "mpi" and _inside_mpi()) and os.path.exists(os.path.join(results_dir, "run.json")):
+        raise UsageError(f"{results_dir} already holds a run; give a new --results directory")
     if mapping == "mpi":
-        from d4p_hpc.mappings import mpi
-
-        if not mpi.inside_mpi_world():
+        if not _inside_mpi():
             n = processes or os.cpu_count() or 1
             runner.prepare(graph, attr, mapping, n, raw, results_dir, options)  # bad input fails here, not in N ranks
-            _launch_mpi(n, results_dir)
+            argv = ["run", graph, "-m", "mpi", "--results", str(results_dir)]
+            for flag, value in (("--attr", attr), ("-i", iterations), ("-d", data), ("-f", data_file)):
+                if value is not None:
+                    argv += [flag, str(value)]
+            _launch_mpi(n, argv, results_dir)
             return
         from mpi4py import MPI
 
         processes = MPI.COMM_WORLD.Get_size()
     n = 1 if mapping == "simple" else processes or os.cpu_count() or 1
     ctx = runner.prepare(graph, attr, mapping, n, raw, results_dir, options)
-    for notice in ctx.plan.notices if mapping != "simple" else []:
-        click.echo(f"notice: {notice}", err=True)
     module = mappings.load(mapping)
     record = module.run(ctx)
     if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):
@@ -86,30 +89,45 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
     getattr(module, "exit", sys.exit)(record["exit_code"])
 
 
-def _launch_mpi(n: int, results_dir: str) -> None:
-    """Re-run this very command under ``mpiexec -n N``; rank 0 writes, this process summarises."""
+def _launch_mpi(n: int, argv: list[str], results_dir: str) -> None:
+    """Run ``d4p-hpc ARGV`` under ``mpiexec -n N``; rank 0 writes the results, this process summarises."""
     import subprocess
     from pathlib import Path
 
     from d4p_hpc import results as rd
     from d4p_hpc.mappings.mpi import launcher_argv
 
-    args = sys.argv[1:]
-    if "--results" not in args and not any(a.startswith("--results=") for a in args):
-        args += ["--results", str(results_dir)]
     env = dict(os.environ, D4P_HPC_QUIET="1")
-    code = subprocess.call(launcher_argv(n) + [sys.executable, "-m", "d4p_hpc"] + args, env=env)
+    launcher = subprocess.Popen(launcher_argv(n) + [sys.executable, "-m", "d4p_hpc"] + argv, env=env)
+    # mpiexec passes these on to every rank, which then flush their outputs and stop
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, lambda sig, _frame: launcher.send_signal(sig))
+    code = launcher.wait()
     record = rd.read_run(results_dir)
     if record is None:
         raise D4pHpcError(f"mpiexec exited with {code} before the run started; see the messages above")
+    if record["state"] == "RUNNING":
+        # a rank died without a word (killed, crashed): the run did not finish
+        record.update({"state": "FAILED", "ended": rd.now(), "exit_code": 1,
+                       "error": {"pe": None, "process": None,
+                                 "traceback": f"mpiexec exited with code {code} before the run finished"}})
+        rd.write_json(Path(results_dir) / rd.RUN_FILE, record)
     _summary(Path(results_dir), record)
     sys.exit(record["exit_code"] if record.get("exit_code") is not None else code or 1)
+
+
+def _inside_mpi() -> bool:
+    from d4p_hpc.mappings.mpi import inside_mpi_world
+
+    return inside_mpi_world()
 
 
 def _summary(results_dir, record: dict) -> None:
     from d4p_hpc import results as rd
 
     metrics = rd.read_metrics(results_dir) or {}
+    for notice in record.get("notices", []) if record["mapping"] != "simple" else []:
+        click.echo(f"notice: {notice}", err=True)
     state = record["state"]
     rate = metrics.get("items_per_second")
     click.echo(f"{state} in {record.get('wall_seconds', 0):.2f} s: {metrics.get('items', 0)} items"
@@ -124,3 +142,13 @@ def _summary(results_dir, record: dict) -> None:
     for pe, output in outputs:
         click.echo(f"  {pe}.{output}: {rd.count_items(results_dir, pe, output)} items")
     click.echo(f"logs: {results_dir}/{rd.LOGS}/")
+
+
+def _add_job_commands() -> None:
+    from d4p_hpc import cli_jobs
+
+    for command in cli_jobs.COMMANDS:
+        main.add_command(command)
+
+
+_add_job_commands()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable
 
+from d4p_hpc.errors import GraphError
+
 NAME = "name"
 TYPE = "type"
 DESCRIPTION = "descr"
@@ -293,6 +295,10 @@ class WorkflowGraph:
             self.add(to_node)
         u, v = self.objToNode[from_node], self.objToNode[to_node]
         if self.graph.has_edge(u, v):
+            if self.graph[u][v]["DIRECTION"][0] is not from_node:
+                # the undirected edge would record B->A as a second A->B connection
+                raise GraphError(f"connecting {getattr(from_node, 'name', from_node)} back to "
+                                 f"{getattr(to_node, 'name', to_node)} makes a cycle; d4p-hpc runs acyclic graphs")
             self.graph[u][v]["ALL_CONNECTIONS"].append((from_connection, to_connection))
         else:
             self.graph.add_edge(u, v, FROM_CONNECTION=from_connection, TO_CONNECTION=to_connection,

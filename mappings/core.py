@@ -35,6 +35,8 @@ from d4p_hpc.workflow import WRITER
 
 BATCH_ITEMS = 256
 BATCH_BYTES = 4 << 20
+# a partly filled batch leaves after this long, so slow PEs do not hold their outputs back
+BATCH_SECONDS = 0.2
 SINK_FLUSH_SECONDS = 1.0
 
 
@@ -83,11 +85,16 @@ def redirect_output(path: Path) -> Iterator[None]:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    # sys.stdout need not be fd 1 (Jupyter, IDEs): point the Python streams at the log too
+    streams = sys.stdout, sys.stderr
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        sys.stdout.close()
+        sys.stderr.close()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])
@@ -141,6 +148,12 @@ class Sink:
         for fh in self._files.values():
             fh.flush()
         self._last_flush = time.monotonic()
+
+    def sizes(self) -> dict[str, int]:
+        """Flush, then give the size of each part file, by path relative to the results directory."""
+        self.flush()
+        return {str(Path(rd.OUTPUTS) / f"{pe}.{output}" / f"part-{self.proc:05d}.{kind}"): os.fstat(fh.fileno()).st_size
+                for (pe, output, kind), fh in self._files.items()}
 
     def close(self) -> None:
         for fh in self._files.values():
@@ -244,7 +257,8 @@ class Runtime:
     """Runs the PE instances the plan places on process ``proc``."""
 
     def __init__(self, plan: Plan, proc: int, sink: Sink, transport: Transport | None,
-                 feeds: dict[int, int | list], copy_pe: Callable[[Any], Any]) -> None:
+                 feeds: dict[int, int | list], copy_pe: Callable[[Any], Any],
+                 gids: Iterable[int] | None = None) -> None:
         self.plan = plan
         self.proc = proc
         self.sink = sink
@@ -255,11 +269,16 @@ class Runtime:
         self.outbytes: dict[int, int] = {}
         self._owner: Instance | None = None
         self._t = time.perf_counter()
+        self._oldest = 0.0  # when the oldest item now in an outbox was put there
         seen: set[int] = set()
-        for gid in plan.local_gids(proc):
+        for gid in plan.local_gids(proc) if gids is None else gids:
             node = plan.pe_of(gid)
             # the plan's PE object is a template: a second instance in the same process needs its own copy
-            pe = copy_pe(node.pe) if node.index in seen else node.pe
+            try:
+                pe = copy_pe(node.pe) if node.index in seen else node.pe
+            except Exception:
+                raise PEFailed(node.key, "a second instance of this PE shares the process and the PE cannot be "
+                                         f"copied; give the run more processes\n{traceback.format_exc()}") from None
             seen.add(node.index)
             self.local[gid] = Instance(gid, node, pe, plan.expected_eos(node.index))
         for inst in self.local.values():
@@ -301,6 +320,8 @@ class Runtime:
         if result:
             for output, data in result.items():
                 self.emit(inst, output, data)
+        if self.outbox and self._t - self._oldest > BATCH_SECONDS:
+            self.flush_all()
 
     def emit(self, inst: Instance, output: str, data: Any) -> None:
         """Route one item written by ``inst`` to ``output``."""
@@ -321,6 +342,8 @@ class Runtime:
 
     def _enqueue(self, gid: int, input_name: str | None, data: Any) -> None:
         proc = self.plan.placement[gid]
+        if not self.outbox:
+            self._oldest = self._t
         box = self.outbox.setdefault(proc, [])
         box.append((gid, input_name, data))
         size = self.outbytes.get(proc, 0) + getattr(data, "nbytes", 64)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc.errors import UsageError
-from d4p_hpc.mappings.runner import Aborted, RunContext, begin, combine, end, run_process
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, combine, end, run_process
 
 TAG_DATA = 11
 TAG_ABORT = 12
@@ -113,13 +113,19 @@ def run(ctx: RunContext) -> dict:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     # ranks started without --results each made up a default directory: rank 0's wins
-    ctx.results = Path(comm.bcast(str(ctx.results), root=0))
+    results, used = comm.bcast((str(ctx.results), (ctx.results / "run.json").exists()), root=0)
+    if used:
+        raise UsageError(f"{results} already holds a run; give a new --results directory")
+    ctx.results = Path(results)
     t0 = begin(ctx) if rank == 0 else 0.0
     comm.Barrier()
     transport = MpiTransport(comm, MPI)
     outcome = run_process(ctx, rank, transport, on_stop=lambda _o: transport.abort_others())
     if outcome.state == "COMPLETED":
-        transport.finish_sends()
+        try:
+            transport.finish_sends()
+        except Aborted:
+            outcome = Outcome("FAILED")  # the failed rank's own outcome carries the error
     outcomes = comm.gather(outcome, root=0)
     if rank == 0:
         return end(ctx, t0, combine(outcomes))

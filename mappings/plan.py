@@ -210,7 +210,9 @@ def _assign_counts(plan: Plan) -> None:
     spare = max(0, plan.processes - len(fixed))
     wants = [max(1, int(getattr(p.pe, "numprocesses", 1) or 1)) for p in elastic]
     if elastic and sum(wants) > spare:
-        counts = [max(1, c) for c in _share(wants, spare)] if spare else [1] * len(elastic)
+        # one instance each, then what is left in proportion to the rest of each request
+        left = spare - len(elastic)
+        counts = [1 + c for c in _share([w - 1 for w in wants], left)] if left > 0 else [1] * len(elastic)
     elif elastic:
         # as dispel4py: explicit requests are kept, PEs left at the default share the spare processes
         counts = list(wants)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import resource
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -77,7 +79,7 @@ def _record(ctx: RunContext) -> dict:
 
 def begin(ctx: RunContext) -> float:
     """Create the results directory and record the run as RUNNING; return the start time."""
-    for sub in ("", rd.LOGS, rd.PARTS):
+    for sub in ("", rd.LOGS, rd.PARTS, rd.OUTPUTS):
         rd.make_private_dir(ctx.results / sub)
     rd.write_json(ctx.results / rd.RUN_FILE, {**_record(ctx), "started": rd.now(), "ended": None,
                                               "state": "RUNNING", "exit_code": None, "error": None})
@@ -107,7 +109,8 @@ def combine(outcomes: list[Outcome]) -> Outcome:
 def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None) -> dict:
     """Merge the per-process metrics, write ``metrics.json`` and the final ``run.json``; return the latter."""
     wall = time.time() - t0
-    instances = [inst for part in read_parts(ctx) for inst in part.get("instances", [])]
+    parts = read_parts(ctx)
+    instances = [inst for part in parts for inst in part.get("instances", [])]
     pes: dict[str, dict] = {}
     for inst in sorted(instances, key=lambda i: (i["pe"], i["instance"])):
         pe = pes.setdefault(inst["pe"], {"instances": [], "items_in": 0, "items_out": 0, "busy_seconds": 0.0})
@@ -116,7 +119,9 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
             pe[k] += inst[k]
     items = sum(p["items_in"] for p in pes.values())
     metrics = {"mapping": ctx.mapping, "processes": ctx.processes, "wall_seconds": round(wall, 6),
-               "items": items, "items_per_second": round(items / wall, 2) if wall > 0 else None, "pes": pes}
+               "items": items, "items_per_second": round(items / wall, 2) if wall > 0 else None, "pes": pes,
+               "process_list": [{k: part.get(k) for k in ("process", "host", "pid", "max_rss_mb", "state")}
+                                for part in parts]}
     metrics.update(extra or {})
     rd.write_json(ctx.results / rd.METRICS_FILE, metrics)
     record = rd.read_run(ctx.results) or _record(ctx)
@@ -128,15 +133,19 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
 
 def write_part(ctx: RunContext, proc: int, stats: list[dict], outcome: Outcome) -> None:
     rd.write_json(ctx.results / rd.PARTS / f"metrics-{proc:05d}.json",
-                  {"process": proc, "host": os.uname().nodename, "pid": os.getpid(), "instances": stats,
-                   "state": outcome.state, "signum": outcome.signum, "error": outcome.error})
+                  {"process": proc, "host": os.uname().nodename, "pid": os.getpid(),
+                   "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   "instances": stats, "state": outcome.state, "signum": outcome.signum, "error": outcome.error})
 
 
 def run_process(ctx: RunContext, proc: int, transport: Transport | None,
-                on_stop: Callable[[Outcome], None] | None = None) -> Outcome:
+                on_stop: Callable[[Outcome], None] | None = None,
+                make_runtime: Callable[[Sink], Any] | None = None) -> Outcome:
     """Run the instances placed on ``proc``; always leave its outputs flushed and its part written.
 
     ``on_stop`` is called when this process ends other than COMPLETED, to tell the others.
+    ``make_runtime(sink)`` builds something with ``run()`` and ``stats()`` other than the static
+    :class:`Runtime` (the dynamic mappings' workers).
     """
     sink = Sink(ctx.results, proc)
     runtime = None
@@ -144,7 +153,10 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
     with redirect_output(ctx.results / rd.LOGS / f"{proc:05d}.log"):
         raise_on_signals()
         try:
-            runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy)
+            if make_runtime is not None:
+                runtime = make_runtime(sink)
+            else:
+                runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy)
             runtime.run()
         except PEFailed as failed:
             outcome = Outcome("FAILED", None, {"pe": failed.pe, "process": proc, "traceback": failed.traceback})
@@ -156,6 +168,10 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
             outcome = Outcome("FAILED")
             on_stop = None  # the others know already
             print("stopped: another process of the run failed or was stopped", flush=True)
+        except Exception:
+            # outside PE code: an item that cannot be pickled, a transport error, a bug of ours
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": traceback.format_exc()})
+            print(f"process {proc} failed:\n{outcome.error['traceback']}", flush=True)
         finally:
             ignore_signals()
             sink.flush()

@@ -1,0 +1,205 @@
+"""Jobs as their results directories: find them, tell their state, cancel them, wait for them.
+
+The markers a job script writes into ``state/`` are the truth: ``started``
+first thing, ``finished`` (state, exit code, reason) from its exit trap. The
+scheduler is asked only about jobs with no ``finished`` marker, to tell a
+pending job from a running one and to explain a job that died before its trap
+could run (out of memory, node failure, walltime kill). Success is never
+inferred from a job's absence from the scheduler.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from d4p_hpc import schedulers
+from d4p_hpc.errors import D4pHpcError, JobNotFoundError
+from d4p_hpc.schedulers.base import SchedulerState
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+CANCEL_REQUESTED = "cancel_requested"
+# a finished marker may reach a shared file system a little after the scheduler saw the job end
+MARKER_GRACE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's results directory and what identifies it."""
+
+    directory: Path
+    job_id: str
+    name: str
+    scheduler: str
+
+    def marker(self, name: str) -> dict | None:
+        """The JSON content of ``state/<name>``, or None."""
+        return _read_json(self.directory / "state" / name)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """The state of a job, with its reason and times (seconds since the epoch)."""
+
+    job: Job
+    state: str
+    reason: str = ""
+    submitted: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    #: decided without a finished marker, from the scheduler's word or its silence
+    inferred: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job is over."""
+        return self.state in TERMINAL
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds the job has run (so far)."""
+        if self.started is None:
+            return None
+        return (self.ended or time.time()) - self.started
+
+
+def open_job(directory: str | Path) -> Job:
+    """The job whose results directory is ``directory``."""
+    directory = Path(directory).resolve()
+    spec = (_read_json(directory / "spec.json") or {}).get("spec", {})
+    stamp = _read_json(directory / "state" / schedulers.SUBMITTED) or \
+        _read_json(directory / "state" / "started") or {}
+    if not spec and not stamp:
+        raise JobNotFoundError(f"{directory} is not the results directory of a job (no spec.json or state/)")
+    name = spec.get("job_name") or directory.name.rsplit("-", 1)[0]
+    job_id = stamp.get("job_id") or directory.name[len(name) + 1:]
+    return Job(directory, str(job_id), name, stamp.get("scheduler") or spec.get("scheduler", "local"))
+
+
+def find(job: str, root: Path) -> Job:
+    """The job ``job``: a results directory, or a job id looked up under ``root``."""
+    if Path(job).is_dir():
+        return open_job(job)
+    matches = [Path(p) for p in glob.glob(str(Path(root) / f"*-{glob.escape(job)}")) if Path(p).is_dir()]
+    if len(matches) == 1:
+        return open_job(matches[0])
+    if matches:
+        raise JobNotFoundError(f"job id {job} matches several directories; give one: "
+                               + ", ".join(str(m) for m in matches))
+    raise JobNotFoundError(f"no job {job}: not a directory, and no <name>-{job}/ under {root} "
+                           f"(see `d4p-hpc list`; set --results-root or a profile for another root)")
+
+
+def list_jobs(root: Path) -> list[Job]:
+    """The jobs under ``root``, oldest first."""
+    found = []
+    for directory in Path(root).glob("*-*"):
+        if (directory / "spec.json").is_file() or (directory / "state").is_dir():
+            try:
+                found.append(open_job(directory))
+            except JobNotFoundError:
+                continue
+    return sorted(found, key=lambda j: j.directory.stat().st_mtime)
+
+
+def status(jobs: list[Job]) -> list[JobStatus]:
+    """The state of each job; one scheduler query per scheduler for the unfinished ones."""
+    answers: dict[str, SchedulerState] = {}
+    errors: dict[str, str] = {}
+    for name in {j.scheduler for j in jobs if j.marker("finished") is None}:
+        open_ = {j.job_id: j.directory for j in jobs if j.scheduler == name and j.marker("finished") is None}
+        try:
+            answers.update(schedulers.get(name).query(open_))
+        except D4pHpcError as err:
+            errors[name] = str(err)
+    return [_decide(j, answers.get(j.job_id), errors.get(j.scheduler)) for j in jobs]
+
+
+def cancel(job: Job) -> None:
+    """Ask the scheduler to cancel ``job``, noting the request in ``state/cancel_requested``."""
+    current = status([job])[0]
+    if current.terminal and not current.inferred:
+        raise D4pHpcError(f"job {job.job_id} has already ended: {current.state}")
+    (job.directory / "state").mkdir(exist_ok=True)
+    (job.directory / "state" / CANCEL_REQUESTED).write_text(json.dumps({"epoch": time.time()}) + "\n")
+    schedulers.get(job.scheduler).cancel(job.job_id, job.directory)
+
+
+def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None) -> JobStatus:
+    """Poll until ``job`` ends; ``on_poll(status)`` is called after each poll.
+
+    A job the scheduler says has ended but whose ``finished`` marker is missing
+    is polled for :data:`MARKER_GRACE_SECONDS` more before its inferred state is
+    accepted.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    grace_until = None
+    while True:
+        current = status([job])[0]
+        if on_poll:
+            on_poll(current)
+        if current.terminal and current.inferred:
+            grace_until = grace_until or time.monotonic() + MARKER_GRACE_SECONDS
+        if current.terminal and (not current.inferred or time.monotonic() >= grace_until):
+            return current
+        if deadline is not None and time.monotonic() >= deadline:
+            raise D4pHpcError(f"job {job.job_id} is still {current.state} after {timeout:g} s")
+        time.sleep(poll)
+
+
+def log_files(job: Job) -> list[Path]:
+    """The job's scheduler stdout/stderr files, then its per-process logs."""
+    logs = sorted((job.directory / "logs").glob("*.log")) if (job.directory / "logs").is_dir() else []
+    return [*schedulers.get(job.scheduler).log_files(job.directory, job.job_id), *logs]
+
+
+def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStatus:
+    submitted, started, finished = (job.marker(m) or {} for m in (schedulers.SUBMITTED, "started", "finished"))
+    times = {"submitted": submitted.get("epoch"), "started": started.get("epoch"), "ended": finished.get("epoch")}
+    if finished:
+        state, reason = finished.get("state", "FAILED"), finished.get("reason", "")
+        if state == "CANCELLED" and said and said.state == "TIMEOUT":  # Slurm's SIGTERM at the limit
+            state, reason = "TIMEOUT", "killed at the walltime"
+        if state == "FAILED":
+            reason = "; ".join(r for r in (reason, _run_error(job)) if r)
+        return JobStatus(job, state, reason, exit_code=finished.get("exit_code"), **times)
+    if said is not None and said.state not in TERMINAL:
+        return JobStatus(job, said.state, said.reason, **times)
+    if said is not None:
+        if said.state == "COMPLETED":  # no marker: the script did not get to its end
+            return JobStatus(job, "FAILED", "the scheduler says COMPLETED, but the job wrote no state/finished",
+                             inferred=True, **times)
+        when = "after it started, without writing state/finished" if started else "before it started"
+        return JobStatus(job, said.state, f"{said.reason or said.state.lower()} ({when})", inferred=True, **times)
+    if error is not None:
+        return JobStatus(job, "RUNNING" if started else "PENDING", f"from state markers only: {error}", **times)
+    if job.marker(CANCEL_REQUESTED):
+        return JobStatus(job, "CANCELLED", "cancelled (d4p-hpc cancel)", inferred=True, **times)
+    if started:
+        return JobStatus(job, "FAILED", "the job ended without writing state/finished: killed before its exit "
+                         "trap ran (out of memory, node failure, SIGKILL?)", inferred=True, **times)
+    return JobStatus(job, "FAILED", f"the {job.scheduler} scheduler has no record of job {job.job_id} and it "
+                     "never started", inferred=True, **times)
+
+
+def _run_error(job: Job) -> str:
+    from d4p_hpc.results import read_run
+
+    try:
+        error = (read_run(job.directory) or {}).get("error") or {}
+    except (OSError, ValueError):
+        return ""
+    last = (error.get("traceback") or "").strip().splitlines()[-1:] or [""]
+    return f"PE {error['pe']} raised {last[0]}".strip() if error.get("pe") else ""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,124 @@
+"""How a job starts its mapping: the command lines of the launch step, for every scheduler.
+
+A mapping is launched in one of three ways (:data:`d4p_hpc.spec.MAPPINGS`):
+
+``single``
+    one ``d4p-hpc run`` process on the first node, with ``-n`` processes;
+``mpi``
+    one rank per task: ``srun`` on Slurm, ``mpiexec`` with the scheduler's node
+    file on PBS and on the local scheduler;
+``redis``
+    the per-job Redis supervisor on the first node, a worker per task on every
+    node (``srun``/``mpiexec``; forked processes on the local scheduler), and
+    the driver on the first node.
+
+The command lines are data; ``templates/common/{run,redis}.sh.j2`` turn them into
+shell, quoting every word. A :class:`ShellVar` word stands for a variable the
+script sets, such as the results directory that only exists once the job id is
+known.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from d4p_hpc.spec import LAUNCHERS, JobSpec
+
+
+@dataclass(frozen=True)
+class ShellVar:
+    """A word of a command line that is the value of shell variable ``name``."""
+
+    name: str
+
+
+RESULTS = ShellVar("d4p_results")
+CONNECTION = ShellVar("d4p_redis_conn")
+CONTAINER = ShellVar("d4p_container")
+# the file listing one host per task slot, set by the scheduler in the job's environment
+NODEFILE = {"slurm": None, "pbs": "PBS_NODEFILE", "local": "D4P_NODEFILE"}
+# shell function of templates/common/redis.sh.j2 starting a copy per node-file line
+FORK = "d4p_fork"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """The command lines of a job's launch step.
+
+    Attributes
+    ----------
+    kind
+        ``single``, ``mpi`` or ``redis``.
+    run
+        The ``d4p-hpc run`` command (the driver, for ``redis``), with its launcher.
+    server
+        ``redis``: the per-job Redis supervisor.
+    workers
+        ``redis``: the workers, with their launcher.
+    mpiexec
+        Whether a command uses ``mpiexec`` (the script then allows it to run as root).
+    """
+
+    kind: str
+    run: tuple
+    server: tuple = ()
+    workers: tuple = ()
+    mpiexec: bool = False
+
+
+def plan(spec: JobSpec) -> LaunchPlan:
+    """The launch step of ``spec``."""
+    run = ("-m", "d4p_hpc", "run", spec.graph, "-m", spec.mapping, "-n", str(spec.total_tasks),
+           *_run_options(spec))
+    if spec.launch_kind == "single":
+        return LaunchPlan("single", (*python(spec), *run, "--results", RESULTS))
+    if spec.launch_kind == "mpi":
+        prefix = spread(spec, mpi=True)
+        return LaunchPlan("mpi", (*prefix, *python(spec), *run, "--results", RESULTS),
+                          mpiexec=prefix[0] == "mpiexec")
+    bind = spec.redis_bind or ("127.0.0.1" if spec.scheduler == "local" else "0.0.0.0")
+    prefix = spread(spec, mpi=False)
+    return LaunchPlan(
+        "redis",
+        run=(*python(spec), *run, "--redis-connection", CONNECTION, "--external-workers", "--results", RESULTS),
+        server=(*python(spec), "-m", "d4p_hpc.mappings.redis_server", "--results", RESULTS, "--bind", bind),
+        workers=(*prefix, *python(spec), "-m", "d4p_hpc.mappings.worker", "--connection", CONNECTION),
+        mpiexec=prefix[0] == "mpiexec")
+
+
+def python(spec: JobSpec) -> tuple:
+    """The interpreter, inside the container image when there is one."""
+    if not spec.container:
+        return (spec.python,)
+    binds = dict.fromkeys([spec.results_root, os.path.dirname(spec.graph)]
+                          + ([os.path.dirname(spec.input_file)] if spec.input_file else []))
+    return (CONTAINER, "exec", *(a for path in binds for a in ("--bind", path)), spec.container, spec.python)
+
+
+def spread(spec: JobSpec, mpi: bool) -> tuple:
+    """The launcher that starts one copy of a command per task, on every node of the job."""
+    launcher = spec.launcher or LAUNCHERS[spec.scheduler][0]
+    if spec.scheduler == "local" and not mpi:
+        return (FORK,)
+    if launcher == "srun":
+        # srun no longer inherits --cpus-per-task from the job (Slurm >= 22.05), and a job
+        # submitted with --export=NONE would hand the tasks an empty environment. No
+        # --kill-on-bad-exit: at the walltime signal ranks exit 138 while rank 0 still writes.
+        return ("srun", f"--nodes={spec.nodes}", f"--ntasks={spec.total_tasks}",
+                f"--ntasks-per-node={spec.tasks_per_node}", f"--cpus-per-task={spec.cpus_per_task}",
+                "--export=ALL", *spec.launcher_args)
+    nodefile = NODEFILE[spec.scheduler]
+    return ("mpiexec", "-n", str(spec.total_tasks),
+            *(["--hostfile", ShellVar(nodefile)] if nodefile else []), *spec.launcher_args)
+
+
+def _run_options(spec: JobSpec) -> tuple:
+    options = ["--attr", spec.attr] if spec.attr else []
+    if spec.iterations is not None:
+        options += ["-i", str(spec.iterations)]
+    if spec.data is not None:
+        options += ["-d", spec.data]
+    if spec.input_file is not None:
+        options += ["-f", spec.input_file]
+    return tuple(options)

@@ -1,0 +1,111 @@
+"""What every scheduler provides: submit a script, ask about jobs, cancel one.
+
+A scheduler is one module holding a :class:`Scheduler` subclass, plus one
+template ``templates/<name>/job.sh.j2``. The job's own state markers are the
+truth about a job (see :mod:`d4p_hpc.jobs`); a scheduler is asked only to fill
+the gaps: a job that has not started, or one that died before it could write
+its ``finished`` marker.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from d4p_hpc.errors import SubmitError
+from d4p_hpc.spec import JobSpec
+
+# words in the error messages of a busy or restarting Slurm/PBS server: worth another try
+_TRANSIENT = ("timed out", "try again", "temporarily", "unable to contact", "connection refused",
+              "Communication failure", "pbs_iff")
+
+
+@dataclass(frozen=True)
+class SchedulerState:
+    """What the scheduler says about a job.
+
+    Attributes
+    ----------
+    state
+        PENDING, RUNNING, COMPLETED, FAILED, CANCELLED or TIMEOUT.
+    reason
+        Plain words, e.g. ``waiting for resources`` or ``out of memory``.
+    raw
+        The scheduler's own state word (``OUT_OF_MEMORY``, ``F``...).
+    """
+
+    state: str
+    reason: str = ""
+    raw: str = ""
+
+
+class Scheduler(ABC):
+    """One batch system: how to submit, query and cancel its jobs."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def submit(self, script: str, spec: JobSpec) -> str:
+        """Submit ``script`` (the rendered job of ``spec``) and return the job id."""
+
+    @abstractmethod
+    def query(self, jobs: dict[str, Path]) -> dict[str, SchedulerState]:
+        """States of the jobs (id -> results directory) the scheduler still knows.
+
+        Raises
+        ------
+        SubmitError
+            If the scheduler cannot be asked at all.
+        """
+
+    @abstractmethod
+    def cancel(self, job_id: str, results_dir: Path) -> None:
+        """Cancel a job, pending or running."""
+
+    def log_files(self, results_dir: Path, job_id: str) -> list[Path]:
+        """Where the job's stdout and stderr files are (the script moves them into its directory)."""
+        return [results_dir / "job.out", results_dir / "job.err"]
+
+
+def run_command(argv: list[str], input: str | None = None, timeout: float = 60, retries: int = 0,
+                check: bool = True) -> subprocess.CompletedProcess:
+    """Run a scheduler command, retrying transient failures with back-off.
+
+    Parameters
+    ----------
+    argv
+        The command.
+    input
+        Text for its standard input.
+    timeout
+        Seconds before one attempt is given up.
+    retries
+        Further attempts after a failure whose message looks transient (a busy controller).
+    check
+        Raise on a non-zero exit (after the retries).
+
+    Raises
+    ------
+    SubmitError
+        The command is missing, timed out, or (with ``check``) failed.
+    """
+    for attempt in range(retries + 1):
+        try:
+            result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise SubmitError(f"{argv[0]} not found: is this a login node of the cluster?", argv) from None
+        except subprocess.TimeoutExpired:
+            result = subprocess.CompletedProcess(argv, -1, "", f"timed out after {timeout} s")
+        transient = any(word.lower() in result.stderr.lower() for word in _TRANSIENT)
+        if result.returncode == 0 or not transient or attempt == retries:
+            break
+        time.sleep(2 ** attempt)
+    if check and result.returncode != 0:
+        raise SubmitError(f"{' '.join(argv[:2])} failed (exit {result.returncode}): "
+                          f"{result.stderr.strip() or result.stdout.strip()}",
+                          argv, result.returncode, result.stdout, result.stderr)
+    return result

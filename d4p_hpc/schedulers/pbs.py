@@ -1,0 +1,100 @@
+"""PBS Professional (and OpenPBS): ``qsub``, ``qstat -x -f -F json``, ``qdel``.
+
+Only the jobs asked about are queried (``qstat -f`` on every job loads the
+server). Where ``-x``/``-F json`` are not understood (Torque), plain
+``qstat -f ID`` output is parsed instead. Tested against golden scripts and
+fake ``qsub``/``qstat``/``qdel`` commands, not against a real PBS server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from d4p_hpc.errors import SubmitError
+from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
+from d4p_hpc.spec import JobSpec
+
+STATES = {
+    "Q": ("PENDING", "queued"), "H": ("PENDING", "held"), "W": ("PENDING", "waiting for its start time"),
+    "T": ("PENDING", "being moved"), "M": ("PENDING", "moved to another server"),
+    "S": ("RUNNING", "suspended"), "U": ("RUNNING", "suspended (workstation busy)"),
+    "R": ("RUNNING", ""), "B": ("RUNNING", ""), "E": ("RUNNING", "exiting"),
+}
+ENDED = ("F", "X", "C")  # C: Torque's "completed"
+# PBS Pro exit status of a job killed for exceeding its walltime (JOB_EXEC_KILL_WALLTIME)
+KILLED_WALLTIME = -29
+_TEXT_FIELD = re.compile(r"^\s+(\w+) = (.*)$")
+
+
+class Pbs(Scheduler):
+    """PBS through its command-line tools."""
+
+    name = "pbs"
+
+    def submit(self, script: str, spec: JobSpec) -> str:
+        """``qsub`` with the script on standard input; returns the job id (``123.server``)."""
+        out = run_command(["qsub"], input=script, retries=2).stdout.strip()
+        if not out or any(c.isspace() for c in out):
+            raise SubmitError(f"qsub printed no job id: {out!r}", ["qsub"], 0, out)
+        return out
+
+    def query(self, jobs: dict[str, Path]) -> dict[str, SchedulerState]:
+        """``qstat -x -f -F json IDS``; plain ``qstat -f IDS`` where that is not understood."""
+        records = self._qstat(list(jobs))
+        return {job_id: _state(record) for job_id in jobs
+                for key, record in records.items() if key.split(".")[0] == job_id.split(".")[0]}
+
+    def _qstat(self, ids: list[str]) -> dict:
+        result = run_command(["qstat", "-x", "-f", "-F", "json", *ids], retries=2, check=False)
+        if result.stdout.strip():
+            try:
+                return json.loads(result.stdout).get("Jobs", {})
+            except ValueError:
+                pass
+        elif "nknown" in result.stderr:  # "Unknown Job Id": none of them is known
+            return {}
+        result = run_command(["qstat", "-f", *ids], retries=2, check=False)
+        if result.returncode and not result.stdout.strip() and "nknown" not in result.stderr:
+            raise SubmitError(f"qstat failed: {result.stderr.strip()}", result.args, result.returncode,
+                              result.stdout, result.stderr)
+        return _parse_text(result.stdout)
+
+    def cancel(self, job_id: str, results_dir: Path) -> None:
+        """``qdel JOB``."""
+        run_command(["qdel", job_id], retries=2)
+
+    def log_files(self, results_dir: Path, job_id: str) -> list[Path]:
+        """PBS copies ``<job name>.o<number>``/``.e<number>`` into the results root when the job ends."""
+        name = results_dir.name[: -len(job_id) - 1]
+        number = job_id.split(".")[0]
+        return [results_dir.parent / f"{name}.o{number}", results_dir.parent / f"{name}.e{number}"]
+
+
+def _parse_text(text: str) -> dict:
+    """``qstat -f`` text: ``Job Id: X`` then indented ``key = value`` lines."""
+    records, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            current = records.setdefault(line.split(":", 1)[1].strip(), {})
+        elif current is not None and (m := _TEXT_FIELD.match(line)):
+            current[m[1]] = m[2].strip()
+    return records
+
+
+def _state(record: dict) -> SchedulerState:
+    raw = str(record.get("job_state", "?"))
+    if raw not in ENDED:
+        state, reason = STATES.get(raw, ("RUNNING", f"PBS state {raw}"))
+        return SchedulerState(state, reason or record.get("comment", ""), raw)
+    code = int(record.get("Exit_status", record.get("exit_status", 0)))
+    comment = str(record.get("comment", ""))
+    if code == KILLED_WALLTIME or "walltime" in comment.lower():
+        return SchedulerState("TIMEOUT", "hit the walltime", raw)
+    if code == 0:
+        return SchedulerState("COMPLETED", "", raw)
+    if code > 256:  # killed by signal code - 256; qdel sends SIGTERM
+        state = "CANCELLED" if code - 256 in (2, 9, 15) else "FAILED"
+        return SchedulerState(state, f"killed by signal {code - 256}", raw)
+    return SchedulerState("FAILED", f"exit status {code}" + (f": {comment}" if comment else ""), raw)

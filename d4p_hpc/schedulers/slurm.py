@@ -1,0 +1,89 @@
+"""Slurm: ``sbatch --parsable``, ``squeue`` then ``sacct`` (or ``sacct -c``), ``scancel``.
+
+``squeue -t all`` knows jobs until ``MinJobAge`` after they end; older ones are
+asked of ``sacct`` with an explicit ``--starttime`` (its default window starts
+at midnight), or of the job completion file with ``sacct -c`` where accounting
+is disabled. A job none of them knows is reported as unknown, never as done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from d4p_hpc.errors import SubmitError
+from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
+from d4p_hpc.spec import JobSpec
+
+# Slurm job state -> (our state, plain reason); requeued and preempted jobs are not over
+STATES = {
+    "PENDING": ("PENDING", ""), "CONFIGURING": ("PENDING", "nodes are being configured"),
+    "REQUEUED": ("PENDING", "requeued"), "REQUEUE_HOLD": ("PENDING", "requeued and held"),
+    "REQUEUE_FED": ("PENDING", "requeued"), "RESV_DEL_HOLD": ("PENDING", "held"),
+    "PREEMPTED": ("PENDING", "preempted"), "SUSPENDED": ("RUNNING", "suspended"),
+    "RUNNING": ("RUNNING", ""), "COMPLETING": ("RUNNING", "completing"), "STAGE_OUT": ("RUNNING", "staging out"),
+    "SIGNALING": ("RUNNING", "being signalled"), "RESIZING": ("RUNNING", "resizing"), "STOPPED": ("RUNNING", "stopped"),
+    "COMPLETED": ("COMPLETED", ""),
+    "FAILED": ("FAILED", "non-zero exit code"), "NODE_FAIL": ("FAILED", "node failure"),
+    "BOOT_FAIL": ("FAILED", "node boot failure"), "OUT_OF_MEMORY": ("FAILED", "out of memory"),
+    "SPECIAL_EXIT": ("FAILED", "special exit"), "LAUNCH_FAILED": ("FAILED", "launch failed"),
+    "CANCELLED": ("CANCELLED", "cancelled"), "REVOKED": ("CANCELLED", "revoked"),
+    "TIMEOUT": ("TIMEOUT", "hit the walltime"), "DEADLINE": ("TIMEOUT", "hit its deadline"),
+}
+SACCT_WINDOW = "now-60days"
+
+
+class Slurm(Scheduler):
+    """Slurm through its command-line tools."""
+
+    name = "slurm"
+
+    def submit(self, script: str, spec: JobSpec) -> str:
+        """``sbatch --parsable`` with the script on standard input; returns the job id."""
+        out = run_command(["sbatch", "--parsable"], input=script, retries=2).stdout.strip()
+        job_id = out.splitlines()[-1].split(";")[0] if out else ""
+        if not job_id.isdigit():
+            raise SubmitError(f"sbatch printed no job id: {out!r}", ["sbatch", "--parsable"], 0, out)
+        return job_id
+
+    def query(self, jobs: dict[str, Path]) -> dict[str, SchedulerState]:
+        """``squeue -t all`` for all ids at once, then ``sacct`` for the ones it forgot."""
+        found = self._squeue(list(jobs))
+        missing = [j for j in jobs if j not in found]
+        if missing:
+            found.update(self._sacct(missing))
+        return found
+
+    def cancel(self, job_id: str, results_dir: Path) -> None:
+        """``scancel JOB``."""
+        run_command(["scancel", job_id], retries=2)
+
+    def _squeue(self, ids: list[str]) -> dict[str, SchedulerState]:
+        result = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"],
+                             retries=2, check=False)
+        if result.returncode and "Invalid job id" not in result.stderr:
+            raise SubmitError(f"squeue failed: {result.stderr.strip()}", result.args, result.returncode,
+                              result.stdout, result.stderr)
+        found = {}
+        for line in result.stdout.splitlines():
+            job_id, raw, reason = (line.split("|") + ["", ""])[:3]
+            found[job_id.strip()] = _state(raw, "" if reason in ("None", "(null)") else reason)
+        return found
+
+    def _sacct(self, ids: list[str]) -> dict[str, SchedulerState]:
+        fields = ["-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode"]
+        result = run_command(["sacct", "--starttime", SACCT_WINDOW, *fields], retries=2, check=False)
+        if result.returncode:  # accounting disabled: the job completion file may still know
+            result = run_command(["sacct", "-c", *fields], check=False)
+        found = {}
+        for line in result.stdout.splitlines() if result.returncode == 0 else []:
+            job_id, raw, exit_code = (line.split("|") + ["", ""])[:3]
+            if job_id.strip() in ids:
+                found[job_id.strip()] = _state(raw, f"exit code {exit_code}" if exit_code not in ("", "0:0") else "")
+        return found
+
+
+def _state(raw: str, detail: str) -> SchedulerState:
+    word = raw.split()[0] if raw.strip() else "UNKNOWN"  # sacct says "CANCELLED by 1000"
+    state, reason = STATES.get(word, ("RUNNING", f"Slurm state {word}"))
+    reason = "; ".join(r for r in (reason, detail) if r)
+    return SchedulerState(state, reason, raw.strip())

@@ -1,0 +1,133 @@
+"""Rendered job scripts: golden files for every scheduler x mapping, bash syntax, directive rules."""
+
+import difflib
+import re
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from d4p_hpc import render
+from d4p_hpc.launch import ShellVar
+from d4p_hpc.spec import MAPPINGS, SCHEDULERS, JobSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+RESOURCES = {"slurm": dict(partition="debug", account="proj1", memory="2G"),
+             "pbs": dict(partition="workq", account="proj1", memory="2G"), "local": {}}
+
+
+def golden_spec(scheduler: str, mapping: str, **extra) -> JobSpec:
+    nodes = 1 if MAPPINGS[mapping] == "single" else 2
+    values = dict(graph="/home/user/graphs/word_count.py", results_root="/scratch/user/d4p-results",
+                  python="python3", walltime="00:30:00", iterations=10, scheduler=scheduler, mapping=mapping,
+                  nodes=nodes, tasks_per_node=2, **RESOURCES[scheduler])
+    return JobSpec(**{**values, **extra})
+
+
+def rich_spec(scheduler: str, mapping: str) -> JobSpec:
+    extra = dict(modules=["python/3.11", "openmpi"], venv="/home/user/venv", setup=["export OMP_NUM_THREADS=1"],
+                 container="/images/d4p.sif", gpus_per_node=1, exclusive=True, cpus_per_task=4,
+                 attr="graph", launcher_args=["--mpi=pmix"] if scheduler == "slurm" else [])
+    if scheduler == "slurm":
+        extra.update(qos="high", constraint="intel", gres="gpu:1", extra_directives=["#SBATCH --mail-type=END"])
+    if scheduler == "pbs":
+        extra.update(extra_directives=["#PBS -m abe"])
+    return golden_spec(scheduler, mapping, **extra)
+
+
+COMBINATIONS = [(s, m) for s in SCHEDULERS for m in MAPPINGS]
+
+
+def bash_n(script: str) -> None:
+    result = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + script
+
+
+@pytest.mark.parametrize("scheduler, mapping", COMBINATIONS)
+def test_golden(scheduler, mapping, update_golden):
+    script = render.render_script(golden_spec(scheduler, mapping))
+    path = GOLDEN / scheduler / f"{mapping}.sh"
+    if update_golden:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        return
+    assert path.exists(), f"no golden file {path}: run pytest --update-golden"
+    expected = path.read_text()
+    if script != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), script.splitlines(True), str(path), "rendered"))
+        pytest.fail(f"{path} differs from the rendered script (if the change is intended, run "
+                    f"`pytest tests/test_render.py --update-golden`):\n{diff}")
+
+
+@pytest.mark.parametrize("scheduler, mapping", COMBINATIONS)
+@pytest.mark.parametrize("make", [golden_spec, rich_spec])
+def test_bash_syntax_and_directives_first(scheduler, mapping, make):
+    script = render.render_script(make(scheduler, mapping))
+    bash_n(script)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    # qsub stops reading directives at the first command; sbatch too
+    assert not any(re.match(r"#(SBATCH|PBS)\b", line) for line in lines[first_command:])
+
+
+# ids must not be a bare "mpi": pytest-mpi skips tests with that keyword unless run with --with-mpi
+@pytest.mark.parametrize("mapping", ["mpi", "dyn_redis", "hybrid_redis"], ids=lambda m: f"mapping-{m}")
+def test_srun_always_gets_cpus_per_task(mapping):
+    script = render.render_script(rich_spec("slurm", mapping))
+    sruns = [line for line in script.splitlines() if "srun " in line and not line.lstrip().startswith("#")]
+    assert sruns and all("--cpus-per-task=4" in line for line in sruns)
+
+
+def test_pbs_launches_with_the_node_file_and_asks_for_chunks():
+    script = render.render_script(rich_spec("pbs", "mpi"))
+    assert 'mpiexec -n 4 --hostfile "$PBS_NODEFILE"' in script
+    assert "#PBS -l select=2:ncpus=8:mpiprocs=2:mem=2gb:ngpus=1" in script
+    assert "#PBS -l place=scatter:excl" in script
+    assert "#PBS -l walltime=00:30:00" in script
+
+
+def test_slurm_directives():
+    script = render.render_script(rich_spec("slurm", "hybrid_redis"))
+    for directive in ("--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=4", "--time=00:30:00",
+                      "--signal=B:USR1@60", "--mem=2G", "--partition=debug", "--account=proj1", "--qos=high",
+                      "--constraint=intel", "--gres=gpu:1", "--gpus-per-node=1", "--exclusive", "--mail-type=END"):
+        assert f"#SBATCH {directive}\n" in script
+    assert "--time=1-01:00:00" in render.render_script(golden_spec("slurm", "mpi", walltime="1-01:00:00"))
+
+
+def test_environment_setup_and_container():
+    script = render.render_script(rich_spec("slurm", "multi"))
+    assert "module load python/3.11 || exit\nmodule load openmpi || exit\n" in script
+    assert ". /home/user/venv/bin/activate || exit" in script
+    assert "export OMP_NUM_THREADS=1\n" in script
+    assert ('"$d4p_container" exec --bind /scratch/user/d4p-results --bind /home/user/graphs /images/d4p.sif '
+            'python3 -m d4p_hpc run /home/user/graphs/word_count.py -m multi -n 2 --attr graph -i 10') in script
+
+
+def test_quote_filter():
+    assert render.quote(ShellVar("d4p_results")) == '"$d4p_results"'
+    assert render.quote("a b'c") == "'a b'\"'\"'c'"
+    assert render.argv(["echo", "$(x)", ShellVar("y")]) == "echo '$(x)' \"$y\""
+    assert render.clock(93784, days=True) == "1-02:03:04" and render.clock(93784) == "26:03:04"
+
+
+def test_missing_template_variables_are_errors():
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        render._environment().from_string("{{ nothing_here }}").render()
+
+
+def test_templates_come_from_the_package():
+    base = resources.files("d4p_hpc.templates")
+    for scheduler in SCHEDULERS:
+        assert (base / scheduler / "job.sh.j2").is_file()
+    assert (base / "common" / "job.sh.j2").is_file()
+
+
+def test_bad_setup_lines_are_caught():
+    script = render.render_script(golden_spec("slurm", "multi", setup=["if true; then"]))
+    with pytest.raises(Exception, match="not valid bash"):
+        render.check_syntax(script)
