@@ -5,6 +5,8 @@
 # metrics.json, outputs/, logs/), which `d4p-hpc status|logs|results DIR` read.
 # Made by `d4p-hpc render`/`submit`: change the job spec rather than this file.
 
+# results and the per-job Redis password are nobody else's business on a shared cluster
+umask 077
 d4p_job_id=${D4P_JOB_ID:?"this script is for the local scheduler: run it with d4p-hpc submit --scheduler local"}
 d4p_results=/scratch/user/d4p-results/word_count-"$d4p_job_id"
 mkdir -p -- "$d4p_results/state" || exit 1

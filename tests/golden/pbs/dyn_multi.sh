@@ -14,6 +14,8 @@
 # metrics.json, outputs/, logs/), which `d4p-hpc status|logs|results DIR` read.
 # Made by `d4p-hpc render`/`submit`: change the job spec rather than this file.
 
+# results and the per-job Redis password are nobody else's business on a shared cluster
+umask 077
 d4p_job_id=${PBS_JOBID:?"this is a PBS job script: submit it with qsub"}
 # PBS starts jobs in the home directory: run where the job was submitted
 cd "${PBS_O_WORKDIR:-.}" || exit 1

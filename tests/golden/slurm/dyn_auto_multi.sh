@@ -16,6 +16,8 @@
 # metrics.json, outputs/, logs/), which `d4p-hpc status|logs|results DIR` read.
 # Made by `d4p-hpc render`/`submit`: change the job spec rather than this file.
 
+# results and the per-job Redis password are nobody else's business on a shared cluster
+umask 077
 d4p_job_id=${SLURM_JOB_ID:?"this is a Slurm job script: submit it with sbatch"}
 d4p_results=/scratch/user/d4p-results/word_count-"$d4p_job_id"
 mkdir -p -- "$d4p_results/state" || exit 1
