@@ -48,14 +48,20 @@ def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str
 
     check_syntax(script)
     Path(spec.results_root).mkdir(parents=True, exist_ok=True)
-    job_id = get(spec.scheduler).submit(script, spec)
-    directory = spec.results_dir(job_id)
-    (directory / "state").mkdir(parents=True, exist_ok=True)
-    if not (directory / "job.sh").exists():
-        (directory / "job.sh").write_text(script)
-    if not (directory / "spec.json").exists():
-        write_json(directory / "spec.json", {"spec": spec.to_dict(), "sources": sources or {}})
-    write_json(directory / "state" / SUBMITTED, {"time": now(), "epoch": time.time(), "job_id": job_id,
-                                                  "scheduler": spec.scheduler, "argv": sys.argv, "cwd": os.getcwd()})
+    # a job's directory, its script and its logs are the user's alone, as the script's own files are
+    umask = os.umask(0o077)
+    try:
+        job_id = get(spec.scheduler).submit(script, spec)
+        directory = spec.results_dir(job_id)
+        (directory / "state").mkdir(parents=True, exist_ok=True)
+        if not (directory / "job.sh").exists():
+            (directory / "job.sh").write_text(script)
+        if not (directory / "spec.json").exists():
+            write_json(directory / "spec.json", {"spec": spec.to_dict(), "sources": sources or {}})
+        write_json(directory / "state" / SUBMITTED, {"time": now(), "epoch": time.time(), "job_id": job_id,
+                                                      "scheduler": spec.scheduler, "argv": sys.argv,
+                                                      "cwd": os.getcwd()})
+    finally:
+        os.umask(umask)
     return job_id, directory
 
