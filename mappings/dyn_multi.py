@@ -1,0 +1,181 @@
+"""``dyn_multi`` and ``dyn_auto_multi``: a pool of forked workers takes tasks from one shared queue.
+
+Any worker runs any (stateless) PE; what a task writes becomes new tasks (see
+:mod:`d4p_hpc.mappings.tasks`). The parent is process 0: it feeds the root
+PEs and supervises. The end-of-stream accounting is the one of the Redis
+mappings (:mod:`d4p_hpc.mappings.rstate`), kept in shared memory under one
+lock: per PE, tasks queued and not finished; a commit adds the tasks a unit
+created before it removes the unit's own, so a PE whose upstream PEs are done
+reaches zero only when nothing is left for it; then every worker
+postprocesses its copy, and the PE is done. ``dyn_auto_multi`` sizes the
+working pool by the backlog (policy: :mod:`d4p_hpc.mappings.autoscale`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import queue
+import sys
+from typing import Any
+
+from d4p_hpc.mappings.autoscale import Autoscaler
+from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, final_outcome,
+                                       join_workers)
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, restore_signals, run_process
+from d4p_hpc.mappings.tasks import CONTROL, SHARED, TaskRuntime, chunk, keep_notices, refuse_stateful
+
+STATES = (RUNNING, COMPLETED, "STOPPED")
+_DONE, _BUSY, _STATE, _POOL = range(4)
+OPEN, CLOSING, CLOSED = range(3)
+PARK_POLL = 0.1
+
+
+def validate(plan, mapping: str) -> None:
+    """Refuse stateful PEs before anything runs."""
+    refuse_stateful(plan, mapping)
+    keep_notices(plan)
+
+
+class LocalBroker:
+    """The broker of dyn_multi: one queue of pickled task lists, one control queue per worker, and
+    counters in shared memory changed under one lock.
+
+    Per PE: tasks queued and not finished, and whether it is open, closing
+    (no task will come: every worker postprocesses its copy) or closed.
+    """
+
+    def __init__(self, mp: Any, plan, workers: int) -> None:
+        self.workers = workers
+        self.proc = 0
+        self.node_of = {gid: node.index for node in plan.pes for gid in node.gids}
+        self.roots = {node.index for node in plan.roots()}
+        self.up = [sorted({c.src for c in plan.incoming(node.index)}) for node in plan.pes]
+        self.queue = mp.Queue()
+        self.ctl = [mp.Queue() for _ in range(workers + 1)]
+        self.lock = mp.Lock()
+        self.pending = mp.RawArray("q", len(plan.pes))
+        self.flags = mp.RawArray("b", len(plan.pes))
+        self.closed = mp.RawArray("b", len(plan.pes) * (workers + 1))
+        self.values = mp.RawArray("d", [0, 0, 0, workers])
+
+    def take(self, parked: bool) -> list[Unit]:
+        try:
+            return [Unit(CONTROL, [], close=self.ctl[self.proc].get(timeout=PARK_POLL if parked else 0))]
+        except queue.Empty:
+            if parked:
+                return []
+        try:
+            payload = self.queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        return [Unit(SHARED, pickle.loads(payload))] if payload else []
+
+    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+        new = outbox.get(SHARED, [])
+        with self.lock:
+            # new tasks are counted before the finished ones are taken off: zero means nothing is left
+            for gid, _input, _data in new:
+                self.pending[self.node_of[gid]] += 1
+            for index, n in done.items():
+                self.pending[index] -= n
+            self.values[_DONE] += sum(done.values())
+            self.values[_BUSY] += seconds
+            if close is not None:
+                self.flags[close] = CLOSED
+            if unit is not None and unit.gid == CONTROL:
+                self.closed[unit.close * (self.workers + 1) + self.proc] = 1
+            closing = self._walk()
+            backlog = sum(self.pending)
+        for entry in chunk(new, self.workers):
+            self.queue.put(pickle.dumps(entry, protocol=5))
+        for index in closing:
+            for proc in range(1, self.workers + 1):
+                self.ctl[proc].put(index)
+        if closing or self.values[_STATE] != 0:  # wake waiting workers now, not at their next timeout
+            for _ in range(self.workers):
+                self.queue.put(b"")
+        return backlog
+
+    def _walk(self) -> list[int]:
+        """Close and finish PEs in topological order (under the lock); return the newly closing ones."""
+        closing, finished = [], True
+        for index, up in enumerate(self.up):
+            if self.flags[index] == CLOSED:
+                continue
+            if index not in self.roots and self.pending[index] == 0 and \
+                    all(self.flags[u] == CLOSED for u in up):
+                if self.flags[index] == OPEN:
+                    self.flags[index] = CLOSING
+                    closing.append(index)
+                row = index * (self.workers + 1)
+                if all(self.closed[row + 1:row + self.workers + 1]):
+                    self.flags[index] = CLOSED
+                    continue
+            finished = False
+        if finished and self.values[_STATE] == 0:
+            self.values[_STATE] = 1
+        return closing
+
+    def state(self) -> str:
+        return STATES[int(self.values[_STATE])]
+
+    def stop(self, _outcome: Outcome | None = None) -> None:
+        with self.lock:
+            if self.values[_STATE] == 0:
+                self.values[_STATE] = 2
+
+    def active(self) -> bool:
+        return self.proc <= self.values[_POOL]
+
+    def backlog(self) -> int:
+        return sum(self.pending)
+
+    def load(self) -> tuple[int, int, float]:
+        return sum(self.pending), int(self.values[_DONE]), self.values[_BUSY]
+
+    def set_pool(self, n: int) -> None:
+        self.values[_POOL] = n
+
+
+def _worker(ctx: RunContext, proc: int, broker: LocalBroker) -> None:
+    broker.proc = proc
+    outcome = run_process(ctx, proc, None, on_stop=broker.stop,
+                          make_runtime=lambda sink: WorkerLoop(TaskRuntime(ctx.plan, proc, sink), broker))
+    broker.queue.cancel_join_thread()  # tasks left in the pipe after a failure must not block exit
+    sys.exit(outcome.exit_code)
+
+
+def run(ctx: RunContext) -> dict:
+    """Run the graph with ``ctx.processes`` workers; return the final run record."""
+    t0 = begin(ctx)
+    workers = ctx.processes
+    mp = multiprocessing.get_context("fork")
+    broker = LocalBroker(mp, ctx.plan, workers)
+    scaler = Autoscaler(workers, t0) if ctx.mapping == "dyn_auto_multi" else None
+    if scaler is not None:
+        broker.set_pool(scaler.size)
+    children = [mp.Process(target=_worker, args=(ctx, p, broker), name=f"d4p-worker-{p}")
+                for p in range(1, workers + 1)]
+    for child in children:
+        child.start()
+
+    def watch() -> None:
+        if any(c.exitcode not in (None, 0) for c in children):
+            raise Aborted()
+
+    drivers = []
+
+    def make_driver(sink) -> Driver:
+        drivers.append(Driver(ctx, TaskRuntime(ctx.plan, 0, sink, chain=False), broker, scaler, watch))
+        return drivers[0]
+
+    try:
+        driver_outcome = run_process(ctx, 0, None, on_stop=broker.stop, make_runtime=make_driver)
+    finally:
+        if broker.state() != COMPLETED:
+            broker.stop()
+        join_workers(children)
+        restore_signals()
+    extra = drivers[0].metrics() if drivers else {}
+    return end(ctx, t0, final_outcome(ctx, driver_outcome, died(children)), extra)

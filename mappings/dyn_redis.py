@@ -1,0 +1,201 @@
+"""``dyn_redis``, ``dyn_auto_redis`` and ``hybrid_redis``: tasks over Redis streams, workers on any node.
+
+The driver (this process, process 0) connects to Redis: the connection file
+of a per-job Redis (``--redis-connection``), an existing server (``--redis
+URL``), or else a private ``redis-server`` it starts itself on loopback. It
+publishes the run (graph path, attribute, mapping, pool size, results
+directory) and announces it, so that workers started anywhere with only the
+connection file (``python -m d4p_hpc.mappings.worker``) can join; unless
+``--external-workers`` is given, it forks ``-n`` local workers itself. Then
+it feeds the root PEs, with backpressure, and supervises: autoscaling
+(dyn_auto_redis), and the liveness of workers that host stateful instances
+(hybrid_redis), whose death fails the run since their state is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import sys
+import time
+import uuid
+
+from d4p_hpc.errors import UsageError
+from d4p_hpc.mappings import rconn
+from d4p_hpc.mappings.autoscale import Autoscaler
+from d4p_hpc.mappings.core import Sink
+from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, final_outcome, join_workers
+from d4p_hpc.mappings.rbroker import RedisBroker, claim_idle
+from d4p_hpc.mappings.redis_server import RedisServer
+from d4p_hpc.mappings.rstate import Keys, forget, publish
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, restore_signals, run_process
+from d4p_hpc.mappings.tasks import TaskRuntime, keep_notices, refuse_stateful, truncate_parts
+
+NO_WORKER_NOTICE = 30.0
+
+
+def validate(plan, mapping: str) -> None:
+    """Refuse stateful PEs, except under hybrid_redis, before anything runs."""
+    if mapping != "hybrid_redis":
+        refuse_stateful(plan, mapping)
+    keep_notices(plan)
+
+
+class DriverBroker(RedisBroker):
+    """The driver's side: fresh state, backlog and load, pool size, liveness."""
+
+    def state(self) -> str:
+        return self.fresh_state()
+
+    def backlog(self) -> int:
+        return sum(int(v) for v in self.client.hvals(self.keys.pending))
+
+    def load(self) -> tuple[int, int, float]:
+        tasks, busy = self.client.hmget(self.keys.work, "tasks", "busy")
+        return self.backlog(), int(tasks or 0), float(busy or 0)
+
+    def live_workers(self) -> list[int]:
+        procs = sorted(int(p) for p in self.client.hkeys(self.keys.workers))
+        pipe = self.client.pipeline(transaction=False)
+        for proc in procs:
+            pipe.exists(self.keys.alive(proc))
+        return [proc for proc, alive in zip(procs, pipe.execute()) if alive]
+
+    def set_pool(self, n: int) -> None:
+        self.client.set(self.keys.active, ",".join(str(p) for p in self.live_workers()[:n]))
+
+    def dead_owner(self) -> tuple[int, int] | None:
+        """(gid, proc) of a stateful instance not finished whose host has no heartbeat, if any."""
+        owners = {int(g): int(p) for g, p in self.client.hgetall(self.keys.owners).items()}
+        finished = {int(g) for g in self.client.hkeys(self.keys.idone)}
+        for gid, proc in sorted(owners.items()):
+            if gid not in finished and not self.client.exists(self.keys.alive(proc)):
+                return gid, proc
+        return None
+
+
+def _connection(ctx: RunContext, stack: contextlib.ExitStack) -> tuple[rconn.Connection, bool]:
+    """The Redis to use, and whether it is our own private one."""
+    opts = ctx.options
+    if opts.get("redis_connection"):
+        return rconn.read_connection_file(opts["redis_connection"]), False
+    if opts.get("redis_url"):
+        return rconn.parse_url(opts["redis_url"]), False
+    if opts.get("external_workers"):
+        raise UsageError("--external-workers needs the Redis the workers use: --redis-connection FILE "
+                         "(of python -m d4p_hpc.mappings.redis_server) or --redis URL")
+    return stack.enter_context(RedisServer(ctx.results, binary=opts.get("redis_server"))), True
+
+
+def _local_worker(conn: rconn.Connection, run: dict, ctx: RunContext) -> None:
+    from d4p_hpc.mappings.worker import serve
+    sys.exit(serve(conn, run, ctx).exit_code)
+
+
+def run(ctx: RunContext) -> dict:
+    """Run the graph on Redis; return the final run record."""
+    redis = rconn.import_redis()
+    with contextlib.ExitStack() as stack:
+        conn, own = _connection(ctx, stack)
+        client = rconn.connect(conn)
+        t0 = begin(ctx)
+        run_id = uuid.uuid4().hex[:12]
+        run_info = {"graph": ctx.graph_path, "attr": ctx.attr, "mapping": ctx.mapping,
+                    "processes": ctx.processes, "results": str(ctx.results), "claim_idle": claim_idle()}
+        keys = publish(client, run_id, ctx.plan, run_info)
+        broker = DriverBroker(conn, keys, 0, ctx.processes, run_info["claim_idle"])
+        mp = multiprocessing.get_context("fork")
+        children = [] if ctx.options.get("external_workers") else [
+            mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx), name=f"d4p-worker-{p}")
+            for p in range(1, ctx.processes + 1)]
+        for child in children:
+            child.start()
+        scaler = Autoscaler(ctx.processes, t0) if ctx.mapping == "dyn_auto_redis" else None
+        drivers: list[Driver] = []
+        extra: dict = {}
+        errors: list[dict] = []
+        try:
+            driver = run_process(ctx, 0, None, on_stop=lambda o: broker.stop("FAILED" if o.error else o.state, o.error),
+                                 make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            driver = Outcome("FAILED", None, {"pe": None, "process": 0,
+                                              "traceback": f"lost the Redis at {conn.display()}: {exc}"})
+        finally:
+            try:
+                if broker.fresh_state() == RUNNING:
+                    broker.stop("CANCELLED")
+                join_workers(children)
+                _wait_external(broker)
+                extra = {**_finish(ctx, broker, client), **(drivers[0].metrics() if drivers else {})}
+                error = client.get(keys.error)
+                errors = [json.loads(error)] if error else []
+                if not own:
+                    forget(client, keys)
+            except (redis.ConnectionError, redis.TimeoutError):
+                join_workers(children)  # Redis is gone: what it held is lost, but no worker may outlive us
+            finally:
+                restore_signals()
+    # a dead worker is no failure when others redid its work and the run completed
+    errors += died(children) if driver.state != "COMPLETED" else []
+    return end(ctx, t0, final_outcome(ctx, driver, errors), extra)
+
+
+def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscaler | None, children: list,
+            made: list) -> Driver:
+    runtime = TaskRuntime(ctx.plan, 0, sink, chain=False)
+    broker.runtime = runtime
+    started = time.monotonic()
+    told = []
+
+    def watch() -> None:
+        # no commit may come while a PE waits for a dead worker to close its copy: walk the PEs anyway
+        broker.commit(None, {}, {}, 0.0)
+        if children and not any(c.is_alive() for c in children):
+            broker.stop("FAILED", {"pe": None, "process": None, "traceback": "every local worker died"})
+            raise Aborted()
+        dead = broker.dead_owner()
+        if dead is not None:
+            gid, proc = dead
+            node = runtime.node_of[gid]
+            broker.stop("FAILED", {"pe": node.key, "process": proc, "traceback":
+                                   f"worker {proc}, host of instance {gid - node.first_gid} of stateful PE "
+                                   f"{node.key}, died; its state is lost (rerun the workflow)"})
+            raise Aborted()
+        if not told and not children and time.monotonic() - started > NO_WORKER_NOTICE and \
+                not broker.live_workers():
+            told.append(True)
+            print(f"no worker has joined after {NO_WORKER_NOTICE:.0f} s: start them with "
+                  f"python -m d4p_hpc.mappings.worker --connection {ctx.results}/redis.json", flush=True)
+
+    made.append(Driver(ctx, runtime, broker, scaler, watch))
+    return made[0]
+
+
+def _wait_external(broker: DriverBroker, timeout: float = 10.0) -> None:
+    """Give live workers started elsewhere a moment to leave and write their metrics."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exited = {int(p) for p in broker.client.hkeys(broker.keys.exited)}
+        if not set(broker.live_workers()) - exited:
+            return
+        time.sleep(0.1)
+
+
+def _finish(ctx: RunContext, broker: DriverBroker, client) -> dict:
+    """Cut the results of units that were never acknowledged and may have been redone; return the
+    mapping's metrics."""
+    keys: Keys = broker.keys
+    exited = {int(p): s.decode() for p, s in client.hgetall(keys.exited).items()}
+    sizes = {k.decode(): int(v) for k, v in client.hgetall(keys.sizes).items()}
+    workers = sorted(int(p) for p in client.hkeys(keys.workers))
+    cut = 0
+    for proc in workers:
+        # a killed or signalled worker's last unit was (or would have been) redone elsewhere; after a
+        # failure nothing is redone, so the results written so far stay
+        if exited.get(proc) not in ("COMPLETED", "FAILED"):
+            parts = [str(p.relative_to(ctx.results)) for p in ctx.results.glob(f"outputs/*/part-{proc:05d}.*")]
+            cut += truncate_parts(ctx.results, {rel: sizes.get(rel, 0) for rel in parts})
+    return {"workers": len(workers), "redeliveries": int(client.get(keys.redeliveries) or 0),
+            "truncated_parts": cut,
+            "redis_used_memory_peak_mb": round(client.info("memory")["used_memory_peak"] / 2 ** 20, 2)}

@@ -1,0 +1,217 @@
+"""The driver and worker loops shared by dyn_multi and the Redis mappings.
+
+Both talk to a *broker* (a local queue for dyn_multi, Redis streams for the
+others) through a few calls:
+
+``take(parked) -> [Unit]``
+    Units to run, waiting briefly if there are none; only control units
+    (close a PE) while autoscaling has parked this worker.
+``commit(unit, outbox, done, seconds, close=None) -> int``
+    Atomically: acknowledge ``unit``, queue what it wrote, count its tasks
+    finished and the new ones (end-of-stream accounting), close a root PE;
+    returns the backlog (tasks queued and not finished).
+``state() -> str``
+    RUNNING, COMPLETED, or anything else for a run that stops.
+``active() -> bool``
+    False while autoscaling has parked this worker.
+``backlog()`` / ``load()``
+    For the driver: backlog, and ``(backlog, tasks done, busy seconds)`` for autoscaling.
+``set_pool(n)``
+    For the driver: how many workers may work.
+
+The accounting, in the same atomic step as each commit (details in
+:mod:`d4p_hpc.mappings.rstate`): per PE, the tasks queued and not finished. A
+PE whose upstream PEs are all done and which has none left gets no more: the
+workers postprocess their copies of it (stateful instances: after their last
+item), and then it is done. The driver closes the roots after feeding them;
+the run is COMPLETED when every PE is done. No idle timeout is involved, so a
+PE that takes minutes per item cannot end the run early.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from d4p_hpc.mappings.autoscale import TICK, Autoscaler
+from d4p_hpc.mappings.core import root_feed
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, read_parts
+from d4p_hpc.mappings.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime
+
+RUNNING = "RUNNING"
+COMPLETED = "COMPLETED"
+READ_COUNT = 8
+SLOW_UNIT = 0.05
+FLUSH_SECONDS = 0.02
+
+
+def max_backlog(workers: int) -> int:
+    """Tasks the driver lets wait before it pauses feeding (``$D4P_HPC_MAX_BACKLOG`` overrides)."""
+    configured = os.environ.get("D4P_HPC_MAX_BACKLOG")
+    return int(configured) if configured else 2 * READ_COUNT * ENTRY_TASKS * max(1, workers)
+
+
+@dataclass
+class Unit:
+    """One piece of work: tasks from the shared queue (``gid == SHARED``), items for owned instance
+    ``gid`` (``eos``: its end of stream), or (``gid == CONTROL``) closing stateless PE ``close``."""
+
+    gid: int
+    items: list
+    ref: Any = None
+    eos: bool = False
+    close: int | None = None
+
+
+class WorkerLoop:
+    """A worker: run units until the run ends (the object ``run_process`` drives)."""
+
+    def __init__(self, runtime: TaskRuntime, broker: Any) -> None:
+        self.runtime = runtime
+        self.broker = broker
+
+    def run(self) -> None:
+        runtime, broker = self.runtime, self.broker
+        while True:
+            state = broker.state()
+            if state == COMPLETED:
+                break
+            if state != RUNNING:
+                raise Aborted()
+            for unit in broker.take(parked=not broker.active()):
+                t = time.perf_counter()
+                done = {}
+                if unit.gid == SHARED:
+                    done = runtime.run_tasks(unit.items, self._check)
+                elif unit.gid == CONTROL:
+                    runtime.close(unit.close)
+                elif unit.eos:
+                    runtime.finish(runtime.owned[unit.gid])
+                else:
+                    runtime.run_items(unit.gid, unit.items, self._check)
+                broker.commit(unit, runtime.take_outbox(), done, time.perf_counter() - t)
+                if broker.state() != RUNNING:
+                    break
+
+    def _check(self) -> None:
+        # between two tasks of a unit: a run that stopped is not worth finishing the unit for
+        if self.broker.state() != RUNNING:
+            raise Aborted()
+
+    def stats(self) -> list[dict]:
+        return self.runtime.stats()
+
+
+class Driver:
+    """Process 0: feeds the root PEs, then supervises until the run ends.
+
+    Parameters
+    ----------
+    ctx
+        The run.
+    runtime
+        A non-chaining :class:`TaskRuntime` hosting the roots.
+    broker
+        See the module docstring.
+    scaler
+        The autoscaler of dyn_auto_* mappings, or None for a fixed pool.
+    watch
+        Called every tick; raises (e.g. :class:`Aborted`) when workers died.
+    """
+
+    def __init__(self, ctx: RunContext, runtime: TaskRuntime, broker: Any, scaler: Autoscaler | None = None,
+                 watch: Callable[[], None] | None = None) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+        self.broker = broker
+        self.scaler = scaler
+        self.watch = watch
+        self.limit = max_backlog(ctx.processes)
+        self.peak = 0
+        self._next_tick = 0.0
+
+    def run(self) -> None:
+        for root in self.ctx.plan.roots():
+            inst = self.runtime.copy_of(root.index)
+            last = time.monotonic()
+            for item in root_feed(self.ctx.feeds.get(root.index, 0)):
+                self.runtime.feed(inst, item)
+                if self.runtime.queued >= 2 * ENTRY_TASKS * self.ctx.processes or \
+                        time.monotonic() - last > FLUSH_SECONDS:
+                    self._send()
+                    last = time.monotonic()
+            self.runtime.finish(inst)
+            self._send(close=root.index)
+        while self._check():
+            time.sleep(TICK / 5)
+
+    def _send(self, close: int | None = None) -> None:
+        backlog = self.broker.commit(None, self.runtime.take_outbox(), {}, 0.0, close=close)
+        self.peak = max(self.peak, backlog)
+        self._check()
+        # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small
+        delay = 0.002
+        while backlog > self.limit and self._check():
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
+            backlog = self.broker.backlog()
+
+    def _check(self) -> bool:
+        """True while the run goes on; ticks the autoscaler and the watch; raises if it stopped."""
+        state = self.broker.state()
+        if state == COMPLETED:
+            return False
+        if state != RUNNING:
+            raise Aborted()
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            if self.scaler is not None:
+                self.broker.set_pool(self.scaler.update(time.time(), *self.broker.load()))
+            if self.watch is not None:
+                self.watch()
+        return True
+
+    def stats(self) -> list[dict]:
+        return self.runtime.stats()
+
+    def metrics(self) -> dict:
+        """The mapping's own metrics: the largest backlog the driver queued onto, the backpressure
+        limit, and the pool size over time (dyn_auto_*)."""
+        extra = {"backlog_peak": self.peak, "backlog_limit": self.limit}
+        if self.scaler is not None:
+            extra.update(self.scaler.metrics(time.time()))
+        return extra
+
+
+def join_workers(children: list, grace: float = 10.0) -> None:
+    """Wait for forked workers to leave; after ``grace`` seconds (a PE stuck in a long call) SIGTERM
+    them, and SIGKILL what is left 5 s later, so that none outlives the run."""
+    deadline = time.monotonic() + grace
+    for signal_them in ("terminate", "kill", None):
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+        alive = [c for c in children if c.is_alive()]
+        if not alive or signal_them is None:
+            return
+        for child in alive:
+            getattr(child, signal_them)()
+        deadline = time.monotonic() + 5
+
+
+def died(children: list) -> list[dict]:
+    """Errors for forked workers that died (not by exiting after their own failure or a stop)."""
+    return [{"pe": None, "process": proc, "traceback": f"worker {proc} (pid {c.pid}) died with exit code {c.exitcode}"}
+            for proc, c in enumerate(children, 1) if c.exitcode not in (0, 1, 128 + 2, 128 + 15)]
+
+
+def final_outcome(ctx: RunContext, driver: Outcome, errors: list[dict]) -> Outcome:
+    """The run's outcome: the driver's PE failure, else a worker's (from its metrics part), else one of
+    ``errors`` (e.g. a worker that died), else the driver's own state (workers that only saw the run
+    stop report no error of their own)."""
+    if driver.error:
+        return driver
+    found = [p["error"] for p in read_parts(ctx) if p["process"] != 0 and p.get("error")] + errors
+    return Outcome("FAILED", None, found[0]) if found else driver

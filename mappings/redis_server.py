@@ -1,0 +1,383 @@
+"""A private per-job ``redis-server``: started, supervised and always stopped by us.
+
+The server listens on a free port of one address, requires a random password,
+keeps nothing on disk, and is described by a 0600 connection file (see
+:mod:`d4p_hpc.mappings.rconn`). It is stopped when the context manager exits,
+on an exception, Ctrl-C or SIGTERM, and, as a last resort on Linux, by the
+kernel when the process that started it dies (``PR_SET_PDEATHSIG``).
+
+Supervisor entry point for job scripts::
+
+    python -m d4p_hpc.mappings.redis_server --results DIR --bind 0.0.0.0 [--advertise HOST]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from d4p_hpc.errors import RedisError
+from d4p_hpc.mappings.rconn import CONNECTION_FILE, Connection, import_redis
+
+#: Environment variable naming the ``redis-server`` binary when none is given.
+BINARY_ENV = "D4P_HPC_REDIS_SERVER"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def find_binary(binary: str | None = None) -> str:
+    """Resolve the ``redis-server`` executable: argument, ``$D4P_HPC_REDIS_SERVER``, then PATH."""
+    name = binary or os.environ.get(BINARY_ENV) or "redis-server"
+    found = shutil.which(name)
+    if not found:
+        raise RedisError(f"redis-server not found ({name}): install it (Debian: apt-get install "
+                         f"redis-server) or give its path with --redis-server PATH or ${BINARY_ENV}")
+    return found
+
+
+def resolve_bind(bind: str) -> str:
+    """Turn ``bind`` (an IP address, a host name, or a network interface such as ``ib0``) into an IP."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(bind))
+    if bind in {name for _, name in socket.if_nameindex()}:
+        return _interface_ipv4(bind)
+    try:
+        return socket.gethostbyname(bind)
+    except OSError:
+        raise RedisError(f"cannot bind Redis to {bind!r}: not an IP address, interface or "
+                         f"resolvable host name (try --bind 0.0.0.0)") from None
+
+
+def _interface_ipv4(name: str) -> str:
+    import fcntl
+    import struct
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            raise RedisError(f"network interface {name} has no IPv4 address to bind Redis to") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def _quote(path: Path) -> str:
+    """``path`` as a double-quoted redis.conf string (paths may hold spaces)."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _free_port(address: str) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn: have the kernel stop Redis if its starter dies, even by SIGKILL."""
+    def preexec():
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec if sys.platform.startswith("linux") else None
+
+
+def write_connection_file(path: Path, conn: Connection) -> None:
+    """Create ``path`` holding ``conn`` as JSON, mode 0600 from the first byte, never overwriting.
+
+    The content goes to a private temporary name first and is then hard-linked
+    into place, so readers polling for ``path`` never see a partial file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(conn.as_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RedisError(f"{path} already exists: another Redis serves this results directory; "
+                         f"use a new --results directory or delete the stale file") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class RedisServer:
+    """Context manager running one private ``redis-server``.
+
+    Parameters
+    ----------
+    results
+        Results directory for the connection file (``redis.json``) and the
+        server log (``logs/redis-server.log``); None keeps both private.
+    bind
+        Address, host name or interface to listen on: loopback for local runs,
+        ``0.0.0.0`` in jobs.
+    advertise
+        Host name written to the connection file, which other nodes use;
+        default: the bind address, or this host's name when bound to all.
+    binary
+        ``redis-server`` executable; see :func:`find_binary`.
+    port
+        Fixed port; default a free one.
+
+    Notes
+    -----
+    Start it from the main thread (or one that lives as long as Redis should):
+    on Linux the kernel stops Redis when the starting thread ends.
+    """
+
+    def __init__(self, results: str | os.PathLike | None = None, bind: str = "127.0.0.1",
+                 advertise: str | None = None, binary: str | None = None, port: int | None = None):
+        self.results = Path(results) if results is not None else None
+        self.bind = bind
+        self.advertise = advertise
+        self.binary = binary
+        self.port = port
+        self.connection: Connection | None = None
+        self.connection_file: Path | None = None
+        self.log_file: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._private: Path | None = None
+        self._saved_handlers: dict = {}
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running ``redis-server``."""
+        return self._proc.pid if self._proc else None
+
+    def __enter__(self) -> Connection:
+        self._install_signal_handlers()
+        try:
+            return self.start()
+        except BaseException:
+            self._restore_signal_handlers()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.stop()
+        finally:
+            self._restore_signal_handlers()
+
+    def start(self) -> Connection:
+        """Start Redis, wait until it answers PING, write the connection file.
+
+        Returns
+        -------
+        Connection
+            How to reach it (host is the advertised name).
+
+        Raises
+        ------
+        RedisError
+            No binary, port in use, or Redis did not come up.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Connection:
+        binary = find_binary(self.binary)
+        address = resolve_bind(self.bind)
+        self._private = Path(tempfile.mkdtemp(prefix="d4p-redis-"))  # mkdtemp makes it 0700
+        if self.results is not None:
+            (self.results / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log_file = (self.results / "logs" if self.results else self._private) / "redis-server.log"
+        # created here, so that Redis appends to a private file rather than making a world-readable one
+        os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        password = secrets.token_urlsafe(32)
+        for attempt in range(3):
+            port = self.port or _free_port(address)
+            error = self._launch(binary, address, port, password)
+            if error is None:
+                break
+            # another process can grab a free port between our check and Redis' bind: try another
+            if self.port or "in use" not in str(error) or attempt == 2:
+                raise error
+        self.connection = Connection(host=self._advertised(address), port=port, password=password,
+                                     source="per-job redis-server")
+        if self.results is not None:
+            write_connection_file(self.results / CONNECTION_FILE, self.connection)
+            self.connection_file = self.results / CONNECTION_FILE
+        return self.connection
+
+    def _advertised(self, address: str) -> str:
+        if self.advertise:
+            return self.advertise
+        return socket.gethostname() if ipaddress.ip_address(address).is_unspecified else address
+
+    def _launch(self, binary: str, address: str, port: int, password: str) -> RedisError | None:
+        conf = self._private / "redis.conf"
+        # the password goes in a 0600 file in the 0700 dir, never on the command line (ps shows it)
+        lines = [f"bind {address}", f"port {port}", f"requirepass {password}", "protected-mode yes",
+                 'save ""', "appendonly no", f"dir {_quote(self._private)}", f"logfile {_quote(self.log_file)}",
+                 "daemonize no", "databases 1"]
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        # a file, not a pipe, for what Redis says before its log is open: a full pipe would block it
+        with open(self._private / "stderr", "wb") as err:
+            # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
+            self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=err, start_new_session=True,
+                                          preexec_fn=_die_with_parent(os.getpid()))
+        local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
+        error = self._wait_ready(Connection(local, port, password), port)
+        if error is not None:
+            self._terminate()
+        return error
+
+    def _wait_ready(self, conn: Connection, port: int) -> RedisError | None:
+        redis = import_redis()
+        # this loop retries, and must notice soon that Redis exited
+        client = conn.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    return self._start_failure(port)
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    if client.ping():
+                        return None
+                time.sleep(0.05)
+        finally:
+            client.close()
+        return RedisError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s; "
+                          f"see {self.log_file}")
+
+    def _start_failure(self, port: int) -> RedisError:
+        stderr = (self._private / "stderr").read_text(errors="replace")
+        with contextlib.suppress(OSError):
+            stderr += self.log_file.read_text(errors="replace")
+        if "Address already in use" in stderr:
+            return RedisError(f"port {port} on {self.bind} is in use: leave the port out to "
+                              f"pick a free one, or stop what listens there")
+        last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "no output")
+        return RedisError(f"redis-server exited with code {self._proc.returncode} at start: "
+                          f"{last.strip()} (log: {self.log_file})")
+
+    def wait(self) -> int:
+        """Block until Redis exits by itself; return its exit code."""
+        return self._proc.wait()
+
+    def stop(self) -> None:
+        """Stop Redis (SIGTERM, then SIGKILL), remove the connection file and private dir. Idempotent."""
+        with _deferred_signals():
+            self._terminate()
+            if self.connection_file is not None:
+                self.connection_file.unlink(missing_ok=True)
+                self.connection_file = None
+            if self._private is not None:
+                shutil.rmtree(self._private, ignore_errors=True)
+                self._private = None
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._saved_handlers.items():
+            signal.signal(signum, handler)
+        self._saved_handlers = {}
+
+    def _install_signal_handlers(self) -> None:
+        """Turn SIGTERM into SystemExit(143) while running, unless the caller handles it already."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Hold back Ctrl-C and SIGTERM so that a second one cannot cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    saved = {signum: signal.signal(signum, lambda n, f: pending.append(n)) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in pending:
+            signal.raise_signal(signum)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _request_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Supervisor: run Redis in the foreground until SIGTERM/SIGINT/SIGHUP, then stop it.
+
+    Returns
+    -------
+    int
+        0 after a requested stop, 1 if Redis could not start or died by itself.
+    """
+    parser = argparse.ArgumentParser(prog="python -m d4p_hpc.mappings.redis_server",
+                                     description="Run a private per-job redis-server.")
+    parser.add_argument("--results", required=True, help="results directory for redis.json and logs/")
+    parser.add_argument("--bind", default="127.0.0.1", help="IP, host name or interface (0.0.0.0 in jobs)")
+    parser.add_argument("--advertise", help="host name other nodes use (default: this host's name)")
+    parser.add_argument("--redis-server", dest="binary", help=f"redis-server binary (or ${BINARY_ENV})")
+    parser.add_argument("--port", type=int, help="fixed port (default: a free one)")
+    args = parser.parse_args(argv)
+    server = RedisServer(args.results, bind=args.bind, advertise=args.advertise,
+                         binary=args.binary, port=args.port)
+    try:
+        for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+            signal.signal(signum, _request_stop)
+        with server as conn:
+            print(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
+                  f"{server.connection_file}", file=sys.stderr, flush=True)
+            code = server.wait()
+            print(f"d4p-hpc: error: redis-server exited by itself with code {code}; see "
+                  f"{server.log_file}", file=sys.stderr)
+            return 1
+    except _Stop:
+        return 0
+    except RedisError as exc:
+        print(f"d4p-hpc: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

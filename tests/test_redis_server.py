@@ -1,0 +1,193 @@
+"""The per-job redis-server: start, password, 0600 connection file, and no orphan in any ending."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from d4p_hpc.errors import RedisError, UsageError
+from d4p_hpc.mappings import rconn
+from d4p_hpc.mappings.redis_server import RedisServer, resolve_bind
+from dynamic_support import alive, needs_redis, python_module, server_pid, tagged_env, tagged_pids, wait_file, wait_gone
+
+redis = pytest.importorskip("redis")
+
+
+@pytest.fixture
+def server(tmp_path):
+    with RedisServer(tmp_path) as conn:
+        yield conn
+
+
+class TestServer:
+    pytestmark = needs_redis
+
+    def test_starts_answers_and_has_no_persistence(self, server, tmp_path):
+        client = rconn.connect(rconn.read_connection_file(tmp_path / rconn.CONNECTION_FILE))
+        assert client.ping()
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        client.close()
+
+    def test_connection_file_is_0600_and_complete(self, server, tmp_path):
+        path = tmp_path / rconn.CONNECTION_FILE
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        conn = rconn.read_connection_file(path)
+        assert (conn.host, conn.port, conn.password) == (server.host, server.port, server.password)
+        assert len(server.password) >= 32
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    def test_client_without_or_with_wrong_password_is_refused(self, server):
+        for password in (None, "wrong"):
+            client = server.client(password=password, no_retry=True)
+            with pytest.raises(redis.AuthenticationError):
+                client.set("k", "v")
+            client.close()
+        with pytest.raises(RedisError, match="needs a password"):
+            rconn.connect(rconn.Connection(server.host, server.port))
+        with pytest.raises(RedisError, match="refused the password"):
+            rconn.connect(rconn.Connection(server.host, server.port, "wrong"))
+
+    def test_password_is_not_on_any_command_line(self, server):
+        pid = server_pid(server.as_dict())
+        assert server.password.encode() not in open(f"/proc/{pid}/cmdline", "rb").read()
+
+    def test_stop_leaves_no_process_file_or_private_dir(self, tmp_path):
+        rs = RedisServer(tmp_path)
+        with rs as conn:
+            pid, private = rs.pid, rs._private
+            assert private.stat().st_mode & 0o077 == 0
+        assert not alive(pid)
+        assert not (tmp_path / rconn.CONNECTION_FILE).exists()
+        assert not private.exists()
+        assert (tmp_path / "logs" / "redis-server.log").exists()
+        with pytest.raises(RedisError, match="cannot reach"):
+            rconn.connect(conn, socket_connect_timeout=1)
+
+    def test_stopped_on_exception(self, tmp_path):
+        rs = RedisServer(tmp_path)
+        with pytest.raises(ZeroDivisionError):
+            with rs:
+                pid = rs.pid
+                1 / 0
+        assert not alive(pid)
+
+
+class TestStartErrors:
+    pytestmark = needs_redis
+
+    def test_missing_binary(self, tmp_path):
+        with pytest.raises(RedisError, match=r"redis-server not found .*--redis-server PATH"):
+            RedisServer(tmp_path, binary=str(tmp_path / "nope")).start()
+
+    def test_port_in_use(self, tmp_path):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            with pytest.raises(RedisError, match=f"port {port} on 127.0.0.1 is in use"):
+                RedisServer(tmp_path, port=port).start()
+        assert not (tmp_path / rconn.CONNECTION_FILE).exists()
+
+    def test_existing_connection_file_is_not_overwritten(self, tmp_path):
+        (tmp_path / rconn.CONNECTION_FILE).write_text("{}")
+        with pytest.raises(RedisError, match="already exists"):
+            RedisServer(tmp_path).start()
+        assert (tmp_path / rconn.CONNECTION_FILE).read_text() == "{}"
+
+    def test_bad_bind(self, tmp_path):
+        with pytest.raises(RedisError, match="cannot bind"):
+            resolve_bind("no-such-host.invalid")
+        assert resolve_bind("lo") == "127.0.0.1"
+
+
+def _supervisor(tmp_path, tag, *extra):
+    cmd = python_module("d4p_hpc.mappings.redis_server", "--results", str(tmp_path), *extra)
+    return subprocess.Popen(cmd, env=tagged_env(tag), stderr=subprocess.PIPE, text=True)
+
+
+class TestSupervisor:
+    pytestmark = needs_redis
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+    def test_signal_stops_redis_and_removes_file(self, tmp_path, signum):
+        tag = uuid.uuid4().hex
+        proc = _supervisor(tmp_path, tag, "--bind", "0.0.0.0", "--advertise", "127.0.0.1")
+        conn = wait_file(tmp_path / rconn.CONNECTION_FILE, proc)
+        assert conn["host"] == "127.0.0.1"
+        pid = server_pid(conn)
+        proc.send_signal(signum)
+        assert proc.wait(20) == 0
+        assert "ready at 127.0.0.1:" in proc.stderr.read()
+        assert wait_gone(pid)
+        assert tagged_pids(tag) == set()
+        assert not (tmp_path / rconn.CONNECTION_FILE).exists()
+
+    def test_sigkill_of_supervisor_still_stops_redis(self, tmp_path):
+        tag = uuid.uuid4().hex
+        proc = _supervisor(tmp_path, tag)
+        pid = server_pid(wait_file(tmp_path / rconn.CONNECTION_FILE, proc))
+        proc.kill()
+        proc.wait()
+        assert wait_gone(pid), "redis-server outlived its SIGKILLed supervisor"
+
+    def test_start_failure_is_one_line(self, tmp_path):
+        proc = _supervisor(tmp_path, uuid.uuid4().hex, "--redis-server", "/nonexistent/redis-server")
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert err.count("\n") == 1 and err.startswith("d4p-hpc: error: redis-server not found")
+
+
+@pytest.mark.redis
+@needs_redis[1]
+def test_sigterm_to_a_process_using_the_context_manager(tmp_path):
+    """A driver with default SIGTERM handling exits 143 and leaves no redis-server."""
+    tag = uuid.uuid4().hex
+    code = textwrap.dedent(f"""
+        import sys, time
+        from d4p_hpc.mappings.redis_server import RedisServer
+        with RedisServer({str(tmp_path)!r}):
+            print("up", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=tagged_env(tag),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "up\n"
+    pid = server_pid(wait_file(tmp_path / rconn.CONNECTION_FILE, proc))
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(20) == 128 + signal.SIGTERM
+    assert wait_gone(pid)
+    assert tagged_pids(tag) == set()
+
+
+class TestUrl:
+    def test_full_url(self):
+        conn = rconn.parse_url("redis://user:p%40ss@node7:6400/2")
+        assert (conn.host, conn.port, conn.password, conn.username, conn.db) == ("node7", 6400, "p@ss", "user", 2)
+
+    def test_host_port_and_password_from_env(self, monkeypatch):
+        monkeypatch.setenv(rconn.PASSWORD_ENV, "s3cret")
+        conn = rconn.parse_url("node7:7000")
+        assert (conn.host, conn.port, conn.password) == ("node7", 7000, "s3cret")
+        assert "s3cret" not in repr(conn)
+
+    @pytest.mark.parametrize("url", ["http://x:1", "redis://:1", "redis://h:port", "redis://h/notadb"])
+    def test_bad_url(self, url):
+        with pytest.raises(UsageError, match="bad --redis URL"):
+            rconn.parse_url(url)
+
+    def test_missing_and_malformed_files(self, tmp_path):
+        with pytest.raises(RedisError, match="does not exist"):
+            rconn.read_connection_file(tmp_path / "redis.json")
+        (tmp_path / "redis.json").write_text("[1]")
+        with pytest.raises(RedisError, match="malformed"):
+            rconn.read_connection_file(tmp_path / "redis.json")
