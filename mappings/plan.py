@@ -9,21 +9,24 @@ Instance counts (``numprocesses`` is a request, as in dispel4py):
   instance: roots are fed from the command line, and a global input sends
   everything to one instance, so more would only add empty postprocess calls;
 * if the other PEs ask (``numprocesses``) for more than the ``N - fixed``
-  remaining processes, the requests are scaled down in proportion, at least
-  one instance each, with a notice;
+  remaining processes, the requests are scaled down in proportion to a share
+  of those (of all ``N`` when there are fewer than PEs, as instances share
+  processes then anyway), at least one instance each, with a notice: a PE
+  that asked for many keeps several, and light PEs share a process with it;
 * otherwise explicit requests (> 1) are kept and the PEs left at the default
   share the spare processes, as in dispel4py.
 
 Placement: instances are listed in topological order and cut into at most
-``N`` contiguous, equal chunks, one per process. An edge therefore never goes
+``N`` contiguous chunks, one per process, balancing the work requested
+(an instance of a PE that asked for k instances and got c weighs k / c). An edge therefore never goes
 from a later process to an earlier one, so blocking sends (backpressure)
 cannot deadlock even when several PEs share a process.
 """
 
 from __future__ import annotations
 
-import math
 import pickle
+from fractions import Fraction
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -195,9 +198,10 @@ def build_plan(graph: Any, processes: int) -> Plan:
 
 def _share(weights: list[int], total: int) -> list[int]:
     """Split ``total`` in proportion to ``weights`` (largest remainder: the parts add up to ``total``)."""
-    quotas = [w * total / sum(weights) for w in weights]
-    parts = [math.floor(q) for q in quotas]
-    by_remainder = sorted(range(len(weights)), key=lambda k: parts[k] - quotas[k])
+    whole = sum(weights)
+    parts = [w * total // whole for w in weights]
+    # integer remainders: float ties would be broken by rounding noise, not by PE order
+    by_remainder = sorted(range(len(weights)), key=lambda k: -(weights[k] * total % whole))
     for k in by_remainder[: total - sum(parts)]:
         parts[k] += 1
     return parts
@@ -208,11 +212,13 @@ def _assign_counts(plan: Plan) -> None:
     fixed |= {c.dst for c in plan.connections if c.grouping == "global"}
     elastic = [p for p in plan.pes if p.index not in fixed]
     spare = max(0, plan.processes - len(fixed))
-    wants = [max(1, int(getattr(p.pe, "numprocesses", 1) or 1)) for p in elastic]
+    wants = [_requested(p) for p in elastic]
     if elastic and sum(wants) > spare:
-        # one instance each, then what is left in proportion to the rest of each request
-        left = spare - len(elastic)
-        counts = [1 + c for c in _share([w - 1 for w in wants], left)] if left > 0 else [1] * len(elastic)
+        # in proportion to the requests, so a heavy PE that asked for many keeps several even
+        # when light PEs then have to share a process with it
+        # with too few processes for one per PE, instances share processes anyway: share all N
+        pool = spare if spare >= len(elastic) else plan.processes
+        counts = [max(1, c) for c in _share(wants, pool)]
     elif elastic:
         # as dispel4py: explicit requests are kept, PEs left at the default share the spare processes
         counts = list(wants)
@@ -234,9 +240,22 @@ def _assign_counts(plan: Plan) -> None:
 def _place(plan: Plan) -> None:
     total = plan.instances
     used = min(plan.processes, total)
-    plan.placement = [min(used - 1, g * used // total) for g in range(total)]
-    if total > plan.processes:
-        plan.notices.append(f"{total} PE instances share {plan.processes} processes")
+    if total <= used:
+        plan.placement = list(range(total))
+        return
+    # cut the instance list where the requested work is balanced: an instance of a PE that asked
+    # for k instances weighs k / (instances it got), so the instances of a heavy PE spread first
+    weights = [Fraction(_requested(node), node.count) for node in plan.pes for _ in range(node.count)]
+    whole, start, placement = sum(weights), Fraction(0), []
+    for weight in weights:
+        placement.append(min(used - 1, int((start + weight / 2) * used / whole)))  # by its middle
+        start += weight
+    plan.placement = placement
+    plan.notices.append(f"{total} PE instances share {plan.processes} processes")
+
+
+def _requested(node: PENode) -> int:
+    return max(1, int(getattr(node.pe, "numprocesses", 1) or 1))
 
 
 # --- deterministic group-by hash ---------------------------------------------------------------

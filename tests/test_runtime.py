@@ -137,11 +137,17 @@ def test_requests_beyond_the_processes_are_scaled_down_with_a_notice():
     assert "P0" in text and "P1" in text and "2" in text and "3" in text
 
 
-def test_scaled_down_counts_fit_in_the_processes():
-    """When there are at least as many processes as PEs, scaling down must not oversubscribe them."""
+def test_scaled_down_counts_follow_the_requests():
+    """Requests that do not fit are scaled in proportion: the PE that asked for most keeps most,
+    every PE keeps one, and only those bumps to one may put more instances than processes."""
     for n in range(4, 12):
         plan = build_plan(SHAPES["greedy"](), n)
-        assert plan.instances <= n, f"-n {n}: {counts(plan)} ({plan.instances} instances), {plan.notices}"
+        got = sorted((p.count for p in plan.pes if p.count), reverse=True)
+        greedy = max(p.count for p in plan.pes)
+        assert greedy >= (n - 1) * 10 // 12, f"-n {n}: {counts(plan)}"
+        assert plan.instances <= n + len(plan.pes) - 1, f"-n {n}: {counts(plan)} {plan.notices}"
+        assert any("asks for 10 instances" in notice for notice in plan.notices), plan.notices
+        assert plan.placement == sorted(plan.placement) and max(plan.placement) < n, got
 
 
 def test_fewer_processes_than_pes():

@@ -1,0 +1,112 @@
+"""Light benchmark graph: numbers -> light PE -> stateful group_by tally -> report.
+
+Written against the dispel4py 2.9 API so that it runs unchanged under the reference
+``dispel4py`` (PyPI ``stream-d4py``) and under d4p-hpc::
+
+    dispel4py simple benchmarks/graphs/light.py -a graph -i 100000
+    d4p-hpc run benchmarks/graphs/light.py --attr graph -m multi -n 4 -i 100000
+
+Every PE does almost no work, so the run measures the runtime's own overhead per item.
+
+Graphs
+------
+graph
+    ``Numbers -> Light -> Tally -> Report``; ``Tally`` is grouped by key and sums per key,
+    so it only gives exact totals if every key reaches exactly one instance.
+graph_stateless
+    ``Numbers -> Light -> Tag -> Report``; ``Tag`` is stateless, for the dynamic mappings
+    that refuse stateful PEs.
+
+``Report`` prints one line ``BENCH-RESULT {"records": R, "count": C, "sum": S}`` per
+instance in ``postprocess``; the benchmark adds these lines up and compares them with the
+``simple`` mapping's.
+"""
+import json
+
+from dispel4py.base import IterativePE, ProducerPE
+from dispel4py.core import GenericPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+KEYS = 100
+
+
+class Numbers(ProducerPE):
+    """Emit 1, 2, 3, ... one number per iteration (``-i N``)."""
+
+    def __init__(self):
+        ProducerPE.__init__(self)
+        # one instance, so that the numbers, and so the expected sums, do not depend on
+        # how a mapping splits the iterations
+        self.numprocesses = 1
+        self.counter = 0
+
+    def _process(self, inputs):
+        self.counter += 1
+        return self.counter
+
+
+class Light(IterativePE):
+    """Turn a number into a ``(key, value)`` pair: next to no work."""
+
+    def _process(self, data):
+        return data % KEYS, data
+
+
+class Tally(GenericPE):
+    """Count and sum the values per key; emit ``(key, count, sum)`` at the end."""
+
+    def __init__(self):
+        GenericPE.__init__(self)
+        self._add_input("input", grouping=[0])
+        self._add_output("output")
+        self.totals = {}
+
+    def process(self, inputs):
+        key, value = inputs["input"]
+        count, total = self.totals.get(key, (0, 0))
+        self.totals[key] = (count + 1, total + value)
+
+    def postprocess(self):
+        for key, (count, total) in sorted(self.totals.items()):
+            self.write("output", (key, count, total))
+
+
+class Tag(IterativePE):
+    """Stateless stand-in for ``Tally``: every pair becomes a record of count 1."""
+
+    def _process(self, data):
+        key, value = data
+        return key, 1, value
+
+
+class Report(GenericPE):
+    """Add up the ``(key, count, sum)`` records and print the totals at the end."""
+
+    def __init__(self):
+        GenericPE.__init__(self)
+        self._add_input("input")
+        self.records = self.count = self.sum = 0
+
+    def process(self, inputs):
+        _, count, total = inputs["input"]
+        self.records += 1
+        self.count += count
+        self.sum += total
+
+    def postprocess(self):
+        result = {"records": self.records, "count": self.count, "sum": self.sum}
+        print("BENCH-RESULT " + json.dumps(result), flush=True)
+
+
+def pipeline(work, aggregate):
+    """Connect ``Numbers -> work -> aggregate -> Report`` into a new graph."""
+    numbers, report = Numbers(), Report()
+    workflow = WorkflowGraph()
+    workflow.connect(numbers, "output", work, "input")
+    workflow.connect(work, "output", aggregate, "input")
+    workflow.connect(aggregate, "output", report, "input")
+    return workflow
+
+
+graph = pipeline(Light(), Tally())
+graph_stateless = pipeline(Light(), Tag())
