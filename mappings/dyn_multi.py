@@ -13,9 +13,12 @@ working pool by the backlog (policy: :mod:`d4p_hpc.mappings.autoscale`).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import pickle
 import queue
+import select
 import sys
 from typing import Any
 
@@ -58,6 +61,9 @@ class LocalBroker:
         self.flags = mp.RawArray("b", len(plan.pes))
         self.closed = mp.RawArray("b", len(plan.pes) * (workers + 1))
         self.values = mp.RawArray("d", [0, 0, 0, workers])
+        # a byte is written here when the state leaves RUNNING: wakes the driver (see wait)
+        self._ended_r, self._ended_w = os.pipe()
+        os.set_blocking(self._ended_w, False)
 
     def take(self, parked: bool) -> list[Unit]:
         try:
@@ -95,6 +101,8 @@ class LocalBroker:
         if closing or self.values[_STATE] != 0:  # wake waiting workers now, not at their next timeout
             for _ in range(self.workers):
                 self.queue.put(b"")
+        if self.values[_STATE] != 0:
+            self._ended()
         return backlog
 
     def _walk(self) -> list[int]:
@@ -124,6 +132,7 @@ class LocalBroker:
         with self.lock:
             if self.values[_STATE] == 0:
                 self.values[_STATE] = 2
+        self._ended()
 
     def active(self) -> bool:
         return self.proc <= self.values[_POOL]
@@ -136,6 +145,18 @@ class LocalBroker:
 
     def set_pool(self, n: int) -> None:
         self.values[_POOL] = n
+
+    def wait(self, seconds: float) -> None:
+        select.select([self._ended_r], [], [], seconds)
+
+    def _ended(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe has woken the driver already
+            os.write(self._ended_w, b"x")
+
+    def close(self) -> None:
+        """Release the driver's wake-up pipe (after the workers have left)."""
+        os.close(self._ended_r)
+        os.close(self._ended_w)
 
 
 def _worker(ctx: RunContext, proc: int, broker: LocalBroker) -> None:
@@ -176,6 +197,7 @@ def run(ctx: RunContext) -> dict:
         if broker.state() != COMPLETED:
             broker.stop()
         join_workers(children)
+        broker.close()
         restore_signals()
     extra = drivers[0].metrics() if drivers else {}
     return end(ctx, t0, final_outcome(ctx, driver_outcome, died(children)), extra)

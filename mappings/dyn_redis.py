@@ -48,6 +48,10 @@ class DriverBroker(RedisBroker):
     def state(self) -> str:
         return self.fresh_state()
 
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; return at once when the run has ended (an entry in ``ended``)."""
+        self.client.xread({self.keys.ended: "0-0"}, count=1, block=max(1, int(seconds * 1000)))
+
     def backlog(self) -> int:
         return sum(int(v) for v in self.client.hvals(self.keys.pending))
 
@@ -132,6 +136,8 @@ def run(ctx: RunContext) -> dict:
                 errors = [json.loads(error)] if error else []
                 if not own:
                     forget(client, keys)
+                else:
+                    _shutdown(conn)
             except (redis.ConnectionError, redis.TimeoutError):
                 join_workers(children)  # Redis is gone: what it held is lost, but no worker may outlive us
             finally:
@@ -180,6 +186,19 @@ def _wait_external(broker: DriverBroker, timeout: float = 10.0) -> None:
         if not set(broker.live_workers()) - exited:
             return
         time.sleep(0.1)
+
+
+def _shutdown(conn: rconn.Connection) -> None:
+    """Stop our private Redis now: it acts on SIGTERM (from :class:`RedisServer`) only at its next cron
+    tick, up to 0.1 s later, which a short run would count in its wall time. (No retries: the
+    connection closing is the answer.)"""
+    client = conn.client(no_retry=True)
+    try:
+        client.shutdown(nosave=True)
+    except rconn.import_redis().RedisError:
+        pass  # SIGTERM from RedisServer stops it anyway
+    finally:
+        client.close()
 
 
 def _finish(ctx: RunContext, broker: DriverBroker, client) -> dict:

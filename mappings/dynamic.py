@@ -18,6 +18,8 @@ others) through a few calls:
     For the driver: backlog, and ``(backlog, tasks done, busy seconds)`` for autoscaling.
 ``set_pool(n)``
     For the driver: how many workers may work.
+``wait(seconds)``
+    For the driver: sleep, returning early when the run ends.
 
 The accounting, in the same atomic step as each commit (details in
 :mod:`d4p_hpc.mappings.rstate`): per PE, the tasks queued and not finished. A
@@ -145,7 +147,7 @@ class Driver:
             self.runtime.finish(inst)
             self._send(close=root.index)
         while self._check():
-            time.sleep(TICK / 5)
+            self.broker.wait(TICK / 5)
 
     def _send(self, close: int | None = None) -> None:
         backlog = self.broker.commit(None, self.runtime.take_outbox(), {}, 0.0, close=close)

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from d4p_hpc.mappings.dynamic import READ_COUNT, RUNNING, SLOW_UNIT, Unit
+from d4p_hpc.mappings.dynamic import COMPLETED, READ_COUNT, RUNNING, SLOW_UNIT, Unit
 from d4p_hpc.mappings.rstate import COMMIT, GROUP, REGISTER, Keys, stateful_gids, stop_run
 from d4p_hpc.mappings.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime, chunk, truncate_parts
 
@@ -102,9 +102,11 @@ class RedisBroker:
                 unit.close if unit is not None and unit.gid == CONTROL else "", self.proc,
                 len(deltas), *[x for kv in deltas.items() for x in kv], len(adds) // 2, *adds,
                 len(sizes), *[x for kv in sizes.items() for x in kv]]
-        status, backlog = self._commit(args=args)
+        status, backlog, *completed = self._commit(args=args)
         if status == 1:
             self.sizes.update(sizes)
+            if completed and completed[0]:
+                self._state = COMPLETED  # this commit ended the run
         elif status == 0:
             # another worker took this unit over (we were thought dead) and committed it first
             truncate_parts(self.runtime.sink.results, self.sizes)
@@ -186,7 +188,9 @@ class RedisBroker:
             kind, _, number = stream.decode()[len(self.keys.prefix):].partition(":")
             gid = SHARED if kind == "tasks" else CONTROL if kind == "ctl" else int(number)
             for ref, fields in entries:
-                if b"close" in fields:
+                if b"end" in fields:  # the run ended (see rstate): read its state now, not at the next beat
+                    self._state = self.fresh_state()
+                elif b"close" in fields:
                     units.append(Unit(CONTROL, [], ref.decode(), close=int(fields[b"close"])))
                 elif b"eos" in fields:
                     units.append(Unit(gid, [], ref.decode(), eos=True))

@@ -7,7 +7,8 @@ Keys (prefix ``d4p:<run id>:``)::
     pending         hash: PE index -> tasks queued, "g<gid>" -> items queued for an instance
     done / eos / idone   hashes: PEs finished / end-of-stream sent to a stateful PE / instances finished
     closing, closed:<PE>  hashes: stateless PEs told to close / workers that closed their copy
-    ctl:<proc>      control stream of one worker (close messages), group "g"
+    ctl:<proc>      control stream of one worker (close messages; "end" when the run ends), group "g"
+    ended           stream with one entry once the run has ended (the driver blocks on it)
     topo            the plan, as the script needs it (JSON)
     state           RUNNING, COMPLETED, FAILED or CANCELLED
     sizes           hash: part file -> bytes written by acknowledged units
@@ -88,10 +89,15 @@ for _, pe in ipairs(cjson.decode(redis.call('GET', p..'topo'))) do
     if ready then redis.call('HSET', p..'done', key, 1) else all = false end
   end
 end
-if all then redis.call('SET', p..'state', 'COMPLETED') end
+if all then
+  redis.call('SET', p..'state', 'COMPLETED')
+  -- wake the workers blocked on their control stream, and the driver, now rather than at their next poll
+  for _, w in ipairs(workers) do redis.call('XADD', p..'ctl:'..w, '*', 'end', 1) end
+  redis.call('XADD', p..'ended', '*', 'state', 'COMPLETED')
+end
 local backlog = 0
 for _, v in ipairs(redis.call('HVALS', p..'pending')) do backlog = backlog + tonumber(v) end
-return {1, backlog}
+return {1, backlog, all and 1 or 0}
 """
 
 #: A worker joins: its record, heartbeat and control stream; PEs already closing are closed for it
@@ -110,6 +116,9 @@ STOP = r"""
 if redis.call('GET', KEYS[1]) == 'RUNNING' then
   redis.call('SET', KEYS[1], ARGV[1])
   if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'NX') end
+  local p = ARGV[3]
+  for _, w in ipairs(redis.call('HKEYS', p..'workers')) do redis.call('XADD', p..'ctl:'..w, '*', 'end', 1) end
+  redis.call('XADD', p..'ended', '*', 'state', ARGV[1])
   return 1
 end
 return 0
@@ -118,7 +127,8 @@ return 0
 
 def stop_run(client, keys: "Keys", state: str, error: dict | None = None) -> bool:
     """End a RUNNING run as ``state`` (FAILED, CANCELLED), keeping the first error; False if it had ended."""
-    return bool(client.eval(STOP, 2, keys.state, keys.error, state, json.dumps(error) if error else ""))
+    return bool(client.eval(STOP, 2, keys.state, keys.error, state, json.dumps(error) if error else "",
+                            keys.prefix))
 
 
 def topology(plan: Plan) -> list[dict]:

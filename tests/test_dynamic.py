@@ -94,6 +94,57 @@ def test_auto_pool_grows_with_backlog_and_is_recorded(tmp_path):
     assert metrics["pes"]["Tag"]["items_in"] == 60
 
 
+@pytest.mark.parametrize("mapping", ["dyn_auto_multi", pytest.param("dyn_auto_redis", marks=needs_redis)])
+def test_workers_parked_all_along_still_close_every_pe(mapping, tmp_path):
+    """A backlog of 40 cheap tasks keeps the pool at 1 of 4 workers: the parked ones must still take
+    the close messages (postprocess their copies), or the run never ends. Repeated, since which worker
+    is parked when a PE closes varies (the heavy benchmark graph at -n 4 once hung on this)."""
+    graph = write_graph(tmp_path, FLUSH_GRAPH)
+    for k in range(4):
+        results = tmp_path / f"results-{k}"
+        proc = cli("run", graph, "-m", mapping, "-n", 4, "-i", 40, "--results", results, timeout=30)
+        assert proc.returncode == 0, explain(proc)
+        metrics = read_json(results / "metrics.json")
+        assert max(n for _t, n in metrics["pool_size"]) < 4, metrics["pool_size"]
+        copies = len(metrics["pes"]["Flush"]["instances"])
+        assert outputs(results)["Keep.output"] == Counter(list(range(1, 41)) + [-1] * copies)
+
+
+def test_parked_worker_takes_close_messages_and_wakes_the_driver(tmp_path):
+    """LocalBroker: a worker outside the pool gets no tasks but does get the close of a PE; the run's
+    end wakes a driver waiting in ``wait`` at once."""
+    import multiprocessing
+
+    from d4p_hpc.loader import load_graph
+    from d4p_hpc.mappings.dyn_multi import LocalBroker
+    from d4p_hpc.mappings.plan import build_plan
+    from d4p_hpc.mappings.tasks import CONTROL, SHARED
+
+    plan = build_plan(load_graph(str(write_graph(tmp_path, FLUSH_GRAPH)), None), 2)
+    numbers, flush, keep = (next(n for n in plan.pes if n.key == k) for k in ("Numbers", "Flush", "Keep"))
+    broker = LocalBroker(multiprocessing.get_context("fork"), plan, 2)
+    broker.set_pool(1)
+    # the driver queues one task for Flush and closes Numbers: Flush has work left, nothing closes yet
+    broker.commit(None, {SHARED: [(flush.first_gid, "input", 1)]}, {}, 0.0, close=numbers.index)
+    broker.proc = 2
+    assert not broker.active()
+    assert broker.take(parked=True) == []  # no task for a parked worker, however long it polls
+    broker.proc = 1
+    unit = next(u for _ in range(50) for u in broker.take(parked=False))
+    assert (unit.gid, unit.items) == (SHARED, [(flush.first_gid, "input", 1)])
+    broker.commit(unit, {}, {flush.index: 1}, 0.0)  # the last Flush task: Flush is closing
+    for proc in (2, 1, 2, 1):  # Flush, then Keep, closes on both workers, parked or not
+        broker.proc = proc
+        unit = next(u for _ in range(50) for u in broker.take(parked=proc == 2))
+        assert unit.gid == CONTROL and unit.close in (flush.index, keep.index)
+        broker.commit(unit, {}, {}, 0.0)
+    assert broker.state() == "COMPLETED"
+    started = time.monotonic()
+    broker.wait(5.0)
+    assert time.monotonic() - started < 1.0
+    broker.close()
+
+
 class TestPolicy:
     def test_grows_at_once_within_bounds(self):
         scaler = Autoscaler(4, t0=0.0)

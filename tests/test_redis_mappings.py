@@ -177,15 +177,15 @@ def test_external_workers_attach_through_the_connection_file(mapping, job_factor
     job = job_factory(workers, env={"SLOW_DELAY": "0.05"})
     if mapping == "dyn_redis":
         driver = job.driver(write_graph(tmp_path, SLOW_GRAPH), mapping, "-i", 90)
-    else:
-        driver = job.driver(EXAMPLES / CASES["word_count"][0], mapping, "-i", 3000)
+    else:  # long enough for every worker to join (they poll for the run, then load the graph)
+        driver = job.driver(EXAMPLES / CASES["word_count"][0], mapping, "-i", 60000)
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 0, f"{out}\n{err}"
     metrics = read_json(job.results / "metrics.json")
     if mapping == "dyn_redis":
         assert outputs(job.results)["Tag.output"] == SLOW_WANT
     else:
-        _check_exact_counts(job.results, 3000, metrics, several=True)
+        _check_exact_counts(job.results, 60000, metrics, several=True)
     assert metrics["workers"] == workers
     assert {p["pid"] for p in metrics["process_list"] if p["process"]} == {w.pid for w in job.workers}
     for worker in job.workers:
