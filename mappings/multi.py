@@ -14,12 +14,20 @@ import os
 import queue
 import signal
 import sys
+import time
 
 from d4p_hpc.mappings.core import Interrupted, ignore_signals, raise_on_signals
 from d4p_hpc.mappings.runner import (Outcome, RunContext, begin, combine, end, read_parts, restore_signals,
                                      run_process)
 
 INBOX_BATCHES = 8
+
+
+# Waits are cut into slices: a signal may be delivered to a queue's feeder thread, and only a
+# main thread that comes back to Python code runs the handler that stops it.
+WAIT_SLICE = 0.5
+# after SIGTERM, a process gets this long to flush and leave before SIGKILL
+STOP_GRACE = 10.0
 
 
 class QueueTransport:
@@ -30,13 +38,20 @@ class QueueTransport:
         self.inbox = queues[proc]
 
     def send(self, proc: int, payload: bytes) -> None:
-        self.queues[proc].put(payload)
+        while True:
+            try:
+                self.queues[proc].put(payload, timeout=WAIT_SLICE)
+                return
+            except queue.Full:
+                continue
 
     def recv(self, block: bool) -> bytes | None:
-        try:
-            return self.inbox.get(block)
-        except queue.Empty:
-            return None
+        while True:
+            try:
+                return self.inbox.get(block, WAIT_SLICE if block else None)
+            except queue.Empty:
+                if not block:
+                    return None
 
 
 def _child(ctx: RunContext, proc: int, queues: list) -> None:
@@ -66,8 +81,13 @@ def run(ctx: RunContext) -> dict:
         _signal_all(children, stop.signum)
     finally:
         ignore_signals()  # the children are finishing; a second Ctrl-C must not orphan them
+        deadline = time.monotonic() + STOP_GRACE
         for child in children:
-            child.join()
+            # (after a normal end every child has exited already: the deadline only bounds a stop)
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()  # stuck after the grace: what it flushed is kept, and it must not outlive the run
+                child.join()
         restore_signals()
     return end(ctx, t0, _outcome(ctx, children, stopped))
 
