@@ -95,12 +95,13 @@ def _launch_mpi(n: int, argv: list[str], results_dir: str) -> None:
     from pathlib import Path
 
     from d4p_hpc import results as rd
+    from d4p_hpc.mappings.core import SIGNAL_STATES
     from d4p_hpc.mappings.mpi import launcher_argv
 
     env = dict(os.environ, D4P_HPC_QUIET="1")
     launcher = subprocess.Popen(launcher_argv(n) + [sys.executable, "-m", "d4p_hpc"] + argv, env=env)
     # mpiexec passes these on to every rank, which then flush their outputs and stop
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for signum in SIGNAL_STATES:
         signal.signal(signum, lambda sig, _frame: launcher.send_signal(sig))
     code = launcher.wait()
     record = rd.read_run(results_dir)

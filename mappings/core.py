@@ -75,6 +75,12 @@ def ignore_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def restore_signals() -> None:
+    """Give the signals back their default behaviour (after a run in this process)."""
+    for signum in SIGNAL_STATES:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
 @contextmanager
 def redirect_output(path: Path) -> Iterator[None]:
     """Send this process's stdout and stderr (file descriptors too) to ``path``."""

@@ -23,9 +23,10 @@ import sys
 from typing import Any
 
 from d4p_hpc.mappings.autoscale import Autoscaler
+from d4p_hpc.mappings.core import restore_signals
 from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, final_outcome,
                                        join_workers)
-from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, restore_signals, run_process
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
 from d4p_hpc.mappings.tasks import CONTROL, SHARED, TaskRuntime, chunk, keep_notices, refuse_stateful
 
 STATES = (RUNNING, COMPLETED, "STOPPED")

@@ -24,12 +24,12 @@ import uuid
 from d4p_hpc.errors import UsageError
 from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.autoscale import Autoscaler
-from d4p_hpc.mappings.core import Sink
+from d4p_hpc.mappings.core import Sink, restore_signals
 from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, final_outcome, join_workers
 from d4p_hpc.mappings.rbroker import RedisBroker, claim_idle
 from d4p_hpc.mappings.redis_server import RedisServer
 from d4p_hpc.mappings.rstate import Keys, forget, publish
-from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, restore_signals, run_process
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
 from d4p_hpc.mappings.tasks import TaskRuntime, keep_notices, refuse_stateful, truncate_parts
 
 NO_WORKER_NOTICE = 30.0
@@ -136,8 +136,6 @@ def run(ctx: RunContext) -> dict:
                 errors = [json.loads(error)] if error else []
                 if not own:
                     forget(client, keys)
-                else:
-                    _shutdown(conn)
             except (redis.ConnectionError, redis.TimeoutError):
                 join_workers(children)  # Redis is gone: what it held is lost, but no worker may outlive us
             finally:
@@ -186,19 +184,6 @@ def _wait_external(broker: DriverBroker, timeout: float = 10.0) -> None:
         if not set(broker.live_workers()) - exited:
             return
         time.sleep(0.1)
-
-
-def _shutdown(conn: rconn.Connection) -> None:
-    """Stop our private Redis now: it acts on SIGTERM (from :class:`RedisServer`) only at its next cron
-    tick, up to 0.1 s later, which a short run would count in its wall time. (No retries: the
-    connection closing is the answer.)"""
-    client = conn.client(no_retry=True)
-    try:
-        client.shutdown(nosave=True)
-    except rconn.import_redis().RedisError:
-        pass  # SIGTERM from RedisServer stops it anyway
-    finally:
-        client.close()
 
 
 def _finish(ctx: RunContext, broker: DriverBroker, client) -> dict:

@@ -16,9 +16,8 @@ import signal
 import sys
 import time
 
-from d4p_hpc.mappings.core import Interrupted, ignore_signals, raise_on_signals
-from d4p_hpc.mappings.runner import (Outcome, RunContext, begin, combine, end, read_parts, restore_signals,
-                                     run_process)
+from d4p_hpc.mappings.core import Interrupted, ignore_signals, raise_on_signals, restore_signals
+from d4p_hpc.mappings.runner import Outcome, RunContext, begin, combine, end, read_parts, run_process
 
 INBOX_BATCHES = 8
 

@@ -7,7 +7,6 @@ import copy
 import hashlib
 import os
 import resource
-import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -56,9 +55,6 @@ class Outcome:
         if self.signum:
             return 128 + self.signum
         return 1
-
-
-EXIT_STATES = {"FAILED": 1, "CANCELLED": 128 + signal.SIGTERM, "TIMEOUT": 128 + signal.SIGUSR1}
 
 
 def graph_digest(path: str) -> str | None:
@@ -180,12 +176,6 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
         if outcome.state != "COMPLETED" and on_stop is not None:
             on_stop(outcome)
     return outcome
-
-
-def restore_signals() -> None:
-    """Give SIGTERM/SIGINT/SIGUSR1 back their default behaviour (after a run in this process)."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
 def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inputs: Any,

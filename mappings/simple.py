@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from d4p_hpc.mappings.runner import RunContext, begin, end, restore_signals, run_process
+from d4p_hpc.mappings.core import restore_signals
+from d4p_hpc.mappings.runner import RunContext, begin, end, run_process
 
 
 def run(ctx: RunContext) -> dict:
