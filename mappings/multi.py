@@ -56,10 +56,13 @@ class QueueTransport:
 def _child(ctx: RunContext, proc: int, queues: list) -> None:
     outcome = run_process(ctx, proc, QueueTransport(queues, proc))
     if outcome.state != "COMPLETED":
-        # a peer may never read what is still in our queue buffers; do not wait for it at exit
-        for q in queues:
-            q.cancel_join_thread()
-    sys.exit(outcome.exit_code)
+        # outputs and metrics are written. A peer may never read what is left in our queues, and
+        # a signal may have cut a queue operation short: leave without multiprocessing's exit
+        # handlers, which could wait on either for ever.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(outcome.exit_code)
+    sys.exit(0)
 
 
 def run(ctx: RunContext) -> dict:
@@ -120,7 +123,8 @@ def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcom
         outcomes.insert(0, stopped)
     for proc, child in enumerate(children):
         if proc not in parts or child.exitcode not in (0, 1, 128 + 15, 128 + 10, 128 + 2):
-            outcomes.insert(0, Outcome("FAILED", None, {
+            # after the parts: a PE's own error, when there is one, is the cause to report
+            outcomes.append(Outcome("FAILED", None, {
                 "pe": None, "process": proc,
                 "traceback": f"process {proc} (pid {child.pid}) died with exit code {child.exitcode}"}))
     # children stopped by our own SIGTERM after a peer failed report CANCELLED: the failure is the cause
