@@ -31,6 +31,9 @@ PKGS=(
   redis-server redis-tools                  # redis-server binary for the Redis mappings/tests
   iproute2 util-linux procps                # ip netns/veth/bridge, nsenter/unshare, ps/pgrep
   hostname ca-certificates git              # `hostname` inside the node namespaces; clones
+  graphviz                                  # `dot` for `d4p-hpc graph -o x.svg/.png`
+  chromium                                  # the job report is checked in headless Chromium
+  shellcheck                                # lint of every golden job script
 )
 T=$(now_ms)
 missing=()

@@ -7,8 +7,8 @@ usage (nothing ran); a run stopped by a signal exits 128 + signal.
 from __future__ import annotations
 
 import os
-import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -52,21 +52,29 @@ def main() -> None:
 @click.option("--external-workers", is_flag=True,
               help="Redis mappings: workers are started elsewhere (a job script); start none here.")
 @click.option("--redis-server", "redis_server", help="redis-server binary [default: from PATH].")
+@click.option("--check", is_flag=True, help="Load the graph and check the inputs and mapping; run nothing.")
 def run(graph: str, mapping: str, processes: int | None, attr: str | None, iterations: int | None,
         data: str | None, data_file: str | None, results: str | None, redis_url: str | None,
-        redis_connection: str | None, external_workers: bool, redis_server: str | None) -> None:
+        redis_connection: str | None, external_workers: bool, redis_server: str | None, check: bool) -> None:
     """Run GRAPH here, with no scheduler, and write a results directory."""
-    from d4p_hpc import mappings
+    from d4p_hpc import mappings, progress
+    from d4p_hpc import results as rd
     from d4p_hpc.loader import default_results, parse_inputs
     from d4p_hpc.mappings import runner
 
     mappings.check(mapping)
     raw = parse_inputs(iterations, data, data_file)
     options = {"redis_url": redis_url, "redis_connection": redis_connection,
-               "external_workers": external_workers, "redis_server": redis_server}
+               "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file}
     results_dir = results or default_results(graph, mapping)
-    if not (mapping == "mpi" and _inside_mpi()) and os.path.exists(os.path.join(results_dir, "run.json")):
-        raise UsageError(f"{results_dir} already holds a run; give a new --results directory")
+    _check_local_processes(mapping, processes, external_workers)
+    if check:
+        ctx = runner.prepare(graph, attr, mapping, processes or os.cpu_count() or 1, raw, results_dir, options)
+        click.echo(f"ok: {len(ctx.plan.pes)} PEs, {ctx.plan.instances} instances under {mapping} "
+                   f"with {ctx.processes} processes")
+        return
+    if not (mapping == "mpi" and _inside_mpi()):
+        rd.check_new(results_dir)
     if mapping == "mpi":
         if not _inside_mpi():
             n = processes or os.cpu_count() or 1
@@ -83,38 +91,38 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
     n = 1 if mapping == "simple" else processes or os.cpu_count() or 1
     ctx = runner.prepare(graph, attr, mapping, n, raw, results_dir, options)
     module = mappings.load(mapping)
-    record = module.run(ctx)
+    with progress.live(ctx.results):
+        record = module.run(ctx)
     if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):
         _summary(ctx.results, record)
     getattr(module, "exit", sys.exit)(record["exit_code"])
 
 
+#: where `run` itself forks or launches its processes; the Redis mappings too, unless a job
+#: script starts the workers on its nodes
+_LOCAL_PROCESSES = ("multi", "dyn_multi", "dyn_auto_multi", "mpi", "dyn_redis", "dyn_auto_redis", "hybrid_redis")
+
+
+def _check_local_processes(mapping: str, processes: int | None, external: bool) -> None:
+    """Refuse a ``-n`` that would fork more processes on this host than it could ever run well."""
+    if processes is None or mapping not in _LOCAL_PROCESSES or external or _inside_mpi():
+        return
+    cores = os.cpu_count() or 1
+    limit = int(os.environ.get("D4P_HPC_MAX_PROCESSES") or max(16, 4 * cores))
+    if processes > limit:
+        raise UsageError(f"-n {processes} would start {processes} processes on this host ({cores} cores); the "
+                         f"limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} to allow it, or submit a job "
+                         "(d4p-hpc submit) to use more nodes")
+
+
 def _launch_mpi(n: int, argv: list[str], results_dir: str) -> None:
-    """Run ``d4p-hpc ARGV`` under ``mpiexec -n N``; rank 0 writes the results, this process summarises."""
-    import subprocess
-    from pathlib import Path
+    from d4p_hpc import progress
+    from d4p_hpc.mappings.mpi import self_launch
 
-    from d4p_hpc import results as rd
-    from d4p_hpc.mappings.core import SIGNAL_STATES
-    from d4p_hpc.mappings.mpi import launcher_argv
-
-    env = dict(os.environ, D4P_HPC_QUIET="1")
-    launcher = subprocess.Popen(launcher_argv(n) + [sys.executable, "-m", "d4p_hpc"] + argv, env=env)
-    # mpiexec passes these on to every rank, which then flush their outputs and stop
-    for signum in SIGNAL_STATES:
-        signal.signal(signum, lambda sig, _frame: launcher.send_signal(sig))
-    code = launcher.wait()
-    record = rd.read_run(results_dir)
-    if record is None:
-        raise D4pHpcError(f"mpiexec exited with {code} before the run started; see the messages above")
-    if record["state"] == "RUNNING":
-        # a rank died without a word (killed, crashed): the run did not finish
-        record.update({"state": "FAILED", "ended": rd.now(), "exit_code": 1,
-                       "error": {"pe": None, "process": None,
-                                 "traceback": f"mpiexec exited with code {code} before the run finished"}})
-        rd.write_json(Path(results_dir) / rd.RUN_FILE, record)
+    with progress.live(results_dir):
+        record = self_launch(n, argv, results_dir)
     _summary(Path(results_dir), record)
-    sys.exit(record["exit_code"] if record.get("exit_code") is not None else code or 1)
+    sys.exit(record["exit_code"])
 
 
 def _inside_mpi() -> bool:
@@ -136,8 +144,9 @@ def _summary(results_dir, record: dict) -> None:
                + f" ({record['mapping']}, {record['processes']} processes)")
     if record.get("error"):
         err = record["error"]
-        click.echo(f"PE {err.get('pe')} failed (process {err.get('process')}):\n{err.get('traceback', '')}",
-                   err=True)
+        who = f"PE {err['pe']}" if err.get("pe") else "the run"
+        where = f" (process {err['process']})" if err.get("process") is not None else ""
+        click.echo(f"{who} failed{where}:\n{err.get('traceback', '')}", err=True)
     outputs = rd.list_outputs(results_dir)
     click.echo(f"results: {results_dir}")
     for pe, output in outputs:
@@ -146,10 +155,12 @@ def _summary(results_dir, record: dict) -> None:
 
 
 def _add_job_commands() -> None:
-    from d4p_hpc import cli_jobs
+    from d4p_hpc import cli_graph, cli_jobs, cli_report
 
     for command in cli_jobs.COMMANDS:
         main.add_command(command)
+    main.add_command(cli_report.report)
+    main.add_command(cli_graph.graph)
 
 
 _add_job_commands()

@@ -19,6 +19,7 @@ from d4p_hpc import config
 from d4p_hpc.errors import RunFailed
 from d4p_hpc.spec import FIELDS, field_type
 
+WATCH_SECONDS = 2.0
 PROFILE_HELP = "Profile of the config files (~/.config/d4p-hpc/config.toml, ./d4p-hpc.toml)."
 
 
@@ -46,17 +47,40 @@ def _root_options(command):
 
 
 def _build(graph: str, profile: str | None, options: dict):
-    from d4p_hpc import schedulers
+    from d4p_hpc import precheck, schedulers
 
+    no_check = options.pop("no_check")
     values = {k: v for k, v in options.items() if v is not None and v != ()}
     resolved = config.resolve({**values, "graph": graph}, profile=profile)
     spec = resolved.spec()
     schedulers.check_files(spec)
+    precheck.check(spec, graph=not no_check)
     return spec, resolved
 
 
+def _make_root(root: str) -> None:
+    from d4p_hpc.errors import UsageError
+
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the results root {root}: {exc.strerror}; give --results-root a "
+                         "writable directory") from None
+
+
+_no_check = click.option("--no-check", is_flag=True,
+                         help="Do not load the graph here (for a graph that only loads on the compute nodes).")
+
+
 def _root(results_root: str | None, profile: str | None) -> Path:
-    return Path(results_root).resolve() if results_root else config.results_root(profile)
+    from d4p_hpc.errors import UsageError
+
+    try:
+        return Path(results_root).resolve(strict=Path(results_root).is_symlink()) if results_root \
+            else config.results_root(profile)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
+        raise UsageError(f"results root {results_root or '(from the profile)'} cannot be used: {exc}; "
+                         "give --results-root a directory") from None
 
 
 def _find(job: str, results_root: str | None, profile: str | None):
@@ -78,6 +102,7 @@ def _describe(spec, sources: dict) -> str:
 
 @click.command()
 @_spec_options
+@_no_check
 @click.option("--dry-run", is_flag=True, help="Print the job script and submit nothing.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end, showing its progress.")
 def submit(graph, profile, dry_run, wait_, **options):
@@ -99,6 +124,7 @@ def submit(graph, profile, dry_run, wait_, **options):
 
 @click.command()
 @_spec_options
+@_no_check
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the script here [default: stdout].")
 def render(graph, profile, output, **options):
     """Write the job script of GRAPH, to submit by hand (sbatch job.sh / qsub job.sh)."""
@@ -108,26 +134,42 @@ def render(graph, profile, output, **options):
     script = render_script(spec, resolved.sources)
     check_syntax(script)
     # the scheduler opens its log files in the results root before the job starts
-    Path(spec.results_root).mkdir(parents=True, exist_ok=True)
+    _make_root(spec.results_root)
     if output is None:
         click.echo(script, nl=False)
         return
-    Path(output).write_text(script)
-    Path(output).chmod(0o755)
+    try:
+        Path(output).write_text(script)
+        Path(output).chmod(0o755)
+    except OSError as exc:
+        from d4p_hpc.errors import UsageError
+
+        raise UsageError(f"cannot write the job script to {output}: {exc.strerror}; give -o a writable path") from None
     click.echo(f"{_describe(spec, resolved.sources)}\nwrote {output}", err=True)
 
 
 @click.command()
 @click.argument("job", nargs=-1)
+@click.option("--watch", is_flag=True, help=f"Refresh the table every {WATCH_SECONDS:g} s until every job shown "
+                                            "has ended (Ctrl-C stops).")
 @_root_options
-def status(job, results_root, profile):
+def status(job, watch, results_root, profile):
     """State of JOBs (ids or results directories); without JOB, of the unfinished jobs."""
     from d4p_hpc import jobs
 
     root = _root(results_root, profile)
     selected = [jobs.find(j, root) for j in job] or \
         [j for j in jobs.list_jobs(root) if j.marker("finished") is None]
-    _table(jobs.status(selected))
+    while True:
+        current = jobs.status(selected)
+        if watch and sys.stdout.isatty():
+            click.echo("\033[H\033[J", nl=False)  # redraw the table in place
+        _table(current)
+        if not watch or all(s.terminal for s in current):
+            return
+        time.sleep(WATCH_SECONDS)
+        if not sys.stdout.isatty():
+            click.echo()
 
 
 @click.command(name="list")
@@ -136,7 +178,10 @@ def list_(results_root, profile):
     """All jobs under the results root, oldest first."""
     from d4p_hpc import jobs
 
-    _table(jobs.status(jobs.list_jobs(_root(results_root, profile))))
+    unreadable: list[str] = []
+    _table(jobs.status(jobs.list_jobs(_root(results_root, profile), unreadable)))
+    for reason in unreadable:
+        click.echo(f"warning: {reason}", err=True)
 
 
 @click.command()
@@ -145,13 +190,21 @@ def list_(results_root, profile):
 @_root_options
 def logs(job, follow, results_root, profile):
     """The scheduler's stdout/stderr of JOB, then its per-process logs."""
-    from d4p_hpc import jobs
+    from d4p_hpc import jobs, schedulers
 
     found = _find(job, results_root, profile)
     offsets: dict[Path, int] = {}
+    # the scheduler's stdout and stderr are expected: one that is missing is named once, not skipped
+    who = {"pbs": "PBS", "slurm": "Slurm"}.get(found.scheduler, found.scheduler)
+    expected = {} if found.scheduler == jobs.RUN else {
+        path: f"{who} {what}" for path, what in
+        zip(schedulers.get(found.scheduler).log_files(found.directory, found.job_id), ("stdout", "stderr"),
+            strict=True)}
     while True:
         ended = not follow or jobs.status([found])[0].terminal
         for path in jobs.log_files(found):
+            if path in expected and not path.is_file():
+                click.echo(f"(no {expected.pop(path)}{'' if ended else ' yet'}: {path})")
             if path.is_file() and path.stat().st_size > offsets.get(path, 0):
                 with open(path, errors="replace") as fh:
                     fh.seek(offsets.get(path, 0))
@@ -200,44 +253,35 @@ def wait(job, timeout, results_root, profile):
 
 
 def _follow(job, timeout: float | None = None) -> None:
-    """Poll ``job`` to its end with a live line (on a terminal) or a line per change."""
+    """Poll ``job`` to its end with a live line (on a terminal) or a plain line now and then, showing
+    the run's progress (:mod:`d4p_hpc.progress`); end with its state and efficiency."""
     from d4p_hpc import jobs
+    from d4p_hpc.progress import Display, Progress
     from d4p_hpc.render import clock
 
-    live, counter, last = sys.stderr.isatty(), _ItemCounter(job.directory), [""]
+    display, progress, last = Display(sys.stderr), Progress(job.directory), [""]
 
     def show(current) -> None:
         elapsed = clock(current.elapsed) if current.elapsed is not None else "--:--:--"
-        line = f"{current.state:<9} {elapsed}  {counter():,} output items  {current.reason}".rstrip()
-        if live:
-            click.echo(f"\r\033[K{line}", nl=False, err=True)
-        elif current.state != last[0]:
-            click.echo(line, err=True)
+        detail = progress.describe() if current.state == "RUNNING" else current.reason
+        display.show(f"{current.state:<9} {elapsed}  {detail}".rstrip(), force=current.state != last[0])
         last[0] = current.state
 
     final = jobs.wait(job, poll=1.0, timeout=timeout, on_poll=show)
-    if live:
-        click.echo("", err=True)
+    display.clear()
     click.echo(f"{final.state} {job.directory}" + (f": {final.reason}" if final.reason else ""))
+    _efficiency(job)
     if final.state != "COMPLETED":
         raise RunFailed(f"job {job.job_id} ended {final.state}" + (f": {final.reason}" if final.reason else ""))
 
 
-class _ItemCounter:
-    """Counts JSON-lines output items as they grow, reading only the new bytes."""
+def _efficiency(job) -> None:
+    """The last line of ``results`` and ``submit --wait``: CPU and memory used against the allocation."""
+    from d4p_hpc import efficiency
+    from d4p_hpc import results as rd
 
-    def __init__(self, directory: Path) -> None:
-        self.outputs = directory / "outputs"
-        self.seen: dict[Path, tuple[int, int]] = {}
-
-    def __call__(self) -> int:
-        for part in self.outputs.glob("*/part-*.jsonl"):
-            offset, count = self.seen.get(part, (0, 0))
-            with open(part, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-            self.seen[part] = (offset + len(data), count + data.count(b"\n"))
-        return sum(count for _, count in self.seen.values())
+    if rd.read_metrics(job.directory) is not None:
+        click.echo(efficiency.measure(job.directory, job.scheduler, job.job_id).line())
 
 
 def _report(job) -> None:
@@ -256,10 +300,11 @@ def _report(job) -> None:
     wall = metrics.get("wall_seconds") or 0
     click.echo(f"mapping {run.get('mapping')}, {run.get('processes')} processes: {metrics.get('items', 0):,} items "
                f"in {wall:.2f} s ({metrics.get('items_per_second') or 0:,.0f} items/s)")
-    rows = [("PE", "INSTANCES", "ITEMS IN", "ITEMS OUT", "BUSY S", "ITEMS/S")]
+    rows = [("PE (dispel4py id)", "INSTANCES", "ITEMS IN", "ITEMS OUT", "BUSY S", "ITEMS/S")]
+    ids = run.get("pe_ids") or {}
     for pe, m in metrics.get("pes", {}).items():
         done = m.get("items_in") or m.get("items_out") or 0
-        rows.append((pe, str(len(m.get("instances", []))), f"{m.get('items_in', 0):,}", f"{m.get('items_out', 0):,}",
+        rows.append((f"{pe} ({ids[pe]})" if ids.get(pe, pe) != pe else pe, str(len(m.get("instances", []))), f"{m.get('items_in', 0):,}", f"{m.get('items_out', 0):,}",
                      f"{m.get('busy_seconds', 0):.2f}", f"{done / wall:,.0f}" if wall else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -268,6 +313,7 @@ def _report(job) -> None:
         click.echo(f"output {pe}.{output}: {rd.count_items(job.directory, pe, output):,} items  "
                    f"({rd.output_dir(job.directory, pe, output)})")
     click.echo(f"print one with: d4p-hpc results {job.directory} --show PE.OUTPUT")
+    _efficiency(job)
 
 
 def _dump(directory: Path, target: str, file: str | None, limit: int | None) -> None:

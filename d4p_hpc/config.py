@@ -141,6 +141,14 @@ def _read(path: Path) -> dict:
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict) or not all(isinstance(t, dict) for t in profiles.values()):
         raise SpecError(f"{path}: 'profiles' must hold tables, e.g. [profiles.cpu]")
+    if "profile" in data and not isinstance(data["profile"], str):
+        raise SpecError(f"{path}: profile = {data['profile']!r} must be the name of a profile, "
+                        'e.g. profile = "cpu"')
+    # a typo in a profile not chosen today would surface only on the day it is: say so now
+    for name, table in profiles.items():
+        for key in table:
+            if key not in FIELDS:
+                raise SpecError(f"unknown key {key!r} in {path} [profiles.{name}]; valid keys: {', '.join(FIELDS)}")
     return data
 
 

@@ -64,5 +64,9 @@ class JobNotFoundError(UsageError):
     """A job id or results directory that d4p-hpc cannot find."""
 
 
+class ResultsError(D4pHpcError):
+    """A file of a results directory cannot be read: cut short, changed by hand, unreadable."""
+
+
 class RunFailed(D4pHpcError):
     """A workflow run ended FAILED, CANCELLED or TIMEOUT; ``run.json`` holds the details."""

@@ -10,17 +10,23 @@ inferred from a job's absence from the scheduler.
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from d4p_hpc import schedulers
-from d4p_hpc.errors import D4pHpcError, JobNotFoundError
+from d4p_hpc import liveness, schedulers
+from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError
+from d4p_hpc.results import read_json
 from d4p_hpc.schedulers.base import SchedulerState
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+#: ``Job.scheduler`` of the results directory of a ``d4p-hpc run``: no scheduler, its run.json tells all
+RUN = "run"
 CANCEL_REQUESTED = "cancel_requested"
 # a finished marker may reach a shared file system a little after the scheduler saw the job end
 MARKER_GRACE_SECONDS = 15.0
@@ -74,7 +80,11 @@ def open_job(directory: str | Path) -> Job:
     stamp = _read_json(directory / "state" / schedulers.SUBMITTED) or \
         _read_json(directory / "state" / "started") or {}
     if not spec and not stamp:
-        raise JobNotFoundError(f"{directory} is not the results directory of a job (no spec.json or state/)")
+        record = read_json(directory / "run.json", dict)  # a run's record cut short says so
+        if record is not None and "mapping" in record:
+            return Job(directory, directory.name, Path(str(record.get("graph") or directory.name)).stem, RUN)
+        raise JobNotFoundError(f"{directory} is not the results directory of a job or of a run "
+                               "(no spec.json, state/ or run.json)")
     name = spec.get("job_name") or directory.name.rsplit("-", 1)[0]
     job_id = stamp.get("job_id") or directory.name[len(name) + 1:]
     return Job(directory, str(job_id), name, stamp.get("scheduler") or spec.get("scheduler", "local"))
@@ -82,8 +92,9 @@ def open_job(directory: str | Path) -> Job:
 
 def find(job: str, root: Path) -> Job:
     """The job ``job``: a results directory, or a job id looked up under ``root``."""
-    if Path(job).is_dir():
-        return open_job(job)
+    for directory in (Path(job), Path(root) / job):
+        if directory.is_dir():
+            return open_job(directory)
     matches = [Path(p) for p in glob.glob(str(Path(root) / f"*-{glob.escape(job)}")) if Path(p).is_dir()]
     if len(matches) == 1:
         return open_job(matches[0])
@@ -94,15 +105,26 @@ def find(job: str, root: Path) -> Job:
                            f"(see `d4p-hpc list`; set --results-root or a profile for another root)")
 
 
-def list_jobs(root: Path) -> list[Job]:
-    """The jobs under ``root``, oldest first."""
+def list_jobs(root: Path, unreadable: list[str] | None = None) -> list[Job]:
+    """The jobs (and runs) under ``root``, oldest first.
+
+    A directory whose record cannot be read is left out, its one-line reason appended to
+    ``unreadable``: one broken directory must not hide the others.
+    """
     found = []
-    for directory in Path(root).glob("*-*"):
-        if (directory / "spec.json").is_file() or (directory / "state").is_dir():
+    try:
+        directories = [d for d in Path(root).iterdir() if d.is_dir()] if Path(root).is_dir() else []
+    except OSError as exc:
+        raise JobNotFoundError(f"cannot list the results root {root}: {exc.strerror}") from None
+    for directory in directories:
+        if any((directory / name).exists() for name in ("spec.json", "state", "run.json")):
             try:
                 found.append(open_job(directory))
             except JobNotFoundError:
                 continue
+            except ResultsError as err:
+                if unreadable is not None:
+                    unreadable.append(str(err))
     return sorted(found, key=lambda j: j.directory.stat().st_mtime)
 
 
@@ -110,13 +132,14 @@ def status(jobs: list[Job]) -> list[JobStatus]:
     """The state of each job; one scheduler query per scheduler for the unfinished ones."""
     answers: dict[str, SchedulerState] = {}
     errors: dict[str, str] = {}
-    for name in {j.scheduler for j in jobs if j.marker("finished") is None}:
+    for name in {j.scheduler for j in jobs if j.scheduler != RUN and j.marker("finished") is None}:
         open_ = {j.job_id: j.directory for j in jobs if j.scheduler == name and j.marker("finished") is None}
         try:
             answers.update(schedulers.get(name).query(open_))
         except D4pHpcError as err:
             errors[name] = str(err)
-    return [_decide(j, answers.get(j.job_id), errors.get(j.scheduler)) for j in jobs]
+    return [_decide_run(j) if j.scheduler == RUN else _decide(j, answers.get(j.job_id), errors.get(j.scheduler))
+            for j in jobs]
 
 
 def cancel(job: Job) -> None:
@@ -124,6 +147,9 @@ def cancel(job: Job) -> None:
     current = status([job])[0]
     if current.terminal and not current.inferred:
         raise D4pHpcError(f"job {job.job_id} has already ended: {current.state}")
+    if job.scheduler == RUN:
+        _stop_run(job, current)
+        return
     (job.directory / "state").mkdir(exist_ok=True)
     (job.directory / "state" / CANCEL_REQUESTED).write_text(json.dumps({"epoch": time.time()}) + "\n")
     schedulers.get(job.scheduler).cancel(job.job_id, job.directory)
@@ -154,6 +180,8 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
 def log_files(job: Job) -> list[Path]:
     """The job's scheduler stdout/stderr files, then its per-process logs."""
     logs = sorted((job.directory / "logs").glob("*.log")) if (job.directory / "logs").is_dir() else []
+    if job.scheduler == RUN:
+        return logs
     return [*schedulers.get(job.scheduler).log_files(job.directory, job.job_id), *logs]
 
 
@@ -165,7 +193,7 @@ def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStat
         if state == "CANCELLED" and said and said.state == "TIMEOUT":  # Slurm's SIGTERM at the limit
             state, reason = "TIMEOUT", "killed at the walltime"
         if state == "FAILED":
-            reason = "; ".join(r for r in (reason, _run_error(job)) if r)
+            reason = "; ".join(r for r in (reason, _run_error(job) or _first_error_line(job)) if r)
         return JobStatus(job, state, reason, exit_code=finished.get("exit_code"), **times)
     if said is not None and said.state not in TERMINAL:
         return JobStatus(job, said.state, said.reason, **times)
@@ -186,20 +214,65 @@ def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStat
                      "never started", inferred=True, **times)
 
 
-def _run_error(job: Job) -> str:
-    from d4p_hpc.results import read_run
+def _decide_run(job: Job) -> JobStatus:
+    """The state of a ``d4p-hpc run`` from its run.json, telling a dead run from a live one."""
+    record = _read_json(job.directory / "run.json") or {}
+    times = {"started": _epoch(record.get("started")), "ended": _epoch(record.get("ended"))}
+    state = record.get("state") or "FAILED"
+    if state == "RUNNING":
+        where = f"pid {record.get('pid')} on {record.get('host')}"
+        alive = liveness.alive(record.get("host"), record.get("pid"), record.get("pid_token"))
+        if alive is False:
+            return JobStatus(job, "FAILED", f"the run's process ({where}) is gone without recording its end: "
+                             "killed (SIGKILL, out of memory, node lost?)", inferred=True, **times)
+        return JobStatus(job, "RUNNING", "" if alive else f"{where}; cannot check that host from here", **times)
+    reason = _run_error(job) if state == "FAILED" else ""
+    return JobStatus(job, state, reason, exit_code=record.get("exit_code"), **times)
 
+
+def _stop_run(job: Job, current: JobStatus) -> None:
+    """SIGTERM to a live ``d4p-hpc run``, which then ends CANCELLED with its outputs flushed."""
+    record = _read_json(job.directory / "run.json") or {}
+    if current.state != "RUNNING" or liveness.alive(record.get("host"), record.get("pid"),
+                                                    record.get("pid_token")) is not True:
+        raise D4pHpcError(f"cannot cancel run {job.directory}: {current.state}"
+                          + (f" ({current.reason})" if current.reason else "")
+                          + "; a run is cancelled from the host it runs on")
+    os.kill(int(record["pid"]), signal.SIGTERM)
+
+
+def _epoch(stamp: str | None) -> float | None:
     try:
-        error = (read_run(job.directory) or {}).get("error") or {}
-    except (OSError, ValueError):
+        return datetime.datetime.fromisoformat(stamp).timestamp() if stamp else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_error(job: Job) -> str:
+    error = (_read_json(job.directory / "run.json") or {}).get("error") or {}
+    if not isinstance(error, dict):
         return ""
     last = (error.get("traceback") or "").strip().splitlines()[-1:] or [""]
-    return f"PE {error['pe']} raised {last[0]}".strip() if error.get("pe") else ""
+    return f"PE {error['pe']} raised {last[0]}".strip() if error.get("pe") else last[0]
+
+
+def _first_error_line(job: Job) -> str:
+    """The first ``Error: ...`` line the job's commands printed (a run refused at its start)."""
+    for path in log_files(job):
+        try:
+            with open(path, errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("Error: "):
+                        return line.strip()
+        except OSError:
+            continue
+    return ""
 
 
 def _read_json(path: Path) -> dict | None:
+    """A marker or record, or None when it is missing or unreadable: the markers are written by
+    shell scripts that a kill can cut short, and the state is then told by the scheduler."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path, dict)
+    except ResultsError:
         return None
-    return data if isinstance(data, dict) else None

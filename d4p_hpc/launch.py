@@ -12,6 +12,12 @@ A mapping is launched in one of three ways (:data:`d4p_hpc.spec.MAPPINGS`):
     node (``srun``/``mpiexec``; forked processes on the local scheduler), and
     the driver on the first node.
 
+On a cluster ``mpiexec`` is the script's function ``d4p_mpiexec``
+(``templates/common/mpiexec.sh.j2``): a node file alone does not say how many
+ranks go on each node (Open MPI >= 4 counts a line without ``slots=`` as all of
+that node's cores, and put every rank of a 2-node job on the first), so the
+job asks its ``mpiexec`` which MPI it belongs to and places the ranks itself.
+
 The command lines are data; ``templates/common/{run,redis}.sh.j2`` turn them into
 shell, quoting every word. A :class:`ShellVar` word stands for a variable the
 script sets, such as the results directory that only exists once the job id is
@@ -38,8 +44,16 @@ CONNECTION = ShellVar("d4p_redis_conn")
 CONTAINER = ShellVar("d4p_container")
 # the file listing one host per task slot, set by the scheduler in the job's environment
 NODEFILE = {"slurm": None, "pbs": "PBS_NODEFILE", "local": "D4P_NODEFILE"}
+# What ``python -m MODULE`` would do, without the working directory first on sys.path: a job
+# submitted from a directory holding inspect.py, queue.py or a d4p_hpc/ folder must still import
+# the standard library and the installed package (``python -P`` does this, but only from 3.11).
+# The graph loader appends the graph's and the working directory, so helper modules still import.
+SAFE_MODULE = ("-c", "import sys;sys.path[:1]==['']and sys.path.pop(0);"
+                     "import runpy;runpy.run_module(sys.argv.pop(1),run_name='__main__',alter_sys=True)")
 # shell function of templates/common/redis.sh.j2 starting a copy per node-file line
 FORK = "d4p_fork"
+# shell function of templates/common/mpiexec.sh.j2: mpiexec with explicit placement per node
+MPIEXEC = "d4p_mpiexec"
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,8 @@ class LaunchPlan:
         ``redis``: the workers, with their launcher.
     mpiexec
         Whether a command uses ``mpiexec`` (the script then allows it to run as root).
+    placed
+        Whether it is :data:`MPIEXEC`, which the script then defines.
     """
 
     kind: str
@@ -65,26 +81,27 @@ class LaunchPlan:
     server: tuple = ()
     workers: tuple = ()
     mpiexec: bool = False
+    placed: bool = False
 
 
 def plan(spec: JobSpec) -> LaunchPlan:
     """The launch step of ``spec``."""
-    run = ("-m", "d4p_hpc", "run", spec.graph, "-m", spec.mapping, "-n", str(spec.total_tasks),
-           *_run_options(spec))
+    run = (*SAFE_MODULE, "d4p_hpc", "run", spec.graph, "-m", spec.mapping, "-n", str(spec.total_tasks),
+           *run_options(spec))
     if spec.launch_kind == "single":
         return LaunchPlan("single", (*python(spec), *run, "--results", RESULTS))
     if spec.launch_kind == "mpi":
         prefix = spread(spec, mpi=True)
         return LaunchPlan("mpi", (*prefix, *python(spec), *run, "--results", RESULTS),
-                          mpiexec=prefix[0] == "mpiexec")
+                          mpiexec=prefix[0] in ("mpiexec", MPIEXEC), placed=prefix[0] == MPIEXEC)
     bind = spec.redis_bind or ("127.0.0.1" if spec.scheduler == "local" else "0.0.0.0")
     prefix = spread(spec, mpi=False)
     return LaunchPlan(
         "redis",
         run=(*python(spec), *run, "--redis-connection", CONNECTION, "--external-workers", "--results", RESULTS),
-        server=(*python(spec), "-m", "d4p_hpc.mappings.redis_server", "--results", RESULTS, "--bind", bind),
-        workers=(*prefix, *python(spec), "-m", "d4p_hpc.mappings.worker", "--connection", CONNECTION),
-        mpiexec=prefix[0] == "mpiexec")
+        server=(*python(spec), *SAFE_MODULE, "d4p_hpc.mappings.redis_server", "--results", RESULTS, "--bind", bind),
+        workers=(*prefix, *python(spec), *SAFE_MODULE, "d4p_hpc.mappings.worker", "--connection", CONNECTION),
+        mpiexec=prefix[0] in ("mpiexec", MPIEXEC), placed=prefix[0] == MPIEXEC)
 
 
 def python(spec: JobSpec) -> tuple:
@@ -109,11 +126,12 @@ def spread(spec: JobSpec, mpi: bool) -> tuple:
                 f"--ntasks-per-node={spec.tasks_per_node}", f"--cpus-per-task={spec.cpus_per_task}",
                 "--export=ALL", *spec.launcher_args)
     nodefile = NODEFILE[spec.scheduler]
-    return ("mpiexec", "-n", str(spec.total_tasks),
+    # the local scheduler's "nodes" are slots of this one host: nothing to place
+    return (MPIEXEC if spec.scheduler != "local" else "mpiexec", "-n", str(spec.total_tasks),
             *(["--hostfile", ShellVar(nodefile)] if nodefile else []), *spec.launcher_args)
 
 
-def _run_options(spec: JobSpec) -> tuple:
+def run_options(spec: JobSpec) -> tuple:
     options = ["--attr", spec.attr] if spec.attr else []
     if spec.iterations is not None:
         options += ["-i", str(spec.iterations)]

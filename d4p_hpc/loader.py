@@ -31,19 +31,33 @@ def _is_composite(obj: Any) -> bool:
     return hasattr(obj, "inputmappings") or hasattr(obj, "outputmappings")
 
 
+def _add_helper_dirs(graph_dir: Path) -> None:
+    """Let a graph's helper modules import from its own and from the working directory.
+
+    They go last on ``sys.path``, so a helper named like a standard or installed module
+    (``inspect.py``, ``queue.py``, a ``d4p_hpc/`` folder) never shadows it; the in-job
+    commands start without the working directory on the path (``launch.SAFE_MODULE``).
+    """
+    for folder in (str(graph_dir), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 def _import(source: str) -> Any:
     path = Path(source)
     try:
         if path.suffix == ".py" or path.exists():
+            if path.is_dir():
+                raise GraphError(f"{source} is a directory; give the graph's .py file")
             if not path.is_file():
                 raise GraphError(f"graph file {source} does not exist")
-            # a graph file's neighbours (helper modules) import as they would with `python graph.py`
-            sys.path.insert(0, str(path.resolve().parent))
+            _add_helper_dirs(path.resolve().parent)
             spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
             return module
+        _add_helper_dirs(Path.cwd())
         return importlib.import_module(source)
     except GraphError:
         raise
@@ -52,9 +66,13 @@ def _import(source: str) -> Any:
             raise GraphError(f"no graph file or module named {source}") from None
         raise GraphError(f"loading {source} failed: {exc}") from None
     except BaseException as exc:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise GraphError(f"loading {source} failed at {where.filename}:{where.lineno}: "
-                         f"{type(exc).__name__}: {exc}") from None
+        if isinstance(exc, SyntaxError):  # its traceback ends in importlib, not in the user's file
+            where = f"{exc.filename}:{exc.lineno}"
+            exc = SyntaxError(exc.msg)
+        else:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{frame.filename}:{frame.lineno}"
+        raise GraphError(f"loading {source} failed at {where}: {type(exc).__name__}: {exc}") from None
 
 
 def load_graph(source: str, attr: str | None = None) -> Any:
@@ -93,6 +111,8 @@ def parse_inputs(iterations: int | None, data: str | None, file: str | None) -> 
                 text = fh.read()
         except OSError as exc:
             raise InputsError(f"cannot read inputs file {file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InputsError(f"inputs file {file} is not text: give a JSON file (UTF-8)") from None
         raw = _json(text, f"inputs file {file}")
     elif data is not None:
         raw = _json(data, "-d/--data")

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -58,15 +58,44 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+class Aborted(BaseException):
+    """Another process of the run failed or was stopped; this one stops too. It may be raised inside a
+    PE's call (a root waiting in ``write`` for the backlog to shrink) and passes through untouched."""
+
+
 SIGNAL_STATES = {signal.SIGTERM: "CANCELLED", signal.SIGINT: "CANCELLED", signal.SIGUSR1: "TIMEOUT"}
 
 
 def raise_on_signals() -> None:
-    """Turn SIGTERM/SIGINT (cancel) and SIGUSR1 (walltime near) into :class:`Interrupted`."""
+    """Turn the first SIGTERM/SIGINT (cancel) or SIGUSR1 (walltime near) into :class:`Interrupted`.
+
+    One-shot: the first stop signal disarms them all before it is raised. A job's processes often
+    get two (PBS signals every process of the job, and mpiexec passes on the script's): a second
+    one raised while the first is handled would leave a second traceback and the process's
+    outcome unset. Disarmed means a handler that does nothing, not SIG_IGN: Python reports a
+    signal already pending when its handler became SIG_IGN with a traceback of its own.
+    """
     def handler(signum: int, _frame: Any) -> None:
+        for other in SIGNAL_STATES:
+            signal.signal(other, lambda *_: None)
         raise Interrupted(SIGNAL_STATES[signum], signum)
     for signum in SIGNAL_STATES:
         signal.signal(signum, handler)
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``signum`` to this process when ``parent`` dies, even by SIGKILL.
+
+    A forked worker (or a per-job Redis) whose driver is gone has nobody to report to: it must
+    stop, not run on. Linux only (``PR_SET_PDEATHSIG``); elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signum)
 
 
 def ignore_signals() -> None:
@@ -98,8 +127,9 @@ def redirect_output(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        sys.stdout.close()
-        sys.stderr.close()
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError):  # the log may be on the file system that just filled up
+                stream.close()
         sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
@@ -127,18 +157,23 @@ class Sink:
         self.results = results
         self.proc = proc
         self._files: dict[tuple[str, str, str], Any] = {}
+        # bytes of each part known to be on disk: where a write that failed (a full disk) is cut back to
+        self._durable: dict[tuple[str, str, str], int] = {}
         self._last_flush = time.monotonic()
         self._writes = 0
 
     def _file(self, pe: str, output: str, kind: str) -> Any:
         fh = self._files.get((pe, output, kind))
         if fh is None:
-            d = rd.make_private_dir(rd.output_dir(self.results, pe, output))
-            path = d / f"part-{self.proc:05d}.{kind}"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            rd.make_private_dir(rd.output_dir(self.results, pe, output))
+            fd = os.open(self._path((pe, output, kind)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fh = os.fdopen(fd, "a" if kind == "jsonl" else "ab")
             self._files[(pe, output, kind)] = fh
         return fh
+
+    def _path(self, key: tuple[str, str, str]) -> Path:
+        pe, output, kind = key
+        return rd.output_dir(self.results, pe, output) / f"part-{self.proc:05d}.{kind}"
 
     def write(self, pe: str, output: str, data: Any) -> None:
         if _json_safe(data):
@@ -149,22 +184,56 @@ class Sink:
         if self._writes & 255 == 0 and time.monotonic() - self._last_flush > SINK_FLUSH_SECONDS:
             self.flush()
 
+    @property
+    def written(self) -> int:
+        """Items written so far (read by the sampler)."""
+        return self._writes
+
     def flush(self) -> None:
         """Push buffered items to the files, so a killed job keeps what it produced."""
-        for fh in self._files.values():
+        for key, fh in self._files.items():
             fh.flush()
+            self._durable[key] = os.fstat(fh.fileno()).st_size
         self._last_flush = time.monotonic()
+
+    def abandon(self) -> None:
+        """After a write failed (a full disk, a quota): cut every part back to its last whole item
+        and close it without writing what is still buffered, so what is kept can be read."""
+        for key, fh in self._files.items():
+            raw = fh.buffer.raw if hasattr(fh, "buffer") else fh.raw
+            with suppress(OSError, ValueError):
+                os.ftruncate(raw.fileno(), _whole_items(self._path(key), key[2], self._durable.get(key, 0)))
+                raw.close()
+        self._files.clear()
 
     def sizes(self) -> dict[str, int]:
         """Flush, then give the size of each part file, by path relative to the results directory."""
         self.flush()
-        return {str(Path(rd.OUTPUTS) / f"{pe}.{output}" / f"part-{self.proc:05d}.{kind}"): os.fstat(fh.fileno()).st_size
-                for (pe, output, kind), fh in self._files.items()}
+        return {str(self._path(key).relative_to(self.results)): os.fstat(fh.fileno()).st_size
+                for key, fh in self._files.items()}
 
     def close(self) -> None:
         for fh in self._files.values():
             fh.close()
         self._files.clear()
+
+
+def _whole_items(path: Path, kind: str, start: int) -> int:
+    """Where the last whole item of a part file ends, reading on from ``start`` (known whole)."""
+    end = start
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        if kind == "jsonl":
+            while chunk := fh.read(1 << 20):
+                if b"\n" in chunk:
+                    end = fh.tell() - len(chunk) + chunk.rindex(b"\n") + 1
+            return end
+        while True:
+            try:
+                pickle.load(fh)
+            except Exception:  # a frame cut short: anything may be raised
+                return end
+            end = fh.tell()
 
 
 class Instance:
@@ -310,7 +379,7 @@ class Runtime:
         self._t = now
         try:
             return fn(*args)
-        except (PEFailed, Interrupted):
+        except (PEFailed, Interrupted, Aborted):
             raise
         except BaseException:
             raise PEFailed(inst.node.key, traceback.format_exc()) from None
@@ -324,6 +393,10 @@ class Runtime:
         inst.items_in += 1
         result = self._call(inst, inst.pe.process, inputs)
         if result:
+            if not isinstance(result, dict):
+                raise PEFailed(inst.node.key, f"{type(inst.pe).__name__}.process returned a "
+                               f"{type(result).__name__} ({result!r:.60}); return a dict "
+                               "{output name: item} or None, or call self.write(output, item)")
             for output, data in result.items():
                 self.emit(inst, output, data)
         if self.outbox and self._t - self._oldest > BATCH_SECONDS:

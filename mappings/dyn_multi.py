@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from d4p_hpc.mappings.autoscale import Autoscaler
-from d4p_hpc.mappings.core import restore_signals
+from d4p_hpc.mappings.core import die_with_parent, restore_signals
 from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, final_outcome,
                                        join_workers)
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
@@ -158,9 +158,12 @@ class LocalBroker:
         """Release the driver's wake-up pipe (after the workers have left)."""
         os.close(self._ended_r)
         os.close(self._ended_w)
+        # tasks nobody will take (the workers failed) must not hold the driver's exit for ever
+        self.queue.cancel_join_thread()
 
 
-def _worker(ctx: RunContext, proc: int, broker: LocalBroker) -> None:
+def _worker(ctx: RunContext, proc: int, broker: LocalBroker, parent: int) -> None:
+    die_with_parent(parent)
     broker.proc = proc
     outcome = run_process(ctx, proc, None, on_stop=broker.stop,
                           make_runtime=lambda sink: WorkerLoop(TaskRuntime(ctx.plan, proc, sink), broker))
@@ -177,7 +180,7 @@ def run(ctx: RunContext) -> dict:
     scaler = Autoscaler(workers, t0) if ctx.mapping == "dyn_auto_multi" else None
     if scaler is not None:
         broker.set_pool(scaler.size)
-    children = [mp.Process(target=_worker, args=(ctx, p, broker), name=f"d4p-worker-{p}")
+    children = [mp.Process(target=_worker, args=(ctx, p, broker, os.getpid()), name=f"d4p-worker-{p}")
                 for p in range(1, workers + 1)]
     for child in children:
         child.start()
@@ -201,4 +204,4 @@ def run(ctx: RunContext) -> dict:
         broker.close()
         restore_signals()
     extra = drivers[0].metrics() if drivers else {}
-    return end(ctx, t0, final_outcome(ctx, driver_outcome, died(children)), extra)
+    return end(ctx, t0, final_outcome(ctx, driver_outcome, died(children, ctx.results)), extra)

@@ -8,8 +8,11 @@ directory) and announces it, so that workers started anywhere with only the
 connection file (``python -m d4p_hpc.mappings.worker``) can join; unless
 ``--external-workers`` is given, it forks ``-n`` local workers itself. Then
 it feeds the root PEs, with backpressure, and supervises: autoscaling
-(dyn_auto_redis), and the liveness of workers that host stateful instances
-(hybrid_redis), whose death fails the run since their state is lost.
+(dyn_auto_redis), the liveness of workers that host stateful instances
+(hybrid_redis), whose death fails the run since their state is lost, and, in a
+job, the workers' launcher (:class:`Launcher`): a worker that could not join
+(it prints ``d4p-hpc worker: error: ...``) or the launcher ending while the run
+goes on (every worker is gone) fails the run within a tick, naming the cause.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
+from d4p_hpc import liveness
 from d4p_hpc.errors import UsageError
 from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.autoscale import Autoscaler
-from d4p_hpc.mappings.core import Sink, restore_signals
+from d4p_hpc.mappings.core import Sink, die_with_parent, restore_signals
 from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, final_outcome, join_workers
 from d4p_hpc.mappings.rbroker import RedisBroker, claim_idle
 from d4p_hpc.mappings.redis_server import RedisServer
@@ -33,6 +39,11 @@ from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, ru
 from d4p_hpc.mappings.tasks import TaskRuntime, keep_notices, refuse_stateful, truncate_parts
 
 NO_WORKER_NOTICE = 30.0
+# set by the job script (templates/common/redis.sh.j2): the pid of the workers' launcher (srun,
+# mpiexec or the script's d4p_fork) on this node, and the file its stderr is copied to
+LAUNCHER_PID_ENV = "D4P_WORKERS_PID"
+LAUNCHER_LOG_ENV = "D4P_WORKERS_LOG"
+WORKER_ERROR = "d4p-hpc worker: error:"
 
 
 def validate(plan, mapping: str) -> None:
@@ -79,6 +90,48 @@ class DriverBroker(RedisBroker):
         return None
 
 
+class Launcher:
+    """The job's worker launcher, as the driver sees it: its pid and what it printed on stderr."""
+
+    def __init__(self, pid: int, log: Path) -> None:
+        self.pid = pid
+        self.log = log
+        self._token = liveness.token(pid)  # None: gone already; else what a reused pid cannot match
+        self._offset = 0
+        self._last = ""
+
+    @classmethod
+    def from_environment(cls) -> Launcher | None:
+        pid = os.environ.get(LAUNCHER_PID_ENV, "")
+        return cls(int(pid), Path(os.environ.get(LAUNCHER_LOG_ENV, os.devnull))) if pid.isdigit() else None
+
+    def gone(self) -> bool:
+        return self._token is None or liveness.token(self.pid) != self._token
+
+    def worker_error(self) -> str | None:
+        """The first ``d4p-hpc worker: error:`` line printed since the last call, if any."""
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            return None
+        whole = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += whole
+        for line in data[:whole].decode(errors="replace").splitlines():
+            line = line.strip()
+            if line.strip("-") and "PMIX ERROR" not in line:  # not Open MPI's rules and noise
+                self._last = line
+            if line.startswith(WORKER_ERROR):
+                return line
+        return None
+
+    def last_words(self) -> str:
+        """The workers' last error line, or where to look."""
+        self.worker_error()
+        return f"last words on stderr: {self._last}" if self._last else f"nothing on stderr (see {self.log})"
+
+
 def _connection(ctx: RunContext, stack: contextlib.ExitStack) -> tuple[rconn.Connection, bool]:
     """The Redis to use, and whether it is our own private one."""
     opts = ctx.options
@@ -92,8 +145,10 @@ def _connection(ctx: RunContext, stack: contextlib.ExitStack) -> tuple[rconn.Con
     return stack.enter_context(RedisServer(ctx.results, binary=opts.get("redis_server"))), True
 
 
-def _local_worker(conn: rconn.Connection, run: dict, ctx: RunContext) -> None:
+def _local_worker(conn: rconn.Connection, run: dict, ctx: RunContext, parent: int) -> None:
     from d4p_hpc.mappings.worker import serve
+
+    die_with_parent(parent)
     sys.exit(serve(conn, run, ctx).exit_code)
 
 
@@ -111,7 +166,7 @@ def run(ctx: RunContext) -> dict:
         broker = DriverBroker(conn, keys, 0, ctx.processes, run_info["claim_idle"])
         mp = multiprocessing.get_context("fork")
         children = [] if ctx.options.get("external_workers") else [
-            mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx), name=f"d4p-worker-{p}")
+            mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx, os.getpid()), name=f"d4p-worker-{p}")
             for p in range(1, ctx.processes + 1)]
         for child in children:
             child.start()
@@ -141,7 +196,7 @@ def run(ctx: RunContext) -> dict:
             finally:
                 restore_signals()
     # a dead worker is no failure when others redid its work and the run completed
-    errors += died(children) if driver.state != "COMPLETED" else []
+    errors += died(children, ctx.results) if driver.state != "COMPLETED" else []
     return end(ctx, t0, final_outcome(ctx, driver, errors), extra)
 
 
@@ -151,13 +206,27 @@ def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscale
     broker.runtime = runtime
     started = time.monotonic()
     told = []
+    launcher = None if children else Launcher.from_environment()
+
+    def fail(why: str) -> None:
+        print(why, flush=True)
+        broker.stop("FAILED", {"pe": None, "process": None, "traceback": why})
+        raise Aborted()
 
     def watch() -> None:
         # no commit may come while a PE waits for a dead worker to close its copy: walk the PEs anyway
         broker.commit(None, {}, {}, 0.0)
         if children and not any(c.is_alive() for c in children):
-            broker.stop("FAILED", {"pe": None, "process": None, "traceback": "every local worker died"})
-            raise Aborted()
+            fail("every local worker died")
+        if launcher is not None:
+            # a worker that cannot join (no route to Redis, a broken environment) is a set-up error
+            # that every rerun would meet: fail now rather than run on with part of the pool
+            error = launcher.worker_error()
+            if error:
+                fail(f"a worker could not join the run: {error}")
+            if launcher.gone() and broker.fresh_state() == RUNNING:
+                fail(f"every worker is gone: their launcher (pid {launcher.pid}) ended while the run "
+                     f"was going; {launcher.last_words()}")
         dead = broker.dead_owner()
         if dead is not None:
             gid, proc = dead

@@ -35,11 +35,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from d4p_hpc.mappings.autoscale import TICK, Autoscaler
 from d4p_hpc.mappings.core import root_feed
-from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, read_parts
+from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, death, read_parts
 from d4p_hpc.mappings.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime
 
 RUNNING = "RUNNING"
@@ -133,24 +134,30 @@ class Driver:
         self.limit = max_backlog(ctx.processes)
         self.peak = 0
         self._next_tick = 0.0
+        self._last_send = time.monotonic()
 
     def run(self) -> None:
+        # from inside write(): a root that writes a whole file in one call is shipped as it goes
+        self.runtime.on_queued = self._ship
         for root in self.ctx.plan.roots():
             inst = self.runtime.copy_of(root.index)
-            last = time.monotonic()
             for item in root_feed(self.ctx.feeds.get(root.index, 0)):
                 self.runtime.feed(inst, item)
-                if self.runtime.queued >= 2 * ENTRY_TASKS * self.ctx.processes or \
-                        time.monotonic() - last > FLUSH_SECONDS:
-                    self._send()
-                    last = time.monotonic()
+                self._ship()  # also for calls that write nothing: the watch and the autoscaler tick
             self.runtime.finish(inst)
             self._send(close=root.index)
         while self._check():
             self.broker.wait(TICK / 5)
 
+    def _ship(self) -> None:
+        """Send the outbox once it holds two entries per worker, or when the last send was a while ago."""
+        if self.runtime.queued >= 2 * ENTRY_TASKS * self.ctx.processes or \
+                time.monotonic() - self._last_send > FLUSH_SECONDS:
+            self._send()
+
     def _send(self, close: int | None = None) -> None:
         backlog = self.broker.commit(None, self.runtime.take_outbox(), {}, 0.0, close=close)
+        self._last_send = time.monotonic()
         self.peak = max(self.peak, backlog)
         self._check()
         # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small
@@ -179,6 +186,16 @@ class Driver:
     def stats(self) -> list[dict]:
         return self.runtime.stats()
 
+    def gauges(self) -> dict:
+        """For the sampler (another thread): the backlog, and the pool size and live workers where known."""
+        found = {"backlog": self.broker.backlog()}
+        if self.scaler is not None:
+            found["pool"] = self.scaler.size
+        live = getattr(self.broker, "live_workers", None)  # Redis: workers may join from any node
+        if live is not None:
+            found["workers"] = len(live())
+        return found
+
     def metrics(self) -> dict:
         """The mapping's own metrics: the largest backlog the driver queued onto, the backpressure
         limit, and the pool size over time (dyn_auto_*)."""
@@ -203,10 +220,10 @@ def join_workers(children: list, grace: float = 10.0) -> None:
         deadline = time.monotonic() + 5
 
 
-def died(children: list) -> list[dict]:
+def died(children: list, results: Path) -> list[dict]:
     """Errors for forked workers that died (not by exiting after their own failure or a stop)."""
-    return [{"pe": None, "process": proc, "traceback": f"worker {proc} (pid {c.pid}) died with exit code {c.exitcode}"}
-            for proc, c in enumerate(children, 1) if c.exitcode not in (0, 1, 128 + 2, 128 + 15)]
+    return [{"pe": None, "process": proc, "traceback": why} for proc, c in enumerate(children, 1)
+            if (why := death(f"worker {proc}", c.pid, c.exitcode, results))]
 
 
 def final_outcome(ctx: RunContext, driver: Outcome, errors: list[dict]) -> Outcome:

@@ -18,7 +18,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from d4p_hpc.errors import UsageError
+from d4p_hpc import results as rd
+from d4p_hpc.errors import RunFailed, UsageError
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, combine, end, run_process
 
 TAG_DATA = 11
@@ -46,6 +47,54 @@ def launcher_argv(n: int) -> list[str]:
         if os.geteuid() == 0:
             argv.append("--allow-run-as-root")
     return argv
+
+
+def self_launch(n: int, argv: list[str], results_dir: str) -> dict:
+    """Run ``d4p-hpc ARGV`` under ``mpiexec -n N`` and return the run record rank 0 wrote.
+
+    A signal this process gets goes to mpiexec, which passes it on to every rank (Open MPI
+    turns SIGINT into SIGTERM). The run then ends in that signal's state and exit code, also
+    when it came before the ranks could record it or when a rank died of it.
+    """
+    import signal
+    import subprocess
+
+    from d4p_hpc.launch import SAFE_MODULE
+    from d4p_hpc.mappings.core import SIGNAL_STATES, restore_signals
+
+    env = dict(os.environ, D4P_HPC_QUIET="1")
+    launcher = subprocess.Popen(launcher_argv(n) + [sys.executable, *SAFE_MODULE, "d4p_hpc"] + argv, env=env)
+    stops: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stops.append(signum)
+        launcher.send_signal(signum)
+
+    for signum in SIGNAL_STATES:
+        signal.signal(signum, forward)
+    code = launcher.wait()
+    restore_signals()
+    record = rd.read_run(results_dir)
+    stop = stops[0] if stops else None
+    if record is None:
+        if stop is None:
+            raise RunFailed(f"mpiexec exited with {code} before the run started; see the messages above")
+        stopped = RunFailed(f"{SIGNAL_STATES[stop]} by signal {stop} before the run started: nothing ran")
+        stopped.exit_code = 128 + stop
+        raise stopped
+    failed_pe = (record.get("error") or {}).get("pe")
+    if stop is not None and not failed_pe and record["state"] != "COMPLETED":
+        record.update({"state": SIGNAL_STATES[stop], "exit_code": 128 + stop})
+    elif record["state"] == "RUNNING":
+        # a rank died without a word (killed, crashed): the run did not finish
+        record.update({"state": "FAILED", "exit_code": 1,
+                       "error": {"pe": None, "process": None,
+                                 "traceback": f"mpiexec exited with code {code} before the run finished"}})
+    else:
+        return record
+    record["ended"] = record.get("ended") or rd.now()
+    rd.write_json(Path(results_dir) / rd.RUN_FILE, record)
+    return record
 
 
 def _is_open_mpi(mpiexec: str) -> bool:
@@ -113,12 +162,20 @@ def run(ctx: RunContext) -> dict:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     # ranks started without --results each made up a default directory: rank 0's wins
-    results, used = comm.bcast((str(ctx.results), (ctx.results / "run.json").exists()), root=0)
-    if used:
-        raise UsageError(f"{results} already holds a run; give a new --results directory")
-    ctx.results = Path(results)
-    t0 = begin(ctx) if rank == 0 else 0.0
-    comm.Barrier()
+    ctx.results = Path(comm.bcast(str(ctx.results), root=0))
+    # rank 0 alone creates the directory; if it cannot, every rank must learn it, not wait for ever
+    t0, refused = 0.0, None
+    if rank == 0:
+        try:
+            rd.check_new(ctx.results)
+            t0 = begin(ctx)
+        except UsageError as err:
+            refused = str(err)
+    refused = comm.bcast(refused, root=0)
+    if refused:
+        if rank:
+            sys.exit(UsageError.exit_code)  # rank 0 says why
+        raise UsageError(refused)
     transport = MpiTransport(comm, MPI)
     outcome = run_process(ctx, rank, transport, on_stop=lambda _o: transport.abort_others())
     if outcome.state == "COMPLETED":
@@ -127,9 +184,12 @@ def run(ctx: RunContext) -> dict:
         except Aborted:
             outcome = Outcome("FAILED")  # the failed rank's own outcome carries the error
     outcomes = comm.gather(outcome, root=0)
-    if rank == 0:
-        return end(ctx, t0, combine(outcomes))
-    return {"secondary": True, "state": outcome.state, "exit_code": outcome.exit_code}
+    record = end(ctx, t0, combine(outcomes)) if rank == 0 else \
+        {"secondary": True, "state": outcome.state, "exit_code": outcome.exit_code}
+    # the others leave only once rank 0 has written the run's record: a rank leaving with a non-zero
+    # code (138 at the walltime signal) makes mpiexec kill the rest at once
+    comm.Barrier()
+    return record
 
 
 def exit(code: int) -> None:  # noqa: A001 - the mapping hook the CLI calls last

@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 
-from d4p_hpc.mappings.core import Interrupted, ignore_signals, raise_on_signals, restore_signals
-from d4p_hpc.mappings.runner import Outcome, RunContext, begin, combine, end, read_parts, run_process
+from d4p_hpc.mappings.core import Interrupted, die_with_parent, ignore_signals, raise_on_signals, restore_signals
+from d4p_hpc.mappings.runner import (STOPPED, Outcome, RunContext, begin, combine, death, end, read_parts,
+                                     run_process)
 
 INBOX_BATCHES = 8
 
@@ -53,7 +54,8 @@ class QueueTransport:
                     return None
 
 
-def _child(ctx: RunContext, proc: int, queues: list) -> None:
+def _child(ctx: RunContext, proc: int, queues: list, parent: int) -> None:
+    die_with_parent(parent)
     outcome = run_process(ctx, proc, QueueTransport(queues, proc))
     if outcome.state != "COMPLETED":
         # outputs and metrics are written. A peer may never read what is left in our queues, and
@@ -71,7 +73,7 @@ def run(ctx: RunContext) -> dict:
     used = max(ctx.plan.placement) + 1
     mp = multiprocessing.get_context("fork")
     queues = [mp.Queue(maxsize=INBOX_BATCHES) for _ in range(used)]
-    children = [mp.Process(target=_child, args=(ctx, p, queues), name=f"d4p-{p}") for p in range(used)]
+    children = [mp.Process(target=_child, args=(ctx, p, queues, os.getpid()), name=f"d4p-{p}") for p in range(used)]
     stopped = None
     raise_on_signals()
     try:
@@ -121,11 +123,14 @@ def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcom
     outcomes = [Outcome(p["state"], p.get("signum"), p.get("error")) for p in parts.values()]
     if stopped is not None:
         outcomes.insert(0, stopped)
+    died = []
     for proc, child in enumerate(children):
-        if proc not in parts or child.exitcode not in (0, 1, 128 + 15, 128 + 10, 128 + 2):
-            # after the parts: a PE's own error, when there is one, is the cause to report
-            outcomes.append(Outcome("FAILED", None, {
-                "pe": None, "process": proc,
-                "traceback": f"process {proc} (pid {child.pid}) died with exit code {child.exitcode}"}))
+        why = death(f"process {proc}", child.pid, child.exitcode, ctx.results)
+        if why or proc not in parts:
+            why = why or f"process {proc} (pid {child.pid}) died with exit code {child.exitcode}"
+            died.append(Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why}))
+    # after the parts: a PE's own error, when there is one, is the cause to report; and a child
+    # that our own SIGTERM stopped is never the cause
+    outcomes += sorted(died, key=lambda o: children[o.error["process"]].exitcode in STOPPED)
     # children stopped by our own SIGTERM after a peer failed report CANCELLED: the failure is the cause
     return combine(outcomes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
+import functools
 import ipaddress
 import json
 import os
@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 from d4p_hpc.errors import RedisError
+from d4p_hpc.results import make_private_dir
+from d4p_hpc.mappings.core import die_with_parent
 from d4p_hpc.mappings.rconn import CONNECTION_FILE, Connection, import_redis
 
 #: Environment variable naming the ``redis-server`` binary when none is given.
@@ -87,14 +89,33 @@ def _free_port(address: str) -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent(parent: int):
-    """preexec_fn: have the kernel stop Redis if its starter dies, even by SIGKILL."""
-    def preexec():
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    return preexec if sys.platform.startswith("linux") else None
+def _remove_when_gone(path: Path) -> int:
+    """Fork a janitor that deletes ``path`` once this process is gone, however it ends.
+
+    Returns the write end of a pipe that only this process (and what it forks later) holds:
+    the janitor reads it until end-of-file, which comes when every holder has exited, even by
+    SIGKILL. It runs in its own session so that a kill of this process group spares it, holds
+    no other file open, and leaves at once after the unlink. A password in a connection file
+    must not outlive the Redis it opens.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # pragma: no cover - the child, seen by its effect
+        try:
+            os.setsid()
+            os.closerange(3, read_end)
+            os.closerange(read_end + 1, 65536)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            while os.read(read_end, 64):
+                pass
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    os.set_inheritable(write_end, False)
+    return write_end
 
 
 def write_connection_file(path: Path, conn: Connection) -> None:
@@ -155,6 +176,7 @@ class RedisServer:
         self.log_file: Path | None = None
         self._proc: subprocess.Popen | None = None
         self._private: Path | None = None
+        self._janitor: int | None = None
         self._saved_handlers: dict = {}
 
     @property
@@ -200,7 +222,8 @@ class RedisServer:
         address = resolve_bind(self.bind)
         self._private = Path(tempfile.mkdtemp(prefix="d4p-redis-"))  # mkdtemp makes it 0700
         if self.results is not None:
-            (self.results / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(self.results)  # the run may not have made it yet: private from the start
+            make_private_dir(self.results / "logs")
         self.log_file = (self.results / "logs" if self.results else self._private) / "redis-server.log"
         # created here, so that Redis appends to a private file rather than making a world-readable one
         os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
@@ -218,6 +241,7 @@ class RedisServer:
         if self.results is not None:
             write_connection_file(self.results / CONNECTION_FILE, self.connection)
             self.connection_file = self.results / CONNECTION_FILE
+            self._janitor = _remove_when_gone(self.connection_file)
         return self.connection
 
     def _advertised(self, address: str) -> str:
@@ -239,12 +263,19 @@ class RedisServer:
             # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
             self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           stderr=err, start_new_session=True,
-                                          preexec_fn=_die_with_parent(os.getpid()))
+                                          preexec_fn=functools.partial(die_with_parent, os.getpid()))
         local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
         error = self._wait_ready(Connection(local, port, password), port)
         if error is not None:
             self._terminate()
-        return error
+            return error
+        # Redis has read its config and writes nothing into its dir (no saves, no CONFIG REWRITE):
+        # the password must not wait on disk for a stop that a SIGKILL would skip. Its log is
+        # reopened for every line, so the dir stays while the log is in it.
+        conf.unlink()
+        if self.results is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+        return None
 
     def _wait_ready(self, conn: Connection, port: int) -> RedisError | None:
         redis = import_redis()
@@ -286,6 +317,9 @@ class RedisServer:
             if self.connection_file is not None:
                 self.connection_file.unlink(missing_ok=True)
                 self.connection_file = None
+            if self._janitor is not None:
+                os.close(self._janitor)
+                self._janitor = None
             if self._private is not None:
                 shutil.rmtree(self._private, ignore_errors=True)
                 self._private = None

@@ -3,7 +3,9 @@ per-process wrapper, and merging per-process metrics into ``metrics.json``."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import os
 import resource
@@ -13,15 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from d4p_hpc import __version__
+from d4p_hpc import __version__, liveness
 from d4p_hpc import results as rd
-from d4p_hpc.mappings.core import (Interrupted, PEFailed, Runtime, Sink, Transport, ignore_signals,
-                                   raise_on_signals, redirect_output)
+from d4p_hpc.errors import UsageError
+from d4p_hpc.mappings.core import (SIGNAL_STATES, Aborted, Interrupted, PEFailed, Runtime, Sink, Transport,
+                                   ignore_signals, raise_on_signals, redirect_output)
 from d4p_hpc.mappings.plan import Plan
-
-
-class Aborted(BaseException):
-    """Another process of the run failed or was stopped; this one stops too."""
+from d4p_hpc.mappings.sampler import sampling
 
 
 @dataclass
@@ -40,6 +40,24 @@ class RunContext:
     options: dict = field(default_factory=dict)
 
 
+#: exit code of a process that failed and could not even record why: its results directory
+#: cannot be written (sysexits' EX_IOERR)
+IO_FAILED = 74
+#: exit codes of a process that a signal stopped (SIGTERM, SIGUSR1, SIGINT): it flushed what it had
+STOPPED = tuple(128 + signum for signum in SIGNAL_STATES)
+
+
+def death(label: str, pid: int | None, code: int | None, results: Path) -> str | None:
+    """Why a process of the run ended, when its exit code says more than its own record can;
+    None when it ended as a process of a run does (done, failed with its record, stopped)."""
+    if code in (0, 1, *STOPPED):
+        return None
+    if code == IO_FAILED:
+        return (f"{label} could not write the results directory {results} (No space left on device, "
+                "or a quota?); outputs written before that are kept")
+    return f"{label} (pid {pid}) died with exit code {code}"
+
+
 @dataclass
 class Outcome:
     """How a process, or the whole run, ended."""
@@ -47,6 +65,8 @@ class Outcome:
     state: str = "COMPLETED"
     signum: int | None = None
     error: dict | None = None
+    #: its per-process part could not be written (a full disk): the exit code is then the message
+    unrecorded: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -54,11 +74,11 @@ class Outcome:
             return 0
         if self.signum:
             return 128 + self.signum
-        return 1
+        return IO_FAILED if self.unrecorded else 1
 
 
 def graph_digest(path: str) -> str | None:
-    """sha256 of the graph file (None for a module name that is not a file)."""
+    """sha256 of a file: the graph, an inputs file (None for a module name that is not a file)."""
     try:
         with open(path, "rb") as fh:
             return hashlib.sha256(fh.read()).hexdigest()
@@ -66,19 +86,41 @@ def graph_digest(path: str) -> str | None:
         return None
 
 
+def _inputs_record(ctx: RunContext) -> Any:
+    """The inputs as given; an inputs file (``-f``, maybe gigabytes) by its path and digest."""
+    path = ctx.options.get("inputs_file")
+    if not path:
+        return ctx.raw_inputs
+    return {"file": os.path.abspath(path), "sha256": graph_digest(path)}
+
+
 def _record(ctx: RunContext) -> dict:
     return {"graph": ctx.graph_path, "graph_sha256": graph_digest(ctx.graph_path), "attr": ctx.attr,
             "mapping": ctx.mapping, "processes": ctx.processes, "instances": ctx.plan.instances,
-            "inputs": ctx.raw_inputs, "notices": ctx.plan.notices, "d4p_hpc_version": __version__,
-            "host": os.uname().nodename, "pid": os.getpid()}
+            "inputs": _inputs_record(ctx), "notices": ctx.plan.notices, "d4p_hpc_version": __version__,
+            # dispel4py's own names of the PEs (WorkflowNode ids such as TestOneInOneOut5)
+            "pe_ids": {node.key: str(getattr(node.pe, "id", node.key)) for node in ctx.plan.pes},
+            # `status` tells a run whose processes are gone from a live one by these
+            "host": liveness.host(), "pid": os.getpid(), "pid_token": liveness.token(os.getpid())}
+
+
+RESERVE = "reserve"
+RESERVE_BYTES = 256 * 1024
 
 
 def begin(ctx: RunContext) -> float:
     """Create the results directory and record the run as RUNNING; return the start time."""
-    for sub in ("", rd.LOGS, rd.PARTS, rd.OUTPUTS):
-        rd.make_private_dir(ctx.results / sub)
-    rd.write_json(ctx.results / rd.RUN_FILE, {**_record(ctx), "started": rd.now(), "ended": None,
-                                              "state": "RUNNING", "exit_code": None, "error": None})
+    try:
+        for sub in ("", rd.LOGS, rd.PARTS, rd.OUTPUTS):
+            rd.make_private_dir(ctx.results / sub)
+        rd.write_json(ctx.results / rd.RUN_FILE, {**_record(ctx), "started": rd.now(), "ended": None,
+                                                  "state": "RUNNING", "exit_code": None, "error": None})
+        # room for the final records, should the outputs fill the disk (see end())
+        with os.fdopen(os.open(ctx.results / rd.PARTS / RESERVE, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
+            fh.write(bytes(RESERVE_BYTES))
+    except OSError as exc:
+        raise UsageError(f"cannot write the results directory {ctx.results}: {exc.strerror or exc}; "
+                         "give a writable --results directory (or --results-root)") from None
     return time.time()
 
 
@@ -92,11 +134,13 @@ def read_parts(ctx: RunContext) -> list[dict]:
 
 
 def combine(outcomes: list[Outcome]) -> Outcome:
-    """One outcome for the run: a PE failure wins over a stop, a stop over completion."""
+    """One outcome for the run: a PE failure wins over a stop, a stop over completion. A stop signal
+    wins over a process that only stopped because another one told it (Aborted: FAILED with no
+    error), which happens when a peer's word comes before the signal itself."""
     for o in outcomes:
         if o.error:
             return Outcome("FAILED", None, o.error)
-    for o in outcomes:
+    for o in sorted(outcomes, key=lambda o: o.signum is None):
         if o.state != "COMPLETED":
             return o
     return Outcome()
@@ -119,18 +163,44 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
                "process_list": [{k: part.get(k) for k in ("process", "host", "pid", "max_rss_mb", "state")}
                                 for part in parts]}
     metrics.update(extra or {})
-    rd.write_json(ctx.results / rd.METRICS_FILE, metrics)
+    reserve = ctx.results / rd.PARTS / RESERVE
+    try:
+        rd.write_json(ctx.results / rd.METRICS_FILE, metrics)
+    except OSError as exc:
+        reserve.unlink(missing_ok=True)  # the full disk now has room for the record of how it ended
+        if outcome.state == "COMPLETED" or outcome.error is None:
+            outcome = Outcome("FAILED", None, {"pe": None, "process": None, "traceback": _io_error(ctx, exc)})
+    outcome = dataclasses.replace(outcome, unrecorded=False)  # the run's record is written below
     record = rd.read_run(ctx.results) or _record(ctx)
     record.update({"ended": rd.now(), "state": outcome.state, "exit_code": outcome.exit_code,
                    "error": outcome.error, "wall_seconds": round(wall, 6)})
-    rd.write_json(ctx.results / rd.RUN_FILE, record)
+    try:
+        rd.write_json(ctx.results / rd.RUN_FILE, record)
+    except OSError:
+        reserve.unlink(missing_ok=True)
+        rd.write_json(ctx.results / rd.RUN_FILE, record)
+    reserve.unlink(missing_ok=True)
     return record
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size. Linux keeps ``ru_maxrss`` across ``exec``, so a run
+    started from a big process (pytest, a Jupyter kernel) would report that one's peak; ``VmHWM``
+    is this program's own."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def write_part(ctx: RunContext, proc: int, stats: list[dict], outcome: Outcome) -> None:
     rd.write_json(ctx.results / rd.PARTS / f"metrics-{proc:05d}.json",
                   {"process": proc, "host": os.uname().nodename, "pid": os.getpid(),
-                   "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   "max_rss_mb": peak_rss_mb(),
                    "instances": stats, "state": outcome.state, "signum": outcome.signum, "error": outcome.error})
 
 
@@ -153,29 +223,64 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
                 runtime = make_runtime(sink)
             else:
                 runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy)
-            runtime.run()
+            with sampling(ctx, proc, sink, runtime):
+                runtime.run()
         except PEFailed as failed:
             outcome = Outcome("FAILED", None, {"pe": failed.pe, "process": proc, "traceback": failed.traceback})
-            print(f"PE {failed.pe} failed:\n{failed.traceback}", flush=True)
+            _say(f"PE {failed.pe} failed:\n{failed.traceback}")
         except Interrupted as stop:
             outcome = Outcome(stop.state, stop.signum)
-            print(f"stopped by signal {stop.signum}: {stop.state}", flush=True)
+            _say(f"stopped by signal {stop.signum}: {stop.state}")
         except Aborted:
             outcome = Outcome("FAILED")
             on_stop = None  # the others know already
-            print("stopped: another process of the run failed or was stopped", flush=True)
+            _say("stopped: another process of the run failed or was stopped")
+        except OSError as exc:
+            # the results directory failed under us (full disk, quota, lost mount): one line says so,
+            # and the part a write broke off is cut back to whole items
+            sink.abandon()
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": _io_error(ctx, exc)})
+            _say(f"process {proc} failed: {outcome.error['traceback']}")
         except Exception:
             # outside PE code: an item that cannot be pickled, a transport error, a bug of ours
             outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": traceback.format_exc()})
-            print(f"process {proc} failed:\n{outcome.error['traceback']}", flush=True)
+            _say(f"process {proc} failed:\n{outcome.error['traceback']}")
         finally:
             ignore_signals()
-            sink.flush()
-            sink.close()
-            write_part(ctx, proc, runtime.stats() if runtime else [], outcome)
+            outcome = _close(ctx, proc, sink, runtime, outcome)
         if outcome.state != "COMPLETED" and on_stop is not None:
             on_stop(outcome)
     return outcome
+
+
+def _close(ctx: RunContext, proc: int, sink: Sink, runtime: Any, outcome: Outcome) -> Outcome:
+    """Flush this process's outputs and write its part; a write that fails (a full disk) cuts the
+    outputs back to whole items and makes the process FAILED, saying why once."""
+    try:
+        sink.flush()
+        sink.close()
+    except OSError as exc:
+        sink.abandon()
+        if outcome.error is None:
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": _io_error(ctx, exc)})
+            _say(f"process {proc} failed: {outcome.error['traceback']}")
+    try:
+        write_part(ctx, proc, runtime.stats() if runtime else [], outcome)
+    except OSError:
+        outcome = dataclasses.replace(outcome, unrecorded=True)
+    return outcome
+
+
+def _io_error(ctx: RunContext, exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return (f"cannot write the results directory {ctx.results}: {exc.strerror or exc}{where}; "
+            "outputs written before that are kept")
+
+
+def _say(text: str) -> None:
+    """Print to this process's log, which may sit on the very file system that is full."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inputs: Any,

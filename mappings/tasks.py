@@ -46,8 +46,10 @@ def refuse_stateful(plan: Plan, mapping: str) -> None:
     for index in sorted(stateful_indices(plan)):
         node = plan.pes[index]
         why = ("is marked stateful" if getattr(node.pe, "stateful", False) else
-               "has a grouped input (" + ", ".join(f"{c.input}: {c.grouping!r}" for c in plan.incoming(index)
-                                                  if c.grouping is not None) + ")")
+               # two edges may feed one input: name it once
+               "has a grouped input (" + ", ".join(dict.fromkeys(f"{c.input}: {c.grouping!r}"
+                                                                 for c in plan.incoming(index)
+                                                                 if c.grouping is not None)) + ")")
         raise MappingError(f"PE {node.key} {why}: {mapping} runs any PE on any worker, so its state would be "
                            f"split; use -m hybrid_redis, which gives stateful PEs fixed instances")
 
@@ -113,6 +115,9 @@ class TaskRuntime(Runtime):
         # not the core's ``outbox`` (batches per process, which it flushes by itself): tasks per queue
         self.unsent: dict[int, list] = {}
         self.queued = 0
+        #: called after each task put in the outbox: the driver ships them while a root's call still
+        #: writes (and waits there while the backlog is too long), so one call cannot fill memory
+        self.on_queued: Callable[[], None] | None = None
         self._budget = 0
 
     # --- hosting ---------------------------------------------------------------------------------
@@ -198,6 +203,8 @@ class TaskRuntime(Runtime):
         else:
             self.unsent.setdefault(SHARED, []).append((gid, input_name, data))
         self.queued += 1
+        if self.on_queued is not None:
+            self.on_queued()
 
     def stats(self) -> list[dict]:
         return [inst.stats(self.proc) for inst in (*self.copies.values(), *self.owned.values())]

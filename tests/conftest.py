@@ -22,6 +22,20 @@ def pytest_addoption(parser):
                      help="rewrite tests/golden/<scheduler>/<mapping>.sh from the templates")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Undo pytest-mpi's skip of tests that are not MPI-world tests.
+
+    pytest-mpi skips every item whose *keywords* hold "mpi" unless --with-mpi is given, and a
+    parameter id is a keyword: a test parametrised over the mappings would silently skip its
+    ``mpi`` case. Only the ``mpi`` marker (tests/mpi, run under mpiexec) means an MPI-world test.
+    """
+    for item in items:
+        if item.get_closest_marker("mpi") is None:
+            item.own_markers = [m for m in item.own_markers
+                                if not (m.name == "skip" and m.kwargs.get("reason") == "need --with-mpi option to run")]
+
+
 @pytest.fixture
 def update_golden(request) -> bool:
     """Whether golden files are to be rewritten rather than compared."""
@@ -53,9 +67,12 @@ class FakeInterpreter:
         self.log = log
 
     def calls(self) -> list[list[str]]:
-        """The argument lists it was called with."""
+        """The argument lists it was called with, ``-c BOOTSTRAP MODULE`` read as ``-m MODULE``."""
+        from d4p_hpc.launch import SAFE_MODULE
+
         files = sorted(self.log.glob("argv.*"), key=lambda p: p.stat().st_mtime_ns)
-        return [[w.decode() for w in p.read_bytes().split(b"\0")[:-1]] for p in files]
+        calls = [[w.decode() for w in p.read_bytes().split(b"\0")[:-1]] for p in files]
+        return [["-m", *c[2:]] if tuple(c[:2]) == SAFE_MODULE else c for c in calls]
 
 
 @pytest.fixture
@@ -77,7 +94,7 @@ def isolated_config(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     for name in list(os.environ):
-        if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM",):
+        if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM", "D4P_HPC_PBS"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(work)
     return work
@@ -140,19 +157,25 @@ def where_graph(tmp_path) -> Path:
     return path
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes (any node of an emulated cluster) that contain ``text``."""
-    found = []
+def pids_mentioning(text: str) -> dict[int, list[str]]:
+    """pid -> argv of the live processes (any node of an emulated cluster) whose command line
+    contains ``text``."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            words = cmdline.read_bytes().split(b"\0")
+            words = [w.decode(errors="replace") for w in cmdline.read_bytes().split(b"\0")[:-1]]
             stat = (cmdline.parent / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        line = " ".join(w.decode(errors="replace") for w in words)
-        if text in line and stat and stat[0] != "Z" and int(cmdline.parent.name) != os.getpid():
-            found.append(line)
+        pid = int(cmdline.parent.name)
+        if text in " ".join(words) and stat and stat[0] != "Z" and pid != os.getpid():
+            found[pid] = words
     return found
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes (any node of an emulated cluster) that contain ``text``."""
+    return [" ".join(words) for words in pids_mentioning(text).values()]
 
 
 def items(job) -> list:

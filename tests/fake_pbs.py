@@ -4,7 +4,8 @@
 qsub reads the script from stdin and runs it with d4p-hpc's local runner, in
 the environment PBS gives a job (PBS_JOBID, PBS_NODEFILE, PBS_O_WORKDIR...),
 the node file listing this host once per ``mpiprocs`` slot of ``select``;
-stdout/stderr go where ``#PBS -o``/``-e`` say (a directory: <name>.o<number>).
+stdout/stderr go where ``#PBS -o``/``-e`` say (a directory: <job id>.OU / .ER, as OpenPBS names
+them).
 qstat answers ``-x -f -F json`` from the runner's process; qdel sends SIGTERM
 to the job's process group. State lives in $FAKE_PBS_SPOOL.
 """
@@ -37,8 +38,8 @@ def qsub() -> int:
     status = SPOOL / f"{job_id}.status"
     wrapper = SPOOL / f"{job_id}.wrapper"
     wrapper.write_text(f'bash "{path}"; echo $? >"{status}"\n')
-    out = directive.get("-o", "./").rstrip("/") + f"/{name}.o{number}"
-    err = directive.get("-e", "./").rstrip("/") + f"/{name}.e{number}"
+    out = directive.get("-o", "./").rstrip("/") + f"/{job_id}.OU"
+    err = directive.get("-e", "./").rstrip("/") + f"/{job_id}.ER"
     env = dict(os.environ, PBS_JOBID=job_id, PBS_JOBNAME=name, PBS_NODEFILE=str(nodefile),
                PBS_O_WORKDIR=os.getcwd(), PBS_ENVIRONMENT="PBS_BATCH", PBS_QUEUE="workq",
                PBS_O_HOST=socket.gethostname())

@@ -1,13 +1,14 @@
 """PBS without a PBS server: rendered scripts run in the environment PBS gives a job, and the
 whole submit/status/logs/cancel path runs against fake qsub/qstat/qdel.
 
-d4p-hpc was not run on a real PBS server; these tests, the golden files and
-``bash -n`` are what stands for one.
+They run anywhere; tests/test_cluster.py runs the same jobs on a real OpenPBS server (the testbed
+of .ci/pbs-up.sh). The qstat records below are the forms that server gave.
 """
 
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import sys
@@ -67,18 +68,20 @@ def test_a_pbs_script_runs_as_a_pbs_job(tmp_path, where_graph):
 @pytest.mark.skipif(not shutil.which("mpiexec"), reason="needs mpiexec (apt-get install openmpi-bin)")
 def test_mpi_ranks_start_with_mpiexec_and_the_node_file(tmp_path, where_graph):
     pytest.importorskip("mpi4py")
-    job = run_as_pbs(pbs_spec(tmp_path, where_graph, mapping="mpi", nodes=2, tasks_per_node=2), tmp_path)
+    # one node: the node file of this fake names one host (test_cluster.py places ranks on two)
+    job = run_as_pbs(pbs_spec(tmp_path, where_graph, mapping="mpi", nodes=1, tasks_per_node=2), tmp_path)
     state, logs = outcome(job)
     assert state.state == "COMPLETED", logs
-    assert read_run(job.directory)["processes"] == 4
+    assert read_run(job.directory)["processes"] == 2
     assert "--hostfile" in (job.directory / "job.sh").read_text()
+    assert "MPI placement: mpiexec --map-by ppr:2:node:PE=1" in logs
 
 
 @pytest.mark.skipif(not shutil.which("mpiexec") or not shutil.which("redis-server"),
                     reason="needs mpiexec and redis-server")
 def test_redis_workers_start_with_mpiexec(tmp_path, where_graph):
     pytest.importorskip("redis")
-    job = run_as_pbs(pbs_spec(tmp_path, where_graph, mapping="dyn_redis", nodes=2, tasks_per_node=1,
+    job = run_as_pbs(pbs_spec(tmp_path, where_graph, mapping="dyn_redis", nodes=1, tasks_per_node=2,
                               iterations=30), tmp_path)
     state, logs = outcome(job)
     assert state.state == "COMPLETED", logs
@@ -117,7 +120,7 @@ def test_submit_status_logs_results_through_pbs_commands(cli, isolated_config, w
     assert result.exit_code == 0, result.output
     assert "job 100.fakepbs" in result.output and "COMPLETED" in result.output
     logs = cli("logs", "100.fakepbs")
-    assert "COMPLETED" in logs.output and "where.o100" in logs.output
+    assert "COMPLETED" in logs.output and "100.fakepbs.OU" in logs.output
     assert "Where.output: 5 items" in cli("results", "100.fakepbs").output
 
 
@@ -146,6 +149,11 @@ def test_a_job_qstat_no_longer_knows_is_not_called_done(tmp_path, fake_pbs):
 
 @pytest.mark.parametrize("record, expected", [
     ({"job_state": "Q"}, ("PENDING", "queued")),
+    ({"job_state": "Q", "comment": "Not Running: Not enough free nodes available"},
+     ("PENDING", "Not Running: Not enough free nodes available")),
+    ({"job_state": "R", "comment": "Job run at Tue Dec  1 at 09:33 on (pbsn1:ncpus=1)"}, ("RUNNING", "")),
+    ({"job_state": "F", "comment": "Not Running: Not enough free nodes available and terminated"},
+     ("CANCELLED", "deleted before it ran (Not Running: Not enough free nodes available and terminated)")),
     ({"job_state": "H"}, ("PENDING", "held")),
     ({"job_state": "R"}, ("RUNNING", "")),
     ({"job_state": "F", "Exit_status": 0}, ("COMPLETED", "")),
@@ -165,3 +173,22 @@ def test_plain_qstat_text_is_understood():
     records = pbs._parse_text(text)
     assert records["12.server"]["job_state"] == "R"
     assert pbs._state(records["13.server"]).state == "FAILED"
+
+
+def test_a_second_stop_signal_is_not_raised_while_the_first_is_handled():
+    # PBS signals every process of a job and mpiexec passes on the script's signal too: the second
+    # one may land while run_process handles the first (its except clause, its finally)
+    from d4p_hpc.mappings.core import Interrupted, raise_on_signals, restore_signals
+
+    raise_on_signals()
+    try:
+        with pytest.raises(Interrupted) as first:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # where the second Interrupted would be raised
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    finally:
+        restore_signals()
+    assert first.value.signum == signal.SIGTERM

@@ -1,15 +1,17 @@
 """Rendered job scripts: golden files for every scheduler x mapping, bash syntax, directive rules."""
 
 import difflib
+import os
 import re
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from d4p_hpc import render
-from d4p_hpc.launch import ShellVar
+from d4p_hpc.launch import SAFE_MODULE, ShellVar
 from d4p_hpc.spec import MAPPINGS, SCHEDULERS, JobSpec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -60,6 +62,20 @@ def test_golden(scheduler, mapping, update_golden):
                     f"`pytest tests/test_render.py --update-golden`):\n{diff}")
 
 
+def test_shellcheck_is_clean_on_every_golden_script():
+    """Beyond `bash -n`: quoting and word-splitting mistakes in the templates (Debian shellcheck)."""
+    import shutil
+
+    if shutil.which("shellcheck") is None:
+        reason = "shellcheck is not installed (apt-get install shellcheck; .ci/install.sh does)"
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    scripts = sorted(str(p) for p in GOLDEN.glob("*/*.sh"))
+    assert len(scripts) == len(COMBINATIONS)
+    result = subprocess.run(["shellcheck", "--shell=bash", "--severity=warning", *scripts],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
 @pytest.mark.parametrize("scheduler, mapping", COMBINATIONS)
 @pytest.mark.parametrize("make", [golden_spec, rich_spec])
 def test_bash_syntax_and_directives_first(scheduler, mapping, make):
@@ -102,8 +118,21 @@ def test_environment_setup_and_container():
     assert "module load python/3.11 || exit\nmodule load openmpi || exit\n" in script
     assert ". /home/user/venv/bin/activate || exit" in script
     assert "export OMP_NUM_THREADS=1\n" in script
+    safe = " ".join(render.quote(word) for word in SAFE_MODULE)
     assert ('"$d4p_container" exec --bind /scratch/user/d4p-results --bind /home/user/graphs /images/d4p.sif '
-            'python3 -m d4p_hpc run /home/user/graphs/word_count.py -m multi -n 2 --attr graph -i 10') in script
+            f'python3 {safe} d4p_hpc run /home/user/graphs/word_count.py -m multi -n 2 --attr graph -i 10') in script
+
+
+def test_job_commands_never_put_the_working_directory_first(tmp_path):
+    """The bootstrap of every in-job command drops '' from sys.path before it imports anything."""
+    (tmp_path / "inspect.py").write_text("raise SystemExit('shadowed')\n")
+    (tmp_path / "runpy.py").write_text("raise SystemExit('shadowed')\n")
+    done = subprocess.run([sys.executable, *SAFE_MODULE, "json.tool", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "shadowed" not in done.stderr, done.stderr
+    where = subprocess.run([sys.executable, *SAFE_MODULE, "inspect", "--help"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert "shadowed" not in where.stderr + where.stdout
 
 
 def test_quote_filter():

@@ -2,8 +2,8 @@
 
 Only the jobs asked about are queried (``qstat -f`` on every job loads the
 server). Where ``-x``/``-F json`` are not understood (Torque), plain
-``qstat -f ID`` output is parsed instead. Tested against golden scripts and
-fake ``qsub``/``qstat``/``qdel`` commands, not against a real PBS server.
+``qstat -f ID`` output is parsed instead (that form is tested against fake
+commands only; the rest against a real OpenPBS 23.06 server, see README).
 """
 
 from __future__ import annotations
@@ -66,10 +66,9 @@ class Pbs(Scheduler):
         run_command(["qdel", job_id], retries=2)
 
     def log_files(self, results_dir: Path, job_id: str) -> list[Path]:
-        """PBS copies ``<job name>.o<number>``/``.e<number>`` into the results root when the job ends."""
-        name = results_dir.name[: -len(job_id) - 1]
-        number = job_id.split(".")[0]
-        return [results_dir.parent / f"{name}.o{number}", results_dir.parent / f"{name}.e{number}"]
+        """``<job id>.OU``/``.ER`` in the results root (``-o``/``-e`` name a directory there; ``-k oed``
+        has PBS write them as the job runs). A job ended before it started has none."""
+        return [results_dir.parent / f"{job_id}.OU", results_dir.parent / f"{job_id}.ER"]
 
 
 def _parse_text(text: str) -> dict:
@@ -85,11 +84,15 @@ def _parse_text(text: str) -> dict:
 
 def _state(record: dict) -> SchedulerState:
     raw = str(record.get("job_state", "?"))
+    comment = str(record.get("comment", ""))
     if raw not in ENDED:
         state, reason = STATES.get(raw, ("RUNNING", f"PBS state {raw}"))
-        return SchedulerState(state, reason or record.get("comment", ""), raw)
-    code = int(record.get("Exit_status", record.get("exit_status", 0)))
-    comment = str(record.get("comment", ""))
+        # PBS's own words say why a job waits ("Not Running: Not enough free nodes available")
+        return SchedulerState(state, comment if state == "PENDING" and comment else reason, raw)
+    code = record.get("Exit_status", record.get("exit_status"))
+    if code is None:  # it never ran: deleted while queued or held
+        return SchedulerState("CANCELLED", "deleted before it ran" + (f" ({comment})" if comment else ""), raw)
+    code = int(code)
     if code == KILLED_WALLTIME or "walltime" in comment.lower():
         return SchedulerState("TIMEOUT", "hit the walltime", raw)
     if code == 0:

@@ -150,7 +150,7 @@ d4p_services="$! $d4p_services"
 # --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
 d4p_stage="Redis start-up"
 d4p_redis_conn="$d4p_results/redis.json"
-python3 -m d4p_hpc.mappings.redis_server --results "$d4p_results" --bind 127.0.0.1 &
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis_server --results "$d4p_results" --bind 127.0.0.1 &
 d4p_redis=$!
 d4p_services="$d4p_redis $d4p_services"
 # workers read the connection file, which the server writes once Redis answers
@@ -162,12 +162,15 @@ done
 
 d4p_stage="worker start-up"
 d4p_fork() {  # one copy of "$@" per line of the node file, stopped together
-  local pids= host pid
-  while read -r host; do "$@" & pids="$pids $!"; done <"$D4P_NODEFILE"
+  local pids='' _host pid
+  while read -r _host; do "$@" & pids="$pids $!"; done <"$D4P_NODEFILE"
   trap 'kill -TERM $pids 2>/dev/null' TERM INT
   for pid in $pids; do d4p_wait "$pid"; done
 }
-d4p_fork python3 -m d4p_hpc.mappings.worker --connection "$d4p_redis_conn" &
+# their stderr (and the launcher's) is copied to logs/workers.log: the driver watches it and the
+# launcher, and fails the run, naming the cause, if a worker cannot join or all of them are gone
+d4p_fork python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
 d4p_services="$! $d4p_services"
+export D4P_WORKERS_PID=$! D4P_WORKERS_LOG="$d4p_results/logs/workers.log"
 
-d4p_run python3 -m d4p_hpc run /home/user/graphs/word_count.py -m dyn_redis -n 4 -i 10 --redis-connection "$d4p_redis_conn" --external-workers --results "$d4p_results"
+d4p_run python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m dyn_redis -n 4 -i 10 --redis-connection "$d4p_redis_conn" --external-workers --results "$d4p_results"

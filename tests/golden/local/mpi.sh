@@ -152,4 +152,4 @@ d4p_services="$! $d4p_services"
 [ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 # --- the run: one MPI rank per task, on every node ---
-d4p_run mpiexec -n 4 --hostfile "$D4P_NODEFILE" python3 -m d4p_hpc run /home/user/graphs/word_count.py -m mpi -n 4 -i 10 --results "$d4p_results"
+d4p_run mpiexec -n 4 --hostfile "$D4P_NODEFILE" python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m mpi -n 4 -i 10 --results "$d4p_results"

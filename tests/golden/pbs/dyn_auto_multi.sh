@@ -6,6 +6,7 @@
 #PBS -l walltime=00:30:00
 #PBS -o /scratch/user/d4p-results/
 #PBS -e /scratch/user/d4p-results/
+#PBS -k oed
 #PBS -q workq
 #PBS -A proj1
 
@@ -159,4 +160,4 @@ trap d4p_finish EXIT
 d4p_services="$! $d4p_services"
 
 # --- the run: one process on this node ---
-d4p_run python3 -m d4p_hpc run /home/user/graphs/word_count.py -m dyn_auto_multi -n 2 -i 10 --results "$d4p_results"
+d4p_run python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m dyn_auto_multi -n 2 -i 10 --results "$d4p_results"

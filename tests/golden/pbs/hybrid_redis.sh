@@ -6,6 +6,7 @@
 #PBS -l walltime=00:30:00
 #PBS -o /scratch/user/d4p-results/
 #PBS -e /scratch/user/d4p-results/
+#PBS -k oed
 #PBS -q workq
 #PBS -A proj1
 
@@ -159,13 +160,47 @@ trap d4p_finish EXIT
 d4p_services="$! $d4p_services"
 
 # --- environment ---
+# (Open MPI starts remote ranks with the node's own environment: what is set up here is passed on)
+declare -A d4p_env0=()
+for d4p_var in $(compgen -e); do d4p_env0[$d4p_var]=${!d4p_var}; done
 # Open MPI refuses to run as root unless told (root jobs: containers, test clusters)
 [ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+# --- MPI placement: 2 rank(s) per node, 1 CPU(s) each, in the words of this job's mpiexec ---
+# (a node file alone does not place them: Open MPI >= 4 counts a line without slots= as all of the
+# node's cores and would fill the first node)
+d4p_mpi_version=$(mpiexec --version 2>&1 | head -n 5)
+# Workers are independent: one that exits or is killed must not make mpiexec kill the others (its
+# tasks are redone elsewhere), as srun does not (no --kill-on-bad-exit).
+case $d4p_mpi_version in
+  *"Open MPI"* | *OpenRTE*)
+    d4p_placement=(--map-by ppr:2:node:PE=1 --enable-recovery)
+    # remote ranks get only what is exported with -x: the search paths, and what the set-up changed
+    for d4p_var in $(compgen -e); do
+      case $d4p_var in
+        PATH | LD_LIBRARY_PATH | PYTHONPATH | PYTHONHOME | VIRTUAL_ENV | CONDA_PREFIX) ;;
+        *) [[ -v d4p_env0[$d4p_var] && ${d4p_env0[$d4p_var]} == "${!d4p_var}" ]] && continue ;;
+      esac
+      d4p_placement+=(-x "$d4p_var")
+    done ;;
+  *"Intel(R) MPI"*)
+    d4p_placement=(-ppn 2) ;;
+  *HYDRA* | *MPICH*)
+    d4p_placement=(-ppn 2 -disable-auto-cleanup) ;;
+  *)
+    d4p_placement=()
+    echo "d4p-hpc: cannot tell which MPI this mpiexec is ($(command -v mpiexec)): ranks are placed as it" \
+      "likes; add the placement with --launcher-arg" >&2 ;;
+esac
+echo "d4p-hpc: MPI placement: mpiexec ${d4p_placement[*]} ($(printf '%s' "$d4p_mpi_version" | head -n 1))"
+# always started in the background, so in a subshell: exec makes mpiexec the process that the
+# script signals and waits for
+d4p_mpiexec() { exec mpiexec "${d4p_placement[@]}" "$@"; }
 
 # --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
 d4p_stage="Redis start-up"
 d4p_redis_conn="$d4p_results/redis.json"
-python3 -m d4p_hpc.mappings.redis_server --results "$d4p_results" --bind 0.0.0.0 &
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis_server --results "$d4p_results" --bind 0.0.0.0 &
 d4p_redis=$!
 d4p_services="$d4p_redis $d4p_services"
 # workers read the connection file, which the server writes once Redis answers
@@ -176,7 +211,10 @@ until [ -s "$d4p_redis_conn" ]; do
 done
 
 d4p_stage="worker start-up"
-mpiexec -n 4 --hostfile "$PBS_NODEFILE" python3 -m d4p_hpc.mappings.worker --connection "$d4p_redis_conn" &
+# their stderr (and the launcher's) is copied to logs/workers.log: the driver watches it and the
+# launcher, and fails the run, naming the cause, if a worker cannot join or all of them are gone
+d4p_mpiexec -n 4 --hostfile "$PBS_NODEFILE" python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
 d4p_services="$! $d4p_services"
+export D4P_WORKERS_PID=$! D4P_WORKERS_LOG="$d4p_results/logs/workers.log"
 
-d4p_run python3 -m d4p_hpc run /home/user/graphs/word_count.py -m hybrid_redis -n 4 -i 10 --redis-connection "$d4p_redis_conn" --external-workers --results "$d4p_results"
+d4p_run python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m hybrid_redis -n 4 -i 10 --redis-connection "$d4p_redis_conn" --external-workers --results "$d4p_results"

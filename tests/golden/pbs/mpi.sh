@@ -6,6 +6,7 @@
 #PBS -l walltime=00:30:00
 #PBS -o /scratch/user/d4p-results/
 #PBS -e /scratch/user/d4p-results/
+#PBS -k oed
 #PBS -q workq
 #PBS -A proj1
 
@@ -159,8 +160,40 @@ trap d4p_finish EXIT
 d4p_services="$! $d4p_services"
 
 # --- environment ---
+# (Open MPI starts remote ranks with the node's own environment: what is set up here is passed on)
+declare -A d4p_env0=()
+for d4p_var in $(compgen -e); do d4p_env0[$d4p_var]=${!d4p_var}; done
 # Open MPI refuses to run as root unless told (root jobs: containers, test clusters)
 [ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
+# --- MPI placement: 2 rank(s) per node, 1 CPU(s) each, in the words of this job's mpiexec ---
+# (a node file alone does not place them: Open MPI >= 4 counts a line without slots= as all of the
+# node's cores and would fill the first node)
+d4p_mpi_version=$(mpiexec --version 2>&1 | head -n 5)
+case $d4p_mpi_version in
+  *"Open MPI"* | *OpenRTE*)
+    d4p_placement=(--map-by ppr:2:node:PE=1)
+    # remote ranks get only what is exported with -x: the search paths, and what the set-up changed
+    for d4p_var in $(compgen -e); do
+      case $d4p_var in
+        PATH | LD_LIBRARY_PATH | PYTHONPATH | PYTHONHOME | VIRTUAL_ENV | CONDA_PREFIX) ;;
+        *) [[ -v d4p_env0[$d4p_var] && ${d4p_env0[$d4p_var]} == "${!d4p_var}" ]] && continue ;;
+      esac
+      d4p_placement+=(-x "$d4p_var")
+    done ;;
+  *"Intel(R) MPI"*)
+    d4p_placement=(-ppn 2) ;;
+  *HYDRA* | *MPICH*)
+    d4p_placement=(-ppn 2) ;;
+  *)
+    d4p_placement=()
+    echo "d4p-hpc: cannot tell which MPI this mpiexec is ($(command -v mpiexec)): ranks are placed as it" \
+      "likes; add the placement with --launcher-arg" >&2 ;;
+esac
+echo "d4p-hpc: MPI placement: mpiexec ${d4p_placement[*]} ($(printf '%s' "$d4p_mpi_version" | head -n 1))"
+# always started in the background, so in a subshell: exec makes mpiexec the process that the
+# script signals and waits for
+d4p_mpiexec() { exec mpiexec "${d4p_placement[@]}" "$@"; }
+
 # --- the run: one MPI rank per task, on every node ---
-d4p_run mpiexec -n 4 --hostfile "$PBS_NODEFILE" python3 -m d4p_hpc run /home/user/graphs/word_count.py -m mpi -n 4 -i 10 --results "$d4p_results"
+d4p_run d4p_mpiexec -n 4 --hostfile "$PBS_NODEFILE" python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m mpi -n 4 -i 10 --results "$d4p_results"

@@ -151,4 +151,4 @@ d4p_finish() {
 trap d4p_finish EXIT
 
 # --- the run: one process on this node ---
-d4p_run python3 -m d4p_hpc run /home/user/graphs/word_count.py -m dyn_multi -n 2 -i 10 --results "$d4p_results"
+d4p_run python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m dyn_multi -n 2 -i 10 --results "$d4p_results"

@@ -151,4 +151,4 @@ d4p_finish() {
 trap d4p_finish EXIT
 
 # --- the run: one MPI rank per task, on every node ---
-d4p_run srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --export=ALL python3 -m d4p_hpc run /home/user/graphs/word_count.py -m mpi -n 4 -i 10 --results "$d4p_results"
+d4p_run srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --export=ALL python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m mpi -n 4 -i 10 --results "$d4p_results"
