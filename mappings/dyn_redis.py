@@ -175,7 +175,7 @@ def run(ctx: RunContext) -> dict:
         extra: dict = {}
         errors: list[dict] = []
         try:
-            driver = run_process(ctx, 0, None, on_stop=lambda o: broker.stop("FAILED" if o.error else o.state, o.error),
+            driver = run_process(ctx, 0, None, on_stop=lambda o: _tell_stop(broker, o, redis),
                                  make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             driver = Outcome("FAILED", None, {"pe": None, "process": 0,
@@ -198,6 +198,16 @@ def run(ctx: RunContext) -> dict:
     # a dead worker is no failure when others redid its work and the run completed
     errors += died(children, ctx.results) if driver.state != "COMPLETED" else []
     return end(ctx, t0, final_outcome(ctx, driver, errors), extra)
+
+
+def _tell_stop(broker: DriverBroker, outcome: Outcome, redis) -> None:
+    """Tell the workers the run stops. A job being cancelled stops its Redis too, maybe first:
+    then there is nobody left to tell, and the run's state is the stop's, not "lost the Redis"."""
+    try:
+        broker.stop("FAILED" if outcome.error else outcome.state, outcome.error)
+    except (redis.ConnectionError, redis.TimeoutError):
+        if outcome.signum is None:
+            raise
 
 
 def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscaler | None, children: list,

@@ -355,3 +355,23 @@ def test_every_mapping_answers_a_stop_signal_alike(tmp_path, mapping, signum, st
     assert (record["state"], record["exit_code"], code) == (state, 128 + signum, 128 + signum), record.get("error")
     assert raw_items(results, "Pass", "output"), "the outputs written before the stop were lost"
     assert not left, left
+
+
+def test_cancel_of_a_job_during_postprocess_ends_cancelled_everywhere(tmp_path, isolated_config):
+    """The job's trap stops Redis while the driver is still stopping: that is the cancel, not a
+    lost Redis (hybrid_redis, whose stateful PE postprocesses on a worker)."""
+    root = tmp_path / "results"
+    done = cli("submit", DATA / "g_slow_postprocess.py", "--scheduler", "local", "-m", "hybrid_redis",
+               "--nodes", 2, "-i", 50, "--results-root", root, env={"D4P_TEST_POST_SLEEP": "30"})
+    assert done.returncode == 0, explain(done)
+    directory = next(root.iterdir())
+    deadline = time.monotonic() + 60
+    while not any("postprocess started" in _read(str(p)).decode() for p in (directory / "logs").glob("*.log")):
+        assert time.monotonic() < deadline, "postprocess never started"
+        time.sleep(0.2)
+    assert cli("cancel", directory).returncode == 0
+    waited = cli("wait", directory, "--timeout", 60, timeout=90)
+    assert waited.returncode == 1 and "CANCELLED" in waited.stdout, explain(waited)
+    record = json.loads((directory / "run.json").read_text())
+    assert record["state"] == "CANCELLED", record.get("error")
+    assert not _gone(directory, 20)
