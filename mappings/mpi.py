@@ -20,12 +20,15 @@ from typing import Any
 
 from d4p_hpc import results as rd
 from d4p_hpc.errors import RunFailed, UsageError
+from d4p_hpc.mappings.core import SIGNAL_STATES, die_with_parent, restore_signals
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, combine, end, run_process
 
 TAG_DATA = 11
 TAG_ABORT = 12
 MAX_IN_FLIGHT = 8
 MAX_BACKOFF = 0.002
+# how long the launcher waits, once mpiexec has ended, for rank 0 to finish writing run.json
+RECORD_WAIT = 10.0
 # set by an MPI launcher in every rank (Open MPI, MPICH/Hydra, PMIx e.g. srun --mpi=pmix, PMI2)
 WORLD_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
 
@@ -60,7 +63,6 @@ def self_launch(n: int, argv: list[str], results_dir: str) -> dict:
     import subprocess
 
     from d4p_hpc.launch import SAFE_MODULE
-    from d4p_hpc.mappings.core import SIGNAL_STATES, restore_signals
 
     env = dict(os.environ, D4P_HPC_QUIET="1")
     launcher = subprocess.Popen(launcher_argv(n) + [sys.executable, *SAFE_MODULE, "d4p_hpc"] + argv, env=env)
@@ -74,7 +76,7 @@ def self_launch(n: int, argv: list[str], results_dir: str) -> dict:
         signal.signal(signum, forward)
     code = launcher.wait()
     restore_signals()
-    record = rd.read_run(results_dir)
+    record = _settled_record(results_dir)
     stop = stops[0] if stops else None
     if record is None:
         if stop is None:
@@ -85,6 +87,11 @@ def self_launch(n: int, argv: list[str], results_dir: str) -> dict:
     failed_pe = (record.get("error") or {}).get("pe")
     if stop is not None and not failed_pe and record["state"] != "COMPLETED":
         record.update({"state": SIGNAL_STATES[stop], "exit_code": 128 + stop})
+    elif code < 0 and not failed_pe and record["state"] != "COMPLETED":
+        # mpiexec itself was killed: its ranks stopped (they die with it), nobody cancelled the run
+        record.update({"state": "FAILED", "exit_code": 1,
+                       "error": {"pe": None, "process": None,
+                                 "traceback": f"mpiexec was killed by signal {-code}; its ranks stopped"}})
     elif record["state"] == "RUNNING":
         # a rank died without a word (killed, crashed): the run did not finish
         record.update({"state": "FAILED", "exit_code": 1,
@@ -94,6 +101,18 @@ def self_launch(n: int, argv: list[str], results_dir: str) -> dict:
         return record
     record["ended"] = record.get("ended") or rd.now()
     rd.write_json(Path(results_dir) / rd.RUN_FILE, record)
+    return record
+
+
+def _settled_record(results_dir: str, wait: float = RECORD_WAIT) -> dict | None:
+    """Rank 0's record once it is written: mpiexec may end (killed, or by a signal sent to the
+    whole group) a moment before rank 0 has recorded how the run ended, and that record must
+    not overwrite the launcher's correction of it."""
+    deadline = time.monotonic() + wait
+    record = rd.read_run(results_dir)
+    while record is not None and record.get("state") == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = rd.read_run(results_dir)
     return record
 
 
@@ -161,6 +180,8 @@ def run(ctx: RunContext) -> dict:
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    # a rank whose launcher (mpiexec, orted, slurmstepd) is killed must stop, not run on orphaned
+    die_with_parent(os.getppid())
     # ranks started without --results each made up a default directory: rank 0's wins
     ctx.results = Path(comm.bcast(str(ctx.results), root=0))
     # rank 0 alone creates the directory; if it cannot, every rank must learn it, not wait for ever

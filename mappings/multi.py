@@ -16,7 +16,8 @@ import signal
 import sys
 import time
 
-from d4p_hpc.mappings.core import Interrupted, die_with_parent, ignore_signals, raise_on_signals, restore_signals
+from d4p_hpc.mappings.core import (SIGNAL_STATES, Interrupted, die_with_parent, ignore_signals, raise_on_signals,
+                                   restore_signals)
 from d4p_hpc.mappings.runner import (STOPPED, Outcome, RunContext, begin, combine, death, end, read_parts,
                                      run_process)
 
@@ -123,14 +124,17 @@ def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcom
     outcomes = [Outcome(p["state"], p.get("signum"), p.get("error")) for p in parts.values()]
     if stopped is not None:
         outcomes.insert(0, stopped)
-    died = []
+    # after the parts: a PE's own error, when there is one, is the cause to report
     for proc, child in enumerate(children):
         why = death(f"process {proc}", child.pid, child.exitcode, ctx.results)
-        if why or proc not in parts:
-            why = why or f"process {proc} (pid {child.pid}) died with exit code {child.exitcode}"
-            died.append(Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why}))
-    # after the parts: a PE's own error, when there is one, is the cause to report; and a child
-    # that our own SIGTERM stopped is never the cause
-    outcomes += sorted(died, key=lambda o: children[o.error["process"]].exitcode in STOPPED)
+        if why is None and proc in parts:
+            continue
+        if why is None and child.exitcode in STOPPED:
+            # a stop signal ended it before it could record that (or before it began): a stop, no failure
+            signum = child.exitcode - 128 if child.exitcode > 0 else -child.exitcode
+            outcomes.append(Outcome(SIGNAL_STATES[signum], signum))
+            continue
+        why = why or f"process {proc} (pid {child.pid}) exited with code {child.exitcode} without recording how"
+        outcomes.append(Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why}))
     # children stopped by our own SIGTERM after a peer failed report CANCELLED: the failure is the cause
     return combine(outcomes)

@@ -43,8 +43,10 @@ class RunContext:
 #: exit code of a process that failed and could not even record why: its results directory
 #: cannot be written (sysexits' EX_IOERR)
 IO_FAILED = 74
-#: exit codes of a process that a signal stopped (SIGTERM, SIGUSR1, SIGINT): it flushed what it had
-STOPPED = tuple(128 + signum for signum in SIGNAL_STATES)
+#: exit codes of a process that a stop signal (SIGTERM, SIGUSR1, SIGINT) ended: 128+N once it
+#: flushed what it had, -N (multiprocessing's code for "killed by N") when the signal, sent to the
+#: whole process group, came before its handlers were installed, so it had not begun any work
+STOPPED = tuple(128 + signum for signum in SIGNAL_STATES) + tuple(-signum for signum in SIGNAL_STATES)
 
 
 def death(label: str, pid: int | None, code: int | None, results: Path) -> str | None:

@@ -346,13 +346,15 @@ def test_every_mapping_answers_a_stop_signal_alike(tmp_path, mapping, signum, st
     proc = start(tmp_path, DATA / "g_long.py", "-m", mapping, "-n", 2, "-i", 100000, "--results", results)
     try:
         wait_running(results)
+        time.sleep(1)  # Redis workers' first units committed: a stop keeps committed outputs only
         (os.killpg if target == "group" else os.kill)(proc.pid, signum)
         code = proc.wait(timeout=60)
         left = _gone(results, 20)
     finally:
         kill_group(proc.pid)
     record = json.loads((results / "run.json").read_text())
-    assert (record["state"], record["exit_code"], code) == (state, 128 + signum, 128 + signum), record.get("error")
+    assert (record["state"], record["exit_code"], code) == (state, 128 + signum, 128 + signum), \
+        (record.get("error"), proc.stderr.read()[-3000:])
     assert raw_items(results, "Pass", "output"), "the outputs written before the stop were lost"
     assert not left, left
 
@@ -375,3 +377,20 @@ def test_cancel_of_a_job_during_postprocess_ends_cancelled_everywhere(tmp_path, 
     record = json.loads((directory / "run.json").read_text())
     assert record["state"] == "CANCELLED", record.get("error")
     assert not _gone(directory, 20)
+
+
+def test_sigkill_of_mpiexec_stops_its_ranks_and_fails_the_run(tmp_path):
+    results = tmp_path / "r"
+    proc = start(tmp_path, DATA / "g_long.py", "-m", "mpi", "-n", 2, "-i", 100000, "--results", results)
+    try:
+        wait_running(results)
+        mpiexec = next(p for p, cmd in _children(proc.pid) if "mpiexec" in cmd)
+        os.kill(mpiexec, signal.SIGKILL)
+        code = proc.wait(timeout=60)
+        left = _gone(results, 20)
+    finally:
+        kill_group(proc.pid)
+    assert not left, f"ranks outlived their mpiexec: {left}"
+    record = json.loads((results / "run.json").read_text())
+    assert (code, record["state"]) == (1, "FAILED"), record
+    assert "mpiexec was killed by signal 9" in record["error"]["traceback"]
