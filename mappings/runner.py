@@ -79,7 +79,7 @@ class Outcome:
         return IO_FAILED if self.unrecorded else 1
 
 
-def graph_digest(path: str) -> str | None:
+def file_digest(path: str) -> str | None:
     """sha256 of a file: the graph, an inputs file (None for a module name that is not a file)."""
     try:
         with open(path, "rb") as fh:
@@ -93,11 +93,11 @@ def _inputs_record(ctx: RunContext) -> Any:
     path = ctx.options.get("inputs_file")
     if not path:
         return ctx.raw_inputs
-    return {"file": os.path.abspath(path), "sha256": graph_digest(path)}
+    return {"file": os.path.abspath(path), "sha256": file_digest(path)}
 
 
 def _record(ctx: RunContext) -> dict:
-    return {"graph": ctx.graph_path, "graph_sha256": graph_digest(ctx.graph_path), "attr": ctx.attr,
+    return {"graph": ctx.graph_path, "graph_sha256": file_digest(ctx.graph_path), "attr": ctx.attr,
             "mapping": ctx.mapping, "processes": ctx.processes, "instances": ctx.plan.instances,
             "inputs": _inputs_record(ctx), "notices": ctx.plan.notices, "d4p_hpc_version": __version__,
             # dispel4py's own names of the PEs (WorkflowNode ids such as TestOneInOneOut5)
@@ -201,7 +201,7 @@ def peak_rss_mb() -> float:
 
 def write_part(ctx: RunContext, proc: int, stats: list[dict], outcome: Outcome) -> None:
     rd.write_json(ctx.results / rd.PARTS / f"metrics-{proc:05d}.json",
-                  {"process": proc, "host": os.uname().nodename, "pid": os.getpid(),
+                  {"process": proc, "host": liveness.host(), "pid": os.getpid(),
                    "max_rss_mb": peak_rss_mb(),
                    "instances": stats, "state": outcome.state, "signum": outcome.signum, "error": outcome.error})
 

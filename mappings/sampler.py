@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from d4p_hpc import liveness
 from d4p_hpc import results as rd
 
 TIMESERIES = "timeseries"
@@ -91,7 +92,7 @@ class Sampler:
         self._stop = threading.Event()
         # appended to: a run resumed in the same directory (a later segment) adds to its samples
         self._fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
-        self._write({"process": proc, "host": os.uname().nodename, "pid": os.getpid(), "interval": every,
+        self._write({"process": proc, "host": liveness.host(), "pid": os.getpid(), "interval": every,
                      "t": round(time.time(), 2)})
         self._thread = threading.Thread(target=self._loop, name="d4p-sampler", daemon=True)
 
