@@ -34,7 +34,7 @@ from d4p_hpc.mappings.core import Sink, die_with_parent, restore_signals
 from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, final_outcome, join_workers
 from d4p_hpc.mappings.rbroker import RedisBroker, claim_idle
 from d4p_hpc.mappings.redis_server import RedisServer
-from d4p_hpc.mappings.rstate import Keys, forget, publish
+from d4p_hpc.mappings.rstate import Keys, forget, publish, stop_run
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
 from d4p_hpc.mappings.tasks import TaskRuntime, keep_notices, refuse_stateful, truncate_parts
 
@@ -174,14 +174,17 @@ def run(ctx: RunContext) -> dict:
         drivers: list[Driver] = []
         extra: dict = {}
         errors: list[dict] = []
+        lost: list[bool] = []  # Redis found gone while stopping: every further call would only retry
         try:
-            driver = run_process(ctx, 0, None, on_stop=lambda o: _tell_stop(broker, o, redis),
+            driver = run_process(ctx, 0, None, on_stop=lambda o: _tell_stop(broker, o, redis, lost),
                                  make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             driver = Outcome("FAILED", None, {"pe": None, "process": 0,
                                               "traceback": f"lost the Redis at {conn.display()}: {exc}"})
         finally:
             try:
+                if lost:
+                    raise redis.ConnectionError("Redis stopped with the job")
                 if broker.fresh_state() == RUNNING:
                     broker.stop("CANCELLED")
                 join_workers(children)
@@ -200,14 +203,22 @@ def run(ctx: RunContext) -> dict:
     return end(ctx, t0, final_outcome(ctx, driver, errors), extra)
 
 
-def _tell_stop(broker: DriverBroker, outcome: Outcome, redis) -> None:
+def _tell_stop(broker: DriverBroker, outcome: Outcome, redis, lost: list) -> None:
     """Tell the workers the run stops. A job being cancelled stops its Redis too, maybe first:
-    then there is nobody left to tell, and the run's state is the stop's, not "lost the Redis"."""
+    then there is nobody left to tell, and the run's state is the stop's, not "lost the Redis".
+    Nothing more is asked of that Redis: redis-py's retries (seconds per call) would outlast the
+    scheduler's grace before SIGKILL, and the run would never record its end."""
+    state = "FAILED" if outcome.error else outcome.state
+    if outcome.signum is None:
+        broker.stop(state, outcome.error)
+        return
+    client = broker.conn.client(no_retry=True, socket_timeout=2, socket_connect_timeout=2)
     try:
-        broker.stop("FAILED" if outcome.error else outcome.state, outcome.error)
+        stop_run(client, broker.keys, state, outcome.error)
     except (redis.ConnectionError, redis.TimeoutError):
-        if outcome.signum is None:
-            raise
+        lost.append(True)
+    finally:
+        client.close()
 
 
 def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscaler | None, children: list,
