@@ -7,8 +7,6 @@ usage (nothing ran); a run stopped by a signal exits 128 + signal.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import click
 
@@ -61,51 +59,34 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
     from d4p_hpc import results as rd
     from d4p_hpc.loader import default_results, parse_inputs
     from d4p_hpc.mappings import runner
+    from d4p_hpc.mappings.mpi import inside_mpi_world
 
-    mappings.check(mapping)
+    chosen = mappings.get(mapping)
     raw = parse_inputs(iterations, data, data_file)
     options = {"redis_url": redis_url, "redis_connection": redis_connection,
                "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file}
     results_dir = results or default_results(graph, mapping)
-    _check_local_processes(mapping, processes, external_workers)
+    _check_local_processes(chosen, processes, external_workers)
+    ctx = runner.prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options)
     if check:
-        ctx = runner.prepare(graph, attr, mapping, processes or os.cpu_count() or 1, raw, results_dir, options)
         click.echo(f"ok: {len(ctx.plan.pes)} PEs, {ctx.plan.instances} instances under {mapping} "
                    f"with {ctx.processes} processes")
         return
-    if not (mapping == "mpi" and _inside_mpi()):
-        rd.check_new(results_dir)
-    if mapping == "mpi":
-        if not _inside_mpi():
-            n = processes or os.cpu_count() or 1
-            runner.prepare(graph, attr, mapping, n, raw, results_dir, options)  # bad input fails here, not in N ranks
-            argv = ["run", graph, "-m", "mpi", "--results", str(results_dir)]
-            for flag, value in (("--attr", attr), ("-i", iterations), ("-d", data), ("-f", data_file)):
-                if value is not None:
-                    argv += [flag, str(value)]
-            _launch_mpi(n, argv, results_dir)
-            return
-        from mpi4py import MPI
-
-        processes = MPI.COMM_WORLD.Get_size()
-    n = 1 if mapping == "simple" else processes or os.cpu_count() or 1
-    ctx = runner.prepare(graph, attr, mapping, n, raw, results_dir, options)
-    module = mappings.load(mapping)
+    if not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
+        rd.check_new(ctx.results)
     with progress.live(ctx.results):
-        record = module.run(ctx)
+        record = chosen.run(ctx)
     if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):
         _summary(ctx.results, record)
-    getattr(module, "exit", sys.exit)(record["exit_code"])
+    chosen.exit(record["exit_code"])
 
 
-#: where `run` itself forks or launches its processes; the Redis mappings too, unless a job
-#: script starts the workers on its nodes
-_LOCAL_PROCESSES = ("multi", "dyn_multi", "dyn_auto_multi", "mpi", "dyn_redis", "dyn_auto_redis", "hybrid_redis")
+def _check_local_processes(chosen, processes: int | None, external: bool) -> None:
+    """Refuse a ``-n`` that would fork more processes on this host than it could ever run well
+    (the Redis mappings fork theirs too, unless a job script starts the workers on its nodes)."""
+    from d4p_hpc.mappings.mpi import inside_mpi_world
 
-
-def _check_local_processes(mapping: str, processes: int | None, external: bool) -> None:
-    """Refuse a ``-n`` that would fork more processes on this host than it could ever run well."""
-    if processes is None or mapping not in _LOCAL_PROCESSES or external or _inside_mpi():
+    if processes is None or not chosen.forks or external or inside_mpi_world():
         return
     cores = os.cpu_count() or 1
     limit = int(os.environ.get("D4P_HPC_MAX_PROCESSES") or max(16, 4 * cores))
@@ -113,22 +94,6 @@ def _check_local_processes(mapping: str, processes: int | None, external: bool) 
         raise UsageError(f"-n {processes} would start {processes} processes on this host ({cores} cores); the "
                          f"limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} to allow it, or submit a job "
                          "(d4p-hpc submit) to use more nodes")
-
-
-def _launch_mpi(n: int, argv: list[str], results_dir: str) -> None:
-    from d4p_hpc import progress
-    from d4p_hpc.mappings.mpi import self_launch
-
-    with progress.live(results_dir):
-        record = self_launch(n, argv, results_dir)
-    _summary(Path(results_dir), record)
-    sys.exit(record["exit_code"])
-
-
-def _inside_mpi() -> bool:
-    from d4p_hpc.mappings.mpi import inside_mpi_world
-
-    return inside_mpi_world()
 
 
 def _summary(results_dir, record: dict) -> None:

@@ -31,9 +31,8 @@ def graph(graph_source: str, mapping: str | None, processes: int | None, attr: s
         ctx = runner.prepare(graph_source, attr, "simple", 1, 0, Path(os.getcwd()))
         title = Path(graph_source).name
     else:
-        mappings.check(mapping)
         # the same process count and plan as `d4p-hpc run` would use
-        n = 1 if mapping == "simple" else processes or os.cpu_count() or 1
+        n = mappings.get(mapping).processes(processes)
         ctx = runner.prepare(graph_source, attr, mapping, n, 0, Path(os.getcwd()))
         title = f"{Path(graph_source).name}: {mapping} -n {n}"
     drawing.write(drawing.dot_source(ctx.plan, mapping, title), output)

@@ -24,7 +24,6 @@ import pickle
 from pathlib import Path
 from typing import Any, Iterator
 
-STATES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 OUTPUTS = "outputs"

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from d4p_hpc import results as rd
 from d4p_hpc.mappings.plan import Plan, PENode, group_key, stable_hash
+from d4p_hpc.supervisor import Interrupted, restore_signals  # noqa: F401 (restore_signals: until dyn_multi imports it from supervisor)
 from d4p_hpc.workflow import WRITER
 
 BATCH_ITEMS = 256
@@ -49,38 +50,9 @@ class PEFailed(BaseException):
         self.traceback = tb
 
 
-class Interrupted(BaseException):
-    """A signal asked the run to stop: ``state`` is CANCELLED or TIMEOUT."""
-
-    def __init__(self, state: str, signum: int) -> None:
-        super().__init__(state)
-        self.state = state
-        self.signum = signum
-
-
 class Aborted(BaseException):
     """Another process of the run failed or was stopped; this one stops too. It may be raised inside a
     PE's call (a root waiting in ``write`` for the backlog to shrink) and passes through untouched."""
-
-
-SIGNAL_STATES = {signal.SIGTERM: "CANCELLED", signal.SIGINT: "CANCELLED", signal.SIGUSR1: "TIMEOUT"}
-
-
-def raise_on_signals() -> None:
-    """Turn the first SIGTERM/SIGINT (cancel) or SIGUSR1 (walltime near) into :class:`Interrupted`.
-
-    One-shot: the first stop signal disarms them all before it is raised. A job's processes often
-    get two (PBS signals every process of the job, and mpiexec passes on the script's): a second
-    one raised while the first is handled would leave a second traceback and the process's
-    outcome unset. Disarmed means a handler that does nothing, not SIG_IGN: Python reports a
-    signal already pending when its handler became SIG_IGN with a traceback of its own.
-    """
-    def handler(signum: int, _frame: Any) -> None:
-        for other in SIGNAL_STATES:
-            signal.signal(other, lambda *_: None)
-        raise Interrupted(SIGNAL_STATES[signum], signum)
-    for signum in SIGNAL_STATES:
-        signal.signal(signum, handler)
 
 
 def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
@@ -96,18 +68,6 @@ def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signum)
-
-
-def ignore_signals() -> None:
-    """Stop turning signals into exceptions (while flushing results)."""
-    for signum in SIGNAL_STATES:
-        signal.signal(signum, signal.SIG_IGN)
-
-
-def restore_signals() -> None:
-    """Give the signals back their default behaviour (after a run in this process)."""
-    for signum in SIGNAL_STATES:
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from d4p_hpc import supervisor
 from d4p_hpc.mappings.autoscale import TICK, Autoscaler
 from d4p_hpc.mappings.core import root_feed
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, death, read_parts
@@ -205,19 +206,10 @@ class Driver:
         return extra
 
 
-def join_workers(children: list, grace: float = 10.0) -> None:
+def join_workers(children: list, grace: float = supervisor.GRACE_SECONDS) -> None:
     """Wait for forked workers to leave; after ``grace`` seconds (a PE stuck in a long call) SIGTERM
     them, and SIGKILL what is left 5 s later, so that none outlives the run."""
-    deadline = time.monotonic() + grace
-    for signal_them in ("terminate", "kill", None):
-        for child in children:
-            child.join(max(0.0, deadline - time.monotonic()))
-        alive = [c for c in children if c.is_alive()]
-        if not alive or signal_them is None:
-            return
-        for child in alive:
-            getattr(child, signal_them)()
-        deadline = time.monotonic() + 5
+    supervisor.stop(children, grace=5.0, patience=grace)
 
 
 def died(children: list, results: Path) -> list[dict]:

@@ -10,6 +10,7 @@ MPI spins a core that a working rank could use.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc import results as rd
+from d4p_hpc import supervisor
 from d4p_hpc.errors import RunFailed, UsageError
-from d4p_hpc.mappings.core import SIGNAL_STATES, die_with_parent, restore_signals
+from d4p_hpc.mappings.core import die_with_parent
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, combine, end, run_process
 
 TAG_DATA = 11
@@ -52,41 +54,64 @@ def launcher_argv(n: int) -> list[str]:
     return argv
 
 
-def self_launch(n: int, argv: list[str], results_dir: str) -> dict:
-    """Run ``d4p-hpc ARGV`` under ``mpiexec -n N`` and return the run record rank 0 wrote.
+def processes(requested: int | None) -> int:
+    """The ranks the plan is for: the MPI world's size inside one, else ``-n`` (or the cores)."""
+    if inside_mpi_world():
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD.Get_size()
+    return requested or os.cpu_count() or 1
+
+
+def _relaunch_argv(ctx: RunContext) -> list[str]:
+    """``d4p-hpc run`` arguments that make every rank prepare this very run."""
+    argv = ["run", ctx.graph_path, "-m", "mpi", "--results", str(ctx.results)]
+    if ctx.attr is not None:
+        argv += ["--attr", ctx.attr]
+    if ctx.options.get("inputs_file"):
+        argv += ["-f", ctx.options["inputs_file"]]  # by path: it may be large
+    elif isinstance(ctx.raw_inputs, dict):
+        argv += ["-d", json.dumps(ctx.raw_inputs)]
+    else:
+        argv += ["-i", str(ctx.raw_inputs)]
+    return argv
+
+
+def self_launch(ctx: RunContext) -> dict:
+    """Run this run's ranks under ``mpiexec -n N`` and return the run record rank 0 wrote.
 
     A signal this process gets goes to mpiexec, which passes it on to every rank (Open MPI
     turns SIGINT into SIGTERM). The run then ends in that signal's state and exit code, also
     when it came before the ranks could record it or when a rank died of it.
     """
-    import signal
     import subprocess
 
     from d4p_hpc.launch import SAFE_MODULE
 
+    results_dir = str(ctx.results)
     env = dict(os.environ, D4P_HPC_QUIET="1")
-    launcher = subprocess.Popen(launcher_argv(n) + [sys.executable, *SAFE_MODULE, "d4p_hpc"] + argv, env=env)
+    launcher = subprocess.Popen(launcher_argv(ctx.processes) + [sys.executable, *SAFE_MODULE, "d4p_hpc"]
+                                + _relaunch_argv(ctx), env=env)
     stops: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
         stops.append(signum)
         launcher.send_signal(signum)
 
-    for signum in SIGNAL_STATES:
-        signal.signal(signum, forward)
+    supervisor.on_signals(forward)
     code = launcher.wait()
-    restore_signals()
+    supervisor.restore_signals()
     record = _settled_record(results_dir)
     stop = stops[0] if stops else None
     if record is None:
         if stop is None:
             raise RunFailed(f"mpiexec exited with {code} before the run started; see the messages above")
-        stopped = RunFailed(f"{SIGNAL_STATES[stop]} by signal {stop} before the run started: nothing ran")
-        stopped.exit_code = 128 + stop
+        stopped = RunFailed(f"{supervisor.STOPS[stop]} by signal {stop} before the run started: nothing ran")
+        stopped.exit_code = supervisor.exit_code(stop)
         raise stopped
     failed_pe = (record.get("error") or {}).get("pe")
     if stop is not None and not failed_pe and record["state"] != "COMPLETED":
-        record.update({"state": SIGNAL_STATES[stop], "exit_code": 128 + stop})
+        record.update({"state": supervisor.STOPS[stop], "exit_code": supervisor.exit_code(stop)})
     elif code < 0 and not failed_pe and record["state"] != "COMPLETED":
         # mpiexec itself was killed: its ranks stopped (they die with it), nobody cancelled the run
         record.update({"state": "FAILED", "exit_code": 1,
@@ -175,7 +200,10 @@ class MpiTransport:
 
 
 def run(ctx: RunContext) -> dict:
-    """Run this rank's share; rank 0 returns the run record, other ranks ``{"secondary": True, ...}``."""
+    """Run this rank's share; rank 0 returns the run record, other ranks ``{"secondary": True, ...}``.
+    Outside an MPI world, start the ranks (:func:`self_launch`) and return rank 0's record."""
+    if not inside_mpi_world():
+        return self_launch(ctx)
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD

@@ -12,13 +12,11 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import queue
-import signal
 import sys
-import time
 
-from d4p_hpc.mappings.core import (SIGNAL_STATES, Interrupted, die_with_parent, ignore_signals, raise_on_signals,
-                                   restore_signals)
-from d4p_hpc.mappings.runner import (STOPPED, Outcome, RunContext, begin, combine, death, end, read_parts,
+from d4p_hpc import supervisor
+from d4p_hpc.mappings.core import die_with_parent
+from d4p_hpc.mappings.runner import (Outcome, RunContext, begin, combine, death, end, read_parts,
                                      run_process)
 
 INBOX_BATCHES = 8
@@ -27,8 +25,6 @@ INBOX_BATCHES = 8
 # Waits are cut into slices: a signal may be delivered to a queue's feeder thread, and only a
 # main thread that comes back to Python code runs the handler that stops it.
 WAIT_SLICE = 0.5
-# after SIGTERM, a process gets this long to flush and leave before SIGKILL
-STOP_GRACE = 10.0
 
 
 class QueueTransport:
@@ -76,34 +72,22 @@ def run(ctx: RunContext) -> dict:
     queues = [mp.Queue(maxsize=INBOX_BATCHES) for _ in range(used)]
     children = [mp.Process(target=_child, args=(ctx, p, queues, os.getpid()), name=f"d4p-{p}") for p in range(used)]
     stopped = None
-    raise_on_signals()
+    passed_on: int | None = None  # the stop signal the children still have to get from us
+    supervisor.raise_on_signals()
     try:
         for child in children:
             child.start()
         stopped = _supervise(children)
-    except Interrupted as stop:
+    except supervisor.Interrupted as stop:
         stopped = Outcome(stop.state, stop.signum)
-        _signal_all(children, stop.signum)
+        passed_on = stop.signum
     finally:
-        ignore_signals()  # the children are finishing; a second Ctrl-C must not orphan them
-        deadline = time.monotonic() + STOP_GRACE
-        for child in children:
-            # (after a normal end every child has exited already: the deadline only bounds a stop)
-            child.join(max(0.0, deadline - time.monotonic()))
-            if child.is_alive():
-                child.kill()  # stuck after the grace: what it flushed is kept, and it must not outlive the run
-                child.join()
-        restore_signals()
+        supervisor.ignore_signals()  # the children are finishing; a second Ctrl-C must not orphan them
+        # after a normal end every child has exited already: the grace only bounds a stop; one stuck
+        # after it is killed (what it flushed is kept), as none may outlive the run
+        supervisor.stop(children, signum=passed_on)
+        supervisor.restore_signals()
     return end(ctx, t0, _outcome(ctx, children, stopped))
-
-
-def _signal_all(children: list, signum: int) -> None:
-    for child in children:
-        if child.exitcode is None and child.pid:
-            try:
-                os.kill(child.pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 def _supervise(children: list) -> Outcome | None:
@@ -114,7 +98,7 @@ def _supervise(children: list) -> Outcome | None:
             child = alive.pop(sentinel)
             child.join()
             if child.exitcode != 0:
-                _signal_all(children, signal.SIGTERM)
+                supervisor.stop(children)
                 return None
     return None
 
@@ -129,10 +113,10 @@ def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcom
         why = death(f"process {proc}", child.pid, child.exitcode, ctx.results)
         if why is None and proc in parts:
             continue
-        if why is None and child.exitcode in STOPPED:
+        state, signum = supervisor.classify(child.exitcode)
+        if why is None and signum is not None:
             # a stop signal ended it before it could record that (or before it began): a stop, no failure
-            signum = child.exitcode - 128 if child.exitcode > 0 else -child.exitcode
-            outcomes.append(Outcome(SIGNAL_STATES[signum], signum))
+            outcomes.append(Outcome(state, signum))
             continue
         why = why or f"process {proc} (pid {child.pid}) exited with code {child.exitcode} without recording how"
         outcomes.append(Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why}))

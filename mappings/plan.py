@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from d4p_hpc.errors import GraphError
-
-GROUPING = "grouping"
+from d4p_hpc.workflow import GROUPING
 
 
 @dataclass
@@ -56,7 +55,7 @@ class PENode:
 
 
 @dataclass
-class Connection:
+class Link:
     """``src.output`` feeds ``dst.input``; ``grouping`` is None, a key list, ``"all"`` or ``"global"``."""
 
     src: int
@@ -71,7 +70,7 @@ class Plan:
     """PEs in topological order, their connections, instance counts and placement."""
 
     pes: list[PENode]
-    connections: list[Connection]
+    connections: list[Link]
     processes: int
     notices: list[str] = field(default_factory=list)
     placement: list[int] = field(default_factory=list)
@@ -93,10 +92,10 @@ class Plan:
         fed = {c.dst for c in self.connections}
         return [p for p in self.pes if p.index not in fed]
 
-    def incoming(self, index: int) -> list[Connection]:
+    def incoming(self, index: int) -> list[Link]:
         return [c for c in self.connections if c.dst == index]
 
-    def outgoing(self, index: int, output: str | None = None) -> list[Connection]:
+    def outgoing(self, index: int, output: str | None = None) -> list[Link]:
         return [c for c in self.connections if c.src == index and (output is None or c.output == output)]
 
     def expected_eos(self, index: int) -> int:
@@ -189,7 +188,7 @@ def build_plan(graph: Any, processes: int) -> Plan:
     index = {id(pe): i for i, pe in enumerate(order)}
     pes = [PENode(i, key, pe, list(pe.inputconnections), list(pe.outputconnections))
            for i, (key, pe) in enumerate(zip(_unique_keys(order), order))]
-    conns = [Connection(index[id(s)], o, index[id(d)], i, _grouping(d, i)) for s, o, d, i in edges]
+    conns = [Link(index[id(s)], o, index[id(d)], i, _grouping(d, i)) for s, o, d, i in edges]
     plan = Plan(pes, conns, processes)
     _assign_counts(plan)
     _place(plan)

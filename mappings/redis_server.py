@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from d4p_hpc import supervisor
 from d4p_hpc.errors import RedisError
 from d4p_hpc.results import make_private_dir
 from d4p_hpc.mappings.core import die_with_parent
@@ -38,8 +39,9 @@ from d4p_hpc.mappings.rconn import CONNECTION_FILE, Connection, import_redis
 #: Environment variable naming the ``redis-server`` binary when none is given.
 BINARY_ENV = "D4P_HPC_REDIS_SERVER"
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_TIMEOUT = supervisor.GRACE_SECONDS
+# not the walltime signal: the run needs its Redis to stop cleanly then
+_STOP_SIGNALS = supervisor.CANCELS
 
 
 def find_binary(binary: str | None = None) -> str:
@@ -330,12 +332,8 @@ class RedisServer:
             return
         if proc.poll() is None:
             self._shutdown_now()
-            proc.terminate()  # a no-op once SHUTDOWN has ended it; the way out if it could not be asked
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            # SIGTERM: a no-op once SHUTDOWN has ended it; the way out if it could not be asked
+            supervisor.stop([proc], STOP_TIMEOUT)
 
     def _shutdown_now(self) -> None:
         """Ask Redis to stop at once: it acts on SIGTERM only at its next cron tick (about 0.1 s),

@@ -18,8 +18,9 @@ from typing import Any, Callable
 from d4p_hpc import __version__, liveness
 from d4p_hpc import results as rd
 from d4p_hpc.errors import UsageError
-from d4p_hpc.mappings.core import (SIGNAL_STATES, Aborted, Interrupted, PEFailed, Runtime, Sink, Transport,
-                                   ignore_signals, raise_on_signals, redirect_output)
+from d4p_hpc.mappings.core import Aborted, PEFailed, Runtime, Sink, Transport, redirect_output
+from d4p_hpc import supervisor
+from d4p_hpc.supervisor import IO_FAILED, STOPPED, Interrupted, ignore_signals, raise_on_signals
 from d4p_hpc.mappings.plan import Plan
 from d4p_hpc.mappings.sampler import sampling
 
@@ -38,15 +39,6 @@ class RunContext:
     plan: Plan
     feeds: dict[int, int | list]
     options: dict = field(default_factory=dict)
-
-
-#: exit code of a process that failed and could not even record why: its results directory
-#: cannot be written (sysexits' EX_IOERR)
-IO_FAILED = 74
-#: exit codes of a process that a stop signal (SIGTERM, SIGUSR1, SIGINT) ended: 128+N once it
-#: flushed what it had, -N (multiprocessing's code for "killed by N") when the signal, sent to the
-#: whole process group, came before its handlers were installed, so it had not begun any work
-STOPPED = tuple(128 + signum for signum in SIGNAL_STATES) + tuple(-signum for signum in SIGNAL_STATES)
 
 
 def death(label: str, pid: int | None, code: int | None, results: Path) -> str | None:
@@ -75,7 +67,7 @@ class Outcome:
         if self.state == "COMPLETED":
             return 0
         if self.signum:
-            return 128 + self.signum
+            return supervisor.exit_code(self.signum)
         return IO_FAILED if self.unrecorded else 1
 
 
@@ -292,13 +284,11 @@ def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inp
     from d4p_hpc.loader import load_graph, resolve_feeds
     from d4p_hpc.mappings.plan import build_plan
 
-    module = mappings.load(mapping)
+    chosen = mappings.get(mapping)
     graph = load_graph(source, attr)
     plan = build_plan(graph, processes)
     feeds = resolve_feeds(plan, raw_inputs)
-    validate = getattr(module, "validate", None)
-    if validate is not None:
-        validate(plan, mapping)
+    chosen.validate(plan)
     path = os.path.abspath(source) if os.path.exists(source) else source
     return RunContext(graph, path, attr, mapping, processes, raw_inputs, Path(results).absolute(), plan, feeds,
                       dict(options or {}))

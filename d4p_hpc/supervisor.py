@@ -1,0 +1,187 @@
+"""Processes and signals: the one place that says what a stop signal means and how a process is stopped.
+
+Both sides use it: the runtime (a run, its forked processes, MPI ranks, the per-job Redis
+supervisor and workers) and the submission side (the local scheduler's ``cancel``, and the job
+script templates, which are rendered with :data:`STOPS` and :data:`GRACE_SECONDS`), so a state,
+an exit code and a grace period mean the same everywhere. Standard library only.
+
+The table, as batch systems use the signals:
+
+=========  ===========  =========  ==============================================
+signal     final state  exit code  sent by
+=========  ===========  =========  ==============================================
+SIGTERM    CANCELLED    143        ``scancel``, ``qdel``, ``d4p-hpc cancel``
+SIGINT     CANCELLED    130        Ctrl-C (``d4p-hpc run`` in a terminal)
+SIGUSR1    TIMEOUT      138        the pre-walltime signal (``--signal-seconds``)
+=========  ===========  =========  ==============================================
+
+A process that a stop signal ended exits 128+N once it flushed what it had. It may also
+show -N (how multiprocessing and subprocess report "killed by signal N") when the signal,
+sent to the whole process group, came before its handlers were installed: it had not begun
+any work, so that too is a stop, not a failure (:func:`classify`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from typing import Any
+
+#: stop signal -> the run's final state
+STOPS: dict[int, str] = {signal.SIGTERM: "CANCELLED", signal.SIGINT: "CANCELLED", signal.SIGUSR1: "TIMEOUT"}
+#: the stop signals that cancel (the others leave time to finish cleanly)
+CANCELS: tuple[int, ...] = tuple(signum for signum, state in STOPS.items() if state == "CANCELLED")
+#: what a process gets to flush and leave after a stop signal, before SIGKILL
+GRACE_SECONDS = 10.0
+#: a process that failed and could not even record why: its results directory cannot be
+#: written (sysexits' EX_IOERR)
+IO_FAILED = 74
+
+
+def exit_code(signum: int) -> int:
+    """The exit code of a run that the stop signal ``signum`` ended."""
+    return 128 + signum
+
+
+#: exit codes that mean "ended by a stop signal" (see the module docstring)
+STOPPED: tuple[int, ...] = tuple(exit_code(s) for s in STOPS) + tuple(-s for s in STOPS)
+
+
+def stop_signal(code: int | None) -> int | None:
+    """The stop signal an exit code reports, or None."""
+    if code in STOPPED:
+        assert code is not None
+        return code - 128 if code > 0 else -code
+    return None
+
+
+def classify(code: int | None) -> tuple[str, int | None]:
+    """(final state, stop signal or None) for a process's exit code: COMPLETED for 0, the stop's
+    state for a stop signal's code, FAILED for anything else (None: it has not ended)."""
+    if code == 0:
+        return "COMPLETED", None
+    signum = stop_signal(code)
+    return (STOPS[signum], signum) if signum is not None else ("FAILED", None)
+
+
+def shell_cases() -> list[tuple[str, str]]:
+    """(``case`` pattern, state) for the job script: which exit codes of the run are stops."""
+    by_state: dict[str, list[str]] = {}
+    for signum, state in STOPS.items():
+        by_state.setdefault(state, []).append(str(exit_code(signum)))
+    return [(" | ".join(sorted(codes)), state) for state, codes in by_state.items()]
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived: ``state`` is CANCELLED or TIMEOUT. BaseException, so that a PE's own
+    ``except Exception`` cannot swallow it."""
+
+    def __init__(self, state: str, signum: int) -> None:
+        super().__init__(state)
+        self.state = state
+        self.signum = signum
+
+
+def raise_on_signals() -> None:
+    """Turn the first stop signal into :class:`Interrupted`.
+
+    One-shot: the first stop signal disarms them all before it is raised. A job's processes often
+    get two (PBS signals every process of the job, and mpiexec passes on the script's): a second
+    one raised while the first is handled would leave a second traceback and the process's
+    outcome unset. Disarmed means a handler that does nothing, not SIG_IGN: Python reports a
+    signal already pending when its handler became SIG_IGN with a traceback of its own.
+    """
+    def handler(signum: int, _frame: Any) -> None:
+        on_signals(lambda *_: None)
+        raise Interrupted(STOPS[signum], signum)
+    on_signals(handler)
+
+
+def on_signals(handler: Any) -> None:
+    """Install ``handler`` (a callable, SIG_IGN or SIG_DFL) for every stop signal: the one way this
+    code installs signal handlers."""
+    for signum in STOPS:
+        signal.signal(signum, handler)
+
+
+def ignore_signals() -> None:
+    """Ignore stop signals (while flushing results, or waiting for children that were told)."""
+    on_signals(signal.SIG_IGN)
+
+
+def restore_signals() -> None:
+    """Give the stop signals back their default behaviour (after a run in this process)."""
+    for signum in STOPS:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+def stop(processes: Iterable[Any], grace: float = GRACE_SECONDS, signum: int | None = signal.SIGTERM,
+         patience: float = 0.0) -> list[Any]:
+    """Stop ``processes`` (``multiprocessing.Process`` or ``subprocess.Popen``) and reap them.
+
+    Each still running after ``patience`` seconds gets ``signum`` (None: none is sent, they were
+    told already); those still there ``grace`` seconds later get SIGKILL, so none outlives the
+    caller. Returns the processes that had to be killed.
+    """
+    processes = list(processes)
+    _join(processes, patience)
+    if signum is not None:
+        for proc in processes:
+            if _alive(proc):
+                _signal(proc, signum)
+    _join(processes, grace)
+    killed = [proc for proc in processes if _alive(proc)]
+    for proc in killed:
+        _signal(proc, signal.SIGKILL)
+    _join(killed, None)
+    return killed
+
+
+def stop_group(pgid: int, grace: float = GRACE_SECONDS, signum: int = signal.SIGTERM) -> bool:
+    """Send ``signum`` to process group ``pgid``, as a batch system signals every process of a job,
+    then SIGKILL to what is left after ``grace`` seconds. True once the group is gone."""
+    for sig, wait in ((signum, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:  # the leader is our child when this very process started it (submit --wait, tests)
+                os.waitpid(pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+    return False
+
+
+def _alive(proc: Any) -> bool:
+    return proc.is_alive() if hasattr(proc, "is_alive") else proc.poll() is None
+
+
+def _signal(proc: Any, signum: int) -> None:
+    if proc.pid:
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _join(processes: list[Any], seconds: float | None) -> None:
+    deadline = None if seconds is None else time.monotonic() + seconds
+    for proc in processes:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if hasattr(proc, "join"):
+            proc.join(left)
+        else:
+            try:
+                proc.wait(left)
+            except subprocess.TimeoutExpired:
+                pass
