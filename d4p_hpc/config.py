@@ -23,11 +23,11 @@ a file are relative to that file's folder.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
+from d4p_hpc import schedulers
 from d4p_hpc.errors import SpecError
 from d4p_hpc.spec import DEFAULT_RESULTS_ROOT, FIELDS, JobSpec, coerce
 
@@ -59,14 +59,6 @@ def user_file(environ=None) -> Path:
     return Path(base) / "d4p-hpc" / "config.toml"
 
 
-def detect_scheduler() -> str:
-    """``slurm`` if ``sbatch`` is on PATH, else ``pbs`` if ``qsub`` is, else ``local``."""
-    for command, name in (("sbatch", "slurm"), ("qsub", "pbs")):
-        if shutil.which(command):
-            return name
-    return "local"
-
-
 def resolve(cli: dict | None = None, profile: str | None = None, cwd: str | os.PathLike | None = None,
             environ=None) -> Resolved:
     """Merge built-in defaults, the two files, the environment and ``cli`` (field -> value).
@@ -95,7 +87,8 @@ def resolve(cli: dict | None = None, profile: str | None = None, cwd: str | os.P
     profile = profile or environ.get(PROFILE_ENV) or next(
         (data["profile"] for _, _, data in reversed(files) if isinstance(data.get("profile"), str)), None)
     defaults = {name: f.default for name, f in FIELDS.items() if f.default not in (None, (), MISSING)}
-    defaults.update(scheduler=detect_scheduler(), results_root=DEFAULT_RESULTS_ROOT)
+    # the built-in scheduler is the one this host submits to (sbatch or qsub on PATH, else local)
+    defaults.update(scheduler=schedulers.detect(), results_root=DEFAULT_RESULTS_ROOT)
     layers = [(BUILT_IN, cwd, defaults)]
     for label, path, data in files:
         layers.append((label, path.parent, {k: v for k, v in data.items() if k not in _FILE_KEYS}))

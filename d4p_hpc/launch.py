@@ -12,6 +12,9 @@ A mapping is launched in one of three ways (:data:`d4p_hpc.spec.MAPPINGS`):
     node (``srun``/``mpiexec``; forked processes on the local scheduler), and
     the driver on the first node.
 
+What a scheduler offers (its launchers, its node-file variable, whether its jobs
+run on this host) is its class's to say (:mod:`d4p_hpc.schedulers`).
+
 On a cluster ``mpiexec`` is the script's function ``d4p_mpiexec``
 (``templates/common/mpiexec.sh.j2``): a node file alone does not say how many
 ranks go on each node (Open MPI >= 4 counts a line without ``slots=`` as all of
@@ -29,7 +32,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from d4p_hpc.spec import LAUNCHERS, JobSpec
+from d4p_hpc import schedulers
+from d4p_hpc.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,6 @@ class ShellVar:
 RESULTS = ShellVar("d4p_results")
 CONNECTION = ShellVar("d4p_redis_conn")
 CONTAINER = ShellVar("d4p_container")
-# the file listing one host per task slot, set by the scheduler in the job's environment
-NODEFILE = {"slurm": None, "pbs": "PBS_NODEFILE", "local": "D4P_NODEFILE"}
 # What ``python -m MODULE`` would do, without the working directory first on sys.path: a job
 # submitted from a directory holding inspect.py, queue.py or a d4p_hpc/ folder must still import
 # the standard library and the installed package (``python -P`` does this, but only from 3.11).
@@ -94,7 +96,7 @@ def plan(spec: JobSpec) -> LaunchPlan:
         prefix = spread(spec, mpi=True)
         return LaunchPlan("mpi", (*prefix, *python(spec), *run, "--results", RESULTS),
                           mpiexec=prefix[0] in ("mpiexec", MPIEXEC), placed=prefix[0] == MPIEXEC)
-    bind = spec.redis_bind or ("127.0.0.1" if spec.scheduler == "local" else "0.0.0.0")
+    bind = spec.redis_bind or ("127.0.0.1" if schedulers.scheduler_class(spec.scheduler).on_this_host else "0.0.0.0")
     prefix = spread(spec, mpi=False)
     return LaunchPlan(
         "redis",
@@ -115,8 +117,9 @@ def python(spec: JobSpec) -> tuple:
 
 def spread(spec: JobSpec, mpi: bool) -> tuple:
     """The launcher that starts one copy of a command per task, on every node of the job."""
-    launcher = spec.launcher or LAUNCHERS[spec.scheduler][0]
-    if spec.scheduler == "local" and not mpi:
+    scheduler = schedulers.scheduler_class(spec.scheduler)
+    launcher = spec.launcher or scheduler.launchers[0]
+    if scheduler.on_this_host and not mpi:
         return (FORK,)
     if launcher == "srun":
         # srun no longer inherits --cpus-per-task from the job (Slurm >= 22.05), and a job
@@ -125,10 +128,9 @@ def spread(spec: JobSpec, mpi: bool) -> tuple:
         return ("srun", f"--nodes={spec.nodes}", f"--ntasks={spec.total_tasks}",
                 f"--ntasks-per-node={spec.tasks_per_node}", f"--cpus-per-task={spec.cpus_per_task}",
                 "--export=ALL", *spec.launcher_args)
-    nodefile = NODEFILE[spec.scheduler]
-    # the local scheduler's "nodes" are slots of this one host: nothing to place
-    return (MPIEXEC if spec.scheduler != "local" else "mpiexec", "-n", str(spec.total_tasks),
-            *(["--hostfile", ShellVar(nodefile)] if nodefile else []), *spec.launcher_args)
+    # the "nodes" of a job on this host are slots of it: nothing to place
+    return ("mpiexec" if scheduler.on_this_host else MPIEXEC, "-n", str(spec.total_tasks),
+            *(["--hostfile", ShellVar(scheduler.nodefile)] if scheduler.nodefile else []), *spec.launcher_args)
 
 
 def run_options(spec: JobSpec) -> tuple:

@@ -1,7 +1,11 @@
 """Render a :class:`~d4p_hpc.spec.JobSpec` into a job script.
 
-Templates live in ``templates/<scheduler>/job.sh.j2`` (the package
-``d4p_hpc.templates``); they extend ``templates/common/job.sh.j2``. Quoting is
+A scheduler's template is its class's :attr:`~d4p_hpc.schedulers.Scheduler.template`,
+looked up in ``templates/`` (the package ``d4p_hpc.templates``: the built-in
+schedulers' ``templates/<scheduler>/job.sh.j2``) and then in the class's own
+``template_path``; every one extends ``templates/common/job.sh.j2``. What a
+stop signal means to the script (the exit code -> state cases, the grace before
+SIGKILL) comes from :mod:`d4p_hpc.supervisor`, as it does for the run. Quoting is
 the renderer's job, not the template author's: every value a shell reads goes
 through the ``q`` filter (``shlex.quote``) or ``argv`` (a quoted command line).
 Directive values are not quoted: :mod:`d4p_hpc.spec` has validated them.
@@ -13,10 +17,11 @@ from __future__ import annotations
 import functools
 import json
 import shlex
+import signal
 import subprocess
 from importlib import resources
 
-from d4p_hpc import launch
+from d4p_hpc import launch, schedulers, supervisor
 from d4p_hpc.errors import RenderError
 from d4p_hpc.spec import JobSpec
 
@@ -39,11 +44,15 @@ def render_script(spec: JobSpec, sources: dict | None = None) -> str:
     """
     import jinja2
 
+    scheduler = schedulers.scheduler_class(spec.scheduler)
     context = {"spec": spec, "plan": launch.plan(spec), "fork": launch.FORK,
+               "nodefile": launch.ShellVar(scheduler.nodefile) if scheduler.nodefile else None,
+               "stops": supervisor.shell_cases(), "grace": supervisor.GRACE_SECONDS,
+               "stop_signals": [signal.Signals(signum).name.removeprefix("SIG") for signum in supervisor.STOPS],
                "spec_json": json.dumps({"spec": spec.to_dict(), "sources": sources or {}}, indent=2,
                                        sort_keys=True)}
     try:
-        return _environment().get_template(f"{spec.scheduler}/job.sh.j2").render(context)
+        return _environment(scheduler.template_path).get_template(scheduler.template).render(context)
     except jinja2.TemplateError as err:
         raise RenderError(f"cannot render the {spec.scheduler} job script: {err}") from None
 
@@ -86,11 +95,13 @@ def _load(name: str):
         return None  # jinja2 turns this into TemplateNotFound
 
 
-@functools.lru_cache(maxsize=1)
-def _environment():
+@functools.cache
+def _environment(template_path: tuple[str, ...] = ()):
+    """The Jinja2 environment reading the package's templates, then those in ``template_path``."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(_load), undefined=jinja2.StrictUndefined,
+    loader = jinja2.ChoiceLoader([jinja2.FunctionLoader(_load), jinja2.FileSystemLoader(template_path)])
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
                              autoescape=False, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters.update(q=quote, argv=argv, clock=clock)

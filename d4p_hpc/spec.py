@@ -8,6 +8,8 @@ quoted; everything a shell reads is quoted by the renderer.
 
 The fields and their help texts are the single source of the valid keys of
 profiles (:mod:`d4p_hpc.config`) and of the options of ``submit``/``render``.
+What a scheduler accepts (launchers, directives, the requests marked ``request``)
+is the scheduler class's to say (:mod:`d4p_hpc.schedulers`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d4p_hpc import schedulers
 from d4p_hpc.errors import SpecError
 
 from d4p_hpc.mappings import MAPPINGS as _RUNTIME_MAPPINGS  # a name table only: no mapping module is imported
 
 # mapping -> how a job launches it: "single", "mpi" or "redis"
-MAPPINGS = {name: kind for name, (_module, kind) in _RUNTIME_MAPPINGS.items()}
-SCHEDULERS = ("slurm", "pbs", "local")
-DIRECTIVE = {"slurm": "#SBATCH", "pbs": "#PBS", "local": None}
-# how ranks and workers are started across the nodes, per scheduler; the first is the default
-LAUNCHERS = {"slurm": ("srun", "mpiexec"), "pbs": ("mpiexec",), "local": ("mpiexec",)}
-SLURM_ONLY = ("qos", "constraint", "gres")
+MAPPINGS = {name: m.launch for name, m in _RUNTIME_MAPPINGS.items()}
 DEFAULT_RESULTS_ROOT = "d4p-results"
 
 _NAME = re.compile(r"[A-Za-z0-9_.+@][A-Za-z0-9_.,+@-]*")
@@ -45,9 +43,28 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*")
 
 
-def _opt(help_text: str, *flags: str, default=None):
-    """A field with its help text and its ``submit``/``render`` option names."""
-    return field(default=default, metadata={"help": help_text, "flags": flags})
+def _opt(help_text: str, *flags: str, default=None, request: bool = False):
+    """A field with its help text and its ``submit``/``render`` option names.
+
+    ``request``: a request to the batch system, which a scheduler must declare it passes on (or
+    ignores), else it is refused rather than silently dropped (:attr:`~d4p_hpc.schedulers.Scheduler.options`).
+    """
+    return field(default=default, metadata={"help": help_text, "flags": flags, "request": request})
+
+
+def _either(words) -> str:
+    *rest, last = words
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+def _scheduler_help() -> str:
+    return f"Scheduler: {_either(schedulers.names())} [default: the one found on PATH, else local]."
+
+
+def _launcher_help() -> str:
+    every = dict.fromkeys(launcher for cls in schedulers.classes() for launcher in cls.launchers)
+    defaults = ", ".join(f"{cls.launchers[0]} on {cls.title}" for cls in schedulers.classes())
+    return f"How ranks and workers start: {_either(every)} [default: {defaults}]."
 
 
 @dataclass(frozen=True)
@@ -64,24 +81,24 @@ class JobSpec:
     iterations: int | None = _opt("Feed each root PE N times.", "-i", "--iterations")
     data: str | None = _opt("Inputs as JSON, as for `d4p-hpc run -d`.", "-d", "--data")
     input_file: str | None = _opt("Inputs as a JSON file, as for `d4p-hpc run -f`.", "-f", "--file")
-    scheduler: str = _opt("Scheduler: slurm, pbs or local [default: found on PATH, else local].",
-                          "--scheduler", default="local")
+    scheduler: str = _opt(_scheduler_help(), "--scheduler", default="local")
     nodes: int = _opt("Number of nodes.", "-N", "--nodes", default=1)
     tasks_per_node: int = _opt("MPI ranks or workers per node.", "--tasks-per-node", "--ntasks-per-node",
                                default=1)
     cpus_per_task: int = _opt("CPUs per rank or worker.", "-c", "--cpus-per-task", default=1)
-    memory: str | None = _opt("Memory per node, e.g. 4G or 500M.", "--mem")
+    memory: str | None = _opt("Memory per node, e.g. 4G or 500M.", "--mem", request=True)
     walltime: str = _opt("Walltime: MM, HH:MM:SS or D-HH:MM:SS.", "-t", "--time", default="01:00:00")
     signal_seconds: int | None = _opt(
         "Seconds before the walltime at which the run is told to stop and keep its outputs "
         "[default: 60, at most half the walltime].", "--signal-seconds")
-    partition: str | None = _opt("Slurm partition or PBS queue.", "-p", "--partition", "-q", "--queue")
-    account: str | None = _opt("Account (project) to charge.", "-A", "--account")
-    qos: str | None = _opt("Slurm quality of service.", "--qos")
-    constraint: str | None = _opt("Slurm node feature constraint.", "-C", "--constraint")
-    gres: str | None = _opt("Slurm generic resources, e.g. gpu:2.", "--gres")
-    gpus_per_node: int | None = _opt("GPUs per node.", "--gpus-per-node")
-    exclusive: bool = _opt("Ask for whole nodes.", "--exclusive/--no-exclusive", default=False)
+    partition: str | None = _opt("Slurm partition or PBS queue.", "-p", "--partition", "-q", "--queue",
+                                 request=True)
+    account: str | None = _opt("Account (project) to charge.", "-A", "--account", request=True)
+    qos: str | None = _opt("Slurm quality of service.", "--qos", request=True)
+    constraint: str | None = _opt("Slurm node feature constraint.", "-C", "--constraint", request=True)
+    gres: str | None = _opt("Slurm generic resources, e.g. gpu:2.", "--gres", request=True)
+    gpus_per_node: int | None = _opt("GPUs per node.", "--gpus-per-node", request=True)
+    exclusive: bool = _opt("Ask for whole nodes.", "--exclusive/--no-exclusive", default=False, request=True)
     job_name: str | None = _opt("Job name [default: the graph file's stem].", "-J", "--job-name")
     modules: tuple[str, ...] = _opt("Environment module to load (repeatable).", "--module", default=())
     venv: str | None = _opt("Python virtual environment to activate.", "--venv")
@@ -94,8 +111,7 @@ class JobSpec:
                                     "--results-root")
     python: str = _opt("Python interpreter on the nodes [default: this one, or python3 with "
                        "--venv/--conda/--container].", "--python", default="python3")
-    launcher: str | None = _opt("How ranks and workers start: srun or mpiexec [default: srun on "
-                                "Slurm, mpiexec on PBS].", "--launcher")
+    launcher: str | None = _opt(_launcher_help(), "--launcher")
     launcher_args: tuple[str, ...] = _opt("Extra argument for srun/mpiexec, e.g. --mpi=pmix (repeatable).",
                                           "--launcher-arg", default=())
     redis_bind: str | None = _opt("Address or interface the per-job Redis listens on "
@@ -153,6 +169,8 @@ class JobSpec:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(JobSpec)}
+#: the fields that are requests to the batch system (see :func:`_opt`)
+REQUESTS = tuple(name for name, f in FIELDS.items() if f.metadata["request"])
 _TYPES = {"int": int, "bool": bool, "tuple": tuple}
 
 
@@ -242,9 +260,9 @@ def _pattern(name: str, value: str | None, pattern: re.Pattern, allowed: str) ->
 
 def _validate(spec: JobSpec) -> None:
     _one_of("mapping", spec.mapping, MAPPINGS)
-    _one_of("scheduler", spec.scheduler, SCHEDULERS)
+    scheduler = schedulers.scheduler_class(spec.scheduler)
     if spec.launcher is not None:
-        _one_of(f"launcher for {spec.scheduler}", spec.launcher, LAUNCHERS[spec.scheduler])
+        _one_of(f"launcher for {spec.scheduler}", spec.launcher, scheduler.launchers)
     if not spec.graph or not Path(spec.graph).is_absolute():
         raise SpecError(f"graph must be an absolute path, not {spec.graph!r}")
     _pattern("results_root", spec.results_root, _ROOT,
@@ -254,7 +272,7 @@ def _validate(spec: JobSpec) -> None:
         if getattr(spec, name) < 1:
             raise SpecError(f"{name} must be at least 1, not {getattr(spec, name)}")
     _validate_inputs(spec)
-    _validate_resources(spec)
+    _validate_resources(spec, scheduler)
     _validate_text(spec)
 
 
@@ -274,7 +292,7 @@ def _validate_inputs(spec: JobSpec) -> None:
     _pattern("attr", spec.attr, _IDENTIFIER, "use the name of a Python variable")
 
 
-def _validate_resources(spec: JobSpec) -> None:
+def _validate_resources(spec: JobSpec, scheduler: type[schedulers.Scheduler]) -> None:
     seconds = _walltime_seconds(spec.walltime)
     if seconds < 60:
         raise SpecError(f"walltime {spec.walltime!r} is under a minute")
@@ -283,21 +301,30 @@ def _validate_resources(spec: JobSpec) -> None:
                         f"not {spec.signal_seconds}")
     if spec.gpus_per_node is not None and spec.gpus_per_node < 0:
         raise SpecError(f"gpus_per_node must be 0 or more, not {spec.gpus_per_node}")
-    if spec.launch_kind == "single" and spec.nodes > 1 and spec.scheduler != "local":
+    if spec.launch_kind == "single" and spec.nodes > 1 and not scheduler.on_this_host:
         multi_node = ", ".join(m for m, kind in MAPPINGS.items() if kind != "single")
         raise SpecError(f"mapping {spec.mapping} runs on one node; with --nodes {spec.nodes} use one of: "
                         f"{multi_node}")
-    if spec.scheduler == "pbs":
-        for name in SLURM_ONLY:
-            if getattr(spec, name) is not None:
-                raise SpecError(f"{name} is a Slurm option; for PBS write it as a raw directive, "
-                                f"e.g. --directive '#PBS -l ...'")
-    directive = DIRECTIVE[spec.scheduler]
+    _validate_requests(spec, scheduler)
+    directive = scheduler.directive
     for line in spec.extra_directives:
         if directive is None:
             raise SpecError(f"the {spec.scheduler} scheduler reads no directives; remove {line!r}")
         if not line.startswith(directive + " ") or "\n" in line or "\r" in line:
             raise SpecError(f"extra directive {line!r} must be one line starting with '{directive} '")
+
+
+def _validate_requests(spec: JobSpec, scheduler: type[schedulers.Scheduler]) -> None:
+    """Refuse a request that ``scheduler`` would drop: one it neither passes on nor declares it ignores."""
+    for name in REQUESTS:
+        value = getattr(spec, name)
+        if value is None or value is False or name in scheduler.options | scheduler.ignored:
+            continue
+        owners = [cls.title for cls in schedulers.classes() if name in cls.options]
+        what = f"a {' and '.join(owners)} option" if owners else "a request"
+        remedy = f"write it as a raw directive, e.g. --directive '{scheduler.directive} ...'" if scheduler.directive \
+            else "leave it out"
+        raise SpecError(f"{name} is {what} that the {scheduler.title} scheduler does not support; {remedy}")
 
 
 def _validate_text(spec: JobSpec) -> None:

@@ -31,6 +31,18 @@ def test_built_in_defaults(isolated_config, monkeypatch):
     assert r.spec().mapping == "multi"
 
 
+@pytest.mark.parametrize("commands, found", [(("sbatch", "qsub"), "slurm"), (("qsub",), "pbs"), ((), "local")])
+def test_the_default_scheduler_is_the_one_on_path(isolated_config, tmp_path, monkeypatch, commands, found):
+    # Slurm comes first: Slurm sites often have a qsub wrapper too
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in commands:
+        (bin_dir / command).write_text("#!/bin/sh\n")
+        (bin_dir / command).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert config.resolve({"graph": "g.py"}).values["scheduler"] == found
+
+
 def test_precedence(files, monkeypatch):
     user, project = files
     write(user, 'partition = "user"\naccount = "user"\nqos = "user"\nnodes = 2\n')

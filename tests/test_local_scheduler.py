@@ -6,7 +6,7 @@ import socket
 import sys
 
 import pytest
-from conftest import items, processes_mentioning, wait_for
+from runtime_support import items, processes_mentioning, wait_for
 
 from d4p_hpc import jobs, schedulers
 from d4p_hpc.render import render_script

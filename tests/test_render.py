@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from d4p_hpc import render
+from d4p_hpc import render, schedulers, supervisor
 from d4p_hpc.launch import SAFE_MODULE, ShellVar
-from d4p_hpc.spec import MAPPINGS, SCHEDULERS, JobSpec
+from d4p_hpc.spec import MAPPINGS, JobSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 RESOURCES = {"slurm": dict(partition="debug", account="proj1", memory="2G"),
@@ -38,6 +38,8 @@ def rich_spec(scheduler: str, mapping: str) -> JobSpec:
     return golden_spec(scheduler, mapping, **extra)
 
 
+# the package's own schedulers (a test's toy registers only while that test runs)
+SCHEDULERS = schedulers.names()
 COMBINATIONS = [(s, m) for s in SCHEDULERS for m in MAPPINGS]
 
 
@@ -133,6 +135,15 @@ def test_job_commands_never_put_the_working_directory_first(tmp_path):
     where = subprocess.run([sys.executable, *SAFE_MODULE, "inspect", "--help"], cwd=tmp_path,
                            capture_output=True, text=True)
     assert "shadowed" not in where.stderr + where.stdout
+
+
+def test_the_script_stops_as_the_supervisor_says(monkeypatch):
+    monkeypatch.setattr(supervisor, "GRACE_SECONDS", 2.5)
+    script = render.render_script(golden_spec("local", "dyn_redis"))
+    assert "SIGKILL if it is still there after 2.5 s" in script and "for ((i = 0; i < 25; i++))" in script
+    for codes, state in supervisor.shell_cases():
+        assert f"\n      {codes}) state={state} reason=" in script
+    assert "\n  trap '' TERM INT USR1\n" in script and "\ntrap 'd4p_on_signal USR1' USR1\n" in script
 
 
 def test_quote_filter():

@@ -84,8 +84,15 @@ def test_single_node_mappings_refuse_several_nodes_except_locally():
 
 def test_slurm_only_options_are_refused_for_pbs():
     for name in ("qos", "constraint", "gres"):
-        with pytest.raises(SpecError, match="Slurm option"):
+        with pytest.raises(SpecError, match=f"^{name} is a Slurm option that the PBS scheduler does not support; "
+                                            "write it as a raw directive, e.g. --directive '#PBS ...'$"):
             spec(scheduler="pbs", **{name: "x"})
+
+
+def test_the_local_scheduler_accepts_and_ignores_cluster_requests():
+    # a profile written for the cluster still runs a trial job here (README, "Local")
+    assert spec(scheduler="local", partition="debug", account="proj", qos="high", memory="2G",
+                exclusive=True).qos == "high"
 
 
 def test_extra_directives_must_match_the_scheduler():

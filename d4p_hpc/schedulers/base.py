@@ -1,23 +1,28 @@
-"""What every scheduler provides: submit a script, ask about jobs, cancel one.
+"""What every scheduler provides: its facts, and how to submit a script, ask about jobs, cancel one.
 
-A scheduler is one module holding a :class:`Scheduler` subclass, plus one
-template ``templates/<name>/job.sh.j2``. The job's own state markers are the
-truth about a job (see :mod:`d4p_hpc.jobs`); a scheduler is asked only to fill
-the gaps: a job that has not started, or one that died before it could write
-its ``finished`` marker.
+A scheduler is one module holding a :class:`Scheduler` subclass, registered with
+:func:`d4p_hpc.schedulers.register`, plus one template (:attr:`Scheduler.template`).
+Everything else asks the class: the spec what it may be given, the launch step how
+tasks start, the renderer which template, the configuration whether it is found here.
+The job's own state markers are the truth about a job (see :mod:`d4p_hpc.jobs`); a
+scheduler is asked only to fill the gaps: a job that has not started, or one that
+died before it could write its ``finished`` marker.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from d4p_hpc.errors import SubmitError
-from d4p_hpc.spec import JobSpec
+
+if TYPE_CHECKING:  # the spec validates itself against the registry: importing it here would be circular
+    from d4p_hpc.spec import JobSpec
 
 # words in the error messages of a busy or restarting Slurm/PBS server: worth another try
 _TRANSIENT = ("timed out", "try again", "temporarily", "unable to contact", "connection refused",
@@ -44,9 +49,42 @@ class SchedulerState:
 
 
 class Scheduler(ABC):
-    """One batch system: how to submit, query and cancel its jobs."""
+    """One batch system: what it is told in a job script, and how to submit, query and cancel its jobs."""
 
+    #: what ``--scheduler`` and profiles call it, and a job's ``state/submitted`` records
     name: ClassVar[str]
+    #: how messages name it ("Slurm")
+    title: ClassVar[str]
+    #: its job script template (extending ``common/job.sh.j2``), looked up in the package's
+    #: ``templates/`` and then in :attr:`template_path`
+    template: ClassVar[str]
+    #: more template directories, for a scheduler that keeps its template beside its own module
+    template_path: ClassVar[tuple[str, ...]] = ()
+    #: prefix of its directive lines (``#SBATCH``); None: its scripts read none, so raw ones are refused
+    directive: ClassVar[str | None] = None
+    #: what may start ranks and workers across the nodes (``--launcher``); the first is the default
+    launchers: ClassVar[tuple[str, ...]] = ("mpiexec",)
+    #: variable that the job's environment sets to a file listing one host per task; None where the
+    #: launcher finds the nodes itself
+    nodefile: ClassVar[str | None] = None
+    #: whether a job's "nodes" are task slots of this host: workers are forked over the node file,
+    #: mpiexec needs no placement, the per-job Redis listens on loopback only, and a one-node
+    #: mapping may have several nodes
+    on_this_host: ClassVar[bool] = False
+    #: the requests (job spec fields marked ``request``) its job scripts pass on; any other one given
+    #: is refused, so that no request is silently dropped
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: requests it accepts knowing they mean nothing to it (documented as ignored)
+    ignored: ClassVar[frozenset[str]] = frozenset()
+    #: the command that submits its jobs; on PATH, it says that jobs from this host go to this scheduler
+    command: ClassVar[str | None] = None
+    #: where several are found on PATH, the highest wins; it also orders :func:`~d4p_hpc.schedulers.names`
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    def detected(cls) -> bool:
+        """Whether jobs submitted from this host go to this scheduler: its :attr:`command` is on PATH."""
+        return cls.command is not None and shutil.which(cls.command) is not None
 
     @abstractmethod
     def submit(self, script: str, spec: JobSpec) -> str:

@@ -4,10 +4,9 @@
 writes a node file listing this host once per task, and starts the script with
 bash in its own session (so its own process group), with ``D4P_JOB_ID`` and
 ``D4P_NODEFILE`` set, stdout and stderr going to ``job.out``/``job.err``. The
-job outlives the command that submitted it. ``cancel`` sends SIGTERM to the
-whole group, as a batch system signals every process of a job, then SIGKILL
-to whatever is left after a grace period. It is the default scheduler where
-neither ``sbatch`` nor ``qsub`` is found.
+job outlives the command that submitted it. ``cancel`` stops the whole group
+(:func:`d4p_hpc.supervisor.stop_group`), as a batch system signals every
+process of a job. It is the default scheduler where no other is found.
 """
 
 from __future__ import annotations
@@ -15,19 +14,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from d4p_hpc import supervisor
 from d4p_hpc.errors import SubmitError
+from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState
-from d4p_hpc.spec import JobSpec
+
+if TYPE_CHECKING:
+    from d4p_hpc.spec import JobSpec
 
 RECORD = Path("state") / "local.json"
 NODEFILE = Path("state") / "nodefile"
-GRACE_SECONDS = 10.0
 
 
 def start(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: str | os.PathLike,
@@ -49,10 +50,26 @@ def alive(pid: int, started: int | None = None) -> bool:
     return fields is not None and fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
+@register
 class Local(Scheduler):
     """Jobs as background process groups on this host."""
 
     name = "local"
+    title = "local"
+    template = "local/job.sh.j2"
+    nodefile = "D4P_NODEFILE"
+    on_this_host = True
+    # a cluster's requests mean nothing here; accepted, so that a profile written for the cluster
+    # also runs a trial job here (README, "Local")
+    ignored = frozenset({"memory", "partition", "account", "qos", "constraint", "gres", "gpus_per_node",
+                         "exclusive"})
+    # below every other: the last resort
+    priority = -1
+
+    @classmethod
+    def detected(cls) -> bool:
+        """Always: every host can run its jobs."""
+        return True
 
     def submit(self, script: str, spec: JobSpec) -> str:
         """Create the results directory, write ``job.sh`` and start it; returns the job id."""
@@ -66,7 +83,7 @@ class Local(Scheduler):
                 continue
         (directory / "job.sh").write_text(script)
         (directory / NODEFILE).write_text(f"{socket.gethostname()}\n" * spec.total_tasks)
-        env = dict(os.environ, D4P_JOB_ID=job_id, D4P_NODEFILE=str(directory / NODEFILE))
+        env = dict(os.environ, D4P_JOB_ID=job_id, **{self.nodefile: str(directory / NODEFILE)})
         pid = start(directory / "job.sh", env, os.getcwd(), directory / "job.out", directory / "job.err")
         fields = _stat(pid)
         record = {"pid": pid, "started": int(fields[19]) if fields else None}
@@ -83,26 +100,12 @@ class Local(Scheduler):
         return found
 
     def cancel(self, job_id: str, results_dir: Path) -> None:
-        """SIGTERM to the job's process group; SIGKILL after :data:`GRACE_SECONDS`."""
+        """SIGTERM to the job's process group; SIGKILL after :data:`~d4p_hpc.supervisor.GRACE_SECONDS`."""
         record = _record(results_dir)
         if record is None:
             raise SubmitError(f"{results_dir} was not started by the local scheduler (no {RECORD})")
-        if not alive(record["pid"], record.get("started")):
-            return
-        group = record["pid"]
-        for signum, patience in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 2.0)):
-            try:
-                os.killpg(group, signum)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + patience
-            while time.monotonic() < deadline:
-                _reap(group)
-                try:
-                    os.killpg(group, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.05)
+        if alive(record["pid"], record.get("started")):
+            supervisor.stop_group(record["pid"], supervisor.GRACE_SECONDS)
 
 
 def _record(directory: Path) -> dict | None:
@@ -119,11 +122,3 @@ def _stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text.rpartition(")")[2].split()
-
-
-def _reap(pid: int) -> None:
-    # the job is our child when submitted by this very process (submit --wait, tests)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

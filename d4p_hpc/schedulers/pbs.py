@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from d4p_hpc.errors import SubmitError
+from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
-from d4p_hpc.spec import JobSpec
+
+if TYPE_CHECKING:
+    from d4p_hpc.spec import JobSpec
 
 STATES = {
     "Q": ("PENDING", "queued"), "H": ("PENDING", "held"), "W": ("PENDING", "waiting for its start time"),
@@ -28,10 +32,19 @@ KILLED_WALLTIME = -29
 _TEXT_FIELD = re.compile(r"^\s+(\w+) = (.*)$")
 
 
+@register
 class Pbs(Scheduler):
     """PBS through its command-line tools."""
 
     name = "pbs"
+    title = "PBS"
+    template = "pbs/job.sh.j2"
+    directive = "#PBS"
+    nodefile = "PBS_NODEFILE"
+    # partition is the queue (-q); qos, constraint and gres have no PBS equivalent of the same meaning
+    options = frozenset({"memory", "partition", "account", "gpus_per_node", "exclusive"})
+    command = "qsub"
+    priority = 10
 
     def submit(self, script: str, spec: JobSpec) -> str:
         """``qsub`` with the script on standard input; returns the job id (``123.server``)."""

@@ -9,10 +9,14 @@ is disabled. A job none of them knows is reported as unknown, never as done.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from d4p_hpc.errors import SubmitError
+from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
-from d4p_hpc.spec import JobSpec
+
+if TYPE_CHECKING:
+    from d4p_hpc.spec import JobSpec
 
 # Slurm job state -> (our state, plain reason); requeued and preempted jobs are not over
 STATES = {
@@ -32,10 +36,20 @@ STATES = {
 SACCT_WINDOW = "now-60days"
 
 
+@register
 class Slurm(Scheduler):
     """Slurm through its command-line tools."""
 
     name = "slurm"
+    title = "Slurm"
+    template = "slurm/job.sh.j2"
+    directive = "#SBATCH"
+    launchers = ("srun", "mpiexec")
+    options = frozenset({"memory", "partition", "account", "qos", "constraint", "gres", "gpus_per_node",
+                         "exclusive"})
+    command = "sbatch"
+    # above PBS: Slurm sites often install qsub too, as a wrapper (slurm-torque)
+    priority = 20
 
     def submit(self, script: str, spec: JobSpec) -> str:
         """``sbatch --parsable`` with the script on standard input; returns the job id."""

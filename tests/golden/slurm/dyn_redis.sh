@@ -84,9 +84,9 @@ d4p_on_signal() {  # SIG: note the first stop signal; pass SIGUSR1 on to the run
   # schedulers send SIGTERM to every process of the job themselves, but SIGUSR1 to this shell only
   [ "$1" != USR1 ] || [ -z "$d4p_child" ] || kill -s USR1 "$d4p_child" 2>/dev/null
 }
-trap 'd4p_on_signal USR1' USR1
 trap 'd4p_on_signal TERM' TERM
 trap 'd4p_on_signal INT' INT
+trap 'd4p_on_signal USR1' USR1
 
 d4p_wait() {  # PID: wait for it through trapped signals; return its exit code
   local rc again
@@ -126,14 +126,14 @@ d4p_stop() {  # PID: SIGTERM, and SIGKILL if it is still there after 10 s
 
 d4p_finish() {
   local rc=$? state reason pid
-  trap '' USR1 TERM INT
+  trap '' TERM INT USR1
   for pid in $d4p_services; do d4p_stop "$pid"; done
   if [ -n "$d4p_run_rc" ]; then
     rc=$d4p_run_rc
     case $rc in
       0) state=COMPLETED reason= ;;
-      138) state=TIMEOUT reason="the run stopped at the pre-walltime signal" ;;
       130 | 143) state=CANCELLED reason="the run was stopped by a signal" ;;
+      138) state=TIMEOUT reason="the run stopped at the pre-walltime signal" ;;
       *) state=FAILED reason="the run exited with code $rc" ;;
     esac
   else
