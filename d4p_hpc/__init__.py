@@ -10,5 +10,5 @@ __version__ = "0.1.0"
 # package, so the checkout's own subpackages must be found from here too.
 _checkout = _Path(__file__).resolve().parent.parent
 if not (_Path(__file__).parent / "mappings").is_dir() and (_checkout / "mappings" / "__init__.py").is_file():
-    __path__.append(str(_checkout))  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(str(_checkout))
 del _Path, _checkout

@@ -17,7 +17,7 @@ from d4p_hpc.errors import D4pHpcError, UsageError
 class _Group(click.Group):
     """Turns every D4pHpcError into ``Error: message`` and its exit code, in one place."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except D4pHpcError as err:
@@ -67,13 +67,13 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
                "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file}
     results_dir = results or default_results(graph, mapping)
     _check_local_processes(chosen, processes, external_workers)
+    if not check and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
+        rd.check_new(results_dir)
     ctx = runner.prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options)
     if check:
         click.echo(f"ok: {len(ctx.plan.pes)} PEs, {ctx.plan.instances} instances under {mapping} "
                    f"with {ctx.processes} processes")
         return
-    if not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
-        rd.check_new(ctx.results)
     with progress.live(ctx.results):
         record = chosen.run(ctx)
     if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):

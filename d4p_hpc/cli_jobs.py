@@ -174,7 +174,7 @@ def status(job, watch, results_root, profile):
 
 @click.command(name="list")
 @_root_options
-def list_(results_root, profile):
+def list_(results_root: str | None, profile: str | None) -> None:
     """All jobs under the results root, oldest first."""
     from d4p_hpc import jobs
 
@@ -188,16 +188,15 @@ def list_(results_root, profile):
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what the job writes until it ends.")
 @_root_options
-def logs(job, follow, results_root, profile):
+def logs(job: str, follow: bool, results_root: str | None, profile: str | None) -> None:
     """The scheduler's stdout/stderr of JOB, then its per-process logs."""
     from d4p_hpc import jobs, schedulers
 
     found = _find(job, results_root, profile)
     offsets: dict[Path, int] = {}
     # the scheduler's stdout and stderr are expected: one that is missing is named once, not skipped
-    who = {"pbs": "PBS", "slurm": "Slurm"}.get(found.scheduler, found.scheduler)
     expected = {} if found.scheduler == jobs.RUN else {
-        path: f"{who} {what}" for path, what in
+        path: f"{schedulers.scheduler_class(found.scheduler).title} {what}" for path, what in
         zip(schedulers.get(found.scheduler).log_files(found.directory, found.job_id), ("stdout", "stderr"),
             strict=True)}
     while True:
@@ -291,7 +290,7 @@ def _report(job) -> None:
 
     current = jobs.status([job])[0]
     run, metrics = rd.read_run(job.directory) or {}, rd.read_metrics(job.directory) or {}
-    elapsed = clock(current.elapsed) if current.elapsed is not None else "-"
+    elapsed = clock(int(current.elapsed)) if current.elapsed is not None else "-"
     click.echo(f"job {job.job_id} ({job.name}, {job.scheduler}): {current.state} after {elapsed}"
                + (f": {current.reason}" if current.reason else "") + f"\n{job.directory}")
     if not run:
@@ -304,11 +303,12 @@ def _report(job) -> None:
     ids = run.get("pe_ids") or {}
     for pe, m in metrics.get("pes", {}).items():
         done = m.get("items_in") or m.get("items_out") or 0
-        rows.append((f"{pe} ({ids[pe]})" if ids.get(pe, pe) != pe else pe, str(len(m.get("instances", []))), f"{m.get('items_in', 0):,}", f"{m.get('items_out', 0):,}",
+        rows.append((f"{pe} ({ids[pe]})" if ids.get(pe, pe) != pe else pe, str(len(m.get("instances", []))),
+                     f"{m.get('items_in', 0):,}", f"{m.get('items_out', 0):,}",
                      f"{m.get('busy_seconds', 0):.2f}", f"{done / wall:,.0f}" if wall else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        click.echo("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     for pe, output in rd.list_outputs(job.directory):
         click.echo(f"output {pe}.{output}: {rd.count_items(job.directory, pe, output):,} items  "
                    f"({rd.output_dir(job.directory, pe, output)})")
@@ -344,7 +344,8 @@ def _table(statuses) -> None:
               s.reason or "-", str(s.job.directory)) for s in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        # every column padded but the last, the directory
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 COMMANDS = [submit, render, status, logs, results, cancel, wait, list_]

@@ -18,6 +18,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from d4p_hpc import liveness, schedulers
 from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError
@@ -44,6 +45,14 @@ class Job:
     def marker(self, name: str) -> dict | None:
         """The JSON content of ``state/<name>``, or None."""
         return _read_json(self.directory / "state" / name)
+
+
+class _Times(TypedDict, total=False):
+    """The times of a :class:`JobStatus`, as keyword arguments."""
+
+    submitted: float | None
+    started: float | None
+    ended: float | None
 
 
 @dataclass(frozen=True)
@@ -163,15 +172,17 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
     accepted.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    grace_until = None
+    grace_until: float | None = None
     while True:
         current = status([job])[0]
         if on_poll:
             on_poll(current)
-        if current.terminal and current.inferred:
-            grace_until = grace_until or time.monotonic() + MARKER_GRACE_SECONDS
-        if current.terminal and (not current.inferred or time.monotonic() >= grace_until):
+        if current.terminal and not current.inferred:
             return current
+        if current.terminal:  # inferred: the finished marker may still be on its way
+            grace_until = grace_until or time.monotonic() + MARKER_GRACE_SECONDS
+            if time.monotonic() >= grace_until:
+                return current
         if deadline is not None and time.monotonic() >= deadline:
             raise D4pHpcError(f"job {job.job_id} is still {current.state} after {timeout:g} s")
         time.sleep(poll)
@@ -187,7 +198,8 @@ def log_files(job: Job) -> list[Path]:
 
 def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStatus:
     submitted, started, finished = (job.marker(m) or {} for m in (schedulers.SUBMITTED, "started", "finished"))
-    times = {"submitted": submitted.get("epoch"), "started": started.get("epoch"), "ended": finished.get("epoch")}
+    times: _Times = {"submitted": submitted.get("epoch"), "started": started.get("epoch"),
+                     "ended": finished.get("epoch")}
     if finished:
         state, reason = finished.get("state", "FAILED"), finished.get("reason", "")
         if state == "CANCELLED" and said and said.state == "TIMEOUT":  # Slurm's SIGTERM at the limit
@@ -217,7 +229,7 @@ def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStat
 def _decide_run(job: Job) -> JobStatus:
     """The state of a ``d4p-hpc run`` from its run.json, telling a dead run from a live one."""
     record = _read_json(job.directory / "run.json") or {}
-    times = {"started": _epoch(record.get("started")), "ended": _epoch(record.get("ended"))}
+    times: _Times = {"started": _epoch(record.get("started")), "ended": _epoch(record.get("ended"))}
     state = record.get("state") or "FAILED"
     if state == "RUNNING":
         where = f"pid {record.get('pid')} on {record.get('host')}"

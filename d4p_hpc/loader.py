@@ -53,6 +53,8 @@ def _import(source: str) -> Any:
                 raise GraphError(f"graph file {source} does not exist")
             _add_helper_dirs(path.resolve().parent)
             spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:  # a suffix no loader takes (.txt, .json)
+                raise GraphError(f"{source} is not a Python file; give the graph's .py file")
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)

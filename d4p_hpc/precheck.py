@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from d4p_hpc import schedulers
 from d4p_hpc.errors import GraphError, SpecError
 from d4p_hpc.spec import JobSpec
 
@@ -39,7 +40,7 @@ def _check_graph(spec: JobSpec) -> None:
     argv = [sys.executable, *SAFE_MODULE, "d4p_hpc", "run", spec.graph, "-m", spec.mapping,
             "-n", str(spec.total_tasks), *run_options(spec), "--check"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("D4P_HPC_")}
-    if spec.scheduler != "local":  # the processes start on compute nodes, not on this login node
+    if not schedulers.scheduler_class(spec.scheduler).on_this_host:  # they start on compute nodes, not here
         env["D4P_HPC_MAX_PROCESSES"] = str(spec.total_tasks)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=LOAD_TIMEOUT, env=env,
@@ -54,6 +55,7 @@ def _check_graph(spec: JobSpec) -> None:
 
 
 def _check_environment(spec: JobSpec) -> None:
+    assert spec.results_root is not None  # JobSpec.__post_init__ fills in the default
     root = Path(spec.results_root)
     existing = next(p for p in (root, *root.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

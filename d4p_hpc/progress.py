@@ -20,7 +20,8 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TextIO
+from collections.abc import Iterator
+from typing import TextIO
 
 from d4p_hpc.mappings.sampler import last_samples, read_graph
 from d4p_hpc.render import clock
@@ -71,7 +72,7 @@ class Progress:
             parts.append(f"{(results - results_then) / span:,.0f}/s")
             # busy fraction per instance over the window: the PE that holds the others back
             load = {pe: (seconds - busy_then.get(pe, 0.0)) / (count[pe] * span) for pe, seconds in busy.items()}
-            slow = max(load, key=load.get, default=None)
+            slow = max(load, key=lambda pe: load[pe], default=None)
             if slow is not None:
                 parts.append(f"slowest {slow} (busy {min(100.0, 100 * load[slow]):.0f}%)")
         total = sum(roots.values()) if roots and None not in roots.values() else None
@@ -134,7 +135,7 @@ def live(directory: str | Path, fd: int = 2) -> Iterator[None]:
     def loop() -> None:
         while not stop.wait(display.every):
             try:
-                display.show(f"{clock(time.monotonic() - started)}  {progress.describe()}", force=True)
+                display.show(f"{clock(int(time.monotonic() - started))}  {progress.describe()}", force=True)
             except (OSError, ValueError):  # files being replaced, a terminal gone: try again later
                 continue
 

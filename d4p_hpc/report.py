@@ -140,10 +140,11 @@ class Run:
     def timeline(self) -> list[tuple[str, list[tuple[float, float, float]]]]:
         rows = []
         for proc, (head, samples) in self.series.items():
-            cells = []
+            cells: list[tuple[float, float, float]] = []
             # from when the process began sampling, at CPU 0 s
             samples = _thin(samples, TIMELINE_CELLS)
-            for a, b in zip([{"t": head.get("t", samples[0]["t"] if samples else 0), "cpu": 0.0}, *samples], samples):
+            starts = [{"t": head.get("t", samples[0]["t"] if samples else 0), "cpu": 0.0}, *samples]
+            for a, b in zip(starts, samples, strict=False):  # consecutive pairs
                 dt = b["t"] - a["t"]
                 if dt <= 0:
                     continue

@@ -22,7 +22,8 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"

@@ -152,6 +152,7 @@ class JobSpec:
 
     def results_dir(self, job_id: str) -> Path:
         """The results directory of this job once it has id ``job_id``."""
+        assert self.results_root is not None, "a resolved spec always has a results root"
         return Path(self.results_root) / f"{self.job_name}-{job_id}"
 
     def to_dict(self) -> dict:

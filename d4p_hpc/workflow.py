@@ -13,7 +13,8 @@ part of its undirected ``Graph`` that dispel4py code uses.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from d4p_hpc.errors import GraphError
 
@@ -201,8 +202,8 @@ class WorkflowNode:
             obj.id = obj.name + str(WorkflowNode.node_counter)
             WorkflowNode.node_counter += 1
             self.nodeType = self.WORKFLOW_NODE_PE
-            self.inputs = [{} for _ in obj.inputconnections]
-            self.outputs = [{} for _ in obj.outputconnections]
+            self.inputs: list[dict] = [{} for _ in obj.inputconnections]
+            self.outputs: list[dict] = [{} for _ in obj.outputconnections]
         elif isinstance(obj, WorkflowGraph):
             self.nodeType = self.WORKFLOW_NODE_CP
             self.inputs = [{} for _ in getattr(obj, "inputmappings", {})]
@@ -275,6 +276,11 @@ class _Graph:
 
 class WorkflowGraph:
     """A dataflow graph of PEs connected output → input."""
+
+    # only a graph used as a composite PE has them (CompositePE, create_iterative_chain):
+    # declared, not set, so that ``hasattr`` still tells a composite from a whole graph
+    inputmappings: dict[str, tuple]
+    outputmappings: dict[str, tuple]
 
     def __init__(self) -> None:
         self.graph = _Graph()
@@ -356,7 +362,7 @@ class WorkflowGraph:
 
 
 def create_iterative_chain(functions: list, function_pe_class: type = SimpleFunctionPE,
-                           name_prefix: str = "PE_", name_suffix: str = "") -> "WorkflowGraph":
+                           name_prefix: str = "PE_", name_suffix: str = "") -> WorkflowGraph:
     """Return a composite PE chaining ``functions`` (each ``fn`` or ``(fn, params)``) as IterativePEs."""
     prev = first = None
     graph = WorkflowGraph()
@@ -382,8 +388,8 @@ class CompositePE(WorkflowGraph):
 
     def __init__(self, create_graph: Callable[..., None] | None = None, params: dict | None = None) -> None:
         WorkflowGraph.__init__(self)
-        self.inputmappings: dict[str, tuple] = {}
-        self.outputmappings: dict[str, tuple] = {}
+        self.inputmappings = {}
+        self.outputmappings = {}
         if create_graph:
             create_graph(self, **(params or {}))
 

@@ -27,7 +27,8 @@ import time
 import traceback
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from d4p_hpc import results as rd
 from d4p_hpc.mappings.plan import Plan, PENode, group_key, stable_hash
@@ -227,12 +228,12 @@ class Route:
     def __init__(self, input_name: str, gids: range, grouping: Any, sender: int) -> None:
         self.input = input_name
         self.gids = tuple(gids)
-        self.fields = grouping if isinstance(grouping, list) else None
+        self.fields: list = grouping if isinstance(grouping, list) else []  # the group-by fields (mode "key")
         if grouping == "all":
             self.mode = "all"
         elif grouping == "global" or len(self.gids) == 1:
             self.mode = "one"
-        elif self.fields is not None:
+        elif isinstance(grouping, list):
             self.mode = "key"
         else:
             self.mode = "shuffle"
@@ -258,14 +259,14 @@ class Transport(Protocol):
     def send(self, proc: int, payload: bytes) -> None:
         """Send to process ``proc``; may block while the receiver is behind (backpressure)."""
 
-    def recv(self, block: bool) -> bytes | None:
+    def recv(self, block: bool) -> bytes | bytearray | None:
         """Next batch for this process; None if ``block`` is False and nothing is waiting."""
 
 
 class _Writer:
     __slots__ = ("runtime", "inst", "output")
 
-    def __init__(self, runtime: "Runtime", inst: Instance, output: str) -> None:
+    def __init__(self, runtime: Runtime, inst: Instance, output: str) -> None:
         self.runtime = runtime
         self.inst = inst
         self.output = output
@@ -394,6 +395,8 @@ class Runtime:
         box = self.outbox.pop(proc, None)
         self.outbytes.pop(proc, None)
         if box:
+            # items are queued only for another process, so a run that has one has a transport
+            assert self.transport is not None
             self.transport.send(proc, pickle.dumps(box, protocol=5))
 
     def flush_all(self) -> None:
@@ -401,7 +404,7 @@ class Runtime:
         for proc in list(self.outbox):
             self._flush(proc)
 
-    def handle(self, payload: bytes) -> None:
+    def handle(self, payload: bytes | bytearray) -> None:
         """Deliver one received batch to the local instances."""
         for gid, input_name, data in pickle.loads(payload):
             if input_name is None:
@@ -461,7 +464,9 @@ class Runtime:
             payload = self.transport.recv(False)
         if block and not self.finished():
             self.flush_all()
-            self.handle(self.transport.recv(True))
+            payload = self.transport.recv(True)
+            assert payload is not None  # a blocking recv waits for a batch
+            self.handle(payload)
 
     def stats(self) -> list[dict]:
         return [inst.stats(self.proc) for inst in self.local.values()]

@@ -75,7 +75,7 @@ class DriverBroker(RedisBroker):
         pipe = self.client.pipeline(transaction=False)
         for proc in procs:
             pipe.exists(self.keys.alive(proc))
-        return [proc for proc, alive in zip(procs, pipe.execute()) if alive]
+        return [proc for proc, alive in zip(procs, pipe.execute(), strict=True) if alive]
 
     def set_pool(self, n: int) -> None:
         self.client.set(self.keys.active, ",".join(str(p) for p in self.live_workers()[:n]))
@@ -160,13 +160,15 @@ def run(ctx: RunContext) -> dict:
         client = rconn.connect(conn)
         t0 = begin(ctx)
         run_id = uuid.uuid4().hex[:12]
+        idle = claim_idle()
         run_info = {"graph": ctx.graph_path, "attr": ctx.attr, "mapping": ctx.mapping,
-                    "processes": ctx.processes, "results": str(ctx.results), "claim_idle": claim_idle()}
+                    "processes": ctx.processes, "results": str(ctx.results), "claim_idle": idle}
         keys = publish(client, run_id, ctx.plan, run_info)
-        broker = DriverBroker(conn, keys, 0, ctx.processes, run_info["claim_idle"])
+        broker = DriverBroker(conn, keys, 0, ctx.processes, idle)
         mp = multiprocessing.get_context("fork")
         children = [] if ctx.options.get("external_workers") else [
-            mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx, os.getpid()), name=f"d4p-worker-{p}")
+            mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx, os.getpid()),
+                       name=f"d4p-worker-{p}")
             for p in range(1, ctx.processes + 1)]
         for child in children:
             child.start()
@@ -226,7 +228,7 @@ def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscale
     runtime = TaskRuntime(ctx.plan, 0, sink, chain=False)
     broker.runtime = runtime
     started = time.monotonic()
-    told = []
+    told: list[bool] = []
     launcher = None if children else Launcher.from_environment()
 
     def fail(why: str) -> None:

@@ -36,7 +36,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from d4p_hpc import supervisor
 from d4p_hpc.mappings.autoscale import TICK, Autoscaler

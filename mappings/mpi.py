@@ -232,8 +232,8 @@ def run(ctx: RunContext) -> dict:
             transport.finish_sends()
         except Aborted:
             outcome = Outcome("FAILED")  # the failed rank's own outcome carries the error
-    outcomes = comm.gather(outcome, root=0)
-    record = end(ctx, t0, combine(outcomes)) if rank == 0 else \
+    outcomes = comm.gather(outcome, root=0)  # the list on rank 0, None on the others
+    record = end(ctx, t0, combine(outcomes)) if outcomes is not None else \
         {"secondary": True, "state": outcome.state, "exit_code": outcome.exit_code}
     # the others leave only once rank 0 has written the run's record: a rank leaving with a non-zero
     # code (138 at the walltime signal) makes mpiexec kill the rest at once

@@ -30,7 +30,8 @@ from fractions import Fraction
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from d4p_hpc.errors import GraphError
 from d4p_hpc.workflow import GROUPING
@@ -187,7 +188,7 @@ def build_plan(graph: Any, processes: int) -> Plan:
     order = _topological(nodes, edges)
     index = {id(pe): i for i, pe in enumerate(order)}
     pes = [PENode(i, key, pe, list(pe.inputconnections), list(pe.outputconnections))
-           for i, (key, pe) in enumerate(zip(_unique_keys(order), order))]
+           for i, (key, pe) in enumerate(zip(_unique_keys(order), order, strict=True))]
     conns = [Link(index[id(s)], o, index[id(d)], i, _grouping(d, i)) for s, o, d, i in edges]
     plan = Plan(pes, conns, processes)
     _assign_counts(plan)
@@ -223,9 +224,9 @@ def _assign_counts(plan: Plan) -> None:
         counts = list(wants)
         defaults = [k for k, w in enumerate(wants) if w == 1]
         if defaults:
-            for k, extra in zip(defaults, _share([1] * len(defaults), spare - sum(wants))):
+            for k, extra in zip(defaults, _share([1] * len(defaults), spare - sum(wants)), strict=True):
                 counts[k] += extra
-    for node, want, count in zip(elastic, wants, counts if elastic else []):
+    for node, want, count in zip(elastic, wants, counts if elastic else [], strict=True):
         node.count = count
         if count < want:
             plan.notices.append(f"PE {node.key} asks for {want} instances; it gets {count} "

@@ -222,17 +222,17 @@ class RedisServer:
     def _start(self) -> Connection:
         binary = find_binary(self.binary)
         address = resolve_bind(self.bind)
-        self._private = Path(tempfile.mkdtemp(prefix="d4p-redis-"))  # mkdtemp makes it 0700
+        private = self._private = Path(tempfile.mkdtemp(prefix="d4p-redis-"))  # mkdtemp makes it 0700
         if self.results is not None:
             make_private_dir(self.results)  # the run may not have made it yet: private from the start
             make_private_dir(self.results / "logs")
-        self.log_file = (self.results / "logs" if self.results else self._private) / "redis-server.log"
+        log_file = self.log_file = (self.results / "logs" if self.results else private) / "redis-server.log"
         # created here, so that Redis appends to a private file rather than making a world-readable one
-        os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         password = secrets.token_urlsafe(32)
         for attempt in range(3):
             port = self.port or _free_port(address)
-            error = self._launch(binary, address, port, password)
+            error = self._launch(binary, address, port, password, private, log_file)
             if error is None:
                 break
             # another process can grab a free port between our check and Redis' bind: try another
@@ -251,23 +251,24 @@ class RedisServer:
             return self.advertise
         return socket.gethostname() if ipaddress.ip_address(address).is_unspecified else address
 
-    def _launch(self, binary: str, address: str, port: int, password: str) -> RedisError | None:
-        conf = self._private / "redis.conf"
+    def _launch(self, binary: str, address: str, port: int, password: str, private: Path,
+                log_file: Path) -> RedisError | None:
+        conf = private / "redis.conf"
         # the password goes in a 0600 file in the 0700 dir, never on the command line (ps shows it)
         lines = [f"bind {address}", f"port {port}", f"requirepass {password}", "protected-mode yes",
-                 'save ""', "appendonly no", f"dir {_quote(self._private)}", f"logfile {_quote(self.log_file)}",
+                 'save ""', "appendonly no", f"dir {_quote(private)}", f"logfile {_quote(log_file)}",
                  "daemonize no", "databases 1"]
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join(lines) + "\n")
         # a file, not a pipe, for what Redis says before its log is open: a full pipe would block it
-        with open(self._private / "stderr", "wb") as err:
+        with open(private / "stderr", "wb") as err:
             # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
-            self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=err, start_new_session=True,
-                                          preexec_fn=functools.partial(die_with_parent, os.getpid()))
+            proc = self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
+                                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                                 preexec_fn=functools.partial(die_with_parent, os.getpid()))
         local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
-        error = self._wait_ready(Connection(local, port, password), port)
+        error = self._wait_ready(Connection(local, port, password), port, proc, private, log_file)
         if error is not None:
             self._terminate()
             return error
@@ -276,18 +277,19 @@ class RedisServer:
         # reopened for every line, so the dir stays while the log is in it.
         conf.unlink()
         if self.results is not None:
-            shutil.rmtree(self._private, ignore_errors=True)
+            shutil.rmtree(private, ignore_errors=True)
         return None
 
-    def _wait_ready(self, conn: Connection, port: int) -> RedisError | None:
+    def _wait_ready(self, conn: Connection, port: int, proc: subprocess.Popen, private: Path,
+                    log_file: Path) -> RedisError | None:
         redis = import_redis()
         # this loop retries, and must notice soon that Redis exited
         client = conn.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + START_TIMEOUT
         try:
             while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    return self._start_failure(port)
+                if proc.poll() is not None:
+                    return self._start_failure(port, proc, private, log_file)
                 with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     if client.ping():
                         return None
@@ -295,21 +297,23 @@ class RedisServer:
         finally:
             client.close()
         return RedisError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s; "
-                          f"see {self.log_file}")
+                          f"see {log_file}")
 
-    def _start_failure(self, port: int) -> RedisError:
-        stderr = (self._private / "stderr").read_text(errors="replace")
+    def _start_failure(self, port: int, proc: subprocess.Popen, private: Path, log_file: Path) -> RedisError:
+        stderr = (private / "stderr").read_text(errors="replace")
         with contextlib.suppress(OSError):
-            stderr += self.log_file.read_text(errors="replace")
+            stderr += log_file.read_text(errors="replace")
         if "Address already in use" in stderr:
             return RedisError(f"port {port} on {self.bind} is in use: leave the port out to "
                               f"pick a free one, or stop what listens there")
         last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "no output")
-        return RedisError(f"redis-server exited with code {self._proc.returncode} at start: "
-                          f"{last.strip()} (log: {self.log_file})")
+        return RedisError(f"redis-server exited with code {proc.returncode} at start: "
+                          f"{last.strip()} (log: {log_file})")
 
     def wait(self) -> int:
         """Block until Redis exits by itself; return its exit code."""
+        if self._proc is None:
+            raise RedisError("redis-server is not running: start it first")
         return self._proc.wait()
 
     def stop(self) -> None:

@@ -13,7 +13,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from d4p_hpc import __version__, liveness
 from d4p_hpc import results as rd
@@ -233,12 +234,14 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
             # the results directory failed under us (full disk, quota, lost mount): one line says so,
             # and the part a write broke off is cut back to whole items
             sink.abandon()
-            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": _io_error(ctx, exc)})
-            _say(f"process {proc} failed: {outcome.error['traceback']}")
+            why = _io_error(ctx, exc)
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why})
+            _say(f"process {proc} failed: {why}")
         except Exception:
             # outside PE code: an item that cannot be pickled, a transport error, a bug of ours
-            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": traceback.format_exc()})
-            _say(f"process {proc} failed:\n{outcome.error['traceback']}")
+            why = traceback.format_exc()
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why})
+            _say(f"process {proc} failed:\n{why}")
         finally:
             ignore_signals()
             outcome = _close(ctx, proc, sink, runtime, outcome)
@@ -256,8 +259,9 @@ def _close(ctx: RunContext, proc: int, sink: Sink, runtime: Any, outcome: Outcom
     except OSError as exc:
         sink.abandon()
         if outcome.error is None:
-            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": _io_error(ctx, exc)})
-            _say(f"process {proc} failed: {outcome.error['traceback']}")
+            why = _io_error(ctx, exc)
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why})
+            _say(f"process {proc} failed: {why}")
     try:
         write_part(ctx, proc, runtime.stats() if runtime else [], outcome)
     except OSError:
@@ -278,7 +282,7 @@ def _say(text: str) -> None:
 
 
 def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inputs: Any,
-            results: Path, options: dict | None = None) -> RunContext:
+            results: str | Path, options: dict | None = None) -> RunContext:
     """Load and check everything a run needs; raises a UsageError (and nothing has run) on bad input."""
     from d4p_hpc import mappings
     from d4p_hpc.loader import load_graph, resolve_feeds

@@ -17,7 +17,8 @@ never exceeds ``MAX_LINES`` samples (about 0.2 MB for a process with a few
 PE instances).
 
 Line format: a header ``{"process", "host", "pid", "interval", "t"}`` (``t``:
-when sampling began, epoch seconds) each time a process starts sampling; then ``{"t": epoch seconds, "cpu": CPU seconds, "rss": MB,
+when sampling began, epoch seconds) each time a process starts sampling; then ``{"t": epoch seconds,
+"cpu": CPU seconds, "rss": MB,
 "sink": items written to outputs, "i": [[PE, instance, items in, items out,
 busy seconds], ...]}``, plus ``"backlog"``, ``"pool"`` and ``"workers"``
 where the process knows them. Process 0 also writes ``timeseries/graph.json``
@@ -35,7 +36,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from d4p_hpc import liveness
 from d4p_hpc import results as rd

@@ -1,20 +1,17 @@
-"""Shared test options and fixtures.
+"""Shared test options, hooks and fixtures; nothing here is meant to be imported.
 
-``pytest --update-golden`` rewrites the golden job scripts in ``tests/golden/``
-instead of comparing against them.
+The helpers the tests import live in ``tests/runtime_support.py``. ``pytest --update-golden``
+rewrites the golden job scripts in ``tests/golden/`` instead of comparing against them.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).parent
-REPO = TESTS.parent
-FAKE_INTERPRETER = TESTS / "fake_interpreter.sh"
+from runtime_support import WHERE_GRAPH, FakeInterpreter
 
 
 def pytest_addoption(parser):
@@ -59,22 +56,6 @@ def cli(monkeypatch):
     return invoke
 
 
-class FakeInterpreter:
-    """``tests/fake_interpreter.sh`` as the job's python, with a log of its calls."""
-
-    def __init__(self, log: Path) -> None:
-        self.path = str(FAKE_INTERPRETER)
-        self.log = log
-
-    def calls(self) -> list[list[str]]:
-        """The argument lists it was called with, ``-c BOOTSTRAP MODULE`` read as ``-m MODULE``."""
-        from d4p_hpc.launch import SAFE_MODULE
-
-        files = sorted(self.log.glob("argv.*"), key=lambda p: p.stat().st_mtime_ns)
-        calls = [[w.decode() for w in p.read_bytes().split(b"\0")[:-1]] for p in files]
-        return [["-m", *c[2:]] if tuple(c[:2]) == SAFE_MODULE else c for c in calls]
-
-
 @pytest.fixture
 def fake_python(tmp_path, monkeypatch) -> FakeInterpreter:
     """A fake interpreter recording its calls; job scripts started by the test inherit its log."""
@@ -100,94 +81,9 @@ def isolated_config(tmp_path, monkeypatch) -> Path:
     return work
 
 
-def wait_pid(pid: int, timeout: float = 60) -> int:
-    """Wait for child ``pid`` (started detached by the local runner); returns its exit code."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} still running after {timeout} s")
-
-
-WHERE_GRAPH = '''"""Test graph: numbers 1..N; each is tagged with where it was processed."""
-import os
-import socket
-import time
-
-from dispel4py.base import IterativePE, ProducerPE
-from dispel4py.workflow_graph import WorkflowGraph
-
-
-class Numbers(ProducerPE):
-    def __init__(self):
-        ProducerPE.__init__(self)
-        self.k = 0
-
-    def _process(self, inputs):
-        self.k += 1
-        return self.k
-
-
-class Where(IterativePE):
-    """Writes [n, host, Slurm node, pid]; sleeps $D4P_TEST_SLEEP s; raises at $D4P_TEST_FAIL_AT."""
-
-    def __init__(self):
-        IterativePE.__init__(self)
-        self.numprocesses = 4
-
-    def _process(self, n):
-        if n == int(os.environ.get("D4P_TEST_FAIL_AT", "0")):
-            raise ValueError(f"item {n} is cursed")
-        time.sleep(float(os.environ.get("D4P_TEST_SLEEP", "0")))
-        return [n, socket.gethostname(), os.environ.get("SLURMD_NODENAME", ""), os.getpid()]
-
-
-graph = WorkflowGraph()
-graph.connect(Numbers(), "output", Where(), "input")
-'''
-
-
 @pytest.fixture
 def where_graph(tmp_path) -> Path:
     """A two-PE graph whose result says on which host and process each item was processed."""
     path = tmp_path / "where.py"
     path.write_text(WHERE_GRAPH)
     return path
-
-
-def pids_mentioning(text: str) -> dict[int, list[str]]:
-    """pid -> argv of the live processes (any node of an emulated cluster) whose command line
-    contains ``text``."""
-    found = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            words = [w.decode(errors="replace") for w in cmdline.read_bytes().split(b"\0")[:-1]]
-            stat = (cmdline.parent / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        pid = int(cmdline.parent.name)
-        if text in " ".join(words) and stat and stat[0] != "Z" and pid != os.getpid():
-            found[pid] = words
-    return found
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes (any node of an emulated cluster) that contain ``text``."""
-    return [" ".join(words) for words in pids_mentioning(text).values()]
-
-
-def items(job) -> list:
-    """The result items of the test graph (``where_graph``) in a job's results directory."""
-    from d4p_hpc.results import output_items
-
-    return list(output_items(job.directory, "Where", "output"))
-
-
-def wait_for(predicate, timeout: float = 60) -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"still waiting after {timeout} s"
-        time.sleep(0.1)

@@ -1,9 +1,10 @@
-"""Helpers shared by the runtime tests (test_contract, test_runtime, test_packaging, tests/mpi).
+"""The helpers the tests share (tests/conftest.py holds only fixtures and hooks).
 
 Runs go through the real command line (``d4p-hpc`` console script, as a user
 types it) or, for the reference ``simple`` run, through the library in this
 process. Outputs are compared as multisets of canonical values: JSON turns
-tuples into lists, pickle keeps numpy arrays, floats are rounded.
+tuples into lists, pickle keeps numpy arrays, floats are rounded. Processes a
+test leaves behind are found in /proc, on every node of an emulated cluster.
 """
 
 from __future__ import annotations
@@ -19,10 +20,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from d4p_hpc.workflow import GenericPE, WorkflowGraph
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 EXAMPLES = REPO / "examples"
-DATA = Path(__file__).resolve().parent / "data"
+DATA = TESTS / "data"
+FAKE_INTERPRETER = TESTS / "fake_interpreter.sh"
 FLOAT_DIGITS = 9
+
+#: Every mapping a run can use: the behaviour they must share is tested over all of them.
+MAPPINGS = ("simple", "multi", "mpi", "dyn_multi", "dyn_auto_multi", "dyn_redis", "dyn_auto_redis", "hybrid_redis")
 
 # name -> (example file, inputs: an iteration count (-i) or a dict (-d))
 CASES = {
@@ -175,32 +185,48 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live processes (not zombies) whose command line or working directory contains ``text``."""
-    found = []
+def processes_mentioning(text: str) -> dict[int, list[str]]:
+    """pid -> argv of the live processes (not zombies, not this one) whose command line or working
+    directory contains ``text``: what a run or job left behind (pids to kill, argv to tell them apart)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            try:
-                cwd = os.readlink(entry / "cwd")
-            except OSError:
-                cwd = ""
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            argv = [w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+        except OSError:
             continue
-        if (text in cmdline or text in cwd) and alive(int(entry.name)):
-            found.append((int(entry.name), cmdline))
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            cwd = ""
+        if (text in " ".join(argv) or text in cwd) and alive(int(entry.name)):
+            found[int(entry.name)] = argv
     return found
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+def wait_for(predicate, timeout: float = 60):
+    """Poll ``predicate`` until it returns a true value, and return that value; fail after ``timeout`` s.
+
+    It fails rather than returning false so that a test cannot go on, unnoticed, after a wait that timed out.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still waiting after {timeout} s")
+        time.sleep(0.1)
+    return value
+
+
+def wait_pid(pid: int, timeout: float = 60) -> int:
+    """Wait for child ``pid`` (started detached by the local runner); returns its exit code."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still running after {timeout} s")
 
 
 def read_json(path: Path) -> Any:
@@ -208,3 +234,135 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def instances_of(results: Path, pe: str) -> list[dict]:
+    """The per-instance metrics of ``pe`` in a results directory (where each instance ran, what it did)."""
+    return read_json(results / "metrics.json")["pes"][pe]["instances"]
+
+
+def every_mapping() -> list:
+    """``MAPPINGS`` as pytest parameters, the Redis ones marked ``needs_redis`` (skipped without a
+    redis-server, except under CI). Imported here, not at the top: dynamic_support imports this module."""
+    from dynamic_support import needs_redis
+
+    return [pytest.param(m, marks=needs_redis if m.endswith("_redis") else ()) for m in MAPPINGS]
+
+
+# --- graphs built in code, for plans and the workflow API ----------------------------------------
+
+class PE(GenericPE):
+    """A PE with given inputs (and groupings), outputs and numprocesses, for building plans."""
+
+    def __init__(self, name, inputs=(), outputs=("output",), numprocesses=1, grouping=None):
+        GenericPE.__init__(self)
+        self.name = name
+        for inp in inputs:
+            self._add_input(inp, grouping=grouping)
+        for out in outputs:
+            self._add_output(out)
+        self.numprocesses = numprocesses
+
+
+def chain(*specs):
+    """root -> specs[0] -> specs[1] ...; each spec is (numprocesses, grouping)."""
+    g = WorkflowGraph()
+    prev = PE("Root")
+    pes = [prev]
+    for k, (num, grouping) in enumerate(specs):
+        pe = PE(f"P{k}", inputs=["input"], numprocesses=num, grouping=grouping)
+        g.connect(prev, "output", pe, "input")
+        pes.append(pe)
+        prev = pe
+    return g, pes
+
+
+def diamond():
+    """Root -> A (2) and B (3) -> C (grouped by [0], 2) -> D (global, asks for 4)."""
+    g = WorkflowGraph()
+    root = PE("Root", outputs=["left", "right"])
+    a = PE("A", ["input"], numprocesses=2)
+    b = PE("B", ["input"], numprocesses=3)
+    c = PE("C", ["l", "r"], grouping=[0], numprocesses=2)
+    d = PE("D", ["input"], grouping="global", numprocesses=4)
+    g.connect(root, "left", a, "input")
+    g.connect(root, "right", b, "input")
+    g.connect(a, "output", c, "l")
+    g.connect(b, "output", c, "r")
+    g.connect(c, "output", d, "input")
+    return g
+
+
+def two_roots():
+    """R1 (asks for 3) and R2 -> M -> S (2): a graph with two roots and a non-root M."""
+    g = WorkflowGraph()
+    r1, r2 = PE("R1", numprocesses=3), PE("R2")
+    m = PE("M", ["x", "y"])
+    s = PE("S", ["input"], numprocesses=2)
+    g.connect(r1, "output", m, "x")
+    g.connect(r2, "output", m, "y")
+    g.connect(m, "output", s, "input")
+    return g
+
+
+# --- jobs: the test graph of the job tests and the fake interpreter ------------------------------
+
+WHERE_GRAPH = '''"""Test graph: numbers 1..N; each is tagged with where it was processed."""
+import os
+import socket
+import time
+
+from dispel4py.base import IterativePE, ProducerPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+
+class Numbers(ProducerPE):
+    def __init__(self):
+        ProducerPE.__init__(self)
+        self.k = 0
+
+    def _process(self, inputs):
+        self.k += 1
+        return self.k
+
+
+class Where(IterativePE):
+    """Writes [n, host, Slurm node, pid]; sleeps $D4P_TEST_SLEEP s; raises at $D4P_TEST_FAIL_AT."""
+
+    def __init__(self):
+        IterativePE.__init__(self)
+        self.numprocesses = 4
+
+    def _process(self, n):
+        if n == int(os.environ.get("D4P_TEST_FAIL_AT", "0")):
+            raise ValueError(f"item {n} is cursed")
+        time.sleep(float(os.environ.get("D4P_TEST_SLEEP", "0")))
+        return [n, socket.gethostname(), os.environ.get("SLURMD_NODENAME", ""), os.getpid()]
+
+
+graph = WorkflowGraph()
+graph.connect(Numbers(), "output", Where(), "input")
+'''
+
+
+def items(job) -> list:
+    """The result items of the test graph (``where_graph``) in a job's results directory."""
+    from d4p_hpc.results import output_items
+
+    return list(output_items(job.directory, "Where", "output"))
+
+
+class FakeInterpreter:
+    """``tests/fake_interpreter.sh`` as the job's python, with a log of its calls."""
+
+    def __init__(self, log: Path) -> None:
+        self.path = str(FAKE_INTERPRETER)
+        self.log = log
+
+    def calls(self) -> list[list[str]]:
+        """The argument lists it was called with, ``-c BOOTSTRAP MODULE`` read as ``-m MODULE``."""
+        from d4p_hpc.launch import SAFE_MODULE
+
+        files = sorted(self.log.glob("argv.*"), key=lambda p: p.stat().st_mtime_ns)
+        calls = [[w.decode() for w in p.read_bytes().split(b"\0")[:-1]] for p in files]
+        return [["-m", *c[2:]] if tuple(c[:2]) == SAFE_MODULE else c for c in calls]

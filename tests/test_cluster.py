@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import items, pids_mentioning, processes_mentioning, wait_for
+
+from runtime_support import items, processes_mentioning, wait_for
 
 from d4p_hpc import jobs, schedulers
 from d4p_hpc.render import render_script
@@ -122,7 +123,7 @@ def hosts_of(job) -> set:
 
 def launcher_and_workers(job) -> tuple[list[int], list[int]]:
     """pids of the job's worker launcher (mpiexec or srun, on the first node) and of its workers."""
-    found = pids_mentioning(f"--connection {job.directory}/redis.json")
+    found = processes_mentioning(f"--connection {job.directory}/redis.json")
     launchers = [pid for pid, argv in found.items() if os.path.basename(argv[0]) in ("mpiexec", "srun")]
     workers = [pid for pid, argv in found.items() if "d4p_hpc.mappings.worker" in argv and
                os.path.basename(argv[0]).startswith("python")]

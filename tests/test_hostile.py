@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import wait_pid
+
+from runtime_support import wait_pid
 
 from d4p_hpc import render
 from d4p_hpc.errors import SpecError

@@ -15,7 +15,8 @@ import sys
 import time
 
 import pytest
-from conftest import TESTS, processes_mentioning, wait_pid
+
+from runtime_support import TESTS, processes_mentioning, wait_pid
 
 from d4p_hpc import jobs
 from d4p_hpc.render import render_script
@@ -178,7 +179,7 @@ def test_plain_qstat_text_is_understood():
 def test_a_second_stop_signal_is_not_raised_while_the_first_is_handled():
     # PBS signals every process of a job and mpiexec passes on the script's signal too: the second
     # one may land while run_process handles the first (its except clause, its finally)
-    from d4p_hpc.mappings.core import Interrupted, raise_on_signals, restore_signals
+    from d4p_hpc.supervisor import Interrupted, raise_on_signals, restore_signals
 
     raise_on_signals()
     try:

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from runtime_support import DATA, EXAMPLES, alive, cli, d4p_hpc_cmd, explain, kill_group, raw_items
+from runtime_support import (DATA, EXAMPLES, alive, cli, d4p_hpc_cmd, every_mapping, explain, kill_group,
+                             processes_mentioning, raw_items)
 
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
@@ -202,18 +203,15 @@ def test_an_unwritable_results_directory_is_one_line_before_anything_runs(tmp_pa
                      "writable; give a writable --results directory (or --results-root)"], proc.stderr
 
 
-def _gone(results, timeout) -> list[str]:
-    """Wait until no process mentions ``results``; return those still there after ``timeout``."""
-    from conftest import processes_mentioning
-
+def _gone(results, timeout) -> dict[int, list[str]]:
+    """Wait until no process mentions ``results``; return those still there after ``timeout`` (to show them)."""
     deadline = time.monotonic() + timeout
     while processes_mentioning(str(results)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return processes_mentioning(str(results))
 
 
-@pytest.mark.parametrize("mapping", ["simple", "multi", "mpi", "dyn_multi", "dyn_auto_multi", "dyn_redis",
-                                     "dyn_auto_redis", "hybrid_redis"])
+@pytest.mark.parametrize("mapping", every_mapping())
 def test_sigkill_of_the_driver_leaves_a_dead_run_and_nothing_else(tmp_path, mapping):
     results = tmp_path / "r"
     secrets_before = set(glob.glob("/tmp/d4p-redis-*/redis.conf"))
@@ -315,8 +313,7 @@ def tiny_disk(tmp_path):
         yield where
 
 
-@pytest.mark.parametrize("mapping", ["simple", "multi", "mpi", "dyn_multi", "dyn_auto_multi", "dyn_redis",
-                                     "dyn_auto_redis", "hybrid_redis"])
+@pytest.mark.parametrize("mapping", every_mapping())
 def test_a_full_disk_ends_the_run_failed_with_whole_outputs(tmp_path, tiny_disk, mapping):
     results = tiny_disk / "r"
     proc = cli("run", DATA / "g_big_items.py", "-m", mapping, "-n", 2, "-i", 5000, "--results", results,
@@ -333,13 +330,12 @@ def test_a_full_disk_ends_the_run_failed_with_whole_outputs(tmp_path, tiny_disk,
     assert not _gone(results, 20)
 
 
-MAPPINGS = ["simple", "multi", "mpi", "dyn_multi", "dyn_auto_multi", "dyn_redis", "dyn_auto_redis", "hybrid_redis"]
 STOPS = [(signal.SIGTERM, "CANCELLED"), (signal.SIGINT, "CANCELLED"), (signal.SIGUSR1, "TIMEOUT")]
 
 
 @pytest.mark.parametrize("target", ["run", "group"])
 @pytest.mark.parametrize("signum, state", STOPS, ids=[s.name for s, _ in STOPS])
-@pytest.mark.parametrize("mapping", MAPPINGS)
+@pytest.mark.parametrize("mapping", every_mapping())
 def test_every_mapping_answers_a_stop_signal_alike(tmp_path, mapping, signum, state, target):
     """As a terminal (the run) or a scheduler (its whole process group) sends it."""
     results = tmp_path / "r"

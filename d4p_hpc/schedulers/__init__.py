@@ -100,6 +100,7 @@ def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str
     from d4p_hpc.results import now, write_json
 
     check_syntax(script)
+    assert spec.results_root is not None, "a resolved spec always has a results root"
     Path(spec.results_root).mkdir(parents=True, exist_ok=True)
     # a job's directory, its script and its logs are the user's alone, as the script's own files are
     umask = os.umask(0o077)

@@ -20,7 +20,7 @@ from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
 if TYPE_CHECKING:
     from d4p_hpc.spec import JobSpec
 
-STATES = {
+PBS_STATES = {  # qstat job_state -> (our state, plain reason)
     "Q": ("PENDING", "queued"), "H": ("PENDING", "held"), "W": ("PENDING", "waiting for its start time"),
     "T": ("PENDING", "being moved"), "M": ("PENDING", "moved to another server"),
     "S": ("RUNNING", "suspended"), "U": ("RUNNING", "suspended (workstation busy)"),
@@ -86,7 +86,8 @@ class Pbs(Scheduler):
 
 def _parse_text(text: str) -> dict:
     """``qstat -f`` text: ``Job Id: X`` then indented ``key = value`` lines."""
-    records, current = {}, None
+    records: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
     for line in text.splitlines():
         if line.startswith("Job Id:"):
             current = records.setdefault(line.split(":", 1)[1].strip(), {})
@@ -99,7 +100,7 @@ def _state(record: dict) -> SchedulerState:
     raw = str(record.get("job_state", "?"))
     comment = str(record.get("comment", ""))
     if raw not in ENDED:
-        state, reason = STATES.get(raw, ("RUNNING", f"PBS state {raw}"))
+        state, reason = PBS_STATES.get(raw, ("RUNNING", f"PBS state {raw}"))
         # PBS's own words say why a job waits ("Not Running: Not enough free nodes available")
         return SchedulerState(state, comment if state == "PENDING" and comment else reason, raw)
     code = record.get("Exit_status", record.get("exit_status"))

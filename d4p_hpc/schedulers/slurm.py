@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from d4p_hpc.spec import JobSpec
 
 # Slurm job state -> (our state, plain reason); requeued and preempted jobs are not over
-STATES = {
+SLURM_STATES = {
     "PENDING": ("PENDING", ""), "CONFIGURING": ("PENDING", "nodes are being configured"),
     "REQUEUED": ("PENDING", "requeued"), "REQUEUE_HOLD": ("PENDING", "requeued and held"),
     "REQUEUE_FED": ("PENDING", "requeued"), "RESV_DEL_HOLD": ("PENDING", "held"),
@@ -98,6 +98,6 @@ class Slurm(Scheduler):
 
 def _state(raw: str, detail: str) -> SchedulerState:
     word = raw.split()[0] if raw.strip() else "UNKNOWN"  # sacct says "CANCELLED by 1000"
-    state, reason = STATES.get(word, ("RUNNING", f"Slurm state {word}"))
+    state, reason = SLURM_STATES.get(word, ("RUNNING", f"Slurm state {word}"))
     reason = "; ".join(r for r in (reason, detail) if r)
     return SchedulerState(state, reason, raw.strip())

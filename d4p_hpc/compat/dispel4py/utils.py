@@ -31,7 +31,7 @@ def findWorkflowGraph(mod: Any, attr: str | None) -> Any:  # noqa: N802 - dispel
 def loadGraphFromFile(module_name: str, path: str, attr: str | None = None) -> Any:  # noqa: N802
     """Execute the file ``path`` as module ``module_name`` and find its graph."""
     spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None:
+    if spec is None or spec.loader is None:
         raise OSError(f"not a Python file: {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

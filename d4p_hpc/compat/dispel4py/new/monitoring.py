@@ -14,8 +14,8 @@ instead of dividing by zero.
 
 from __future__ import annotations
 
-import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,16 +34,23 @@ class Timer:
         self.secs = self.end - self.start
 
 
-@functools.lru_cache(maxsize=None)
+_COMBINED: dict[tuple[type, type], type] = {}
+
+
 def _combined(wrapper: type, base: type) -> type:
     # one class per (wrapper, PE class), so copies of a wrapped PE share their type
-    return type(base.__name__, (wrapper, base), {"_wrapper_class": wrapper})
+    # (a dict, not functools.cache: mypy does not take a class for the Hashable the cache asks)
+    combined = _COMBINED.get((wrapper, base))
+    if combined is None:
+        combined = _COMBINED.setdefault((wrapper, base),
+                                        type(base.__name__, (wrapper, base), {"_wrapper_class": wrapper}))
+    return combined
 
 
-def _rewrap(wrapper: type, base: type, state: dict) -> MonitoringWrapper:
+def _rewrap(wrapper: type, base: type[object], state: dict) -> MonitoringWrapper:
     pe = base.__new__(base)
     pe.__dict__.update(state)
-    obj = object.__new__(_combined(wrapper, base))
+    obj: MonitoringWrapper = object.__new__(_combined(wrapper, base))
     obj.__dict__ = pe.__dict__
     obj.baseObject = pe
     return obj
@@ -51,6 +58,10 @@ def _rewrap(wrapper: type, base: type, state: dict) -> MonitoringWrapper:
 
 class MonitoringWrapper:
     """Base of the wrappers: becomes a combined instance sharing ``baseObject``'s attributes."""
+
+    # set on the combined class (_combined); ``log`` comes from the wrapped PE's class, its other base
+    _wrapper_class: type
+    log: Callable[[str], None]
 
     def __init__(self, baseObject: Any) -> None:  # noqa: N803 - dispel4py's name
         self.__class__ = _combined(type(self), type(baseObject))
@@ -89,7 +100,7 @@ class ProcessTimingPE(MonitoringWrapper):
 
     def __init__(self, baseObject: Any) -> None:  # noqa: N803
         MonitoringWrapper.__init__(self, baseObject)
-        self.times_total = 0
+        self.times_total: float = 0
         self.times_count = 0
 
     def process(self, inputs: dict[str, Any]) -> Any:
