@@ -11,19 +11,12 @@ import os
 import click
 
 from d4p_hpc import __version__
-from d4p_hpc.errors import D4pHpcError, UsageError
+from d4p_hpc.cli_base import Command
+from d4p_hpc.errors import UsageError
 
 
-class _Group(click.Group):
-    """Turns every D4pHpcError into ``Error: message`` and its exit code, in one place."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except D4pHpcError as err:
-            exc = click.ClickException(str(err))
-            exc.exit_code = err.exit_code
-            raise exc from None
+class _Group(Command, click.Group):
+    pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,7 +13,6 @@ Supervisor entry point for job scripts::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import ipaddress
@@ -24,13 +23,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import click
+
 from d4p_hpc import supervisor
+from d4p_hpc.cli_base import Command
 from d4p_hpc.errors import RedisError
 from d4p_hpc.results import make_private_dir
 from d4p_hpc.mappings.core import die_with_parent
@@ -394,40 +395,31 @@ def _request_stop(signum, frame):
     raise _Stop(signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Supervisor: run Redis in the foreground until SIGTERM/SIGINT/SIGHUP, then stop it.
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--results", required=True, type=click.Path(file_okay=False),
+              help="Results directory for redis.json and logs/.")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="IP, host name or interface (0.0.0.0 in jobs).")
+@click.option("--advertise", help="Host name other nodes use [default: this host's name].")
+@click.option("--redis-server", "binary", help=f"redis-server binary [default: ${BINARY_ENV}, else from PATH].")
+@click.option("--port", type=click.IntRange(1, 65535), help="Fixed port [default: a free one].")
+def main(results: str, bind: str, advertise: str | None, binary: str | None, port: int | None) -> None:
+    """Run a private per-job redis-server until SIGTERM, SIGINT or SIGHUP, then stop it.
 
-    Returns
-    -------
-    int
-        0 after a requested stop, 1 if Redis could not start or died by itself.
+    Exits 0 after a requested stop; 1, with one ``Error:`` line, if Redis could not start or
+    died by itself.
     """
-    parser = argparse.ArgumentParser(prog="python -m d4p_hpc.mappings.redis_server",
-                                     description="Run a private per-job redis-server.")
-    parser.add_argument("--results", required=True, help="results directory for redis.json and logs/")
-    parser.add_argument("--bind", default="127.0.0.1", help="IP, host name or interface (0.0.0.0 in jobs)")
-    parser.add_argument("--advertise", help="host name other nodes use (default: this host's name)")
-    parser.add_argument("--redis-server", dest="binary", help=f"redis-server binary (or ${BINARY_ENV})")
-    parser.add_argument("--port", type=int, help="fixed port (default: a free one)")
-    args = parser.parse_args(argv)
-    server = RedisServer(args.results, bind=args.bind, advertise=args.advertise,
-                         binary=args.binary, port=args.port)
+    server = RedisServer(results, bind=bind, advertise=advertise, binary=binary, port=port)
     try:
         for signum in (*_STOP_SIGNALS, signal.SIGHUP):
             signal.signal(signum, _request_stop)
         with server as conn:
-            print(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
-                  f"{server.connection_file}", file=sys.stderr, flush=True)
+            click.echo(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
+                       f"{server.connection_file}", err=True)
             code = server.wait()
-            print(f"d4p-hpc: error: redis-server exited by itself with code {code}; see "
-                  f"{server.log_file}", file=sys.stderr)
-            return 1
+            raise RedisError(f"redis-server exited by itself with code {code}; see {server.log_file}")
     except _Stop:
-        return 0
-    except RedisError as exc:
-        print(f"d4p-hpc: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="python -m d4p_hpc.mappings.redis_server")

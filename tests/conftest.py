@@ -1,6 +1,6 @@
 """Shared test options, hooks and fixtures; nothing here is meant to be imported.
 
-The helpers the tests import live in ``tests/runtime_support.py``. ``pytest --update-golden``
+The helpers the tests import live in the ``tests/helpers/`` package. ``pytest --update-golden``
 rewrites the golden job scripts in ``tests/golden/`` instead of comparing against them.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import WHERE_GRAPH, FakeInterpreter
+from helpers.runs import WHERE_GRAPH, FakeInterpreter
 
 
 def pytest_addoption(parser):
@@ -87,3 +87,29 @@ def where_graph(tmp_path) -> Path:
     path = tmp_path / "where.py"
     path.write_text(WHERE_GRAPH)
     return path
+
+
+@pytest.fixture(scope="module", params=["slurm", "pbs"])
+def cluster(request):
+    """Each test that takes it runs on the test Slurm and on the test PBS (see helpers.clusters)."""
+    from helpers.clusters import connect
+
+    return connect(request.param)
+
+
+@pytest.fixture
+def submit(cluster, tmp_path, where_graph):
+    """``submit(**spec fields)`` -> the Job of a job of ``where_graph`` on ``cluster``, 2 nodes x 2 tasks."""
+    import sys
+
+    from d4p_hpc import jobs, schedulers
+    from d4p_hpc.render import render_script
+    from d4p_hpc.spec import JobSpec
+
+    def go(**kw):
+        values = dict(graph=str(where_graph), results_root=str(tmp_path / "results"), scheduler=cluster.name,
+                      python=sys.executable, walltime="5", iterations=16, nodes=2, tasks_per_node=2)
+        spec = JobSpec(**{**values, **kw})
+        _, directory = schedulers.submit(spec, render_script(spec))
+        return jobs.open_job(directory)
+    return go

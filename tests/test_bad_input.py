@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from runtime_support import DATA, EXAMPLES, cli, explain, raw_items
+from helpers.runs import DATA, EXAMPLES, cli, explain, raw_items
 
 WORD_COUNT = EXAMPLES / "word_count.py"
 

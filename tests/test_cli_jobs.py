@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime_support import wait_pid
+from helpers.runs import wait_pid
 
 from d4p_hpc.cli_jobs import COMMANDS
 from d4p_hpc.schedulers import local

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from runtime_support import DATA, EXAMPLES, cli, explain, outputs, raw_items, read_json
+from helpers.runs import DATA, EXAMPLES, cli, explain, outputs, raw_items, read_json
 
 
 def test_graph_given_as_a_module_name_and_default_results_dir(tmp_path):

@@ -33,9 +33,9 @@ import sys
 
 import pytest
 
-from dynamic_support import needs_redis
-from drawing_support import needs_dot, png_size
-from runtime_support import DATA, cli, diff, explain, outputs, read_json, run_simple
+from helpers.dynamic import needs_redis
+from helpers.drawing import needs_dot, png_size
+from helpers.runs import DATA, cli, diff, explain, outputs, read_json, run_simple
 from test_contract import refvenv  # noqa: F401 - the cached venv with stream-d4py 2.9.1 (a fixture)
 
 MODULES = ["dispel4py", "dispel4py.core", "dispel4py.base", "dispel4py.workflow_graph", "dispel4py.utils",

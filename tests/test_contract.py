@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import (CASES, DATA, EXAMPLES, REPO, canon, cli, diff, explain, independent_word_counts,
+from helpers.runs import (CASES, DATA, EXAMPLES, REPO, canon, cli, diff, explain, independent_word_counts,
                              input_args, outputs, raw_items, read_json, run_simple)
 
 RUNS = [("multi", 1), ("multi", 3), ("multi", 4), ("mpi", 1), ("mpi", 2), ("mpi", 4)]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from runtime_support import DATA, cli, every_mapping, explain, instances_of, processes_mentioning, raw_items, read_json
+from helpers.runs import DATA, cli, every_mapping, explain, instances_of, processes_mentioning, raw_items, read_json
 
 
 @pytest.mark.parametrize("mapping,n", [("simple", 1), ("multi", 2), ("multi", 4), ("mpi", 2)])

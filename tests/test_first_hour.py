@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import REPO, explain, independent_word_counts
+from helpers.runs import REPO, explain, independent_word_counts
 
 pytestmark = pytest.mark.slow
 README = (REPO / "README.md").read_text()

@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from drawing_support import needs_dot, png_size
-from runtime_support import DATA, EXAMPLES, cli, explain
+from helpers.drawing import needs_dot, png_size
+from helpers.runs import DATA, EXAMPLES, cli, explain
 
 NODE = re.compile(r'^  pe(\d+) \[label="((?:[^"\\]|\\.)*)"\];$', re.M)
 EDGE = re.compile(r'^  pe(\d+) -> pe(\d+) \[label="((?:[^"\\]|\\.)*)"\];$', re.M)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from runtime_support import DATA, cli, explain, raw_items
+from helpers.runs import DATA, cli, explain, raw_items
 
 MAPPINGS = ["simple", "multi", "mpi", "dyn_redis", "hybrid_redis"]
 N = 12

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import wait_pid
+from helpers.runs import wait_pid
 
 from d4p_hpc import render
 from d4p_hpc.errors import SpecError

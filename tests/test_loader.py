@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime_support import DATA, two_roots
+from helpers.runs import DATA, two_roots
 
 from d4p_hpc.errors import GraphError, InputsError
 from d4p_hpc.mappings.plan import build_plan

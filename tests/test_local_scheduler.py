@@ -6,7 +6,7 @@ import socket
 import sys
 
 import pytest
-from runtime_support import items, processes_mentioning, wait_for
+from helpers.runs import items, processes_mentioning, wait_for
 
 from d4p_hpc import jobs, schedulers
 from d4p_hpc.render import render_script

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import EXAMPLES, REPO, cli, explain, independent_word_counts, raw_items, read_json
+from helpers.runs import EXAMPLES, REPO, cli, explain, independent_word_counts, raw_items, read_json
 
 pytestmark = pytest.mark.slow
 

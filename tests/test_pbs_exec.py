@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from runtime_support import TESTS, processes_mentioning, wait_pid
+from helpers.runs import TESTS, processes_mentioning, wait_pid
 
 from d4p_hpc import jobs
 from d4p_hpc.render import render_script

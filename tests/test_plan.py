@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime_support import PE, chain, diamond, two_roots
+from helpers.runs import PE, chain, diamond, two_roots
 
 from d4p_hpc.errors import GraphError
 from d4p_hpc.mappings.plan import build_plan

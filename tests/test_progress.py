@@ -12,7 +12,7 @@ import sys
 import termios
 import time
 
-from runtime_support import cli, d4p_hpc_cmd, explain
+from helpers.runs import cli, d4p_hpc_cmd, explain
 
 COLUMNS = 60
 FAST = {"D4P_HPC_SAMPLE_SECONDS": "0.2", "D4P_HPC_PROGRESS_SECONDS": "0.5", "D4P_TEST_SLEEP": "0.01"}

@@ -16,7 +16,7 @@ import pytest
 from d4p_hpc.errors import RedisError, UsageError
 from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.redis_server import RedisServer, resolve_bind
-from dynamic_support import alive, needs_redis, python_module, server_pid, tagged_env, tagged_pids, wait_file, wait_gone
+from helpers.dynamic import alive, needs_redis, python_module, server_pid, tagged_env, tagged_pids, wait_file, wait_gone
 
 redis = pytest.importorskip("redis")
 
@@ -81,7 +81,7 @@ class TestServer:
         with pytest.raises(ZeroDivisionError):
             with rs:
                 pid = rs.pid
-                1 / 0
+                raise ZeroDivisionError
         assert not alive(pid)
 
 
@@ -147,7 +147,7 @@ class TestSupervisor:
         proc = _supervisor(tmp_path, uuid.uuid4().hex, "--redis-server", "/nonexistent/redis-server")
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 1
-        assert err.count("\n") == 1 and err.startswith("d4p-hpc: error: redis-server not found")
+        assert err.count("\n") == 1 and err.startswith("Error: redis-server not found")
 
 
 @pytest.mark.redis

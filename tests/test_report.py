@@ -10,8 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from chromium_support import distinct_pixels, open_page
-from runtime_support import cli, explain, read_json
+from helpers.browser import distinct_pixels, open_page
+from helpers.clusters import SLEEP, finished
+from helpers.runs import cli, explain, read_json
 
 from d4p_hpc import jobs
 from d4p_hpc.mappings import sampler
@@ -122,7 +123,6 @@ def test_time_series_stay_bounded_and_keep_the_last_counts(tmp_path, monkeypatch
 
 # --- jobs over two nodes of the test clusters (Slurm, and PBS where its testbed is up) -------------
 
-from test_cluster import SLEEP, cluster, finished, submit  # noqa: E402,F401  (fixtures of the test clusters)
 
 
 def _sacct(job_id):

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from runtime_support import EXAMPLES, cli, explain, outputs, read_json
+from helpers.runs import EXAMPLES, cli, explain, outputs, read_json
 
 import d4p_hpc
 

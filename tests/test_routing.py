@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from runtime_support import DATA, REPO, cli, explain, instances_of, raw_items
+from helpers.runs import DATA, REPO, cli, explain, instances_of, raw_items
 
 from d4p_hpc.mappings.core import Route
 from d4p_hpc.mappings.plan import build_plan, group_key, stable_hash

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from runtime_support import (DATA, EXAMPLES, alive, cli, d4p_hpc_cmd, every_mapping, explain, kill_group,
+from helpers.runs import (DATA, EXAMPLES, alive, cli, d4p_hpc_cmd, every_mapping, explain, kill_group,
                              processes_mentioning, raw_items)
 
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}

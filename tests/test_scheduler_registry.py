@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runtime_support import EXAMPLES, independent_word_counts, processes_mentioning
+from helpers.runs import EXAMPLES, independent_word_counts, processes_mentioning
 
 from d4p_hpc import config, jobs, schedulers, supervisor
 from d4p_hpc.errors import SpecError

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from runtime_support import DATA, alive, d4p_hpc_cmd, kill_group, processes_mentioning, raw_items, read_json, wait_for
+from helpers.runs import DATA, alive, d4p_hpc_cmd, kill_group, processes_mentioning, raw_items, read_json, wait_for
 
 
 def start_long_run(mapping, n, results):

@@ -14,7 +14,8 @@ import pytest
 
 from d4p_hpc import supervisor
 
-IGNORES_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+IGNORES_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                "time.sleep(60)")
 
 
 @pytest.mark.parametrize("code, expected", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime_support import DATA, cli, explain, raw_items, read_json
+from helpers.runs import DATA, cli, explain, raw_items, read_json
 
 
 @pytest.mark.parametrize("mapping,n", [("simple", 1), ("multi", 3), ("multi", 5)])

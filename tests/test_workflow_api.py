@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from runtime_support import DATA, PE, cli, explain, instances_of, outputs, raw_items, read_json, run_simple
+from helpers.runs import DATA, PE, cli, explain, instances_of, outputs, raw_items, read_json, run_simple
 
 from d4p_hpc.workflow import (CompositePE, IterativePE, ProducerPE, SimpleFunctionPE, WorkflowGraph,
                               create_iterative_chain)

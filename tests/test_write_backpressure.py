@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-from dynamic_support import needs_redis, tagged_env, tagged_pids
-from runtime_support import DATA, cli, d4p_hpc_cmd, explain, raw_items, read_json
+from helpers.dynamic import needs_redis, tagged_env, tagged_pids
+from helpers.runs import DATA, cli, d4p_hpc_cmd, explain, raw_items, read_json
 
 GRAPH = DATA / "g_one_call.py"
 ITEMS = 200_000

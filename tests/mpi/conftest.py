@@ -13,7 +13,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))  # runtime_support
+    sys.path.insert(0, str(TESTS))  # the helpers package
 
 
 def pytest_ignore_collect(collection_path, config):

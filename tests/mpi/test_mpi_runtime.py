@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import (CASES, DATA, EXAMPLES, diff, independent_word_counts, outputs, raw_items,
+from helpers.runs import (CASES, DATA, EXAMPLES, diff, independent_word_counts, outputs, raw_items,
                              read_json, run_simple)
 
 MPI = pytest.importorskip("mpi4py.MPI")  # pytest-mpi needs mpi4py anyway: this never skips under --with-mpi
@@ -155,7 +155,7 @@ def test_stable_hash_and_routing_agree_on_every_rank():
     all_targets = COMM.allgather(targets)
     for r in range(SIZE):
         if all_hashes[r] != all_hashes[0]:
-            bad = [KEYS[i] for i, (a, b) in enumerate(zip(all_hashes[r], all_hashes[0])) if a != b]
+            bad = [KEYS[i] for i, (a, b) in enumerate(zip(all_hashes[r], all_hashes[0], strict=True)) if a != b]
             errors.append(f"rank {r} hashes {bad[:5]} differently from rank 0")
         if all_targets[r] != all_targets[0]:
             errors.append(f"rank {r} routes keys to other instances than rank 0")

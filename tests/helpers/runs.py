@@ -24,7 +24,7 @@ import pytest
 
 from d4p_hpc.workflow import GenericPE, WorkflowGraph
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent.parent
 REPO = TESTS.parent
 EXAMPLES = REPO / "examples"
 DATA = TESTS / "data"
@@ -243,8 +243,8 @@ def instances_of(results: Path, pe: str) -> list[dict]:
 
 def every_mapping() -> list:
     """``MAPPINGS`` as pytest parameters, the Redis ones marked ``needs_redis`` (skipped without a
-    redis-server, except under CI). Imported here, not at the top: dynamic_support imports this module."""
-    from dynamic_support import needs_redis
+    redis-server, except under CI). Imported here, not at the top: helpers.dynamic imports this module."""
+    from helpers.dynamic import needs_redis
 
     return [pytest.param(m, marks=needs_redis if m.endswith("_redis") else ()) for m in MAPPINGS]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import CASES, EXAMPLES, alive, outputs, run_simple
+from helpers.runs import CASES, EXAMPLES, alive, outputs, run_simple
 
 #: Apply to tests that start a redis-server: skipped without one, except under CI where it must exist.
 needs_redis = [
