@@ -1,6 +1,6 @@
 #!/bin/bash
 # .ci/lint.sh - the static checks CI runs before the tests (.ci/run's `lint` phase); any finding fails.
-#   ruff        ruff check on the packages (d4p_hpc/, mappings/), rules from pyproject's [tool.ruff]
+#   ruff        ruff check on the packages (d4p_hpc/, mappings/), the tests and the benchmarks, rules from pyproject's [tool.ruff]
 #   mypy        mypy as pyproject's [tool.mypy] says, on the installed layout: mypy cannot follow
 #               package-dir (mappings/ is d4p_hpc.mappings) nor the editable install's import hook,
 #               so it runs in a temporary tree of links laid out like the install (built from
@@ -14,8 +14,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
 PY=${PYTHON:-python3}
-# tests/ and benchmarks/ are not linted yet: they have findings of their own
-RUFF_PATHS=(d4p_hpc mappings)
+RUFF_PATHS=(d4p_hpc mappings tests benchmarks)
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 secs() { local d=$(( $(now_ms) - $1 )); printf '%d.%03d' $((d / 1000)) $((d % 1000)); }

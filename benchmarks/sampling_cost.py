@@ -89,7 +89,7 @@ def main():
             cells = []
             for column in (0, 1):
                 a, b = statistics.median(x[column] for x in off), statistics.median(x[column] for x in on)
-                cost = statistics.median(y[column] / x[column] - 1 for x, y in zip(off, on))
+                cost = statistics.median(y[column] / x[column] - 1 for x, y in zip(off, on, strict=True))
                 cells += [f"{a:.2f} / {b:.2f}", f"{100 * cost:+.1f}%"]
             print(f"| {graph} | {mapping} | {' | '.join(cells)} |", flush=True)
 

@@ -11,8 +11,10 @@ Before any task has finished the cost is unknown and ``wanted`` is one worker
 per :data:`~d4p_hpc.mappings.tasks.ENTRY_TASKS` queued tasks. The pool grows
 at once (work is waiting) and shrinks by one worker per :data:`SHRINK_AFTER`
 seconds of lower demand (so a short lull does not stop and restart workers).
-Workers outside the pool park: they finish their unit, take no more work and
-poll cheaply until they are needed again or the run ends.
+Workers outside the pool park: they finish their unit and take no more work
+until they are needed again or the run ends, waiting on their control queue or
+stream meanwhile (a Redis worker reads the pool twice a second, see
+:mod:`d4p_hpc.mappings.rbroker`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from d4p_hpc import results as rd
 from d4p_hpc.mappings.plan import Plan, PENode, group_key, stable_hash
-from d4p_hpc.supervisor import Interrupted, restore_signals  # noqa: F401 (restore_signals: until dyn_multi imports it from supervisor)
+from d4p_hpc.supervisor import Interrupted
 from d4p_hpc.workflow import WRITER
 
 BATCH_ITEMS = 256

@@ -2,12 +2,10 @@
 
 Any worker runs any (stateless) PE; what a task writes becomes new tasks (see
 :mod:`d4p_hpc.mappings.tasks`). The parent is process 0: it feeds the root
-PEs and supervises. The end-of-stream accounting is the one of the Redis
-mappings (:mod:`d4p_hpc.mappings.rstate`), kept in shared memory under one
-lock: per PE, tasks queued and not finished; a commit adds the tasks a unit
-created before it removes the unit's own, so a PE whose upstream PEs are done
-reaches zero only when nothing is left for it; then every worker
-postprocesses its copy, and the PE is done. ``dyn_auto_multi`` sizes the
+PEs and supervises. The end-of-stream accounting is
+:class:`~d4p_hpc.mappings.rstate.Accounting` itself, the executable
+specification that the Redis mappings' script is tested against, kept in
+shared memory and changed under one lock. ``dyn_auto_multi`` sizes the
 working pool by the backlog (policy: :mod:`d4p_hpc.mappings.autoscale`).
 """
 
@@ -23,15 +21,16 @@ import sys
 from typing import Any
 
 from d4p_hpc.mappings.autoscale import Autoscaler
-from d4p_hpc.mappings.core import die_with_parent, restore_signals
+from d4p_hpc.mappings.core import die_with_parent
+from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, final_outcome,
                                        join_workers)
+from d4p_hpc.mappings.rstate import Accounting, commit_fields, topology
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
 from d4p_hpc.mappings.tasks import CONTROL, SHARED, TaskRuntime, chunk, keep_notices, refuse_stateful
 
-STATES = (RUNNING, COMPLETED, "STOPPED")
-_DONE, _BUSY, _STATE, _POOL = range(4)
-OPEN, CLOSING, CLOSED = range(3)
+#: The run's state, by Accounting's state code
+STATE_NAMES = (RUNNING, COMPLETED, "STOPPED")
 PARK_POLL = 0.1
 
 
@@ -43,25 +42,19 @@ def validate(plan, mapping: str) -> None:
 
 class LocalBroker:
     """The broker of dyn_multi: one queue of pickled task lists, one control queue per worker, and
-    counters in shared memory changed under one lock.
-
-    Per PE: tasks queued and not finished, and whether it is open, closing
-    (no task will come: every worker postprocesses its copy) or closed.
-    """
+    the accounting in shared memory, changed under one lock."""
 
     def __init__(self, mp: Any, plan, workers: int) -> None:
         self.workers = workers
         self.proc = 0
         self.node_of = {gid: node.index for node in plan.pes for gid in node.gids}
-        self.roots = {node.index for node in plan.roots()}
-        self.up = [sorted({c.src for c in plan.incoming(node.index)}) for node in plan.pes]
         self.queue = mp.Queue()
         self.ctl = [mp.Queue() for _ in range(workers + 1)]
         self.lock = mp.Lock()
-        self.pending = mp.RawArray("q", len(plan.pes))
-        self.flags = mp.RawArray("b", len(plan.pes))
-        self.closed = mp.RawArray("b", len(plan.pes) * (workers + 1))
-        self.values = mp.RawArray("d", [0, 0, 0, workers])
+        self.books = Accounting(topology(plan), workers, mp.RawArray)
+        for proc in range(1, workers + 1):
+            self.books.register(proc)
+        self.pool = mp.RawValue("q", workers)
         # a byte is written here when the state leaves RUNNING: wakes the driver (see wait)
         self._ended_r, self._ended_w = os.pipe()
         os.set_blocking(self._ended_w, False)
@@ -79,73 +72,48 @@ class LocalBroker:
         return [Unit(SHARED, pickle.loads(payload))] if payload else []
 
     def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
-        new = outbox.get(SHARED, [])
+        fields = commit_fields(unit, outbox, done, seconds, close, self.node_of.__getitem__, self.proc)
         with self.lock:
-            # new tasks are counted before the finished ones are taken off: zero means nothing is left
-            for gid, _input, _data in new:
-                self.pending[self.node_of[gid]] += 1
-            for index, n in done.items():
-                self.pending[index] -= n
-            self.values[_DONE] += sum(done.values())
-            self.values[_BUSY] += seconds
-            if close is not None:
-                self.flags[close] = CLOSED
-            if unit is not None and unit.gid == CONTROL:
-                self.closed[unit.close * (self.workers + 1) + self.proc] = 1
-            closing = self._walk()
-            backlog = sum(self.pending)
-        for entry in chunk(new, self.workers):
+            step = self.books.commit(**fields)
+        if step is None:  # the run has ended: nothing more to queue
+            self._wake(ended=True)
+            return self.books.backlog()
+        for entry in chunk(outbox.get(SHARED, []), self.workers):
             self.queue.put(pickle.dumps(entry, protocol=5))
-        for index in closing:
+        for index in step.closing:
             for proc in range(1, self.workers + 1):
                 self.ctl[proc].put(index)
-        if closing or self.values[_STATE] != 0:  # wake waiting workers now, not at their next timeout
-            for _ in range(self.workers):
-                self.queue.put(b"")
-        if self.values[_STATE] != 0:
-            self._ended()
-        return backlog
+        if step.closing or step.completed:
+            self._wake(ended=step.completed)
+        return step.backlog
 
-    def _walk(self) -> list[int]:
-        """Close and finish PEs in topological order (under the lock); return the newly closing ones."""
-        closing, finished = [], True
-        for index, up in enumerate(self.up):
-            if self.flags[index] == CLOSED:
-                continue
-            if index not in self.roots and self.pending[index] == 0 and \
-                    all(self.flags[u] == CLOSED for u in up):
-                if self.flags[index] == OPEN:
-                    self.flags[index] = CLOSING
-                    closing.append(index)
-                row = index * (self.workers + 1)
-                if all(self.closed[row + 1:row + self.workers + 1]):
-                    self.flags[index] = CLOSED
-                    continue
-            finished = False
-        if finished and self.values[_STATE] == 0:
-            self.values[_STATE] = 1
-        return closing
+    def _wake(self, ended: bool) -> None:
+        """Wake the workers waiting for a task now, not at their next timeout; and the driver, if the
+        run has ended."""
+        for _ in range(self.workers):
+            self.queue.put(b"")
+        if ended:
+            self._ended()
 
     def state(self) -> str:
-        return STATES[int(self.values[_STATE])]
+        return STATE_NAMES[self.books.state]
 
     def stop(self, _outcome: Outcome | None = None) -> None:
         with self.lock:
-            if self.values[_STATE] == 0:
-                self.values[_STATE] = 2
+            self.books.stop()
         self._ended()
 
     def active(self) -> bool:
-        return self.proc <= self.values[_POOL]
+        return self.proc <= self.pool.value
 
     def backlog(self) -> int:
-        return sum(self.pending)
+        return self.books.backlog()
 
     def load(self) -> tuple[int, int, float]:
-        return sum(self.pending), int(self.values[_DONE]), self.values[_BUSY]
+        return self.books.load()
 
     def set_pool(self, n: int) -> None:
-        self.values[_POOL] = n
+        self.pool.value = n
 
     def wait(self, seconds: float) -> None:
         select.select([self._ended_r], [], [], seconds)

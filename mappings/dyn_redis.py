@@ -11,7 +11,7 @@ it feeds the root PEs, with backpressure, and supervises: autoscaling
 (dyn_auto_redis), the liveness of workers that host stateful instances
 (hybrid_redis), whose death fails the run since their state is lost, and, in a
 job, the workers' launcher (:class:`Launcher`): a worker that could not join
-(it prints ``d4p-hpc worker: error: ...``) or the launcher ending while the run
+(it prints ``Error: worker on HOST: ...``) or the launcher ending while the run
 goes on (every worker is gone) fails the run within a tick, naming the cause.
 """
 
@@ -26,24 +26,24 @@ import time
 import uuid
 from pathlib import Path
 
-from d4p_hpc import liveness
+from d4p_hpc import liveness, supervisor
 from d4p_hpc.errors import UsageError
 from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.autoscale import Autoscaler
-from d4p_hpc.mappings.core import Sink, die_with_parent, restore_signals
+from d4p_hpc.mappings.core import Sink, die_with_parent
 from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, final_outcome, join_workers
 from d4p_hpc.mappings.rbroker import RedisBroker, claim_idle
 from d4p_hpc.mappings.redis_server import RedisServer
 from d4p_hpc.mappings.rstate import Keys, forget, publish, stop_run
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
-from d4p_hpc.mappings.tasks import TaskRuntime, keep_notices, refuse_stateful, truncate_parts
+from d4p_hpc.mappings.tasks import CONTROL, TaskRuntime, keep_notices, refuse_stateful, truncate_parts
+from d4p_hpc.mappings.worker import ERROR_PREFIX
 
 NO_WORKER_NOTICE = 30.0
 # set by the job script (templates/common/redis.sh.j2): the pid of the workers' launcher (srun,
 # mpiexec or the script's d4p_fork) on this node, and the file its stderr is copied to
 LAUNCHER_PID_ENV = "D4P_WORKERS_PID"
 LAUNCHER_LOG_ENV = "D4P_WORKERS_LOG"
-WORKER_ERROR = "d4p-hpc worker: error:"
 
 
 def validate(plan, mapping: str) -> None:
@@ -55,6 +55,9 @@ def validate(plan, mapping: str) -> None:
 
 class DriverBroker(RedisBroker):
     """The driver's side: fresh state, backlog and load, pool size, liveness."""
+
+    #: the pool last written to ``active``
+    _pool: list[int] | None = None
 
     def state(self) -> str:
         return self.fresh_state()
@@ -78,7 +81,16 @@ class DriverBroker(RedisBroker):
         return [proc for proc, alive in zip(procs, pipe.execute(), strict=True) if alive]
 
     def set_pool(self, n: int) -> None:
-        self.client.set(self.keys.active, ",".join(str(p) for p in self.live_workers()[:n]))
+        pool = self.live_workers()[:n]
+        if pool == self._pool:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.active, ",".join(str(p) for p in pool))
+        # a parked worker blocks on its control stream: tell those that join or leave the pool now
+        for proc in set(pool) ^ set(self._pool or ()):
+            pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL, proc), {"pool": 1})
+        pipe.execute()
+        self._pool = pool
 
     def dead_owner(self) -> tuple[int, int] | None:
         """(gid, proc) of a stateful instance not finished whose host has no heartbeat, if any."""
@@ -109,7 +121,7 @@ class Launcher:
         return self._token is None or liveness.token(self.pid) != self._token
 
     def worker_error(self) -> str | None:
-        """The first ``d4p-hpc worker: error:`` line printed since the last call, if any."""
+        """The first worker error line (:data:`worker.ERROR_PREFIX`) printed since the last call, if any."""
         try:
             with open(self.log, "rb") as fh:
                 fh.seek(self._offset)
@@ -122,7 +134,7 @@ class Launcher:
             line = line.strip()
             if line.strip("-") and "PMIX ERROR" not in line:  # not Open MPI's rules and noise
                 self._last = line
-            if line.startswith(WORKER_ERROR):
+            if line.startswith(ERROR_PREFIX):
                 return line
         return None
 
@@ -199,7 +211,7 @@ def run(ctx: RunContext) -> dict:
             except (redis.ConnectionError, redis.TimeoutError):
                 join_workers(children)  # Redis is gone: what it held is lost, but no worker may outlive us
             finally:
-                restore_signals()
+                supervisor.restore_signals()
     # a dead worker is no failure when others redid its work and the run completed
     errors += died(children, ctx.results) if driver.state != "COMPLETED" else []
     return end(ctx, t0, final_outcome(ctx, driver, errors), extra)
@@ -232,9 +244,10 @@ def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscale
     launcher = None if children else Launcher.from_environment()
 
     def fail(why: str) -> None:
-        print(why, flush=True)
-        broker.stop("FAILED", {"pe": None, "process": None, "traceback": why})
-        raise Aborted()
+        # the run may have completed since this tick read its state: its last worker leaving is no failure
+        if broker.stop("FAILED", {"pe": None, "process": None, "traceback": why}):
+            print(why, flush=True)
+            raise Aborted()
 
     def watch() -> None:
         # no commit may come while a PE waits for a dead worker to close its copy: walk the PEs anyway

@@ -4,7 +4,7 @@ Both talk to a *broker* (a local queue for dyn_multi, Redis streams for the
 others) through a few calls:
 
 ``take(parked) -> [Unit]``
-    Units to run, waiting briefly if there are none; only control units
+    Units to run, waiting until some come (or the broker has a duty) if there are none; only control units
     (close a PE) while autoscaling has parked this worker.
 ``commit(unit, outbox, done, seconds, close=None) -> int``
     Atomically: acknowledge ``unit``, queue what it wrote, count its tasks
@@ -149,7 +149,8 @@ class Driver:
             self.runtime.finish(inst)
             self._send(close=root.index)
         while self._check():
-            self.broker.wait(TICK / 5)
+            # the run's end wakes the wait at once: until the next tick there is nothing else to do
+            self.broker.wait(max(0.0, self._next_tick - time.monotonic()))
 
     def _ship(self) -> None:
         """Send the outbox once it holds two entries per worker, or when the last send was a while ago."""

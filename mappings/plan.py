@@ -118,6 +118,12 @@ class Plan:
             return True
         return any(c.grouping is not None for c in self.incoming(node.index))
 
+    def stateful_indices(self) -> set[int]:
+        """Indices of the non-root PEs that keep state: the ones the dynamic mappings cannot spread
+        over their workers (roots run in the driver anyway)."""
+        roots = {node.index for node in self.roots()}
+        return {node.index for node in self.pes if node.index not in roots and self.stateful(node)}
+
 
 def _edges(graph: Any) -> Iterable[tuple[Any, str, Any, str]]:
     for _u, _v, data in graph.graph.edges(data=True):

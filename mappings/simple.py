@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from d4p_hpc.mappings.core import restore_signals
+from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.runner import RunContext, begin, end, run_process
 
 

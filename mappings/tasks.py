@@ -20,8 +20,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.core import Instance, Runtime, Sink
@@ -35,15 +36,9 @@ CONTROL = -2
 ENTRY_TASKS = 128
 
 
-def stateful_indices(plan: Plan) -> set[int]:
-    """Indices of the non-root PEs that keep state (grouped input, or ``pe.stateful``)."""
-    roots = {node.index for node in plan.roots()}
-    return {node.index for node in plan.pes if node.index not in roots and plan.stateful(node)}
-
-
 def refuse_stateful(plan: Plan, mapping: str) -> None:
     """Raise MappingError, naming the PE, if ``plan`` has a stateful PE (all dyn_* mappings)."""
-    for index in sorted(stateful_indices(plan)):
+    for index in sorted(plan.stateful_indices()):
         node = plan.pes[index]
         why = ("is marked stateful" if getattr(node.pe, "stateful", False) else
                # two edges may feed one input: name it once
@@ -57,7 +52,7 @@ def refuse_stateful(plan: Plan, mapping: str) -> None:
 def keep_notices(plan: Plan) -> None:
     """Drop the plan's notices about instance counts and placement, except for stateful PEs:
     other PEs have no fixed instances under the dynamic mappings."""
-    keys = [plan.pes[i].key for i in stateful_indices(plan)]
+    keys = [plan.pes[i].key for i in plan.stateful_indices()]
     plan.notices = [n for n in plan.notices if any(n.startswith(f"PE {key} ") for key in keys)]
 
 
@@ -108,7 +103,7 @@ class TaskRuntime(Runtime):
         super().__init__(plan, proc, sink, None, {}, copy_pe, gids=())
         self.copy_pe = copy_pe
         self.chain = chain
-        self.stateful = stateful_indices(plan)
+        self.stateful = plan.stateful_indices()
         self.node_of = {gid: node for node in plan.pes for gid in node.gids}
         self.copies: dict[int, Instance] = {}
         self.owned: dict[int, Instance] = {}

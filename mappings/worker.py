@@ -10,12 +10,14 @@ the driver's run ends. The results directory must be the one the driver uses
 
 from __future__ import annotations
 
-import argparse
-import signal
 import socket
 import sys
 import time
 
+import click
+
+from d4p_hpc import supervisor
+from d4p_hpc.cli_base import Command
 from d4p_hpc.errors import D4pHpcError
 from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.dynamic import RUNNING, WorkerLoop
@@ -60,7 +62,8 @@ def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> O
                                                "traceback": f"a worker on {socket.gethostname()}: {exc}"})
             raise
     proc = int(client.incr(keys.procs))
-    broker = RedisBroker(conn, keys, proc, run["processes"], run["claim_idle"])
+    broker = RedisBroker(conn, keys, proc, run["processes"], run["claim_idle"],
+                         autoscaled=run["mapping"] == "dyn_auto_redis")
 
     def on_stop(outcome: Outcome) -> None:
         # a PE failure ends the run; a worker stopped by a signal is just gone (its tasks get claimed)
@@ -76,32 +79,38 @@ def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> O
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m d4p_hpc.mappings.worker",
-                                     description="Work for a d4p-hpc Redis-mapped run.")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--connection", help="connection file written by d4p_hpc.mappings.redis_server")
-    where.add_argument("--redis", help=f"redis://[:PASSWORD@]HOST:PORT (password also from ${rconn.PASSWORD_ENV})")
-    args = parser.parse_args(argv)
+#: how a worker's own errors begin on stderr, where the driver watches for them (dyn_redis.Launcher):
+#: d4p-hpc's ``Error:`` line, naming the worker's host
+ERROR_PREFIX = "Error: worker on "
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--connection", type=click.Path(dir_okay=False),
+              help="Connection file written by python -m d4p_hpc.mappings.redis_server.")
+@click.option("--redis", "url", help=f"redis://[:PASSWORD@]HOST:PORT (password also from ${rconn.PASSWORD_ENV}).")
+def main(connection: str | None, url: str | None) -> None:
+    """Work for a d4p-hpc run of a Redis mapping, until the run ends."""
+    if (connection is None) == (url is None):
+        raise click.UsageError("give one of --connection FILE and --redis URL")
+    here = f"worker on {socket.gethostname()}"
     redis = rconn.import_redis()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda n, _f: sys.exit(128 + n))  # while waiting; the run has its own handling
+    # while it waits for a run: the run has its own handling once it starts
+    supervisor.on_signals(lambda n, _f: sys.exit(supervisor.exit_code(n)))
     try:
-        conn = rconn.read_connection_file(args.connection) if args.connection else rconn.parse_url(args.redis)
+        conn = rconn.read_connection_file(connection) if connection else rconn.parse_url(url or "")
         run, state = wait_for_run(rconn.connect(conn))
         if state != RUNNING:  # started after the job's run ended: nothing to do
-            print(f"d4p-hpc worker: run {run['id']} has ended ({state}); nothing to do", file=sys.stderr)
-            return 0
-        return serve(conn, run).exit_code
+            click.echo(f"{here}: run {run['id']} has ended ({state}); nothing to do", err=True)
+            return
+        sys.exit(serve(conn, run).exit_code)
     except D4pHpcError as exc:
-        print(f"d4p-hpc worker: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        exc.args = (f"{here}: {exc}",)
+        raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        print(f"d4p-hpc worker: lost the Redis connection ({exc}); the run is over or its Redis stopped",
-              file=sys.stderr)
-        return 1
+        # not an error of the worker's own: at the end of a job its Redis stops first
+        click.echo(f"{here}: lost the Redis connection ({exc}); the run is over or its Redis stopped", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="python -m d4p_hpc.mappings.worker")

@@ -8,6 +8,7 @@ submitted together and run side by side.
 """
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -160,7 +161,8 @@ def test_workers_that_cannot_reach_redis_fail_the_job_at_once(cluster, submit):
     final = finished(job, "FAILED")
     assert final.ended - final.started < 30, final
     error = read_run(job.directory)["error"]["traceback"]
-    assert "a worker could not join the run: d4p-hpc worker: error: cannot reach Redis at 127.0.0.1" in error
+    joined = r"a worker could not join the run: Error: worker on \S+: cannot reach Redis at 127\.0\.0\.1"
+    assert re.search(joined, error), error
     wait_for(lambda: not processes_mentioning(str(job.directory)), timeout=60)
 
 

@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 
 from d4p_hpc.mappings.autoscale import SHRINK_AFTER, Autoscaler
-from dynamic_support import (FLUSH_GRAPH, MARKED_STATEFUL_GRAPH, SLOW_GRAPH, needs_redis, reference, tagged_env,
+from helpers.dynamic import (FLUSH_GRAPH, MARKED_STATEFUL_GRAPH, SLOW_GRAPH, needs_redis, reference, tagged_env,
                              tagged_pids, write_graph)
-from runtime_support import CASES, DATA, EXAMPLES, cli, d4p_hpc_cmd, diff, explain, input_args, outputs, read_json
+from helpers.runs import CASES, DATA, EXAMPLES, cli, d4p_hpc_cmd, diff, explain, input_args, outputs, read_json
 
 __all__ = ["reference"]  # the shared fixture
 
@@ -80,10 +80,12 @@ def test_what_a_stateless_postprocess_writes_is_processed(mapping, tmp_path):
     assert outputs(results)["Keep.output"] == Counter(list(range(1, 41)) + [-1] * copies)
 
 
-def test_auto_pool_grows_with_backlog_and_is_recorded(tmp_path):
+@pytest.mark.parametrize("mapping", ["dyn_auto_multi", pytest.param("dyn_auto_redis", marks=needs_redis)])
+def test_auto_pool_grows_with_backlog_and_is_recorded(mapping, tmp_path):
+    """The pool grows with the backlog, and the parked workers it takes in do resume work."""
     graph = write_graph(tmp_path, SLOW_GRAPH)
     results = tmp_path / "results"
-    proc = cli("run", graph, "-m", "dyn_auto_multi", "-n", 3, "-i", 60, "--results", results,
+    proc = cli("run", graph, "-m", mapping, "-n", 3, "-i", 60, "--results", results,
                env={"SLOW_DELAY": "0.05"})
     assert proc.returncode == 0, explain(proc)
     metrics = read_json(results / "metrics.json")
@@ -92,6 +94,7 @@ def test_auto_pool_grows_with_backlog_and_is_recorded(tmp_path):
     times = [t for t, _n in metrics["pool_size"]]
     assert times == sorted(times) and times[-1] <= metrics["wall_seconds"] + 0.5
     assert metrics["pes"]["Tag"]["items_in"] == 60
+    assert len([i for i in metrics["pes"]["Slow"]["instances"] if i["items_in"]]) >= 2, metrics["pes"]["Slow"]
 
 
 @pytest.mark.parametrize("mapping", ["dyn_auto_multi", pytest.param("dyn_auto_redis", marks=needs_redis)])

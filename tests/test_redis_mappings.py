@@ -22,10 +22,10 @@ from collections import Counter
 import pytest
 
 from d4p_hpc.mappings.redis_server import RedisServer
-from dynamic_support import (BIG_GRAPH, MARKED_STATEFUL_GRAPH, SLOW_GRAPH, needs_redis, python_module, reference, server_pid,
-                             tagged_env, tagged_pids, wait_file, wait_gone, write_graph)
-from runtime_support import (CASES, DATA, EXAMPLES, cli, d4p_hpc_cmd, diff, explain, independent_word_counts,
-                             input_args, outputs, raw_items, read_json)
+from helpers.dynamic import (BIG_GRAPH, MARKED_STATEFUL_GRAPH, SLOW_GRAPH, needs_redis, python_module, reference,
+                             server_pid, tagged_env, tagged_pids, wait_file, wait_gone, write_graph)
+from helpers.runs import (CASES, DATA, EXAMPLES, cli, d4p_hpc_cmd, diff, explain, independent_word_counts, input_args,
+                          outputs, raw_items, read_json)
 
 redis = pytest.importorskip("redis")
 from redis.backoff import NoBackoff  # noqa: E402
@@ -233,6 +233,45 @@ def test_results_of_a_killed_workers_unacknowledged_unit_are_cut(job_factory, tm
     assert numbers == Counter(range(1, 91))
     metrics = read_json(job.results / "metrics.json")
     assert metrics["redeliveries"] > 0 and metrics["truncated_parts"] >= 1
+
+
+def test_heartbeat_hears_the_pool_and_the_end_without_polling(tmp_path):
+    """A parked worker blocks on its control stream alone, yet resumes within a beat of joining the pool;
+    its heartbeat, which beats four times per claim idle time (2.5 s here), hears a stop at once."""
+    import threading
+
+    from d4p_hpc.loader import load_graph
+    from d4p_hpc.mappings.core import Sink
+    from d4p_hpc.mappings.plan import build_plan
+    from d4p_hpc.mappings.rbroker import POOL_BEAT, RedisBroker
+    from d4p_hpc.mappings.rstate import publish, stop_run
+    from d4p_hpc.mappings.tasks import TaskRuntime
+
+    plan = build_plan(load_graph(str(write_graph(tmp_path, SLOW_GRAPH))), 2)
+    with RedisServer() as conn:
+        client = conn.client()
+        keys = publish(client, "beat", plan, {})
+        client.set(keys.active, "2")
+        broker = RedisBroker(conn, keys, 1, 2, 10.0, autoscaled=True)
+        broker.attach(TaskRuntime(plan, 1, Sink(tmp_path / "results", 1)))
+        assert not broker.active()
+        grow = threading.Timer(0.3, client.set, (keys.active, "1,2"))
+        grow.start()
+        started = time.monotonic()
+        assert broker.take(parked=True) == []  # woken by its heartbeat, not by the 5 s timeout
+        assert broker.active() and time.monotonic() - started < 0.3 + POOL_BEAT + 0.5
+        grow.join()
+        plain = RedisBroker(conn, keys, 2, 2, 10.0)
+        plain.attach(TaskRuntime(plan, 2, Sink(tmp_path / "results", 2)))
+        assert plain.beat == 2.5
+        stop_run(client, keys, "CANCELLED")
+        started = time.monotonic()
+        while plain.state() != "CANCELLED":
+            assert time.monotonic() - started < 1.0, "the heartbeat did not hear the stop at once"
+            time.sleep(0.01)
+        broker.close()
+        plain.close()
+        client.close()
 
 
 def test_slow_pe_keeps_its_tasks_and_does_not_end_the_run(tmp_path):

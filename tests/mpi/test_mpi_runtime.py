@@ -51,7 +51,8 @@ def plan_summary(plan) -> tuple:
 
 def run_in_world(graph: Path, inputs, results: Path, errors: list[str]):
     """prepare + mpi.run on every rank; return (context, record) or (None, None) after an error."""
-    from d4p_hpc.mappings import core, mpi, runner
+    from d4p_hpc import supervisor
+    from d4p_hpc.mappings import mpi, runner
 
     try:
         ctx = runner.prepare(str(graph), None, "mpi", SIZE, inputs, results)
@@ -61,7 +62,7 @@ def run_in_world(graph: Path, inputs, results: Path, errors: list[str]):
         errors.append(traceback.format_exc())
         return None, None
     finally:
-        core.restore_signals()
+        supervisor.restore_signals()
 
 
 GRAPHS = {name: (EXAMPLES / file, inputs) for name, (file, inputs) in CASES.items()}
@@ -167,8 +168,8 @@ def test_stable_hash_and_routing_agree_on_every_rank():
 @pytest.mark.mpi
 def test_cli_inside_the_world_uses_the_world_size(shared_dir, capsys):
     """What a job script runs (``srun python -m d4p_hpc run ... -m mpi``): no mpiexec of its own, -n ignored."""
+    from d4p_hpc import supervisor
     from d4p_hpc.cli import main
-    from d4p_hpc.mappings import core
 
     errors: list[str] = []
     results = shared_dir / "cli"
@@ -181,7 +182,7 @@ def test_cli_inside_the_world_uses_the_world_size(shared_dir, capsys):
     except Exception:
         errors.append(traceback.format_exc())
     finally:
-        core.restore_signals()
+        supervisor.restore_signals()
     if code not in (0, None):
         errors.append(f"exit code {code}")
     if RANK == 0 and not errors:
