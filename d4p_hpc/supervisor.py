@@ -23,11 +23,13 @@ any work, so that too is a stop, not a failure (:func:`classify`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 #: stop signal -> the run's final state
@@ -116,6 +118,31 @@ def restore_signals() -> None:
     """Give the stop signals back their default behaviour (after a run in this process)."""
     for signum in STOPS:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold stop signals back while the block runs, then act on them.
+
+    An exception raised by a signal handler between a lock's acquire and the ``with`` that
+    releases it leaks the lock: a multiprocessing queue whose lock leaked hangs the process at
+    exit for ever. Blocking the signal (``pthread_sigmask``) is no help, as the kernel hands a
+    process-directed signal to another thread and Python still runs the handler in this one; so
+    the handlers are swapped for ones that only note the signal. Main thread only (elsewhere a
+    no-op: handlers run in the main thread anyway).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {signum: signal.signal(signum, lambda n, _f: pending.append(n)) for signum in STOPS}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
 def stop(processes: Iterable[Any], grace: float = GRACE_SECONDS, signum: int | None = signal.SIGTERM,

@@ -22,6 +22,7 @@ from typing import Any
 
 from d4p_hpc.mappings.autoscale import Autoscaler
 from d4p_hpc.mappings.core import die_with_parent
+from d4p_hpc import supervisor
 from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, final_outcome,
                                        join_workers)
@@ -73,16 +74,19 @@ class LocalBroker:
 
     def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
         fields = commit_fields(unit, outbox, done, seconds, close, self.node_of.__getitem__, self.proc)
-        with self.lock:
+        # a stop signal raised inside a lock's acquire, or a queue's put, would leak that lock: the
+        # accounting's would then block every process, a queue's hang this one's exit for ever
+        with supervisor.deferred(), self.lock:
             step = self.books.commit(**fields)
         if step is None:  # the run has ended: nothing more to queue
             self._wake(ended=True)
             return self.books.backlog()
-        for entry in chunk(outbox.get(SHARED, []), self.workers):
-            self.queue.put(pickle.dumps(entry, protocol=5))
-        for index in step.closing:
-            for proc in range(1, self.workers + 1):
-                self.ctl[proc].put(index)
+        with supervisor.deferred():
+            for entry in chunk(outbox.get(SHARED, []), self.workers):
+                self.queue.put(pickle.dumps(entry, protocol=5))
+            for index in step.closing:
+                for proc in range(1, self.workers + 1):
+                    self.ctl[proc].put(index)
         if step.closing or step.completed:
             self._wake(ended=step.completed)
         return step.backlog
@@ -90,8 +94,9 @@ class LocalBroker:
     def _wake(self, ended: bool) -> None:
         """Wake the workers waiting for a task now, not at their next timeout; and the driver, if the
         run has ended."""
-        for _ in range(self.workers):
-            self.queue.put(b"")
+        with supervisor.deferred():
+            for _ in range(self.workers):
+                self.queue.put(b"")
         if ended:
             self._ended()
 
@@ -99,7 +104,7 @@ class LocalBroker:
         return STATE_NAMES[self.books.state]
 
     def stop(self, _outcome: Outcome | None = None) -> None:
-        with self.lock:
+        with supervisor.deferred(), self.lock:
             self.books.stop()
         self._ended()
 

@@ -319,7 +319,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop Redis (SIGTERM, then SIGKILL), remove the connection file and private dir. Idempotent."""
-        with _deferred_signals():
+        with supervisor.deferred():  # a second signal must not cut the cleanup short
             self._terminate()
             if self.connection_file is not None:
                 self.connection_file.unlink(missing_ok=True)
@@ -364,23 +364,6 @@ class RedisServer:
             return
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             self._saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_signal)
-
-
-@contextlib.contextmanager
-def _deferred_signals():
-    """Hold back Ctrl-C and SIGTERM so that a second one cannot cut the cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
-    saved = {signum: signal.signal(signum, lambda n, f: pending.append(n)) for signum in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        for signum in pending:
-            signal.raise_signal(signum)
 
 
 def _exit_on_signal(signum, frame):
