@@ -44,9 +44,16 @@ def main() -> None:
               help="Redis mappings: workers are started elsewhere (a job script); start none here.")
 @click.option("--redis-server", "redis_server", help="redis-server binary [default: from PATH].")
 @click.option("--check", is_flag=True, help="Load the graph and check the inputs and mapping; run nothing.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Take a checkpoint every SECONDS (and at the walltime signal), to resume from.")
+@click.option("--checkpoint", "checkpoint_on", is_flag=True,
+              help="Take a checkpoint at the walltime signal (SIGUSR1) before stopping.")
+@click.option("--resume", "resume", is_flag=True,
+              help="Continue the run in --results from its last checkpoint (same graph and inputs).")
 def run(graph: str, mapping: str, processes: int | None, attr: str | None, iterations: int | None,
         data: str | None, data_file: str | None, results: str | None, redis_url: str | None,
-        redis_connection: str | None, external_workers: bool, redis_server: str | None, check: bool) -> None:
+        redis_connection: str | None, external_workers: bool, redis_server: str | None, check: bool,
+        checkpoint_every: float | None, checkpoint_on: bool, resume: bool) -> None:
     """Run GRAPH here, with no scheduler, and write a results directory."""
     from d4p_hpc import mappings, progress
     from d4p_hpc import results as rd
@@ -57,12 +64,15 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
     chosen = mappings.get(mapping)
     raw = parse_inputs(iterations, data, data_file)
     options = {"redis_url": redis_url, "redis_connection": redis_connection,
-               "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file}
+               "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file,
+               "checkpoint_every": checkpoint_every, "checkpoint": checkpoint_on}
+    if resume and not results:
+        raise UsageError("--resume needs --results DIR: the results directory of the run to continue")
     results_dir = results or default_results(graph, mapping)
     _check_local_processes(chosen, processes, external_workers)
-    if not check and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
+    if not check and not resume and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
         rd.check_new(results_dir)
-    ctx = runner.prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options)
+    ctx = runner.prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume)
     if check:
         click.echo(f"ok: {len(ctx.plan.pes)} PEs, {ctx.plan.instances} instances under {mapping} "
                    f"with {ctx.processes} processes")

@@ -68,5 +68,9 @@ class ResultsError(D4pHpcError):
     """A file of a results directory cannot be read: cut short, changed by hand, unreadable."""
 
 
+class ResumeError(UsageError):
+    """A run or job cannot be resumed from its checkpoints (none, changed graph or inputs, COMPLETED)."""
+
+
 class RunFailed(D4pHpcError):
     """A workflow run ended FAILED, CANCELLED or TIMEOUT; ``run.json`` holds the details."""

@@ -36,6 +36,8 @@ from typing import Any
 STOPS: dict[int, str] = {signal.SIGTERM: "CANCELLED", signal.SIGINT: "CANCELLED", signal.SIGUSR1: "TIMEOUT"}
 #: the stop signals that cancel (the others leave time to finish cleanly)
 CANCELS: tuple[int, ...] = tuple(signum for signum, state in STOPS.items() if state == "CANCELLED")
+#: the stop signal that leaves time to finish cleanly: with checkpoints on, a checkpoint is taken first
+WALLTIME = signal.SIGUSR1
 #: what a process gets to flush and leave after a stop signal, before SIGKILL
 GRACE_SECONDS = 10.0
 #: a process that failed and could not even record why: its results directory cannot be
@@ -87,8 +89,9 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def raise_on_signals() -> None:
-    """Turn the first stop signal into :class:`Interrupted`.
+def raise_on_signals(hold: Any = None) -> None:
+    """Turn the first stop signal into :class:`Interrupted`; with ``hold``, :data:`WALLTIME` calls
+    ``hold(signum)`` instead (a checkpoint is taken, then the run stops by itself).
 
     One-shot: the first stop signal disarms them all before it is raised. A job's processes often
     get two (PBS signals every process of the job, and mpiexec passes on the script's): a second
@@ -97,6 +100,9 @@ def raise_on_signals() -> None:
     signal already pending when its handler became SIG_IGN with a traceback of its own.
     """
     def handler(signum: int, _frame: Any) -> None:
+        if hold is not None and signum == WALLTIME:
+            hold(signum)
+            return
         on_signals(lambda *_: None)
         raise Interrupted(STOPS[signum], signum)
     on_signals(handler)

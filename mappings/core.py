@@ -13,6 +13,11 @@ instance has finished (roots: after their last input; others: after
 downstream PE, after its data on the same ordered channel. An instance runs
 ``postprocess`` exactly once, when it has the markers of all its upstream
 instances.
+
+With checkpoints on, the same ordered channels carry the markers of
+:class:`~d4p_hpc.mappings.checkpoint.Snapshots` (Chandy-Lamport), and a
+process that has finished stays until every other one has said it has too,
+so that a checkpoint begun late still reaches every process.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from d4p_hpc import results as rd
+from d4p_hpc.mappings import checkpoint
 from d4p_hpc.mappings.plan import Plan, PENode, group_key, stable_hash
-from d4p_hpc.supervisor import Interrupted
+from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
 from d4p_hpc.workflow import WRITER
 
 BATCH_ITEMS = 256
@@ -40,6 +47,16 @@ BATCH_BYTES = 4 << 20
 # a partly filled batch leaves after this long, so slow PEs do not hold their outputs back
 BATCH_SECONDS = 0.2
 SINK_FLUSH_SECONDS = 1.0
+#: the gid of a control entry of a batch; its "input" says which: a checkpoint marker, or "done"
+CONTROL = -1
+MARKER = "marker"
+DONE = "done"
+#: how often a process with checkpoints on looks for its turn while it has nothing to receive
+IDLE_POLL = 0.005
+#: batches a process with checkpoints on reads ahead of what it processes (see Runtime._read_ahead),
+#: and how often it looks while it works through them
+READ_AHEAD = 32
+READ_SECONDS = 0.01
 
 
 class PEFailed(BaseException):
@@ -282,11 +299,12 @@ def make_logger(pe: Any, label: str) -> Callable[[str], None]:
     return log
 
 
-def root_feed(spec: int | list) -> Iterable[Any]:
-    """The inputs a root PE's ``process`` is called with: ``{}`` N times, or each given item."""
+def root_feed(spec: int | list, consumed: int = 0) -> Iterable[Any]:
+    """The inputs a root PE's ``process`` is called with: ``{}`` N times, or each given item;
+    without the first ``consumed`` (taken before the checkpoint a run resumes from)."""
     if isinstance(spec, int):
-        return ({} for _ in range(spec))
-    return iter(spec)
+        return ({} for _ in range(max(0, spec - consumed)))
+    return iter(spec[consumed:])
 
 
 class Runtime:
@@ -294,8 +312,20 @@ class Runtime:
 
     def __init__(self, plan: Plan, proc: int, sink: Sink, transport: Transport | None,
                  feeds: dict[int, int | list], copy_pe: Callable[[Any], Any],
-                 gids: Iterable[int] | None = None) -> None:
+                 gids: Iterable[int] | None = None, snapshots: checkpoint.Snapshots | None = None,
+                 restored: checkpoint.Restored | None = None) -> None:
         self.plan = plan
+        self.snapshots = snapshots
+        self.restored = restored
+        #: inputs each local root has consumed
+        self.fed: dict[int, int] = {}
+        #: the peers that have said they finished (checkpoints on)
+        self.peers_done: set[int] = set()
+        #: after our part of a checkpoint taken at the walltime signal: record, process nothing
+        self.halted = False
+        #: items read ahead, not yet processed (checkpoints on), and when we last read
+        self.inbox: deque[tuple] = deque()
+        self._read_at = 0.0
         self.proc = proc
         self.sink = sink
         self.transport = transport
@@ -397,7 +427,8 @@ class Runtime:
         if box:
             # items are queued only for another process, so a run that has one has a transport
             assert self.transport is not None
-            self.transport.send(proc, pickle.dumps(box, protocol=5))
+            # the sender travels along: a checkpoint records what is in flight per channel
+            self.transport.send(proc, pickle.dumps((self.proc, box), protocol=5))
 
     def flush_all(self) -> None:
         """Send every partly filled batch (before waiting for input, and at the end)."""
@@ -406,7 +437,103 @@ class Runtime:
 
     def handle(self, payload: bytes | bytearray) -> None:
         """Deliver one received batch to the local instances."""
-        for gid, input_name, data in pickle.loads(payload):
+        self._deliver(pickle.loads(payload)[1])
+
+    def _deliver(self, box: list) -> None:
+        for gid, input_name, data in box:
+            if input_name is None:
+                self._end_of_stream(gid)
+            else:
+                self._process(self.local[gid], {input_name: data})
+
+    def _read_ahead(self) -> None:
+        """Checkpoints on: take what has arrived into ``inbox``, acting on control entries at once.
+
+        A marker queued behind batches that take minutes to process would make a checkpoint wait
+        that long; read ahead (at most :data:`READ_AHEAD` batches, so memory stays bounded), it is
+        seen at once, and the batches read but not processed are in flight in the checkpoint."""
+        assert self.transport is not None and self.snapshots is not None
+        snap = self.snapshots
+        self._read_at = time.monotonic()
+        while len(self.inbox) < READ_AHEAD * BATCH_ITEMS:
+            payload = self.transport.recv(False)
+            if payload is None:
+                return
+            sender, box = pickle.loads(payload)
+            if box and box[0][0] == CONTROL:  # control entries travel alone
+                self._control(sender, box[0][1], box[0][2])
+                continue
+            if snap.part is not None and sender in snap.recording:
+                # pickled now: the PE that takes an item may change it
+                snap.part["in_flight"].extend(pickle.dumps(e, protocol=5) for e in box)
+            if not self.halted:  # after the last checkpoint of a segment, items only count as in flight
+                self.inbox.extend(box)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def _control(self, sender: int, kind: str, data: Any) -> None:
+        snap = self.snapshots
+        assert snap is not None  # control entries are sent only with checkpoints on
+        if kind == DONE:
+            self.peers_done.add(sender)
+        elif data[0] > snap.seq:  # the first marker of this checkpoint: our local snapshot now
+            self._snapshot(final=data[1], first_from=sender)
+        else:
+            snap.channel_done(sender)
+
+    def _snapshot(self, final: bool, first_from: int | None = None) -> None:
+        """Take this process's local snapshot and send a marker behind everything sent so far."""
+        snap = self.snapshots
+        assert snap is not None
+        seq = snap.begin(final)
+        self.flush_all()
+        instances = {}
+        for gid, inst in self.local.items():
+            saved: dict = {"eos_left": inst.eos_left, "done": inst.done}
+            if not inst.done:
+                saved["state"] = checkpoint.capture(inst.node.key, inst.pe)
+            instances[gid] = saved
+        snap.part = {"instances": instances, "fed": dict(self.fed), "parts": self.sink.sizes(),
+                     "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox]}
+        for peer in snap.peers:
+            self._send_control(peer, MARKER, (seq, final))
+        if first_from is not None:
+            snap.recording.discard(first_from)
+        snap.maybe_write()
+        if final:
+            self.halted = True
+            self.inbox.clear()
+
+    def _send_control(self, proc: int, kind: str, data: Any) -> None:
+        assert self.transport is not None
+        self.transport.send(proc, pickle.dumps((self.proc, [(CONTROL, kind, data)]), protocol=5))
+
+    def _checkpoint_point(self) -> None:
+        """A clean point (no PE call under way): begin a checkpoint that is due, complete one, or stop
+        after the one taken at the walltime signal."""
+        snap = self.snapshots
+        if snap is None:
+            return
+        if snap.due():
+            self._snapshot(final=snap.stop_signal is not None)
+        if snap.proc == snap.coordinator:
+            snap.check_complete()
+        if self.halted and snap.written:
+            snap.wait_complete(lambda: self._drain(block=False))
+            raise Interrupted(STOPS[WALLTIME], WALLTIME)
+
+    def _restore(self) -> None:
+        """Start from the checkpoint: states, finished instances, and the items in flight to ours."""
+        restored = self.restored
+        assert restored is not None
+        for gid, inst in self.local.items():
+            saved = restored.instance(gid)
+            if saved is None:
+                continue
+            inst.eos_left, inst.done = saved["eos_left"], saved["done"]
+            if not inst.done:
+                self._call(inst, checkpoint.restore, inst.pe, saved["state"])
+            self.fed[gid] = restored.fed(gid)
+        for gid, input_name, data in restored.in_flight(set(self.local)):
             if input_name is None:
                 self._end_of_stream(gid)
             else:
@@ -437,26 +564,43 @@ class Runtime:
         """Run until every local instance has finished, then send what is left."""
         for inst in self.local.values():
             self._call(inst, inst.pe.preprocess)
-        feeding = [(inst, iter(root_feed(self.feeds.get(inst.node.index, 0))))
-                   for inst in self.local.values() if inst.eos_left == 0]
+        if self.restored is not None:
+            self._restore()
+        snap = self.snapshots
+        feeding = [(inst, iter(root_feed(self.feeds.get(inst.node.index, 0), self.fed.get(inst.gid, 0))))
+                   for inst in self.local.values() if self.plan.expected_eos(inst.node.index) == 0 and not inst.done]
         while feeding:
             for entry in list(feeding):
                 inst, feed = entry
                 # a slice of each root at a time, then look at the inbox: co-located PEs keep up
                 for n, item in enumerate(feed, 1):
                     self._process(inst, item)
-                    if n == 64:
+                    self.fed[inst.gid] = self.fed.get(inst.gid, 0) + 1
+                    if n == 64 or (snap is not None and snap.due()):
                         break
                 else:
                     feeding.remove(entry)
                     self._finish(inst)
             self._drain(block=False)
+            self._checkpoint_point()
         while not self.finished():
             self._drain(block=True)
+            self._checkpoint_point()
+        if snap is not None and snap.peers:
+            # a peer may still begin (or be in) a checkpoint: we stay to take our part until all are done
+            self.flush_all()
+            for peer in snap.peers:
+                self._send_control(peer, DONE, None)
+            while len(self.peers_done) < len(snap.peers):
+                self._drain(block=True)
+                self._checkpoint_point()
         self.flush_all()
 
     def _drain(self, block: bool) -> None:
         if self.transport is None:
+            return
+        if self.snapshots is not None:
+            self._drain_ahead(block)
             return
         payload = self.transport.recv(False)
         while payload is not None:
@@ -467,6 +611,22 @@ class Runtime:
             payload = self.transport.recv(True)
             assert payload is not None  # a blocking recv waits for a batch
             self.handle(payload)
+
+    def _drain_ahead(self, block: bool) -> None:
+        """:meth:`_drain` with checkpoints on: through the read-ahead inbox, which also ends the wait
+        of a process that has finished but stays for the others (it blocks only when idle)."""
+        self._read_ahead()
+        inbox = self.inbox
+        while inbox and not self.halted:
+            self._deliver((inbox.popleft(),))
+            if time.monotonic() - self._read_at > READ_SECONDS:
+                self._read_ahead()
+        if block and not self.inbox:
+            self.flush_all()
+            # a short nap, not a blocking receive: the coordinator must watch its clock and the
+            # walltime signal, and the others must see a marker while they idle
+            time.sleep(IDLE_POLL)
+            self._read_ahead()
 
     def stats(self) -> list[dict]:
         return [inst.stats(self.proc) for inst in self.local.values()]

@@ -74,6 +74,12 @@ def _relaunch_argv(ctx: RunContext) -> list[str]:
         argv += ["-d", json.dumps(ctx.raw_inputs)]
     else:
         argv += ["-i", str(ctx.raw_inputs)]
+    if ctx.options.get("checkpoint_every"):
+        argv += ["--checkpoint-every", str(ctx.options["checkpoint_every"])]
+    if ctx.options.get("checkpoint"):
+        argv.append("--checkpoint")
+    if ctx.restored is not None:
+        argv.append("--resume")
     return argv
 
 
@@ -216,7 +222,8 @@ def run(ctx: RunContext) -> dict:
     t0, refused = 0.0, None
     if rank == 0:
         try:
-            rd.check_new(ctx.results)
+            if ctx.restored is None:
+                rd.check_new(ctx.results)
             t0 = begin(ctx)
         except UsageError as err:
             refused = str(err)

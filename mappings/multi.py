@@ -73,7 +73,14 @@ def run(ctx: RunContext) -> dict:
     children = [mp.Process(target=_child, args=(ctx, p, queues, os.getpid()), name=f"d4p-{p}") for p in range(used)]
     stopped = None
     passed_on: int | None = None  # the stop signal the children still have to get from us
-    supervisor.raise_on_signals()
+
+    def checkpoint_then_stop(signum: int) -> None:
+        # checkpoints on: the children take one and then stop by themselves
+        for child in children:
+            if child.pid is not None:
+                os.kill(child.pid, signum)
+
+    supervisor.raise_on_signals(hold=checkpoint_then_stop if ctx.checkpoints else None)
     try:
         for child in children:
             child.start()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from d4p_hpc import __version__, liveness
 from d4p_hpc import results as rd
 from d4p_hpc.errors import UsageError
+from d4p_hpc.mappings import checkpoint
 from d4p_hpc.mappings.core import Aborted, PEFailed, Runtime, Sink, Transport, redirect_output
 from d4p_hpc import supervisor
 from d4p_hpc.supervisor import IO_FAILED, STOPPED, Interrupted, ignore_signals, raise_on_signals
@@ -40,6 +41,22 @@ class RunContext:
     plan: Plan
     feeds: dict[int, int | list]
     options: dict = field(default_factory=dict)
+    #: the checkpoint this run resumes from
+    restored: checkpoint.Restored | None = None
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether this run takes checkpoints (``--checkpoint``, ``--checkpoint-every``, ``--resume``)."""
+        return bool(self.options.get("checkpoint") or self.options.get("checkpoint_every")
+                    or self.restored is not None)
+
+    def snapshots(self, proc: int) -> checkpoint.Snapshots | None:
+        """Process ``proc``'s side of taking checkpoints in a static mapping, if they are on."""
+        if not self.checkpoints:
+            return None
+        first = self.restored.seq + 1 if self.restored is not None else 1
+        return checkpoint.Snapshots(self.results, proc, sorted(set(self.plan.placement)),
+                                    self.options.get("checkpoint_every"), checkpoint.identity(self), first)
 
 
 def death(label: str, pid: int | None, code: int | None, results: Path) -> str | None:
@@ -81,7 +98,7 @@ def file_digest(path: str) -> str | None:
         return None
 
 
-def _inputs_record(ctx: RunContext) -> Any:
+def inputs_record(ctx: RunContext) -> Any:
     """The inputs as given; an inputs file (``-f``, maybe gigabytes) by its path and digest."""
     path = ctx.options.get("inputs_file")
     if not path:
@@ -92,11 +109,25 @@ def _inputs_record(ctx: RunContext) -> Any:
 def _record(ctx: RunContext) -> dict:
     return {"graph": ctx.graph_path, "graph_sha256": file_digest(ctx.graph_path), "attr": ctx.attr,
             "mapping": ctx.mapping, "processes": ctx.processes, "instances": ctx.plan.instances,
-            "inputs": _inputs_record(ctx), "notices": ctx.plan.notices, "d4p_hpc_version": __version__,
+            "inputs": inputs_record(ctx), "notices": ctx.plan.notices, "d4p_hpc_version": __version__,
             # dispel4py's own names of the PEs (WorkflowNode ids such as TestOneInOneOut5)
             "pe_ids": {node.key: str(getattr(node.pe, "id", node.key)) for node in ctx.plan.pes},
             # `status` tells a run whose processes are gone from a live one by these
-            "host": liveness.host(), "pid": os.getpid(), "pid_token": liveness.token(os.getpid())}
+            "host": liveness.host(), "pid": os.getpid(), "pid_token": liveness.token(os.getpid()),
+            "job_id": os.environ.get("D4P_HPC_JOB_ID"),
+            "checkpoint_every": ctx.options.get("checkpoint_every"), "checkpoints": ctx.checkpoints}
+
+
+#: what run.json keeps of each earlier segment of a resumed run
+SEGMENT_FIELDS = ("job_id", "started", "ended", "state", "exit_code", "items", "wall_seconds", "resumed_from")
+
+
+def _segments(ctx: RunContext) -> list[dict]:
+    """The earlier segments of a resumed run, the one that just ended last."""
+    if ctx.restored is None:
+        return []
+    previous = rd.read_run(ctx.results) or {}
+    return [*previous.get("segments", []), {k: previous.get(k) for k in SEGMENT_FIELDS}]
 
 
 RESERVE = "reserve"
@@ -108,8 +139,15 @@ def begin(ctx: RunContext) -> float:
     try:
         for sub in ("", rd.LOGS, rd.PARTS, rd.OUTPUTS):
             rd.make_private_dir(ctx.results / sub)
+        segments = _segments(ctx)
+        if ctx.restored is not None:
+            checkpoint.cut_back(ctx.results, ctx.restored)
+            for stale in (ctx.results / rd.PARTS).glob("metrics-*.json"):
+                stale.unlink()
         rd.write_json(ctx.results / rd.RUN_FILE, {**_record(ctx), "started": rd.now(), "ended": None,
-                                                  "state": "RUNNING", "exit_code": None, "error": None})
+                                                  "state": "RUNNING", "exit_code": None, "error": None,
+                                                  "segments": segments,
+                                                  "resumed_from": ctx.restored.seq if ctx.restored else None})
         # room for the final records, should the outputs fill the disk (see end())
         with os.fdopen(os.open(ctx.results / rd.PARTS / RESERVE, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
             fh.write(bytes(RESERVE_BYTES))
@@ -168,7 +206,8 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
     outcome = dataclasses.replace(outcome, unrecorded=False)  # the run's record is written below
     record = rd.read_run(ctx.results) or _record(ctx)
     record.update({"ended": rd.now(), "state": outcome.state, "exit_code": outcome.exit_code,
-                   "error": outcome.error, "wall_seconds": round(wall, 6)})
+                   "error": outcome.error, "wall_seconds": round(wall, 6), "items": items,
+                   "checkpoint": checkpoint.latest(ctx.results) if ctx.checkpoints else None})
     try:
         rd.write_json(ctx.results / rd.RUN_FILE, record)
     except OSError:
@@ -201,25 +240,33 @@ def write_part(ctx: RunContext, proc: int, stats: list[dict], outcome: Outcome) 
 
 def run_process(ctx: RunContext, proc: int, transport: Transport | None,
                 on_stop: Callable[[Outcome], None] | None = None,
-                make_runtime: Callable[[Sink], Any] | None = None) -> Outcome:
+                make_runtime: Callable[[Sink], Any] | None = None, hold: Any = None) -> Outcome:
     """Run the instances placed on ``proc``; always leave its outputs flushed and its part written.
 
     ``on_stop`` is called when this process ends other than COMPLETED, to tell the others.
     ``make_runtime(sink)`` builds something with ``run()`` and ``stats()`` other than the static
-    :class:`Runtime` (the dynamic mappings' workers).
+    :class:`Runtime` (the dynamic mappings' workers). ``hold(signum)`` is called for the walltime
+    signal instead of stopping (checkpoints on: a checkpoint comes first).
     """
     sink = Sink(ctx.results, proc)
     runtime = None
     outcome = Outcome()
+    snapshots = ctx.snapshots(proc) if make_runtime is None else None
     with redirect_output(ctx.results / rd.LOGS / f"{proc:05d}.log"):
-        raise_on_signals()
+        raise_on_signals(hold=hold)
         try:
             if make_runtime is not None:
                 runtime = make_runtime(sink)
             else:
-                runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy)
+                runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy,
+                                  snapshots=snapshots, restored=ctx.restored)
+                if snapshots is not None:
+                    raise_on_signals(hold=snapshots.request_stop)
             with sampling(ctx, proc, sink, runtime):
                 runtime.run()
+        except checkpoint.CheckpointFailed as failed:
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": str(failed)})
+            _say(f"checkpoint failed: {failed}")
         except PEFailed as failed:
             outcome = Outcome("FAILED", None, {"pe": failed.pe, "process": proc, "traceback": failed.traceback})
             _say(f"PE {failed.pe} failed:\n{failed.traceback}")
@@ -282,8 +329,12 @@ def _say(text: str) -> None:
 
 
 def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inputs: Any,
-            results: str | Path, options: dict | None = None) -> RunContext:
-    """Load and check everything a run needs; raises a UsageError (and nothing has run) on bad input."""
+            results: str | Path, options: dict | None = None, resume: bool = False) -> RunContext:
+    """Load and check everything a run needs; raises a UsageError (and nothing has run) on bad input.
+
+    ``resume``: continue the run in ``results`` from its newest complete checkpoint, refusing one
+    that has completed or still runs, or whose graph, inputs or mapping differ (see
+    :func:`d4p_hpc.mappings.checkpoint.check_resumable`)."""
     from d4p_hpc import mappings
     from d4p_hpc.loader import load_graph, resolve_feeds
     from d4p_hpc.mappings.plan import build_plan
@@ -294,5 +345,28 @@ def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inp
     feeds = resolve_feeds(plan, raw_inputs)
     chosen.validate(plan)
     path = os.path.abspath(source) if os.path.exists(source) else source
-    return RunContext(graph, path, attr, mapping, processes, raw_inputs, Path(results).absolute(), plan, feeds,
-                      dict(options or {}))
+    ctx = RunContext(graph, path, attr, mapping, processes, raw_inputs, Path(results).absolute(), plan, feeds,
+                     dict(options or {}))
+    if resume:
+        ctx.restored = _resumable(ctx)
+    return ctx
+
+
+def _resumable(ctx: RunContext) -> checkpoint.Restored:
+    from d4p_hpc.errors import ResumeError
+    from d4p_hpc.mappings.mpi import inside_mpi_world
+
+    record = rd.read_run(ctx.results)
+    if record is None:
+        raise ResumeError(f"{ctx.results} holds no run to resume (no run.json)")
+    state = record.get("state")
+    if state == "COMPLETED":
+        raise ResumeError(f"the run in {ctx.results} has COMPLETED: there is nothing to resume")
+    # the ranks of a resumed mpi run find rank 0 running: the launcher has checked already
+    if state == "RUNNING" and not inside_mpi_world() and \
+            liveness.alive(record.get("host"), record.get("pid"), record.get("pid_token")) is not False:
+        raise ResumeError(f"the run in {ctx.results} is still running (pid {record.get('pid')} on "
+                          f"{record.get('host')}): cancel it first, or wait for it to end")
+    restored = checkpoint.load(ctx.results)
+    checkpoint.check_resumable(ctx, restored)
+    return restored
