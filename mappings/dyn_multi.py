@@ -24,7 +24,7 @@ from d4p_hpc.mappings.autoscale import Autoscaler
 from d4p_hpc.mappings.core import die_with_parent
 from d4p_hpc import supervisor
 from d4p_hpc.supervisor import restore_signals
-from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, final_outcome,
+from d4p_hpc.mappings.dynamic import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop, died, driver_hold, final_outcome,
                                        join_workers)
 from d4p_hpc.mappings.rstate import Accounting, commit_fields, topology
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, begin, end, run_process
@@ -62,7 +62,10 @@ class LocalBroker:
 
     def take(self, parked: bool) -> list[Unit]:
         try:
-            return [Unit(CONTROL, [], close=self.ctl[self.proc].get(timeout=PARK_POLL if parked else 0))]
+            news = self.ctl[self.proc].get(timeout=PARK_POLL if parked else 0)
+            if isinstance(news, tuple):  # ("checkpoint", number)
+                return [Unit(CONTROL, [], checkpoint=news[1])]
+            return [Unit(CONTROL, [], close=news)]
         except queue.Empty:
             if parked:
                 return []
@@ -99,6 +102,14 @@ class LocalBroker:
                 self.queue.put(b"")
         if ended:
             self._ended()
+
+    def request_checkpoint(self, seq: int) -> list[int]:
+        """Ask every worker to write its part of checkpoint ``seq``; return their numbers."""
+        with supervisor.deferred():
+            for proc in range(1, self.workers + 1):
+                self.ctl[proc].put(("checkpoint", seq))
+        self._wake(ended=False)
+        return list(range(1, self.workers + 1))
 
     def state(self) -> str:
         return STATE_NAMES[self.books.state]
@@ -138,8 +149,9 @@ class LocalBroker:
 def _worker(ctx: RunContext, proc: int, broker: LocalBroker, parent: int) -> None:
     die_with_parent(parent)
     broker.proc = proc
-    outcome = run_process(ctx, proc, None, on_stop=broker.stop,
-                          make_runtime=lambda sink: WorkerLoop(TaskRuntime(ctx.plan, proc, sink), broker))
+    outcome = run_process(ctx, proc, None, on_stop=broker.stop, hold=ctx.hold_for_driver,
+                          make_runtime=lambda sink: WorkerLoop(TaskRuntime(ctx.plan, proc, sink,
+                                                                           restored=ctx.restored), broker))
     broker.queue.cancel_join_thread()  # tasks left in the pipe after a failure must not block exit
     sys.exit(outcome.exit_code)
 
@@ -165,11 +177,13 @@ def run(ctx: RunContext) -> dict:
     drivers = []
 
     def make_driver(sink) -> Driver:
-        drivers.append(Driver(ctx, TaskRuntime(ctx.plan, 0, sink, chain=False), broker, scaler, watch))
+        drivers.append(Driver(ctx, TaskRuntime(ctx.plan, 0, sink, chain=False, restored=ctx.restored), broker,
+                              scaler, watch))
         return drivers[0]
 
     try:
-        driver_outcome = run_process(ctx, 0, None, on_stop=broker.stop, make_runtime=make_driver)
+        driver_outcome = run_process(ctx, 0, None, on_stop=broker.stop, make_runtime=make_driver,
+                                     hold=driver_hold(ctx, drivers))
     finally:
         if broker.state() != COMPLETED:
             broker.stop()

@@ -31,7 +31,7 @@ from d4p_hpc.errors import UsageError
 from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.autoscale import Autoscaler
 from d4p_hpc.mappings.core import Sink, die_with_parent
-from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, final_outcome, join_workers
+from d4p_hpc.mappings.dynamic import RUNNING, Driver, died, driver_hold, final_outcome, join_workers
 from d4p_hpc.mappings.rbroker import RedisBroker, claim_idle
 from d4p_hpc.mappings.redis_server import RedisServer
 from d4p_hpc.mappings.rstate import Keys, forget, publish, stop_run
@@ -91,6 +91,15 @@ class DriverBroker(RedisBroker):
             pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL, proc), {"pool": 1})
         pipe.execute()
         self._pool = pool
+
+    def request_checkpoint(self, seq: int) -> list[int]:
+        """Ask every live worker to write its part of checkpoint ``seq``; return their numbers."""
+        workers = self.live_workers()
+        pipe = self.client.pipeline(transaction=False)
+        for proc in workers:
+            pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL, proc), {"checkpoint": seq})
+        pipe.execute()
+        return workers
 
     def dead_owner(self) -> tuple[int, int] | None:
         """(gid, proc) of a stateful instance not finished whose host has no heartbeat, if any."""
@@ -174,7 +183,8 @@ def run(ctx: RunContext) -> dict:
         run_id = uuid.uuid4().hex[:12]
         idle = claim_idle()
         run_info = {"graph": ctx.graph_path, "attr": ctx.attr, "mapping": ctx.mapping,
-                    "processes": ctx.processes, "results": str(ctx.results), "claim_idle": idle}
+                    "processes": ctx.processes, "results": str(ctx.results), "claim_idle": idle,
+                    "checkpoints": ctx.checkpoints, "resume": ctx.restored.seq if ctx.restored else None}
         keys = publish(client, run_id, ctx.plan, run_info)
         broker = DriverBroker(conn, keys, 0, ctx.processes, idle)
         mp = multiprocessing.get_context("fork")
@@ -191,7 +201,8 @@ def run(ctx: RunContext) -> dict:
         lost: list[bool] = []  # Redis found gone while stopping: every further call would only retry
         try:
             driver = run_process(ctx, 0, None, on_stop=lambda o: _tell_stop(broker, o, redis, lost),
-                                 make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers))
+                                 make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers),
+                                 hold=driver_hold(ctx, drivers))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             driver = Outcome("FAILED", None, {"pe": None, "process": 0,
                                               "traceback": f"lost the Redis at {conn.display()}: {exc}"})
@@ -237,7 +248,7 @@ def _tell_stop(broker: DriverBroker, outcome: Outcome, redis, lost: list) -> Non
 
 def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscaler | None, children: list,
             made: list) -> Driver:
-    runtime = TaskRuntime(ctx.plan, 0, sink, chain=False)
+    runtime = TaskRuntime(ctx.plan, 0, sink, chain=False, restored=ctx.restored)
     broker.runtime = runtime
     started = time.monotonic()
     told: list[bool] = []

@@ -40,9 +40,11 @@ from typing import Any
 from collections.abc import Callable
 
 from d4p_hpc import supervisor
+from d4p_hpc.mappings import checkpoint
 from d4p_hpc.mappings.autoscale import TICK, Autoscaler
 from d4p_hpc.mappings.core import root_feed
 from d4p_hpc.mappings.runner import Aborted, Outcome, RunContext, death, read_parts
+from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
 from d4p_hpc.mappings.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime
 
 RUNNING = "RUNNING"
@@ -50,6 +52,12 @@ COMPLETED = "COMPLETED"
 READ_COUNT = 8
 SLOW_UNIT = 0.05
 FLUSH_SECONDS = 0.02
+#: checkpoints: how often the driver looks whether the run has quiesced, and whether the workers'
+#: parts are written; how long it waits for those before it gives the checkpoint up
+QUIESCE_POLL = 0.005
+PART_WAIT = 30.0
+#: checkpoints on: the driver queues no more work than the pool does in this long (see Driver._limit)
+QUIESCE_SECONDS = 1.0
 
 
 def max_backlog(workers: int) -> int:
@@ -68,6 +76,8 @@ class Unit:
     ref: Any = None
     eos: bool = False
     close: int | None = None
+    #: (``gid == CONTROL``) write this worker's part of checkpoint number ``checkpoint``
+    checkpoint: int | None = None
 
 
 class WorkerLoop:
@@ -86,6 +96,10 @@ class WorkerLoop:
             if state != RUNNING:
                 raise Aborted()
             for unit in broker.take(parked=not broker.active()):
+                if unit.checkpoint is not None:
+                    # the driver has quiesced the run: nothing runs, nothing is queued
+                    checkpoint.write_part(runtime.sink.results, unit.checkpoint, runtime.proc, runtime.saved())
+                    continue
                 t = time.perf_counter()
                 done = {}
                 if unit.gid == SHARED:
@@ -137,16 +151,38 @@ class Driver:
         self.peak = 0
         self._next_tick = 0.0
         self._last_send = time.monotonic()
+        self.fed: dict[int, int] = {}
+        #: checkpoints on: the walltime signal came (take one, then stop), and when the next is due
+        self.stop_signal: int | None = None
+        every = ctx.options.get("checkpoint_every")
+        self.next_checkpoint = time.monotonic() + every if every else float("inf")
+        self.seq = ctx.restored.seq if ctx.restored is not None else 0
+        self.taken: list[dict] = []
+        #: a PE has been closed: state and accounting could no longer be saved apart, no checkpoint after
+        self.closing = False
+        self._started = self._rate_at = time.monotonic()
+        self._quiesce_limit = 2 * ctx.processes
+
+    def request_stop(self, signum: int) -> None:
+        """The walltime signal's handler (checkpoints on)."""
+        self.stop_signal = signum
 
     def run(self) -> None:
         # from inside write(): a root that writes a whole file in one call is shipped as it goes
         self.runtime.on_queued = self._ship
+        restored = self.ctx.restored
         for root in self.ctx.plan.roots():
             inst = self.runtime.copy_of(root.index)
-            for item in root_feed(self.ctx.feeds.get(root.index, 0)):
+            gid = root.first_gid
+            self.fed[gid] = restored.fed(gid) if restored is not None else 0
+            for item in root_feed(self.ctx.feeds.get(root.index, 0), self.fed[gid]):
                 self.runtime.feed(inst, item)
+                self.fed[gid] += 1
                 self._ship()  # also for calls that write nothing: the watch and the autoscaler tick
+                if self.ctx.checkpoints and (self.stop_signal or time.monotonic() >= self.next_checkpoint):
+                    self._checkpoint(final=self.stop_signal is not None)
             self.runtime.finish(inst)
+            self.closing = True
             self._send(close=root.index)
         while self._check():
             # the run's end wakes the wait at once: until the next tick there is nothing else to do
@@ -154,7 +190,7 @@ class Driver:
 
     def _ship(self) -> None:
         """Send the outbox once it holds two entries per worker, or when the last send was a while ago."""
-        if self.runtime.queued >= 2 * ENTRY_TASKS * self.ctx.processes or \
+        if self.runtime.queued >= min(2 * ENTRY_TASKS * self.ctx.processes, self._limit()) or \
                 time.monotonic() - self._last_send > FLUSH_SECONDS:
             self._send()
 
@@ -165,13 +201,61 @@ class Driver:
         self._check()
         # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small
         delay = 0.002
-        while backlog > self.limit and self._check():
+        limit = self._limit()
+        while backlog > limit and self._check():
             time.sleep(delay)
             delay = min(0.05, delay * 2)
             backlog = self.broker.backlog()
 
+    def _limit(self) -> int:
+        """The backlog limit; with checkpoints on, no more than the pool does in
+        :data:`QUIESCE_SECONDS`, so that a checkpoint quiesces the run that fast."""
+        if not self.ctx.checkpoints:
+            return self.limit
+        now = time.monotonic()
+        if now >= self._rate_at:
+            self._rate_at = now + TICK
+            done = self.broker.load()[1]
+            rate = done / max(TICK, now - self._started)
+            self._quiesce_limit = int(min(self.limit, max(2 * self.ctx.processes, rate * QUIESCE_SECONDS)))
+        return self._quiesce_limit
+
+    def _checkpoint(self, final: bool) -> None:
+        """Quiesce (feed nothing until no task is queued or running), have every worker write its
+        part, write ours, complete the checkpoint; after one taken at the walltime signal, stop."""
+        started = time.monotonic()
+        self._send()
+        while self.broker.backlog() > 0 and self._check():
+            time.sleep(QUIESCE_POLL)
+        self.seq += 1
+        workers = self.broker.request_checkpoint(self.seq)
+        deadline = time.monotonic() + PART_WAIT
+        while checkpoint.parts_written(self.ctx.results, self.seq) < len(workers) and self._check():
+            if time.monotonic() > deadline:  # a worker died meanwhile: the next checkpoint may do
+                print(f"checkpoint {self.seq} abandoned: not every worker wrote its part in {PART_WAIT:g} s",
+                      flush=True)
+                self._next(started)
+                return
+            time.sleep(QUIESCE_POLL)
+        runtime = self.runtime
+        checkpoint.write_part(self.ctx.results, self.seq, 0, {**runtime.saved(), "fed": dict(self.fed)})
+        seconds = round(time.monotonic() - started, 4)
+        checkpoint.complete(self.ctx.results, self.seq, {"identity": checkpoint.identity(self.ctx),
+                                                         "seconds": seconds, "in_flight": 0, "final": final,
+                                                         "workers": workers})
+        self.taken.append({"seq": self.seq, "seconds": seconds})
+        self._next(started)
+        if final:
+            raise Interrupted(STOPS[WALLTIME], WALLTIME)
+
+    def _next(self, started: float) -> None:
+        every = self.ctx.options.get("checkpoint_every")
+        self.next_checkpoint = time.monotonic() + every if every else float("inf")
+
     def _check(self) -> bool:
         """True while the run goes on; ticks the autoscaler and the watch; raises if it stopped."""
+        if self.stop_signal is not None and self.closing:  # too late for a checkpoint: stop now
+            raise Interrupted(STOPS[WALLTIME], WALLTIME)
         state = self.broker.state()
         if state == COMPLETED:
             return False
@@ -202,10 +286,24 @@ class Driver:
     def metrics(self) -> dict:
         """The mapping's own metrics: the largest backlog the driver queued onto, the backpressure
         limit, and the pool size over time (dyn_auto_*)."""
-        extra = {"backlog_peak": self.peak, "backlog_limit": self.limit}
+        extra: dict = {"backlog_peak": self.peak, "backlog_limit": self.limit}
+        if self.taken:
+            extra["checkpoints"] = {"taken": len(self.taken), "seconds_max": max(t["seconds"] for t in self.taken),
+                                    "last": self.taken[-1]}
         if self.scaler is not None:
             extra.update(self.scaler.metrics(time.time()))
         return extra
+
+
+def driver_hold(ctx: RunContext, drivers: list) -> Any:
+    """The driver's ``hold`` for the walltime signal (checkpoints on): its next checkpoint is the last."""
+    if not ctx.checkpoints:
+        return None
+
+    def hold(signum: int) -> None:
+        if drivers:
+            drivers[0].request_stop(signum)
+    return hold
 
 
 def join_workers(children: list, grace: float = supervisor.GRACE_SECONDS) -> None:

@@ -222,6 +222,9 @@ class RedisBroker:
                     self._state = self.fresh_state()
                 elif b"pool" in fields:  # we may have joined the pool: read it now
                     woken.append(ref)
+                elif b"checkpoint" in fields:  # the driver has quiesced the run (acknowledged with the pool news)
+                    units.append(Unit(CONTROL, [], checkpoint=int(fields[b"checkpoint"])))
+                    woken.append(ref)
                 elif b"close" in fields:
                     units.append(Unit(CONTROL, [], ref.decode(), close=int(fields[b"close"])))
                 elif b"eos" in fields:

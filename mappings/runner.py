@@ -50,6 +50,12 @@ class RunContext:
         return bool(self.options.get("checkpoint") or self.options.get("checkpoint_every")
                     or self.restored is not None)
 
+    @property
+    def hold_for_driver(self) -> Any:
+        """A worker's ``hold`` for the walltime signal: with checkpoints on it does nothing, since the
+        driver takes the checkpoint and then ends the run."""
+        return (lambda _signum: None) if self.checkpoints else None
+
     def snapshots(self, proc: int) -> checkpoint.Snapshots | None:
         """Process ``proc``'s side of taking checkpoints in a static mapping, if they are on."""
         if not self.checkpoints:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc.errors import MappingError
+from d4p_hpc.mappings import checkpoint
 from d4p_hpc.mappings.core import Instance, Runtime, Sink
 from d4p_hpc.mappings.plan import Plan
 
@@ -98,7 +99,7 @@ class TaskRuntime(Runtime):
     """
 
     def __init__(self, plan: Plan, proc: int, sink: Sink, chain: bool = True,
-                 copy_pe: Callable[[Any], Any] = copy.deepcopy) -> None:
+                 copy_pe: Callable[[Any], Any] = copy.deepcopy, restored: checkpoint.Restored | None = None) -> None:
         # no instance is bound to this process: all come by task
         super().__init__(plan, proc, sink, None, {}, copy_pe, gids=())
         self.copy_pe = copy_pe
@@ -114,6 +115,7 @@ class TaskRuntime(Runtime):
         #: writes (and waits there while the backlog is too long), so one call cannot fill memory
         self.on_queued: Callable[[], None] | None = None
         self._budget = 0
+        self.restored = restored
 
     # --- hosting ---------------------------------------------------------------------------------
     def copy_of(self, index: int) -> Instance:
@@ -123,13 +125,27 @@ class TaskRuntime(Runtime):
             node = self.plan.pes[index]
             inst = self._host(node.first_gid, self.proc)
             self.copies[index] = inst
+            saved = self.restored.copies(self.proc).get(index) if self.restored is not None else None
+            if saved is not None:
+                self._call(inst, checkpoint.restore, inst.pe, saved)
         return inst
 
     def own(self, gid: int) -> Instance:
         """Host stateful instance ``gid`` here, from a fresh copy of its PE."""
         inst = self._host(gid, None)
         self.owned[gid] = inst
+        saved = self.restored.instance(gid) if self.restored is not None else None
+        if saved is not None:
+            self._call(inst, checkpoint.restore, inst.pe, saved["state"])
         return inst
+
+    def saved(self) -> dict:
+        """This process's part of a checkpoint (taken while the run is quiesced): the state of its
+        copies, by PE index, and of the stateful instances it owns, and its output sizes."""
+        return {"copies": {index: checkpoint.capture(inst.node.key, inst.pe) for index, inst in self.copies.items()},
+                "instances": {gid: {"state": checkpoint.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
+                              for gid, inst in self.owned.items()},
+                "parts": self.sink.sizes()}
 
     def _host(self, gid: int, label: int | None) -> Instance:
         node = self.node_of[gid]

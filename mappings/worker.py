@@ -23,6 +23,7 @@ from d4p_hpc.mappings import rconn
 from d4p_hpc.mappings.dynamic import RUNNING, WorkerLoop
 from d4p_hpc.mappings.rbroker import RedisBroker
 from d4p_hpc.mappings.rstate import Keys, read_announcement, stop_run
+from d4p_hpc.mappings import checkpoint
 from d4p_hpc.mappings.runner import Outcome, RunContext, prepare, run_process
 from d4p_hpc.mappings.tasks import TaskRuntime
 
@@ -55,7 +56,10 @@ def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> O
     client = conn.client()
     if ctx is None:
         try:
-            ctx = prepare(run["graph"], run["attr"], run["mapping"], run["processes"], 0, run["results"])
+            ctx = prepare(run["graph"], run["attr"], run["mapping"], run["processes"], 0, run["results"],
+                          {"checkpoint": run.get("checkpoints")})
+            if run.get("resume"):
+                ctx.restored = checkpoint.load(ctx.results, run["resume"])
         except D4pHpcError as exc:
             # the driver would wait for this worker forever: fail the run, saying why
             stop_run(client, keys, "FAILED", {"pe": None, "process": None,
@@ -71,8 +75,9 @@ def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> O
             broker.stop("FAILED", outcome.error)
 
     try:
-        outcome = run_process(ctx, proc, None, on_stop=on_stop, make_runtime=lambda sink: WorkerLoop(
-            broker.attach(TaskRuntime(ctx.plan, proc, sink)), broker))
+        outcome = run_process(ctx, proc, None, on_stop=on_stop, hold=ctx.hold_for_driver,
+                              make_runtime=lambda sink: WorkerLoop(
+                                  broker.attach(TaskRuntime(ctx.plan, proc, sink, restored=ctx.restored)), broker))
         client.hset(keys.exited, proc, outcome.state)
     finally:
         broker.close()
