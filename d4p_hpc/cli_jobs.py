@@ -1,4 +1,4 @@
-"""The job commands: submit, render, status, logs, results, cancel, wait, list.
+"""The job commands: submit, render, status, logs, results, cancel, wait, list, resume.
 
 ``d4p_hpc.cli`` adds every command of :data:`COMMANDS` to its group, which
 turns :class:`~d4p_hpc.errors.D4pHpcError` into ``Error: ...`` and its exit
@@ -165,6 +165,7 @@ def status(job, watch, results_root, profile):
         if watch and sys.stdout.isatty():
             click.echo("\033[H\033[J", nl=False)  # redraw the table in place
         _table(current)
+        _segments(current)
         if not watch or all(s.terminal for s in current):
             return
         time.sleep(WATCH_SECONDS)
@@ -244,6 +245,23 @@ def cancel(job, results_root, profile):
 
 @click.command()
 @click.argument("job")
+@click.option("--requeue", type=click.IntRange(min=0),
+              help="Automatic resubmissions the continued run may still make [default: as the job had].")
+@click.option("--exit-code", type=int, hidden=True)  # given by a job that resubmits itself at its walltime stop
+@click.option("--from-job", is_flag=True, hidden=True)
+@_root_options
+def resume(job, requeue, exit_code, from_job, results_root, profile):
+    """Continue JOB (TIMEOUT, CANCELLED or FAILED) from its last checkpoint, as a new job in its directory."""
+    from d4p_hpc import jobs
+    from d4p_hpc.resume import resume as resubmit
+
+    found = jobs.open_job(job) if from_job else _find(job, results_root, profile)
+    new_id = resubmit(found, exit_code if from_job else None, requeue)
+    click.echo(f"job {new_id} continues {found.directory}")
+
+
+@click.command()
+@click.argument("job")
 @click.option("--timeout", type=float, help="Give up after this many seconds.")
 @_root_options
 def wait(job, timeout, results_root, profile):
@@ -293,6 +311,7 @@ def _report(job) -> None:
     elapsed = clock(int(current.elapsed)) if current.elapsed is not None else "-"
     click.echo(f"job {job.job_id} ({job.name}, {job.scheduler}): {current.state} after {elapsed}"
                + (f": {current.reason}" if current.reason else "") + f"\n{job.directory}")
+    _segments([current])
     if not run:
         click.echo("no run.json yet: the run has not started")
         return
@@ -336,6 +355,18 @@ def _dump(directory: Path, target: str, file: str | None, limit: int | None) -> 
         click.echo(f"wrote {file}", err=True)
 
 
+def _segments(statuses) -> None:
+    """Under the table: the segments of each job whose run spans several jobs."""
+    from d4p_hpc.resume import describe
+
+    for s in statuses:
+        lines = describe(s.job)
+        if lines:
+            click.echo(f"{s.job.job_id}: {len(lines)} segments")
+            for line in lines:
+                click.echo(f"  {line}")
+
+
 def _table(statuses) -> None:
     from d4p_hpc.render import clock
 
@@ -348,4 +379,4 @@ def _table(statuses) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
-COMMANDS = [submit, render, status, logs, results, cancel, wait, list_]
+COMMANDS = [submit, render, status, logs, results, cancel, wait, list_, resume]

@@ -122,7 +122,9 @@ def list_jobs(root: Path, unreadable: list[str] | None = None) -> list[Job]:
     """
     found = []
     try:
-        directories = [d for d in Path(root).iterdir() if d.is_dir()] if Path(root).is_dir() else []
+        # (a link is a successor job's id for the directory of the run it continues: listed once)
+        directories = [d for d in Path(root).iterdir() if d.is_dir() and not d.is_symlink()] \
+            if Path(root).is_dir() else []
     except OSError as exc:
         raise JobNotFoundError(f"cannot list the results root {root}: {exc.strerror}") from None
     for directory in directories:
@@ -174,6 +176,8 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
     deadline = None if timeout is None else time.monotonic() + timeout
     grace_until: float | None = None
     while True:
+        if job.scheduler != RUN:  # a job that requeued itself goes on as its successor, in the same directory
+            job = open_job(job.directory)
         current = status([job])[0]
         if on_poll:
             on_poll(current)

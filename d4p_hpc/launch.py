@@ -141,4 +141,15 @@ def run_options(spec: JobSpec) -> tuple:
         options += ["-d", spec.data]
     if spec.input_file is not None:
         options += ["-f", spec.input_file]
+    if spec.checkpoints:
+        options.append("--checkpoint")
+    if spec.checkpoint_every:
+        options += ["--checkpoint-every", str(spec.checkpoint_every)]
+    if spec.continues:
+        options.append("--resume")
     return tuple(options)
+
+
+def resume(spec: JobSpec) -> tuple:
+    """The command a job with ``--requeue`` runs at a walltime stop to submit its successor."""
+    return (spec.python, *SAFE_MODULE, "d4p_hpc", "resume", RESULTS, "--from-job")

@@ -39,6 +39,8 @@ def _check_graph(spec: JobSpec) -> None:
 
     argv = [sys.executable, *SAFE_MODULE, "d4p_hpc", "run", spec.graph, "-m", spec.mapping,
             "-n", str(spec.total_tasks), *run_options(spec), "--check"]
+    if spec.continues:  # the checkpoint must fit the graph and inputs: refused here, not in the queue
+        argv += ["--results", spec.continues]
     env = {k: v for k, v in os.environ.items() if not k.startswith("D4P_HPC_")}
     if not schedulers.scheduler_class(spec.scheduler).on_this_host:  # they start on compute nodes, not here
         env["D4P_HPC_MAX_PROCESSES"] = str(spec.total_tasks)

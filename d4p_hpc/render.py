@@ -45,7 +45,7 @@ def render_script(spec: JobSpec, sources: dict | None = None) -> str:
     import jinja2
 
     scheduler = schedulers.scheduler_class(spec.scheduler)
-    context = {"spec": spec, "plan": launch.plan(spec), "fork": launch.FORK,
+    context = {"spec": spec, "plan": launch.plan(spec), "fork": launch.FORK, "resume": launch.resume(spec),
                "nodefile": launch.ShellVar(scheduler.nodefile) if scheduler.nodefile else None,
                "stops": supervisor.shell_cases(), "grace": supervisor.GRACE_SECONDS,
                "stop_signals": [signal.Signals(signum).name.removeprefix("SIG") for signum in supervisor.STOPS],

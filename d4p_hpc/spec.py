@@ -91,6 +91,14 @@ class JobSpec:
     signal_seconds: int | None = _opt(
         "Seconds before the walltime at which the run is told to stop and keep its outputs "
         "[default: 60, at most half the walltime].", "--signal-seconds")
+    checkpoint_every: int | None = _opt(
+        "Take a checkpoint every SECONDS, to resume from after a kill or a lost node (one is also taken at "
+        "the walltime signal).", "--checkpoint-every")
+    requeue: int = _opt("After a walltime stop, submit a successor job that continues from the last "
+                        "checkpoint, up to N times.", "--requeue", default=0)
+    #: set by ``d4p-hpc resume``: the results directory this job continues, and the job that must end first
+    continues: str | None = _opt("Results directory of the run this job continues (set by d4p-hpc resume).")
+    after: str | None = _opt("Job id that must end before this job starts (set by d4p-hpc resume).")
     partition: str | None = _opt("Slurm partition or PBS queue.", "-p", "--partition", "-q", "--queue",
                                  request=True)
     account: str | None = _opt("Account (project) to charge.", "-A", "--account", request=True)
@@ -150,9 +158,16 @@ class JobSpec:
             return self.signal_seconds
         return min(60, self.walltime_seconds // 2)
 
+    @property
+    def checkpoints(self) -> bool:
+        """Whether the run takes checkpoints: asked for, or needed to continue."""
+        return bool(self.checkpoint_every or self.requeue or self.continues)
+
     def results_dir(self, job_id: str) -> Path:
-        """The results directory of this job once it has id ``job_id``."""
+        """The results directory of this job once it has id ``job_id`` (that of the run it continues)."""
         assert self.results_root is not None, "a resolved spec always has a results root"
+        if self.continues:
+            return Path(self.continues)
         return Path(self.results_root) / f"{self.job_name}-{job_id}"
 
     def to_dict(self) -> dict:
@@ -300,6 +315,10 @@ def _validate_resources(spec: JobSpec, scheduler: type[schedulers.Scheduler]) ->
     if spec.signal_seconds is not None and not 0 < spec.signal_seconds < seconds:
         raise SpecError(f"signal_seconds must be above 0 and below the walltime ({seconds} s), "
                         f"not {spec.signal_seconds}")
+    if spec.checkpoint_every is not None and spec.checkpoint_every < 1:
+        raise SpecError(f"checkpoint_every must be at least 1 second, not {spec.checkpoint_every}")
+    if spec.requeue < 0:
+        raise SpecError(f"requeue must be 0 or more, not {spec.requeue}")
     if spec.gpus_per_node is not None and spec.gpus_per_node < 0:
         raise SpecError(f"gpus_per_node must be 0 or more, not {spec.gpus_per_node}")
     if spec.launch_kind == "single" and spec.nodes > 1 and not scheduler.on_this_host:
@@ -337,6 +356,8 @@ def _validate_text(spec: JobSpec) -> None:
     _pattern("job_name", spec.job_name, _JOB_NAME,
              "start with a letter, then up to 63 letters, digits and _ . + -")
     _pattern("redis_bind", spec.redis_bind, _HOST, "use an IP address, host name or interface name")
+    _pattern("after", spec.after, _NAME, "a job id")
+    _pattern("continues", spec.continues, _ROOT, "an absolute path of plain characters")
     for name in ("python", "venv", "conda", "container"):
         value = getattr(spec, name)
         if value is not None and (not value or "\0" in value):

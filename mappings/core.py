@@ -53,9 +53,10 @@ MARKER = "marker"
 DONE = "done"
 #: how often a process with checkpoints on looks for its turn while it has nothing to receive
 IDLE_POLL = 0.005
-#: batches a process with checkpoints on reads ahead of what it processes (see Runtime._read_ahead),
+#: batches a process with checkpoints on reads ahead of what it processes (see Runtime._read_ahead):
+#: as many as a channel holds (multi's inbox, mpi's sends in flight), so a marker is always in reach;
 #: and how often it looks while it works through them
-READ_AHEAD = 32
+READ_AHEAD = 8
 READ_SECONDS = 0.01
 
 
@@ -533,11 +534,9 @@ class Runtime:
             if not inst.done:
                 self._call(inst, checkpoint.restore, inst.pe, saved["state"])
             self.fed[gid] = restored.fed(gid)
-        for gid, input_name, data in restored.in_flight(set(self.local)):
-            if input_name is None:
-                self._end_of_stream(gid)
-            else:
-                self._process(self.local[gid], {input_name: data})
+        # processed as if just read ahead: with checkpoint points and reads in between (the items a slow
+        # PE had queued may take minutes), and in flight again should a checkpoint come first
+        self.inbox.extend(restored.in_flight(set(self.local)))
 
     # --- end-of-stream accounting --------------------------------------------------------------
     def _end_of_stream(self, gid: int) -> None:
@@ -621,6 +620,7 @@ class Runtime:
             self._deliver((inbox.popleft(),))
             if time.monotonic() - self._read_at > READ_SECONDS:
                 self._read_ahead()
+                self._checkpoint_point()
         if block and not self.inbox:
             self.flush_all()
             # a short nap, not a blocking receive: the coordinator must watch its clock and the

@@ -133,7 +133,10 @@ def _segments(ctx: RunContext) -> list[dict]:
     if ctx.restored is None:
         return []
     previous = rd.read_run(ctx.results) or {}
-    return [*previous.get("segments", []), {k: previous.get(k) for k in SEGMENT_FIELDS}]
+    last = {k: previous.get(k) for k in SEGMENT_FIELDS}
+    if last["state"] == "RUNNING":  # it was killed before it could record its end
+        last["state"] = "KILLED"
+    return [*previous.get("segments", []), last]
 
 
 RESERVE = "reserve"

@@ -77,13 +77,16 @@ class Local(Scheduler):
             job_id = f"local-{secrets.token_hex(4)}"
             directory = spec.results_dir(job_id)
             try:
-                (directory / "state").mkdir(parents=True)
+                (directory / "state").mkdir(parents=True, exist_ok=spec.continues is not None)
                 break
             except FileExistsError:
                 continue
+        env = dict(os.environ, D4P_JOB_ID=job_id, **{self.nodefile: str(directory / NODEFILE)})
+        earlier = _record(directory) if spec.after else None
+        if earlier and alive(earlier["pid"], earlier.get("started")):
+            env["D4P_AFTER_PID"] = str(earlier["pid"])  # its script waits for the job it continues
         (directory / "job.sh").write_text(script)
         (directory / NODEFILE).write_text(f"{socket.gethostname()}\n" * spec.total_tasks)
-        env = dict(os.environ, D4P_JOB_ID=job_id, **{self.nodefile: str(directory / NODEFILE)})
         pid = start(directory / "job.sh", env, os.getcwd(), directory / "job.out", directory / "job.err")
         fields = _stat(pid)
         record = {"pid": pid, "started": int(fields[19]) if fields else None}
