@@ -113,6 +113,10 @@ def submit(graph, profile, dry_run, wait_, **options):
     spec, resolved = _build(graph, profile, options)
     script = render_script(spec, resolved.sources)
     click.echo(_describe(spec, resolved.sources), err=True)
+    from d4p_hpc.resume import signal_warning
+
+    if warning := signal_warning(spec):
+        click.echo(f"warning: {warning}", err=True)
     if dry_run:
         click.echo(script, nl=False)
         return
@@ -256,7 +260,9 @@ def resume(job, requeue, exit_code, from_job, results_root, profile):
     from d4p_hpc.resume import resume as resubmit
 
     found = jobs.open_job(job) if from_job else _find(job, results_root, profile)
-    new_id = resubmit(found, exit_code if from_job else None, requeue)
+    new_id, warning = resubmit(found, exit_code if from_job else None, requeue)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"job {new_id} continues {found.directory}")
 
 

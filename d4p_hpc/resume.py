@@ -32,8 +32,8 @@ ARCHIVED = ("submitted", "started", "finished", "local.json")
 LOGS = ("job.out", "job.err")
 
 
-def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = None) -> str:
-    """Submit the successor of ``job``; return its job id.
+def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = None) -> tuple[str, str | None]:
+    """Submit the successor of ``job``; return its job id and a warning about its signal time, if any.
 
     ``exit_code`` is given by a job that resubmits itself at its walltime stop (``--requeue``): it is
     still running, and its segment ends TIMEOUT with that code. ``requeue`` replaces the number of
@@ -75,8 +75,22 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
         write_json(archive / "finished", {"time": now(), "epoch": time.time(), "state": "TIMEOUT",
                                           "exit_code": exit_code, "reason": f"walltime: continued by job {new_id}"})
     write_json(archive / "successor", {"job_id": new_id, "time": now()})
-    _link(job.directory, spec.job_name, new_id)
-    return new_id
+    _link(job.directory, str(spec.job_name), new_id)
+    return new_id, signal_warning(spec)
+
+
+def signal_warning(spec) -> str | None:
+    """Why the pre-walltime signal of ``spec`` may come too late for the run's last checkpoint, if it may."""
+    from d4p_hpc.mappings.checkpoint import signal_seconds_needed
+
+    if not spec.checkpoints:
+        return None
+    needed = signal_seconds_needed(Path(spec.continues) if spec.continues else None)
+    if spec.warning_seconds >= needed:
+        return None
+    return (f"--signal-seconds {spec.warning_seconds} may not leave the run time for its checkpoint at the "
+            f"walltime signal (about {needed:.0f} s, from the checkpoints so far); it would then resume from "
+            "the one before")
 
 
 def segments(job: jobs.Job) -> list[dict]:

@@ -147,10 +147,18 @@ def parts_written(results: Path, seq: int) -> int:
 
 
 def complete(results: Path, seq: int, manifest: dict) -> None:
-    """Mark checkpoint ``seq`` complete with its ``manifest``, and remove all but the newest ones."""
+    """Mark checkpoint ``seq`` complete with its ``manifest``, and remove all but the newest ones.
+
+    Output part files of process numbers that wrote no part (an earlier segment had more processes,
+    or a worker that has left) are written by nobody now: their sizes are recorded here, so that a
+    resume keeps them."""
     d = directory(results, seq)
-    size = sum(p.stat().st_size for p in d.glob("part-*.pkl"))
-    manifest = {"format": FORMAT, "seq": seq, "time": rd.now(), "bytes": size, **manifest}
+    parts = sorted(d.glob("part-*.pkl"))
+    size = sum(p.stat().st_size for p in parts)
+    procs = {f"part-{p.name[5:10]}." for p in parts}
+    dormant = {str(p.relative_to(results)): p.stat().st_size for p in Path(results, rd.OUTPUTS).glob("*/part-*")
+               if p.name[:11] not in procs}
+    manifest = {"format": FORMAT, "seq": seq, "time": rd.now(), "bytes": size, "dormant": dormant, **manifest}
     write_atomic(d / COMPLETE, (json.dumps(manifest, indent=1) + "\n").encode())
     done = completed(results)
     for old in sorted(p for p in (Path(results) / DIRNAME).iterdir() if p.name.isdigit()):
@@ -178,6 +186,18 @@ def latest(results: Path) -> dict | None:
     """The manifest of the newest complete checkpoint, or None."""
     done = completed(results)
     return manifest(results, done[-1]) if done else None
+
+
+def signal_seconds_needed(results: Path | None) -> float:
+    """How long before the walltime the signal must come for the run to take its checkpoint, stop
+    and (``--requeue``) submit its successor: twice the longest checkpoint measured in ``results``
+    (None: none measured yet), plus :data:`STOP_SECONDS`."""
+    measured = [manifest(results, seq).get("seconds", 0.0) for seq in completed(results)] if results else []
+    return STOP_SECONDS + 2 * max(measured, default=0.0)
+
+
+#: a run's own stop after its last checkpoint, and the submission of its successor
+STOP_SECONDS = 10.0
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -211,7 +231,8 @@ class Restored:
         return next((p.get("copies", {}) for p in self.parts if p["proc"] == proc), {})
 
     def sizes(self) -> dict[str, int]:
-        found: dict[str, int] = {}
+        """The size of every output part file at the checkpoint."""
+        found: dict[str, int] = dict(self.manifest.get("dormant", {}))
         for part in self.parts:
             found.update(part.get("parts", {}))
         return found

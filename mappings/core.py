@@ -52,7 +52,7 @@ CONTROL = -1
 MARKER = "marker"
 DONE = "done"
 #: how often a process with checkpoints on looks for its turn while it has nothing to receive
-IDLE_POLL = 0.005
+IDLE_POLL = 0.01
 #: batches a process with checkpoints on reads ahead of what it processes (see Runtime._read_ahead):
 #: as many as a channel holds (multi's inbox, mpi's sends in flight), so a marker is always in reach;
 #: and how often it looks while it works through them
@@ -190,6 +190,14 @@ class Sink:
         self.flush()
         return {str(self._path(key).relative_to(self.results)): os.fstat(fh.fileno()).st_size
                 for key, fh in self._files.items()}
+
+    def checkpoint_sizes(self) -> dict[str, int]:
+        """:meth:`sizes`, and the size of this process's part files it has not written to in this run:
+        those of an earlier segment, which nobody else writes (a part file has one process number)."""
+        sizes = self.sizes()
+        for path in Path(self.results, rd.OUTPUTS).glob(f"*/part-{self.proc:05d}.*"):
+            sizes.setdefault(str(path.relative_to(self.results)), path.stat().st_size)
+        return sizes
 
     def close(self) -> None:
         for fh in self._files.values():
@@ -440,7 +448,7 @@ class Runtime:
         """Deliver one received batch to the local instances."""
         self._deliver(pickle.loads(payload)[1])
 
-    def _deliver(self, box: list) -> None:
+    def _deliver(self, box: Iterable[tuple]) -> None:
         for gid, input_name, data in box:
             if input_name is None:
                 self._end_of_stream(gid)
@@ -493,7 +501,7 @@ class Runtime:
             if not inst.done:
                 saved["state"] = checkpoint.capture(inst.node.key, inst.pe)
             instances[gid] = saved
-        snap.part = {"instances": instances, "fed": dict(self.fed), "parts": self.sink.sizes(),
+        snap.part = {"instances": instances, "fed": dict(self.fed), "parts": self.sink.checkpoint_sizes(),
                      "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox]}
         for peer in snap.peers:
             self._send_control(peer, MARKER, (seq, final))

@@ -145,7 +145,7 @@ class TaskRuntime(Runtime):
         return {"copies": {index: checkpoint.capture(inst.node.key, inst.pe) for index, inst in self.copies.items()},
                 "instances": {gid: {"state": checkpoint.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
                               for gid, inst in self.owned.items()},
-                "parts": self.sink.sizes()}
+                "parts": self.sink.checkpoint_sizes()}
 
     def _host(self, gid: int, label: int | None) -> Instance:
         node = self.node_of[gid]

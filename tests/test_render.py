@@ -64,6 +64,27 @@ def test_golden(scheduler, mapping, update_golden):
                     f"`pytest tests/test_render.py --update-golden`):\n{diff}")
 
 
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_golden_of_a_job_that_continues_a_run(scheduler, update_golden):
+    """The successor of a job stopped at its walltime (``d4p-hpc resume``, or ``--requeue`` from inside
+    the job): the same directory, a dependency on the job it continues, the run resumed, and one
+    resubmission fewer left."""
+    spec = golden_spec(scheduler, "mpi", requeue=2, checkpoint_every=300,
+                       continues="/scratch/user/d4p-results/word_count-1234", after="1234")
+    script = render.render_script(spec)
+    path = GOLDEN / scheduler / "continued.sh"
+    if update_golden:
+        path.write_text(script)
+        return
+    assert script == path.read_text(), f"{path} differs: run pytest tests/test_render.py --update-golden"
+    assert "d4p_results=/scratch/user/d4p-results/word_count-1234\n" in script
+    assert "--checkpoint --checkpoint-every 300 --resume" in script
+    assert '--from-job --exit-code "$rc"' in script
+    dependency = {"slurm": "#SBATCH --dependency=afterany:1234", "pbs": "#PBS -W depend=afterany:1234",
+                  "local": 'kill -0 "$D4P_AFTER_PID"'}[scheduler]
+    assert dependency in script
+
+
 def test_shellcheck_is_clean_on_every_golden_script():
     """Beyond `bash -n`: quoting and word-splitting mistakes in the templates (Debian shellcheck)."""
     import shutil
@@ -72,7 +93,7 @@ def test_shellcheck_is_clean_on_every_golden_script():
         reason = "shellcheck is not installed (apt-get install shellcheck; .ci/install.sh does)"
         pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
     scripts = sorted(str(p) for p in GOLDEN.glob("*/*.sh"))
-    assert len(scripts) == len(COMBINATIONS)
+    assert len(scripts) == len(COMBINATIONS) + len(SCHEDULERS)  # + continued.sh each
     result = subprocess.run(["shellcheck", "--shell=bash", "--severity=warning", *scripts],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:]

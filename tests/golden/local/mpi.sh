@@ -9,6 +9,8 @@
 umask 077
 d4p_job_id=${D4P_JOB_ID:?"this script is for the local scheduler: run it with d4p-hpc submit --scheduler local"}
 d4p_results=/scratch/user/d4p-results/word_count-"$d4p_job_id"
+# the run records which job each of its segments ran in
+export D4P_HPC_JOB_ID="$d4p_job_id"
 mkdir -p -- "$d4p_results/state" || exit 1
 # (a shell reading the script from stdin has no file to copy; submit wrote job.sh then)
 [ ! -f "$0" ] || [ "$0" -ef "$d4p_results/job.sh" ] || cp -- "$0" "$d4p_results/job.sh"
@@ -16,10 +18,13 @@ printf '%s\n' '{
   "sources": {},
   "spec": {
     "account": null,
+    "after": null,
     "attr": null,
+    "checkpoint_every": null,
     "conda": null,
     "constraint": null,
     "container": null,
+    "continues": null,
     "cpus_per_task": 1,
     "data": null,
     "exclusive": false,
@@ -40,6 +45,7 @@ printf '%s\n' '{
     "python": "python3",
     "qos": null,
     "redis_bind": null,
+    "requeue": 0,
     "results_root": "/scratch/user/d4p-results",
     "scheduler": "local",
     "setup": [],

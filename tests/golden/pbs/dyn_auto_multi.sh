@@ -21,6 +21,8 @@ d4p_job_id=${PBS_JOBID:?"this is a PBS job script: submit it with qsub"}
 # PBS starts jobs in the home directory: run where the job was submitted
 cd "${PBS_O_WORKDIR:-.}" || exit 1
 d4p_results=/scratch/user/d4p-results/word_count-"$d4p_job_id"
+# the run records which job each of its segments ran in
+export D4P_HPC_JOB_ID="$d4p_job_id"
 mkdir -p -- "$d4p_results/state" || exit 1
 # (a shell reading the script from stdin has no file to copy; submit wrote job.sh then)
 [ ! -f "$0" ] || [ "$0" -ef "$d4p_results/job.sh" ] || cp -- "$0" "$d4p_results/job.sh"
@@ -28,10 +30,13 @@ printf '%s\n' '{
   "sources": {},
   "spec": {
     "account": "proj1",
+    "after": null,
     "attr": null,
+    "checkpoint_every": null,
     "conda": null,
     "constraint": null,
     "container": null,
+    "continues": null,
     "cpus_per_task": 1,
     "data": null,
     "exclusive": false,
@@ -52,6 +57,7 @@ printf '%s\n' '{
     "python": "python3",
     "qos": null,
     "redis_bind": null,
+    "requeue": 0,
     "results_root": "/scratch/user/d4p-results",
     "scheduler": "pbs",
     "setup": [],

@@ -20,6 +20,8 @@
 umask 077
 d4p_job_id=${SLURM_JOB_ID:?"this is a Slurm job script: submit it with sbatch"}
 d4p_results=/scratch/user/d4p-results/word_count-"$d4p_job_id"
+# the run records which job each of its segments ran in
+export D4P_HPC_JOB_ID="$d4p_job_id"
 mkdir -p -- "$d4p_results/state" || exit 1
 # sbatch opened its log files before this directory existed; renaming keeps them open
 for d4p_ext in out err; do
@@ -32,10 +34,13 @@ printf '%s\n' '{
   "sources": {},
   "spec": {
     "account": "proj1",
+    "after": null,
     "attr": null,
+    "checkpoint_every": null,
     "conda": null,
     "constraint": null,
     "container": null,
+    "continues": null,
     "cpus_per_task": 1,
     "data": null,
     "exclusive": false,
@@ -56,6 +61,7 @@ printf '%s\n' '{
     "python": "python3",
     "qos": null,
     "redis_bind": null,
+    "requeue": 0,
     "results_root": "/scratch/user/d4p-results",
     "scheduler": "slurm",
     "setup": [],
