@@ -47,6 +47,9 @@ class Mapping:
     launch: str
     #: whether ``-n`` counts processes it starts on this host (not simple's one)
     forks: bool = True
+    #: how its checkpoints keep PE states: by "instance" (placed instances), or by "worker" (the
+    #: copies each worker of a dynamic mapping has); states move only between mappings of one kind
+    states: str = "worker"
 
     def load(self) -> ModuleType:
         """Import the module that runs it (mpi4py or redis come with it)."""
@@ -72,9 +75,9 @@ class Mapping:
 
 
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
-    Mapping("simple", "simple", "single", forks=False),
-    Mapping("multi", "multi", "single"),
-    Mapping("mpi", "mpi", "mpi"),
+    Mapping("simple", "simple", "single", forks=False, states="instance"),
+    Mapping("multi", "multi", "single", states="instance"),
+    Mapping("mpi", "mpi", "mpi", states="instance"),
     Mapping("dyn_multi", "dyn_multi", "single"),
     Mapping("dyn_auto_multi", "dyn_multi", "single"),
     Mapping("dyn_redis", "dyn_redis", "redis"),

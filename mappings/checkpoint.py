@@ -29,6 +29,7 @@ uninterrupted run, each item once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,11 +42,13 @@ from typing import Any
 
 from d4p_hpc import results as rd
 from d4p_hpc.errors import ResumeError
+from d4p_hpc.mappings import MAPPINGS
 
 #: Version of the format of parts and manifests: a resume refuses another one.
 FORMAT = 1
 DIRNAME = "checkpoints"
 COMPLETE = "complete.json"
+ANNOUNCED = "begun"
 KEEP = 2
 #: What the mappings put on a PE object; not the PE's own state.
 WIRED = frozenset({"inputconnections", "outputconnections", "log", "rank", "pickleIgnore", "wrapper"})
@@ -102,12 +105,7 @@ def identity(ctx: Any) -> dict:
     return {"graph": ctx.graph_path, "graph_sha256": file_digest(ctx.graph_path), "attr": ctx.attr,
             "inputs_sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest(),
             "inputs": inputs, "mapping": ctx.mapping, "processes": ctx.processes,
-            "instances": ctx.plan.instances, "kind": kind_of(ctx.mapping)}
-
-
-def kind_of(mapping: str) -> str:
-    """``static`` (states by instance) or ``dynamic`` (states by worker): state moves within a kind."""
-    return "static" if mapping in ("simple", "multi", "mpi") else "dynamic"
+            "instances": ctx.plan.instances, "states": MAPPINGS[ctx.mapping].states}
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -188,16 +186,16 @@ def latest(results: Path) -> dict | None:
     return manifest(results, done[-1]) if done else None
 
 
+#: a run's own stop after its last checkpoint, and the submission of its successor
+STOP_SECONDS = 10.0
+
+
 def signal_seconds_needed(results: Path | None) -> float:
     """How long before the walltime the signal must come for the run to take its checkpoint, stop
     and (``--requeue``) submit its successor: twice the longest checkpoint measured in ``results``
     (None: none measured yet), plus :data:`STOP_SECONDS`."""
     measured = [manifest(results, seq).get("seconds", 0.0) for seq in completed(results)] if results else []
     return STOP_SECONDS + 2 * max(measured, default=0.0)
-
-
-#: a run's own stop after its last checkpoint, and the submission of its successor
-STOP_SECONDS = 10.0
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -249,17 +247,21 @@ def load(results: Path, seq: int | None = None) -> Restored:
     if found.get("format") != FORMAT:
         raise ResumeError(f"checkpoint {seq} of {results} has format {found.get('format')}; this d4p-hpc reads "
                           f"format {FORMAT}: resume with the d4p-hpc version that wrote it")
-    parts = []
-    for path in sorted(directory(results, seq).glob("part-*.pkl")):
-        with open(path, "rb") as fh:
-            parts.append(pickle.load(fh))
-    return Restored(seq, found, parts)
+    return Restored(seq, found, [_read(path) for path in sorted(directory(results, seq).glob("part-*.pkl"))])
+
+
+def _read(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
 
 
 def check_resumable(ctx: Any, restored: Restored) -> None:
     """Refuse, in one line, a resume whose graph, inputs or mapping differ from the checkpoint's."""
-    now, then = identity(ctx), restored.manifest["identity"]
+    now, then = identity(ctx), restored.manifest.get("identity") or {}
     where = f"checkpoint {restored.seq} of {ctx.results}"
+    if set(now) - set(then):
+        raise ResumeError(f"{where} lacks {', '.join(sorted(set(now) - set(then)))}: it was not written by this "
+                          "d4p-hpc version; start a new run instead")
     if now["graph_sha256"] != then["graph_sha256"]:
         raise ResumeError(f"the graph file {ctx.graph_path} has changed since {where} (sha256 "
                           f"{then['graph_sha256'][:12]} then, {str(now['graph_sha256'])[:12]} now): a resume must run "
@@ -267,13 +269,13 @@ def check_resumable(ctx: Any, restored: Restored) -> None:
     if now["inputs_sha256"] != then["inputs_sha256"]:
         raise ResumeError(f"the inputs differ from those of {where} ({_short(then['inputs'])} then, "
                           f"{_short(now['inputs'])} now): a resume must read the same inputs; start a new run instead")
-    if now["kind"] != then["kind"]:
+    if now["states"] != then["states"]:
         raise ResumeError(f"{where} was taken under -m {then['mapping']}, whose PE states cannot move to "
                           f"-m {ctx.mapping}; resume with -m {then['mapping']}")
-    if now["kind"] == "static" and now["instances"] != then["instances"]:
+    if now["states"] == "instance" and now["instances"] != then["instances"]:
         raise ResumeError(f"{where} has {then['instances']} PE instances and -m {ctx.mapping} -n {ctx.processes} "
                           f"makes {now['instances']}; resume with -n {then['processes']}")
-    if now["kind"] == "dynamic" and now["processes"] != then["processes"]:
+    if now["states"] == "worker" and now["processes"] != then["processes"]:
         raise ResumeError(f"{where} holds the PE copies of {then['processes']} workers; resume with "
                           f"-n {then['processes']}")
 
@@ -305,19 +307,26 @@ def cut_back(results: Path, restored: Restored) -> int:
 class Snapshots:
     """One process's side of taking checkpoints in a static mapping (simple, multi, mpi).
 
-    The core calls :meth:`due` at its clean points (between root items, between received batches),
-    :meth:`marker` for each marker received, and :meth:`received` for each batch while recording.
+    Any process may begin checkpoint n+1 at one of its clean points (no PE call under way) once n is
+    complete and its clock says one is due or the walltime signal came: it announces it
+    (``<n+1>/begun``, created once), takes its local snapshot and sends a marker on every channel.
+    Every other process takes its own at the first marker it receives or, when its inbox is too
+    full for the marker to be in reach, at the announcement. Each writes its part once every
+    channel's marker is in; whoever writes the last part completes the checkpoint. No process is
+    special: one that waits in a send (backpressure), which cannot take a snapshot then, holds up
+    nobody's beginning.
     """
 
     def __init__(self, results: Path, proc: int, procs: list[int], every: float | None, identity: dict,
                  first_seq: int = 1) -> None:
         self.results = Path(results)
         self.proc = proc
+        self.procs = len(procs)
         self.peers = [p for p in procs if p != proc]
-        self.coordinator = min(procs)
         self.every = every
         self.identity = identity
-        self.seq = first_seq - 1          # the last checkpoint this process has begun
+        self.first = first_seq
+        self.seq = first_seq - 1          # the last checkpoint this process has taken its snapshot of
         self.next_at = time.monotonic() + every if every else float("inf")
         self.stop_signal: int | None = None  # the walltime signal came: checkpoint, then stop
         self.final = False                # the current checkpoint is the last one of this segment
@@ -325,78 +334,72 @@ class Snapshots:
         self.part: dict | None = None     # our part of the current checkpoint, until written
         self.written = True               # our part of self.seq is written (or there is none)
         self.started = 0.0
-        self.completed_seq = first_seq - 1
-        self.taken: list[dict] = []       # what each completed checkpoint cost (coordinator)
 
     def request_stop(self, signum: int) -> None:
         """The signal handler: the walltime is near; take a checkpoint and then stop."""
         self.stop_signal = signum
 
     def due(self) -> bool:
-        """Whether the coordinator should begin a checkpoint now."""
-        if self.proc != self.coordinator or not self.written or self.completed_seq < self.seq:
+        """Whether to begin the next checkpoint now. Cheap until the clock or the signal says one is
+        due; then the previous one must be complete."""
+        if not self.written or (self.stop_signal is None and time.monotonic() < self.next_at):
             return False
-        return self.stop_signal is not None or time.monotonic() >= self.next_at
+        if self.seq >= self.first and not is_complete(self.results, self.seq):
+            self.next_at = time.monotonic() + 0.05  # others still write theirs: look again soon, not at once
+            return False
+        return True
 
-    def begin(self, final: bool) -> int:
+    def begin(self) -> tuple[int, bool]:
+        """Our local snapshot of the next checkpoint is being taken: announce it, if nobody has; return
+        its number and whether it is the last of this segment.
+
+        The process that begins a checkpoint decides that (it has had the walltime signal), in the
+        announcement all read: the signal reaches the processes one by one, and they must agree.
+        One that has the signal after a checkpoint that is not the last begins the next, the last."""
         self.seq += 1
-        self.final = final
         self.started = time.monotonic()
         self.written = False
         self.recording = set(self.peers)
-        return self.seq
+        self.final = self.stop_signal is not None
+        if self.peers:
+            # written whole under another name, then linked: the first process to begin it decides
+            d = directory(self.results, self.seq)
+            tmp = d / f".{ANNOUNCED}.{self.proc}"
+            write_atomic(tmp, b"final" if self.final else b"")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, d / ANNOUNCED)
+            tmp.unlink()
+            self.final = (d / ANNOUNCED).read_bytes() == b"final"
+        return self.seq, self.final
 
-    def received(self, sender: int, entries: list) -> None:
-        """A batch from ``sender`` while its channel is recorded: its items were in flight."""
-        if self.part is not None and sender in self.recording:
-            self.part["in_flight"].extend(entries)
+    def announced(self) -> bool:
+        """Whether another process has begun the next checkpoint."""
+        return (directory(self.results, self.seq + 1) / ANNOUNCED).exists()
 
     def channel_done(self, sender: int) -> None:
         self.recording.discard(sender)
         self.maybe_write()
 
     def maybe_write(self) -> None:
-        if self.part is not None and not self.recording:
-            part, self.part = self.part, None
-            self.bytes = write_part(self.results, self.seq, self.proc, part)
-            self.written = True
-
-    def check_complete(self) -> bool:
-        """Coordinator: mark the current checkpoint complete once every process has written its part."""
-        if self.completed_seq >= self.seq or not self.written:
-            return self.completed_seq >= self.seq
-        if is_complete(self.results, self.seq):  # (a resumed run that re-took it)
-            self.completed_seq = self.seq
-            return True
-        if parts_written(self.results, self.seq) < len(self.peers) + 1:
-            return False
-        seconds = time.monotonic() - self.started
-        flights = sum(len(pickle.load(open(p, "rb")).get("in_flight", []))
-                      for p in directory(self.results, self.seq).glob("part-*.pkl"))
-        complete(self.results, self.seq, {"identity": self.identity, "seconds": round(seconds, 4),
-                                          "in_flight": flights, "final": self.final})
-        self.taken.append({"seq": self.seq, "seconds": round(seconds, 4), "in_flight": flights})
-        self.completed_seq = self.seq
+        """Write our part once every channel's marker is in; complete the checkpoint if it is the last."""
+        if self.part is None or self.recording:
+            return
+        part, self.part = self.part, None
+        write_part(self.results, self.seq, self.proc, part)
+        self.written = True
         if self.every:
             self.next_at = time.monotonic() + self.every
-        return True
+        if parts_written(self.results, self.seq) == self.procs and not is_complete(self.results, self.seq):
+            parts = [_read(p) for p in directory(self.results, self.seq).glob("part-*.pkl")]
+            complete(self.results, self.seq, {"identity": self.identity,
+                                              "seconds": round(time.monotonic() - self.started, 4),
+                                              "in_flight": sum(len(p.get("in_flight", [])) for p in parts),
+                                              "final": self.final})
 
     def wait_complete(self, poll: Any) -> None:
         """After our part of a final checkpoint: wait (calling ``poll`` to keep channels moving) until
         the checkpoint is complete, at most :data:`FINAL_WAIT` seconds."""
         deadline = time.monotonic() + FINAL_WAIT
-        while time.monotonic() < deadline:
-            if self.proc == self.coordinator:
-                if self.check_complete():
-                    return
-            elif is_complete(self.results, self.seq):
-                return
+        while time.monotonic() < deadline and not is_complete(self.results, self.seq):
             poll()
             time.sleep(0.01)
-
-    def metrics(self) -> dict:
-        if not self.taken:
-            return {}
-        return {"checkpoints": {"taken": len(self.taken), "seconds_max": max(t["seconds"] for t in self.taken),
-                                "seconds_mean": round(sum(t["seconds"] for t in self.taken) / len(self.taken), 4),
-                                "last": self.taken[-1]}}

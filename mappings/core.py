@@ -51,8 +51,8 @@ SINK_FLUSH_SECONDS = 1.0
 CONTROL = -1
 MARKER = "marker"
 DONE = "done"
-#: how often a process with checkpoints on looks for its turn while it has nothing to receive
-IDLE_POLL = 0.01
+#: how often a process with checkpoints on looks at its clock while it has nothing to receive
+IDLE_WAIT = 0.05
 #: batches a process with checkpoints on reads ahead of what it processes (see Runtime._read_ahead):
 #: as many as a channel holds (multi's inbox, mpi's sends in flight), so a marker is always in reach;
 #: and how often it looks while it works through them
@@ -285,8 +285,9 @@ class Transport(Protocol):
     def send(self, proc: int, payload: bytes) -> None:
         """Send to process ``proc``; may block while the receiver is behind (backpressure)."""
 
-    def recv(self, block: bool) -> bytes | bytearray | None:
-        """Next batch for this process; None if ``block`` is False and nothing is waiting."""
+    def recv(self, block: bool, timeout: float | None = None) -> bytes | bytearray | None:
+        """Next batch for this process; None if ``block`` is False and nothing is waiting, or if
+        nothing came within ``timeout`` seconds."""
 
 
 class _Writer:
@@ -464,19 +465,32 @@ class Runtime:
         assert self.transport is not None and self.snapshots is not None
         snap = self.snapshots
         self._read_at = time.monotonic()
-        while len(self.inbox) < READ_AHEAD * BATCH_ITEMS:
+        while True:
+            if len(self.inbox) >= READ_AHEAD * BATCH_ITEMS and snap.part is None and not self.halted:
+                # full: the marker may be out of reach behind the batches still queued; the
+                # announcement says a checkpoint has begun (then we read on until
+                # every channel's marker: what comes before it is recorded, so memory stays bounded)
+                if not snap.announced():
+                    return
+                self._snapshot()
             payload = self.transport.recv(False)
             if payload is None:
                 return
-            sender, box = pickle.loads(payload)
-            if box and box[0][0] == CONTROL:  # control entries travel alone
-                self._control(sender, box[0][1], box[0][2])
-                continue
-            if snap.part is not None and sender in snap.recording:
-                # pickled now: the PE that takes an item may change it
-                snap.part["in_flight"].extend(pickle.dumps(e, protocol=5) for e in box)
-            if not self.halted:  # after the last checkpoint of a segment, items only count as in flight
-                self.inbox.extend(box)
+            self._take(payload)
+
+    def _take(self, payload: bytes | bytearray) -> None:
+        """One batch read ahead: a control entry acted on, items recorded (if in flight) and queued."""
+        snap = self.snapshots
+        assert snap is not None
+        sender, box = pickle.loads(payload)
+        if box and box[0][0] == CONTROL:  # control entries travel alone
+            self._control(sender, box[0][1], box[0][2])
+            return
+        if snap.part is not None and sender in snap.recording:
+            # pickled now: the PE that takes an item may change it
+            snap.part["in_flight"].extend(pickle.dumps(e, protocol=5) for e in box)
+        if not self.halted:  # after the last checkpoint of a segment, items only count as in flight
+            self.inbox.extend(box)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _control(self, sender: int, kind: str, data: Any) -> None:
@@ -484,16 +498,16 @@ class Runtime:
         assert snap is not None  # control entries are sent only with checkpoints on
         if kind == DONE:
             self.peers_done.add(sender)
-        elif data[0] > snap.seq:  # the first marker of this checkpoint: our local snapshot now
-            self._snapshot(final=data[1], first_from=sender)
+        elif data > snap.seq:  # the first marker of this checkpoint: our local snapshot now
+            self._snapshot(first_from=sender)
         else:
             snap.channel_done(sender)
 
-    def _snapshot(self, final: bool, first_from: int | None = None) -> None:
+    def _snapshot(self, first_from: int | None = None) -> None:
         """Take this process's local snapshot and send a marker behind everything sent so far."""
         snap = self.snapshots
         assert snap is not None
-        seq = snap.begin(final)
+        seq, final = snap.begin()
         self.flush_all()
         instances = {}
         for gid, inst in self.local.items():
@@ -504,7 +518,7 @@ class Runtime:
         snap.part = {"instances": instances, "fed": dict(self.fed), "parts": self.sink.checkpoint_sizes(),
                      "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox]}
         for peer in snap.peers:
-            self._send_control(peer, MARKER, (seq, final))
+            self._send_control(peer, MARKER, seq)
         if first_from is not None:
             snap.recording.discard(first_from)
         snap.maybe_write()
@@ -517,15 +531,13 @@ class Runtime:
         self.transport.send(proc, pickle.dumps((self.proc, [(CONTROL, kind, data)]), protocol=5))
 
     def _checkpoint_point(self) -> None:
-        """A clean point (no PE call under way): begin a checkpoint that is due, complete one, or stop
-        after the one taken at the walltime signal."""
+        """A clean point (no PE call under way): begin a checkpoint that is due, or stop after the
+        last one (taken at the walltime signal) once it is complete."""
         snap = self.snapshots
         if snap is None:
             return
-        if snap.due():
-            self._snapshot(final=snap.stop_signal is not None)
-        if snap.proc == snap.coordinator:
-            snap.check_complete()
+        if not self.halted and snap.due():
+            self._snapshot()
         if self.halted and snap.written:
             snap.wait_complete(lambda: self._drain(block=False))
             raise Interrupted(STOPS[WALLTIME], WALLTIME)
@@ -630,10 +642,13 @@ class Runtime:
                 self._read_ahead()
                 self._checkpoint_point()
         if block and not self.inbox:
+            assert self.transport is not None
             self.flush_all()
-            # a short nap, not a blocking receive: the coordinator must watch its clock and the
-            # walltime signal, and the others must see a marker while they idle
-            time.sleep(IDLE_POLL)
+            # not a receive that blocks for ever: a process must watch its clock and the walltime
+            # signal while it idles
+            payload = self.transport.recv(True, IDLE_WAIT)
+            if payload is not None:
+                self._take(payload)
             self._read_ahead()
 
     def stats(self) -> list[dict]:

@@ -157,7 +157,6 @@ class Driver:
         every = ctx.options.get("checkpoint_every")
         self.next_checkpoint = time.monotonic() + every if every else float("inf")
         self.seq = ctx.restored.seq if ctx.restored is not None else 0
-        self.taken: list[dict] = []
         #: a PE has been closed: state and accounting could no longer be saved apart, no checkpoint after
         self.closing = False
         self._started = self._rate_at = time.monotonic()
@@ -234,7 +233,7 @@ class Driver:
             if time.monotonic() > deadline:  # a worker died meanwhile: the next checkpoint may do
                 print(f"checkpoint {self.seq} abandoned: not every worker wrote its part in {PART_WAIT:g} s",
                       flush=True)
-                self._next(started)
+                self._next()
                 return
             time.sleep(QUIESCE_POLL)
         runtime = self.runtime
@@ -243,12 +242,11 @@ class Driver:
         checkpoint.complete(self.ctx.results, self.seq, {"identity": checkpoint.identity(self.ctx),
                                                          "seconds": seconds, "in_flight": 0, "final": final,
                                                          "workers": workers})
-        self.taken.append({"seq": self.seq, "seconds": seconds})
-        self._next(started)
+        self._next()
         if final:
             raise Interrupted(STOPS[WALLTIME], WALLTIME)
 
-    def _next(self, started: float) -> None:
+    def _next(self) -> None:
         every = self.ctx.options.get("checkpoint_every")
         self.next_checkpoint = time.monotonic() + every if every else float("inf")
 
@@ -286,10 +284,7 @@ class Driver:
     def metrics(self) -> dict:
         """The mapping's own metrics: the largest backlog the driver queued onto, the backpressure
         limit, and the pool size over time (dyn_auto_*)."""
-        extra: dict = {"backlog_peak": self.peak, "backlog_limit": self.limit}
-        if self.taken:
-            extra["checkpoints"] = {"taken": len(self.taken), "seconds_max": max(t["seconds"] for t in self.taken),
-                                    "last": self.taken[-1]}
+        extra = {"backlog_peak": self.peak, "backlog_limit": self.limit}
         if self.scaler is not None:
             extra.update(self.scaler.metrics(time.time()))
         return extra

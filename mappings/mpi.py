@@ -179,11 +179,12 @@ class MpiTransport:
             time.sleep(delay)
             delay = min(MAX_BACKOFF, delay * 2 or 2e-5)
 
-    def recv(self, block: bool) -> bytearray | None:
+    def recv(self, block: bool, timeout: float | None = None) -> bytearray | None:
         status = self.MPI.Status()
         delay = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=status):
-            if not block:
+            if not block or (deadline is not None and time.monotonic() >= deadline):
                 return None
             time.sleep(delay)
             delay = min(MAX_BACKOFF, delay * 2 or 2e-5)

@@ -13,8 +13,10 @@ import multiprocessing.connection
 import os
 import queue
 import sys
+import time
 
 from d4p_hpc import supervisor
+from d4p_hpc.mappings.checkpoint import FINAL_WAIT
 from d4p_hpc.mappings.core import die_with_parent
 from d4p_hpc.mappings.runner import (Outcome, RunContext, begin, combine, death, end, read_parts,
                                      run_process)
@@ -42,12 +44,14 @@ class QueueTransport:
             except queue.Full:
                 continue
 
-    def recv(self, block: bool) -> bytes | None:
+    def recv(self, block: bool, timeout: float | None = None) -> bytes | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return self.inbox.get(block, WAIT_SLICE if block else None)
+                wait = WAIT_SLICE if deadline is None else max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
+                return self.inbox.get(block, wait if block else None)
             except queue.Empty:
-                if not block:
+                if not block or (deadline is not None and time.monotonic() >= deadline):
                     return None
 
 
@@ -84,7 +88,7 @@ def run(ctx: RunContext) -> dict:
     try:
         for child in children:
             child.start()
-        stopped = _supervise(children)
+        stopped = _supervise(children, ctx.checkpoints)
     except supervisor.Interrupted as stop:
         stopped = Outcome(stop.state, stop.signum)
         passed_on = stop.signum
@@ -97,14 +101,24 @@ def run(ctx: RunContext) -> dict:
     return end(ctx, t0, _outcome(ctx, children, stopped))
 
 
-def _supervise(children: list) -> Outcome | None:
-    """Wait for the children; on the first abnormal exit, stop the rest."""
+def _supervise(children: list, checkpoints: bool) -> Outcome | None:
+    """Wait for the children; on the first abnormal exit, stop the rest (but for a stop after the
+    last checkpoint, which the others take part in and then stop after by themselves)."""
     alive = {c.sentinel: c for c in children}
+    timeout = supervisor.exit_code(supervisor.WALLTIME)
+    deadline = None  # once one has stopped after the last checkpoint: how long the others get for it
     while alive:
-        for sentinel in multiprocessing.connection.wait(list(alive)):
+        ready = multiprocessing.connection.wait(list(alive), None if deadline is None else
+                                                max(0.0, deadline - time.monotonic()))
+        if not ready:
+            supervisor.stop(children)
+            return None
+        for sentinel in ready:
             child = alive.pop(sentinel)
             child.join()
-            if child.exitcode != 0:
+            if checkpoints and child.exitcode == timeout:
+                deadline = deadline or time.monotonic() + FINAL_WAIT + supervisor.GRACE_SECONDS
+            elif child.exitcode != 0:
                 supervisor.stop(children)
                 return None
     return None

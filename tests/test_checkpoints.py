@@ -308,3 +308,26 @@ def test_state_that_cannot_be_saved_fails_the_run_naming_the_pe_and_attribute(tm
     assert error.startswith("PE Locked: attribute 'lock' cannot be saved (TypeError"), error
     assert "list it in the PE's pickleIgnore, or give the PE checkpoint() and restore(state) methods" in error
     assert not processes_mentioning(str(results))
+
+
+@pytest.mark.parametrize("mapping", ["multi", "mpi"])
+def test_a_checkpoint_takes_no_longer_behind_minutes_of_queued_items(mapping, tmp_path):
+    """A fast producer fills the slow stage's channel and its read-ahead (minutes of work at 0.05 s
+    a line): the checkpoints still take well under a second, and the walltime stop too."""
+    results = tmp_path / "r"
+    argv = [*d4p_hpc_cmd(), "run", str(GRAPH), "-a", "graph", "-i", "20000", "-m", mapping, "-n", "4",
+            "--checkpoint-every", "2", "--results", str(results)]
+    proc = subprocess.Popen(argv, env={**os.environ, "LONG_COUNT_SECONDS": "0.05"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: len(manifests(results)) >= 2 and manifests(results)[-1]["in_flight"] > 2000, 60)
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGUSR1)
+        proc.communicate(timeout=30)
+        stopped = time.monotonic() - asked
+    finally:
+        kill_group(proc.pid)
+    assert proc.returncode == 138, proc.returncode
+    taken = manifests(results)
+    assert taken[-1]["final"] and all(m["seconds"] < 1.0 for m in taken), taken
+    assert stopped < 10, stopped

@@ -93,7 +93,7 @@ def test_long_runs_continue_across_walltimes_and_kills_exactly_once(tmp_path, re
         pid = rd.read_json(job.directory / "state" / "local.json")["pid"]
         assert jobs.status([job])[0].state == "RUNNING", (mapping, jobs.status([job])[0])
         os.killpg(pid, signal.SIGKILL)
-    for mapping, job, at in killed:
+    for mapping, job, _ in killed:
         deadline = time.monotonic() + 30
         while jobs.status([job])[0].state == "RUNNING" and time.monotonic() < deadline:
             time.sleep(0.5)
