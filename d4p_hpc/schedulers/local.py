@@ -40,8 +40,18 @@ def start(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: 
     """
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
         proc = subprocess.Popen(["bash", str(script)], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True)
+                                stdout=out, stderr=err, start_new_session=True, preexec_fn=_default_signals)
     return proc.pid
+
+
+def _default_signals() -> None:
+    """A batch system starts a job with every signal at its default; so must we. A job that submits
+    its successor from its exit trap ignores the stop signals there, and a shell started with a
+    signal ignored can never trap it: the successor would not hear its walltime signal."""
+    import signal
+
+    for signum in supervisor.STOPS:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def alive(pid: int, started: int | None = None) -> bool:
