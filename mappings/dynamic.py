@@ -57,7 +57,9 @@ FLUSH_SECONDS = 0.02
 QUIESCE_POLL = 0.005
 PART_WAIT = 30.0
 #: checkpoints on: the driver queues no more work than the pool does in this long (see Driver._limit)
-QUIESCE_SECONDS = 1.0
+QUIESCE_SECONDS = 2.0
+#: ... but at least this many per worker: fewer would starve some (a worker reads a few at once)
+QUIESCE_TASKS = 4
 
 
 def max_backlog(workers: int) -> int:
@@ -160,7 +162,7 @@ class Driver:
         #: a PE has been closed: state and accounting could no longer be saved apart, no checkpoint after
         self.closing = False
         self._started = self._rate_at = time.monotonic()
-        self._quiesce_limit = 2 * ctx.processes
+        self._quiesce_limit = QUIESCE_TASKS * ctx.processes
 
     def request_stop(self, signum: int) -> None:
         """The walltime signal's handler (checkpoints on)."""
@@ -216,7 +218,7 @@ class Driver:
             self._rate_at = now + TICK
             done = self.broker.load()[1]
             rate = done / max(TICK, now - self._started)
-            self._quiesce_limit = int(min(self.limit, max(2 * self.ctx.processes, rate * QUIESCE_SECONDS)))
+            self._quiesce_limit = int(min(self.limit, max(QUIESCE_TASKS * self.ctx.processes, rate * QUIESCE_SECONDS)))
         return self._quiesce_limit
 
     def _checkpoint(self, final: bool) -> None:

@@ -122,7 +122,10 @@ class RedisBroker:
             print(f"unit {fields['ref']} was committed by another worker; its results here are dropped", flush=True)
         else:
             self._state = self.fresh_state()
-        self.count = 1 if seconds > SLOW_UNIT else min(READ_COUNT, self.count + 1)
+        if unit is not None and unit.gid == SHARED:
+            # by the shared tasks only: a host of stateful instances, whose items are quick, must not
+            # take several slow shared entries at once while other workers have none
+            self.count = 1 if seconds > SLOW_UNIT else min(READ_COUNT, self.count + 1)
         return backlog
 
     def fresh_state(self) -> str:

@@ -1,7 +1,7 @@
 """Runs longer than their walltime, as a user submits them: ``--requeue`` and ``d4p-hpc resume``.
 
-A stream whose work takes about 160 s (a producer, a slow stateless stage and, but for the
-dyn_* variant, a grouped counter) is submitted with a 1-minute walltime and ``--requeue 5``, on
+A stream whose work takes about 3 minutes (2 on Slurm, see LINES; a producer, a slow stateless
+stage and, but for the dyn_* variant, a grouped counter) is submitted with a 1-minute walltime and ``--requeue 5``, on
 the local scheduler and on the emulated Slurm, under simple, multi, mpi (2 nodes), dyn_redis
 (stateless) and hybrid_redis (2 nodes). Each job must end COMPLETED after 3 or more segments with
 the outputs of one uninterrupted simple run. Beside them, five jobs with ``--checkpoint-every 10``
@@ -29,8 +29,10 @@ from d4p_hpc.render import render_script
 from d4p_hpc.spec import JobSpec
 
 GRAPH = EXAMPLES / "long_count.py"
-LINES = 1500
-# mapping -> (graph variable, nodes, tasks per node, seconds per line): ~150 s of work each
+# lines per scheduler: ~3 minutes of work on the local scheduler; ~2 on Slurm, which sends the --signal
+# up to its time-limit check interval (30 s) early, so that a 1-minute segment there works ~25 s
+LINES = {"local": 1800, "slurm": 1200}
+# mapping -> (graph variable, nodes, tasks per node, seconds per line)
 CASES = {
     "simple": ("graph", 1, 1, 0.1),
     "multi": ("graph", 1, 4, 0.1),
@@ -39,19 +41,20 @@ CASES = {
     "hybrid_redis": ("graph", 2, 2, 0.4),    # four
 }
 DEADLINE = 15 * 60
-# Slurm sends the --signal up to its time-limit check interval (30 s) early: its segments are shorter
 SIGNAL_SECONDS = {"local": 12, "slurm": 5}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """(graph variable, lines) -> the outputs of one uninterrupted simple run."""
     os.environ["LONG_COUNT_SECONDS"] = "0"
     try:
         found = {}
         for attr in ("graph", "stateless"):
-            results = tmp_path_factory.mktemp(f"ref-{attr}") / "r"
-            assert run_simple(GRAPH, LINES, results, attr=attr)["state"] == "COMPLETED"
-            found[attr] = outputs(results)
+            for lines in set(LINES.values()):
+                results = tmp_path_factory.mktemp(f"ref-{attr}") / "r"
+                assert run_simple(GRAPH, lines, results, attr=attr)["state"] == "COMPLETED"
+                found[attr, lines] = outputs(results)
         return found
     finally:
         del os.environ["LONG_COUNT_SECONDS"]
@@ -59,9 +62,9 @@ def reference(tmp_path_factory):
 
 def submit(scheduler: str, mapping: str, root, **extra) -> jobs.Job:
     attr, nodes, tasks, seconds = CASES[mapping]
-    spec = JobSpec(graph=str(GRAPH), attr=attr, iterations=LINES, mapping=mapping, scheduler=scheduler,
-                   nodes=nodes, tasks_per_node=tasks, python=sys.executable, results_root=str(root),
-                   setup=[f"export LONG_COUNT_SECONDS={seconds}"], **extra)
+    spec = JobSpec(graph=str(GRAPH), attr=attr, iterations=LINES[scheduler], mapping=mapping,
+                   scheduler=scheduler, nodes=nodes, tasks_per_node=tasks, python=sys.executable,
+                   results_root=str(root), setup=[f"export LONG_COUNT_SECONDS={seconds}"], **extra)
     _, directory = schedulers.submit(spec, render_script(spec))
     return jobs.open_job(directory)
 
@@ -116,19 +119,20 @@ def test_long_runs_continue_across_walltimes_and_kills_exactly_once(tmp_path, re
         end = final(job)
         segments = resume.segments(job)
         got = outputs(job.directory)
-        want = reference[CASES[mapping][0]]
+        want = reference[CASES[mapping][0], LINES[scheduler]]
         if end.state != "COMPLETED" or len(segments) < 2 or got != want:
             record = rd.read_run(job.directory) or {}
+            took = [(s["state"], round((s["ended"] or 0) - (s["started"] or 0))) for s in segments]
             problems.append(f"{scheduler} {mapping}: {end.state} ({end.reason}) after {len(segments) + 1} "
-                            f"segments {[(s['state'], (s['ended'] or 0) - (s['started'] or 0)) for s in segments]}, items "
-                            f"{[s.get('items') for s in record.get('segments', [])]}; outputs {diff(got, want)}")
+                            f"segments {took}, items {[s.get('items') for s in record.get('segments', [])]}; "
+                            f"outputs {diff(got, want)}")
         elif any(s["state"] != "TIMEOUT" for s in segments):
             problems.append(f"{scheduler} {mapping}: segments {segments}")
         if processes_mentioning(str(job.directory)):
             problems.append(f"{scheduler} {mapping}: left {processes_mentioning(str(job.directory))}")
     for mapping, job, at in killed:
         end = final(job)
-        got, want = outputs(job.directory), reference[CASES[mapping][0]]
+        got, want = outputs(job.directory), reference[CASES[mapping][0], LINES["local"]]
         if end.state != "COMPLETED" or got != want:
             problems.append(f"killed at {at:.0f} s, {mapping}: {end.state} ({end.reason}); {diff(got, want)}")
     assert not problems, "\n".join(problems)
