@@ -10,9 +10,9 @@ Prints two markdown tables (see ``benchmarks/README.md``, "Checkpoint cost"):
    the benchmark machine (``RATES``); ``--items`` fixes them instead.
 2. **Time and size of one checkpoint** against the state it saves: ``graphs/stateful.py`` (a
    producer, a slow-ish stateless stage, a counter grouped by key whose state grows with the
-   number of distinct keys) under simple, multi -n 4 and hybrid_redis -n 3, ``--checkpoint-every
-   2``, for 1,000, 10,000 and 100,000 keys: the medians over every checkpoint of the run of its
-   ``seconds``, ``bytes`` and ``in_flight`` (from its ``complete.json``).
+   number of distinct keys) under simple, multi -n 2 and -n 4, mpi -n 4 and hybrid_redis -n 3,
+   ``--checkpoint-every 2``, for 1,000, 10,000 and 100,000 keys: the medians over every checkpoint
+   of the run of its ``seconds``, ``bytes`` and ``in_flight`` (from its ``complete.json``).
 
 Only the two newest checkpoints stay on disk, so the script reads each ``complete.json`` while the
 run goes (it looks every 0.2 s). Every run gets a fresh results directory in a temporary
@@ -22,8 +22,8 @@ Examples
 --------
 ::
 
-    python benchmarks/checkpoint_cost.py --quick                 # smoke test, about 3 minutes
-    python benchmarks/checkpoint_cost.py --tables cost --graphs light      # about 17 minutes
+    python benchmarks/checkpoint_cost.py --quick                 # smoke test, about 4 minutes
+    python benchmarks/checkpoint_cost.py --tables cost --graphs light      # about 15 minutes
     python benchmarks/checkpoint_cost.py                         # both tables, about 35 minutes
     python benchmarks/checkpoint_cost.py --tables state --keys 1000,100000 --only multi
 """
@@ -51,16 +51,19 @@ MAPPINGS = ["simple", "multi", "mpi", "dyn_multi", "dyn_redis", "hybrid_redis"]
 # d4p-hpc refuses stateful PEs under these: they run the graphs' stateless variant (as in throughput.py)
 STATELESS_MAPPINGS = {"dyn_multi", "dyn_redis"}
 # items fed per second on the run's own clock (metrics.json wall_seconds), -n 2 (simple: 1), without
-# checkpoints, measured on the shared 2-core benchmark VM (2026-12-01): what sizes the runs
+# checkpoints, on the shared 2-core benchmark VM with little else running (2026-12-01): what sizes the
+# runs (a loaded machine makes them longer, which is no harm)
 RATES = {
-    "light": {"simple": 197_000, "multi": 164_000, "mpi": 155_000, "dyn_multi": 55_000,
-              "dyn_redis": 104_000, "hybrid_redis": 106_000},
-    "heavy": {"simple": 1_060, "multi": 1_640, "mpi": 1_360, "dyn_multi": 1_400,
-              "dyn_redis": 1_470, "hybrid_redis": 1_390},
+    "light": {"simple": 190_000, "multi": 170_000, "mpi": 250_000, "dyn_multi": 110_000,
+              "dyn_redis": 110_000, "hybrid_redis": 100_000},
+    "heavy": {"simple": 1_050, "multi": 1_600, "mpi": 1_700, "dyn_multi": 1_800,
+              "dyn_redis": 1_700, "hybrid_redis": 1_350},
 }
-# table 2: (mapping, processes), and items/s of graphs/stateful.py after its warm-up (measured as above)
-STATE_RUNS = [("simple", 1), ("multi", 4), ("hybrid_redis", 3)]
-STATE_RATES = {"simple": 3_500, "multi": 6_500, "hybrid_redis": 9_000}
+# table 2: (mapping, processes): the three asked for (simple, multi -n 4, hybrid_redis -n 3), and
+# multi -n 2 and mpi -n 4, whose Chandy-Lamport checkpoints record items in flight; and the items/s
+# of graphs/stateful.py after its warm-up (measured as above)
+STATE_RUNS = [("simple", 1), ("multi", 2), ("multi", 4), ("mpi", 4), ("hybrid_redis", 3)]
+STATE_RATES = {"simple": 3_500, "multi": 6_500, "mpi": 6_500, "hybrid_redis": 9_000}
 RESULT_LINE = {"BENCH": re.compile(r"BENCH-RESULT (\{.*\})"), "STATEFUL": re.compile(r"STATEFUL-RESULT (\{.*\})")}
 POLL_SECONDS = 0.2
 
@@ -82,6 +85,7 @@ class Run:
     taken: int = 0
     checkpoints: list = field(default_factory=list)
     tail: str = ""
+    load: float = None  # the machine's 1-minute load average when the run ended
 
     @property
     def items_per_second(self):
@@ -145,6 +149,7 @@ def run_d4p(path, attr, mapping, processes, items, every, timeout, tag, env=None
         watcher.stop()
     logs = [p.read_text(errors="replace") for p in sorted(results.glob("logs/*.log"))]
     run = Run(status=outcome.status, items=items, seconds=outcome.seconds, tail=outcome.tail,
+              load=os.getloadavg()[0],
               result=totals(logs, tag) or totals([text], tag),
               checkpoints=[watcher.seen[seq] for seq in sorted(watcher.seen)])
     try:
@@ -184,8 +189,12 @@ def fmt(value, pattern="{:.1f}"):
     return "-" if value is None else pattern.format(value)
 
 
-def load_line(before, after):
-    return f"load average {before[0]:.2f} before, {after[0]:.2f} after"
+def load_line(before, runs):
+    """The load averages before the runs and at the end of each: on a shared machine, what the
+    numbers must be read against."""
+    loads = [r.load for r in runs if r.load is not None]
+    during = f", {min(loads):.2f} to {max(loads):.2f} at the end of the runs" if loads else ""
+    return f"load average {before[0]:.2f} before{during}"
 
 
 # --- table 1: throughput with and without -----------------------------------------------------
@@ -255,14 +264,20 @@ def rate_cell(runs):
 
 def cost_table(cases, args):
     header = ["graph", "mapping", "-n", "items", "s per run (median, without)", "items/s without",
-              "items/s with", "cost", "target < 5%", "spread without", "checkpoints per run",
-              "checkpoint s median (max)", "in_flight median", "correct"]
+              "items/s with", "cost", "target < 5%", "cost, median of pairs", "spread without",
+              "checkpoints per run", "checkpoint s median (max)", "time in checkpoints", "in_flight median",
+              "correct"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for case in cases:
         off = median(r.items_per_second for r in case.without if r.status == "ok")
         on = median(r.items_per_second for r in case.with_ if r.status == "ok")
         complete = off and on and all(r.status == "ok" for r in case.without + case.with_)
         cost = 100 * (1 - on / off) if complete else None
+        pairs = median(1 - b.items_per_second / a.items_per_second
+                       for a, b in zip(case.without, case.with_, strict=True)) if complete else None
+        # the share of a run's own time during which a checkpoint was under way (median over runs)
+        share = median(sum(c["seconds"] for c in r.checkpoints) / r.wall_seconds
+                       for r in case.with_ if r.status == "ok" and r.checkpoints)
         rates = [r.items_per_second for r in case.without if r.status == "ok"]
         spread = 100 * (max(rates) - min(rates)) / off if len(rates) > 1 else None
         seconds = [c["seconds"] for r in case.with_ for c in r.checkpoints]
@@ -275,11 +290,11 @@ def cost_table(cases, args):
             case.label, case.mapping, str(case.processes), f"{case.items:,}",
             fmt(median(r.wall_seconds for r in case.without)), rate_cell(case.without), rate_cell(case.with_),
             fmt(cost, "{:+.1f}%"), "-" if cost is None else "PASS" if cost < 5 else "FAIL",
-            fmt(spread, "{:.1f}%"),
+            fmt(pairs and 100 * pairs, "{:+.1f}%"), fmt(spread, "{:.1f}%"),
             (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}")
             + ("" if seen == taken else f" ({taken - seen} not seen)"),
             f"{fmt(median(seconds), '{:.3f}')} ({fmt(max(seconds) if seconds else None, '{:.3f}')})",
-            fmt(median(flights), "{:.0f}"),
+            fmt(share and 100 * share, "{:.2f}%"), fmt(median(flights), "{:.0f}"),
             "yes" if statuses == ["ok"] else ", ".join(statuses),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -343,8 +358,8 @@ def state_table(cases):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test (about 3 minutes): 5 s runs, --checkpoint-every 2, one round; "
-                             "table 2 with 1,000 and 10,000 keys")
+                        help="smoke test (about 3 to 4 minutes): 4 s runs, --checkpoint-every 2, one round; "
+                             "table 2 with 1,000 and 100,000 keys")
     parser.add_argument("--tables", type=lambda s: s.split(","), default=["cost", "state"], metavar="cost,state",
                         help="which tables (default both)")
     parser.add_argument("--only", type=lambda s: s.split(","), default=MAPPINGS, metavar="MAPPING,...",
@@ -368,11 +383,11 @@ def main():
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every run and checkpoint here")
     args = parser.parse_args()
     quick = args.quick
-    args.seconds = args.seconds or (5 if quick else 25)
+    args.seconds = args.seconds or (4 if quick else 25)
     args.every = args.every or (2 if quick else 10)
     args.repeat = args.repeat or (1 if quick else 3)
-    args.keys = args.keys or ([1_000, 10_000] if quick else [1_000, 10_000, 100_000])
-    args.state_seconds = args.state_seconds or (5 if quick else 12)
+    args.keys = args.keys or ([1_000, 100_000] if quick else [1_000, 10_000, 100_000])
+    args.state_seconds = args.state_seconds or (4 if quick else 12)
     for name, values, known in (("mapping", args.only, MAPPINGS), ("graph", args.graphs, RATES),
                                 ("graph", args.items, RATES), ("table", args.tables, ("cost", "state"))):
         unknown = set(values) - set(known)
@@ -388,16 +403,17 @@ def main():
         cases = plan_cost(args)
         before = os.getloadavg()
         run_cost(cases, args)
-        after = os.getloadavg()
         sizing = ("items " + ", ".join(f"{g} {n:,}" for g, n in args.items.items()) if args.items
                   else f"items sized for about {args.seconds:g} s per run")
         print(f"Throughput without and with `--checkpoint-every {args.every:g}`: -n {args.processes} "
               f"(simple -n 1), {sizing}, median of {args.repeat} interleaved round(s); "
-              f"{load_line(before, after)}\n")
+              f"{load_line(before, [r for c in cases for r in c.without + c.with_])}\n")
         print("items/s: items fed / metrics.json wall_seconds; cost: 1 - median with / median without; "
-              "spread: (max - min) / median of the runs without; checkpoints per run: the newest "
+              "cost, median of pairs: the median over rounds of 1 - with / without (a pair runs back to "
+              "back); spread: (max - min) / median of the runs without; checkpoints per run: the newest "
               "checkpoint's number in each run with them; checkpoint s: complete.json `seconds` of every "
-              "checkpoint of those runs.\n")
+              "checkpoint of those runs; time in checkpoints: their sum / the run's wall_seconds (median "
+              "over runs).\n")
         print(cost_table(cases, args) + "\n", flush=True)
         report["cost"] = [asdict(case) for case in cases]
 
@@ -405,10 +421,10 @@ def main():
         cases = plan_state(args)
         before = os.getloadavg()
         run_state(cases, args)
-        after = os.getloadavg()
         print(f"One checkpoint against the state: benchmarks/graphs/stateful.py (STATEFUL_KEYS distinct keys, "
               f"{args.state_seconds:g} s of slow items after a fast warm-up over the keys), "
-              f"`--checkpoint-every {args.state_every:g}`, one run per row; {load_line(before, after)}\n")
+              f"`--checkpoint-every {args.state_every:g}`, one run per row; "
+              f"{load_line(before, [c.run for c in cases])}\n")
         print("seconds, bytes, in_flight: complete.json of every checkpoint the run completed (medians over "
               "them); checkpoints: the newest one's number (seen: how many were read while the run went).\n")
         print(state_table(cases) + "\n", flush=True)
