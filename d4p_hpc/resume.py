@@ -81,10 +81,11 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
 
 def signal_warning(spec) -> str | None:
     """Why the pre-walltime signal of ``spec`` may come too late for the run's last checkpoint, if it may."""
-    from d4p_hpc.mappings.checkpoint import signal_seconds_needed
-
     if not spec.checkpoints:
         return None
+    # (the manifests' reader, standard library only: no mapping module comes with it)
+    from d4p_hpc.mappings.checkpoint import signal_seconds_needed
+
     needed = signal_seconds_needed(Path(spec.continues) if spec.continues else None)
     if spec.warning_seconds >= needed:
         return None
@@ -147,9 +148,13 @@ def describe(job: jobs.Job) -> list[str]:
     from d4p_hpc.results import read_run
 
     archived = segments(job)
+    record = read_run(job.directory) or {}
+    if job.scheduler == jobs.RUN:  # `d4p-hpc run --resume`: its record alone knows the segments
+        runs = [*record.get("segments", []), record] if record.get("segments") else []
+        return [f"segment {k}: {s.get('state')}, started {s.get('started')}"
+                + (f", {s['items']:,} items" if s.get("items") is not None else "") for k, s in enumerate(runs, 1)]
     if not archived:
         return []
-    record = read_run(job.directory) or {}
     items = {s.get("job_id"): s.get("items") for s in record.get("segments", [])}
     items[record.get("job_id")] = record.get("items")
     lines = []

@@ -282,8 +282,9 @@ class Route:
 class Transport(Protocol):
     """Moves pickled batches between the processes of one run, in order per pair of processes."""
 
-    def send(self, proc: int, payload: bytes) -> None:
-        """Send to process ``proc``; may block while the receiver is behind (backpressure)."""
+    def send(self, proc: int, payload: bytes, block: bool = True) -> bool:
+        """Send to process ``proc``; may block while the receiver is behind (backpressure), or, if
+        ``block`` is False, return False instead (nothing sent)."""
 
     def recv(self, block: bool, timeout: float | None = None) -> bytes | bytearray | None:
         """Next batch for this process; None if ``block`` is False and nothing is waiting, or if
@@ -335,6 +336,8 @@ class Runtime:
         self.halted = False
         #: items read ahead, not yet processed (checkpoints on), and when we last read
         self.inbox: deque[tuple] = deque()
+        #: control entries not sent yet, per process: the receiver's inbox was full
+        self.controls: dict[int, deque] = {}
         self._read_at = 0.0
         self.proc = proc
         self.sink = sink
@@ -435,6 +438,7 @@ class Runtime:
         box = self.outbox.pop(proc, None)
         self.outbytes.pop(proc, None)
         if box:
+            self._send_controls(proc, block=True)  # (they go first: they were sent first)
             # items are queued only for another process, so a run that has one has a transport
             assert self.transport is not None
             # the sender travels along: a checkpoint records what is in flight per channel
@@ -465,6 +469,8 @@ class Runtime:
         assert self.transport is not None and self.snapshots is not None
         snap = self.snapshots
         self._read_at = time.monotonic()
+        for proc in [p for p, waiting in self.controls.items() if waiting]:
+            self._send_controls(proc, block=False)
         while True:
             if len(self.inbox) >= READ_AHEAD * BATCH_ITEMS and snap.part is None and not self.halted:
                 # full: the marker may be out of reach behind the batches still queued; the
@@ -527,8 +533,16 @@ class Runtime:
             self.inbox.clear()
 
     def _send_control(self, proc: int, kind: str, data: Any) -> None:
-        assert self.transport is not None
-        self.transport.send(proc, pickle.dumps((self.proc, [(CONTROL, kind, data)]), protocol=5))
+        """Queue a control entry for ``proc`` and send what can go without waiting: two processes
+        that each wait to put a marker into the other's full inbox would wait for ever."""
+        self.controls.setdefault(proc, deque()).append(pickle.dumps((self.proc, [(CONTROL, kind, data)]), protocol=5))
+        self._send_controls(proc, block=False)
+
+    def _send_controls(self, proc: int, block: bool) -> None:
+        waiting = self.controls.get(proc)
+        assert self.transport is not None or not waiting
+        while waiting and self.transport is not None and self.transport.send(proc, waiting[0], block):
+            waiting.popleft()
 
     def _checkpoint_point(self) -> None:
         """A clean point (no PE call under way): begin a checkpoint that is due, or stop after the
@@ -613,6 +627,8 @@ class Runtime:
             while len(self.peers_done) < len(snap.peers):
                 self._drain(block=True)
                 self._checkpoint_point()
+            for proc in list(self.controls):  # the others read on until they have our word too
+                self._send_controls(proc, block=True)
         self.flush_all()
 
     def _drain(self, block: bool) -> None:

@@ -164,12 +164,14 @@ class MpiTransport:
         self.MPI = mpi
         self.pending: deque = deque()
 
-    def send(self, proc: int, payload: bytes) -> None:
+    def send(self, proc: int, payload: bytes, block: bool = True) -> bool:
         req = self.comm.Issend([payload, self.MPI.BYTE], dest=proc, tag=TAG_DATA)
         self.pending.append((req, payload))
-        while self.pending and (len(self.pending) > MAX_IN_FLIGHT or self.pending[0][0].Test()):
+        # (not blocking: a few more sends in flight; their receivers take them when they come to it)
+        while self.pending and ((block and len(self.pending) > MAX_IN_FLIGHT) or self.pending[0][0].Test()):
             self._wait(self.pending[0][0])
             self.pending.popleft()
+        return True
 
     def _wait(self, req: Any) -> None:
         delay = 0.0

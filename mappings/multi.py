@@ -36,13 +36,14 @@ class QueueTransport:
         self.queues = queues
         self.inbox = queues[proc]
 
-    def send(self, proc: int, payload: bytes) -> None:
+    def send(self, proc: int, payload: bytes, block: bool = True) -> bool:
         while True:
             try:
-                self.queues[proc].put(payload, timeout=WAIT_SLICE)
-                return
+                self.queues[proc].put(payload, block, WAIT_SLICE if block else None)
+                return True
             except queue.Full:
-                continue
+                if not block:
+                    return False
 
     def recv(self, block: bool, timeout: float | None = None) -> bytes | None:
         deadline = None if timeout is None else time.monotonic() + timeout

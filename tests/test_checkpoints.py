@@ -26,7 +26,7 @@ GRAPH = EXAMPLES / "long_count.py"
 ITEMS = 300
 #: the slow stage's delay: 300 lines take ~3 s on one process, and on a pool of three workers
 ENV = {"LONG_COUNT_SECONDS": "0.01"}
-POOL_ENV = {"LONG_COUNT_SECONDS": "0.06"}
+POOL_ENV = {"LONG_COUNT_SECONDS": "0.1"}
 STATELESS = ("dyn_multi", "dyn_auto_multi", "dyn_redis", "dyn_auto_redis")
 PROCESSES = {"simple": 1, "mpi": 4, "multi": 4}
 
@@ -118,6 +118,9 @@ def test_walltime_stop_then_sigkill_then_resume_gives_the_outputs_once(mapping, 
     got = outputs(results)
     assert got == reference[attr_of(mapping)], diff(got, reference[attr_of(mapping)])
     assert not processes_mentioning(str(results))
+    shown = cli("status", results)
+    assert "segment 1: TIMEOUT" in shown.stdout and f"segment {len(final['segments']) + 1}: COMPLETED" \
+        in shown.stdout, explain(shown)
 
 
 def test_checkpoint_files_are_private_atomic_and_only_the_newest_two_are_kept(tmp_path):
@@ -331,3 +334,15 @@ def test_a_checkpoint_takes_no_longer_behind_minutes_of_queued_items(mapping, tm
     taken = manifests(results)
     assert taken[-1]["final"] and all(m["seconds"] < 1.0 for m in taken), taken
     assert stopped < 10, stopped
+
+
+def test_two_processes_never_wait_on_each_others_full_inbox_to_put_a_marker(tmp_path):
+    """multi -n 4 of a producer, two Work instances kept full by it, and a counter: each Work
+    process has a marker for the other, whose inbox is full. A marker that waited for room would
+    hang the run for ever (it did); a marker waits aside, and data to that process goes after it."""
+    graph = EXAMPLES.parent / "benchmarks" / "graphs" / "stateful.py"
+    results = tmp_path / "r"
+    done = cli("run", graph, "-a", "graph", "-m", "multi", "-n", 4, "-i", 60000, "--checkpoint-every", 1,
+               "--results", results, timeout=90)
+    assert done.returncode == 0, explain(done)
+    assert manifests(results) and all(m["seconds"] < 1.0 for m in manifests(results)), manifests(results)

@@ -12,7 +12,7 @@ from helpers.runs import wait_pid
 from d4p_hpc.cli_jobs import COMMANDS
 from d4p_hpc.schedulers import local
 
-NAMES = ["submit", "render", "status", "logs", "results", "cancel", "wait", "list"]
+NAMES = ["submit", "render", "status", "logs", "results", "cancel", "wait", "list", "resume"]
 
 
 def submitted(cli, *args):
