@@ -550,7 +550,9 @@ class Runtime:
         snap = self.snapshots
         if snap is None:
             return
-        if not self.halted and snap.due():
+        # a process whose instances have all finished begins none: it only takes part in those begun
+        # by others (it waits for them), so none is begun once a peer may have left
+        if not self.halted and not self.finished() and snap.due():
             self._snapshot()
         if self.halted and snap.written:
             snap.wait_complete(lambda: self._drain(block=False))
@@ -624,7 +626,7 @@ class Runtime:
             self.flush_all()
             for peer in snap.peers:
                 self._send_control(peer, DONE, None)
-            while len(self.peers_done) < len(snap.peers):
+            while len(self.peers_done) < len(snap.peers) or not snap.written:
                 self._drain(block=True)
                 self._checkpoint_point()
             for proc in list(self.controls):  # the others read on until they have our word too

@@ -108,7 +108,9 @@ def test_cancel_a_queued_and_a_running_job(cli, cluster, submit):
 
 
 def test_walltime_ends_timeout_with_partial_outputs(submit):
-    job = submit(mapping="mpi", walltime="1", signal_seconds=45, iterations=100000,
+    # Slurm sends --signal up to its 30 s time-limit check early: 60 s before a 2-minute limit
+    # comes after the run has started
+    job = submit(mapping="mpi", walltime="2", signal_seconds=60, iterations=100000,
                  setup=["export D4P_TEST_SLEEP=0.01"])
     finished(job, "TIMEOUT")
     assert read_run(job.directory)["state"] == "TIMEOUT"
