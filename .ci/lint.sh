@@ -1,10 +1,8 @@
 #!/bin/bash
 # .ci/lint.sh - the static checks CI runs before the tests (.ci/run's `lint` phase); any finding fails.
 #   ruff        ruff check on the packages (d4p_hpc/, mappings/), the tests and the benchmarks, rules from pyproject's [tool.ruff]
-#   mypy        mypy as pyproject's [tool.mypy] says, on the installed layout: mypy cannot follow
-#               package-dir (mappings/ is d4p_hpc.mappings) nor the editable install's import hook,
-#               so it runs in a temporary tree of links laid out like the install (built from
-#               [tool.setuptools.package-dir]); its paths are printed as the checkout's again
+#   mypy        plain `mypy` in the checkout, as pyproject's [tool.mypy] says (d4p_hpc/mappings and
+#               d4p_hpc/templates are committed links the file system follows)
 #   golden      shellcheck on every golden job script (tests/golden/*/*.sh), with the flags of
 #               tests/test_render.py
 # All three run even when one fails; one line per tool with its result and time, then the exit code
@@ -34,50 +32,8 @@ check() {  # check NAME CMD...: run one tool, note its result and time
   fi
 }
 
-TREE=$(mktemp -d "${TMPDIR:-/tmp}/d4p-lint.XXXXXX")
-trap 'rm -rf "$TREE"' EXIT
-
-# shellcheck disable=SC2317  # called through check
-mypy_installed_layout() {
-  local sed_script
-  # the tree: one link per entry of each package's folder, a folder of its own where another
-  # package lives inside (d4p_hpc/ holds links to d4p_hpc/*, and d4p_hpc/mappings -> mappings/);
-  # prints the sed script that turns the tree's paths back into the checkout's
-  sed_script=$("$PY" - "$REPO" "$TREE" <<'EOF'
-import os, sys
-from pathlib import Path
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: a dependency of the project there
-    import tomli as tomllib
-
-repo, tree = Path(sys.argv[1]), Path(sys.argv[2])
-mapped = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-dirs = {tuple(pkg.split(".")): repo / src for pkg, src in mapped.items()}
-for parts, src in sorted(dirs.items()):
-    dest = tree.joinpath(*parts)
-    if any(other[:len(parts)] == parts and other != parts for other in dirs):
-        dest.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(src.iterdir()):
-            if entry.name != "__pycache__" and not (dest / entry.name).exists():
-                (dest / entry.name).symlink_to(entry)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_symlink():  # an entry of the parent package's folder: the mapping wins
-            dest.unlink()
-        dest.symlink_to(src, target_is_directory=True)
-    rel = src.relative_to(repo).as_posix()
-    if "/".join(parts) != rel:
-        print(f"s#^{'/'.join(parts)}/#{rel}/#")
-EOF
-) || return 2
-  # cwd is the tree, so d4p_hpc is found there and nowhere else; no cache: a one-off run
-  (cd "$TREE" && "$PY" -m mypy --config-file "$REPO/pyproject.toml" --cache-dir=/dev/null) \
-    | sed -e "$sed_script"
-}
-
 check ruff "$PY" -m ruff check --no-cache "${RUFF_PATHS[@]}"
-check mypy mypy_installed_layout
+check mypy "$PY" -m mypy --cache-dir=/dev/null
 shopt -s nullglob
 GOLDEN=(tests/golden/*/*.sh)
 if [ ${#GOLDEN[@]} = 0 ]; then

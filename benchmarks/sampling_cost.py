@@ -47,10 +47,10 @@ def direct_cost(processes=16, samples=2000):
     import copy
     import time
 
-    from d4p_hpc.loader import load_graph
-    from d4p_hpc.mappings.core import Runtime, Sink
-    from d4p_hpc.mappings.plan import build_plan
-    from d4p_hpc.mappings.sampler import Sampler
+    from d4p_hpc.workflow.loader import load_graph
+    from d4p_hpc.mappings.runtime.core import Runtime, Sink
+    from d4p_hpc.mappings.runtime.plan import build_plan
+    from d4p_hpc.mappings.runtime.sampler import Sampler
 
     plan = build_plan(load_graph(str(GRAPHS / "light.py"), "graph"), processes)
     with tempfile.TemporaryDirectory(prefix="d4p-sampling-") as tmp:

@@ -7,6 +7,8 @@ nothing ran), 1 for a failure while doing the work.
 
 from __future__ import annotations
 
+import click
+
 
 class D4pHpcError(Exception):
     """Base of all d4p-hpc errors; ``str(err)`` is a complete, actionable message."""
@@ -74,3 +76,18 @@ class ResumeError(UsageError):
 
 class RunFailed(D4pHpcError):
     """A workflow run ended FAILED, CANCELLED or TIMEOUT; ``run.json`` holds the details."""
+
+
+class Command(click.Command):
+    """Turns every D4pHpcError into ``Error: message`` and its exit code, in one place: for the
+    ``d4p-hpc`` group and for the in-job entry points (``python -m d4p_hpc.mappings.redis.worker``,
+    ``python -m d4p_hpc.mappings.redis.server``), which are commands of their own. It lives here,
+    beside the hierarchy it renders, so that those entry points import no part of the CLI."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except D4pHpcError as err:
+            exc = click.ClickException(str(err))
+            exc.exit_code = err.exit_code
+            raise exc from None

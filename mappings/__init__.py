@@ -6,7 +6,7 @@ imported only when that mapping runs, so the submission side reads :data:`MAPPIN
 The contract. A mapping is a :class:`Mapping` here plus a module in this package with
 
 ``run(ctx) -> dict``
-    Run the prepared :class:`~d4p_hpc.mappings.runner.RunContext` and return the final run
+    Run the prepared :class:`~d4p_hpc.mappings.runtime.runner.RunContext` and return the final run
     record (``state``, ``exit_code``, ...), the one ``run.json`` holds. It owns every process it
     starts: forked children, MPI ranks (``mpi`` outside an MPI world starts ``mpiexec`` itself),
     Redis workers; none outlives it (:mod:`d4p_hpc.supervisor`).
@@ -75,14 +75,14 @@ class Mapping:
 
 
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
-    Mapping("simple", "simple", "single", forks=False, states="instance"),
-    Mapping("multi", "multi", "single", states="instance"),
-    Mapping("mpi", "mpi", "mpi", states="instance"),
-    Mapping("dyn_multi", "dyn_multi", "single"),
-    Mapping("dyn_auto_multi", "dyn_multi", "single"),
-    Mapping("dyn_redis", "dyn_redis", "redis"),
-    Mapping("dyn_auto_redis", "dyn_redis", "redis"),
-    Mapping("hybrid_redis", "hybrid_redis", "redis"),
+    Mapping("simple", "static.simple", "single", forks=False, states="instance"),
+    Mapping("multi", "static.multi", "single", states="instance"),
+    Mapping("mpi", "static.mpi", "mpi", states="instance"),
+    Mapping("dyn_multi", "dynamic.dyn_multi", "single"),
+    Mapping("dyn_auto_multi", "dynamic.dyn_multi", "single"),
+    Mapping("dyn_redis", "redis.dyn_redis", "redis"),
+    Mapping("dyn_auto_redis", "redis.dyn_redis", "redis"),
+    Mapping("hybrid_redis", "redis.hybrid_redis", "redis"),
 )}
 
 

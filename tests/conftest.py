@@ -44,7 +44,7 @@ def cli(monkeypatch):
     """Run ``d4p-hpc ARGS...`` in-process; returns click's Result (output has stdout and stderr)."""
     from click.testing import CliRunner
 
-    from d4p_hpc import cli_jobs
+    from d4p_hpc.cli import jobs as cli_jobs
     from d4p_hpc.cli import main
 
     for command in cli_jobs.COMMANDS:  # until d4p_hpc.cli adds them itself
@@ -102,9 +102,10 @@ def submit(cluster, tmp_path, where_graph):
     """``submit(**spec fields)`` -> the Job of a job of ``where_graph`` on ``cluster``, 2 nodes x 2 tasks."""
     import sys
 
-    from d4p_hpc import jobs, schedulers
-    from d4p_hpc.render import render_script
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.jobs import state as jobs
+    from d4p_hpc import schedulers
+    from d4p_hpc.submission.render import render_script
+    from d4p_hpc.submission.spec import JobSpec
 
     def go(**kw):
         values = dict(graph=str(where_graph), results_root=str(tmp_path / "results"), scheduler=cluster.name,

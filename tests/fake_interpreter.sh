@@ -7,12 +7,12 @@
 #                                      DIR/run.json, and exits D4P_FAKE_EXIT (default 0); on
 #                                      SIGUSR1 it stops early as TIMEOUT (exit 138), on SIGTERM
 #                                      as CANCELLED (exit 143), like the real run
-#   -m d4p_hpc.mappings.redis_server --results DIR   writes DIR/redis.json, waits for SIGTERM
-#   -m d4p_hpc.mappings.worker ...    waits for SIGTERM
+#   -m d4p_hpc.mappings.redis.server --results DIR   writes DIR/redis.json, waits for SIGTERM
+#   -m d4p_hpc.mappings.redis.worker ...    waits for SIGTERM
 if [ -n "${D4P_FAKE_LOG:-}" ]; then
   printf '%s\0' "$@" >"$(mktemp "$D4P_FAKE_LOG/argv.XXXXXX")"
 fi
-# job scripts start modules as `python -c BOOTSTRAP MODULE ARGS` (d4p_hpc.launch.SAFE_MODULE)
+# job scripts start modules as `python -c BOOTSTRAP MODULE ARGS` (d4p_hpc.submission.launch.SAFE_MODULE)
 if [ "${1:-}" = -c ]; then set -- -m "${@:3}"; fi
 results=
 prev=
@@ -38,12 +38,12 @@ case "$1 $2" in
     done
     if [ "${D4P_FAKE_EXIT:-0}" = 0 ]; then finish COMPLETED 0; else finish FAILED "$D4P_FAKE_EXIT"; fi
     ;;
-  "-m d4p_hpc.mappings.redis_server")
+  "-m d4p_hpc.mappings.redis.server")
     trap 'exit 0' TERM
     echo '{"host": "127.0.0.1", "port": 1, "password": "x"}' >"$results/redis.json"
     while :; do sleep 0.1 & wait $!; done
     ;;
-  "-m d4p_hpc.mappings.worker")
+  "-m d4p_hpc.mappings.redis.worker")
     trap 'exit 0' TERM
     while :; do sleep 0.1 & wait $!; done
     ;;

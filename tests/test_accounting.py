@@ -21,9 +21,9 @@ from collections import Counter
 
 import pytest
 
-from d4p_hpc.mappings.redis_server import RedisServer
-from d4p_hpc.mappings.rstate import COMMIT, REGISTER, STOP, Accounting, Keys
-from d4p_hpc.mappings.tasks import CONTROL
+from d4p_hpc.mappings.redis.server import RedisServer
+from d4p_hpc.mappings.redis.keys import COMMIT, REGISTER, STOP, Accounting, Keys
+from d4p_hpc.mappings.dynamic.tasks import CONTROL
 from helpers.dynamic import needs_redis
 
 pytest.importorskip("redis")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers.runs import wait_pid
 
-from d4p_hpc.cli_jobs import COMMANDS
+from d4p_hpc.cli.jobs import COMMANDS
 from d4p_hpc.schedulers import local
 
 NAMES = ["submit", "render", "status", "logs", "results", "cancel", "wait", "list", "resume"]
@@ -132,7 +132,7 @@ def best_time(argv, runs=3):
 def test_help_and_dry_run_are_fast(isolated_config, where_graph):
     command = str(Path(sys.executable).parent / "d4p-hpc")  # the console script, not a pyenv shim
     elapsed, result = best_time([command, "--help"])
-    assert "submit" in result.stdout, "d4p_hpc.cli must add the commands of d4p_hpc.cli_jobs.COMMANDS"
+    assert "submit" in result.stdout, "d4p_hpc.cli must add the commands of d4p_hpc.cli.jobs.COMMANDS"
     assert elapsed < 0.3, f"d4p-hpc --help took {elapsed:.3f} s"
     elapsed, _ = best_time([command, "submit", str(where_graph), "--scheduler", "slurm", "--dry-run", "--no-check"])
     assert elapsed < 0.3, f"d4p-hpc submit --dry-run --no-check took {elapsed:.3f} s"
@@ -143,7 +143,7 @@ def test_help_and_dry_run_are_fast(isolated_config, where_graph):
 
 def test_the_submission_side_imports_no_runtime(isolated_config, where_graph):
     # the name table d4p_hpc.mappings may load; no mapping module, and nothing heavy, may
-    code = ("import sys\nfrom d4p_hpc.cli import main\nfrom d4p_hpc import cli_jobs\n"
+    code = ("import sys\nfrom d4p_hpc.cli import main\nfrom d4p_hpc.cli import jobs as cli_jobs\n"
             "[main.add_command(c) for c in cli_jobs.COMMANDS if c.name not in main.commands]\n"
             f"main(['submit', {str(where_graph)!r}, '--scheduler', 'pbs', '--dry-run'], standalone_mode=False)\n"
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('numpy', 'mpi4py', 'redis') "

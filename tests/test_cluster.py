@@ -21,7 +21,7 @@ import pytest
 from helpers.clusters import SLEEP, TIMEOUT, finished, job_logs
 from helpers.runs import items, processes_mentioning, wait_for
 
-from d4p_hpc import jobs
+from d4p_hpc.jobs import state as jobs
 from d4p_hpc.results import read_metrics, read_run
 from d4p_hpc.schedulers import slurm
 
@@ -34,7 +34,7 @@ def launcher_and_workers(job) -> tuple[list[int], list[int]]:
     """pids of the job's worker launcher (mpiexec or srun, on the first node) and of its workers."""
     found = processes_mentioning(f"--connection {job.directory}/redis.json")
     launchers = [pid for pid, argv in found.items() if os.path.basename(argv[0]) in ("mpiexec", "srun")]
-    workers = [pid for pid, argv in found.items() if "d4p_hpc.mappings.worker" in argv and
+    workers = [pid for pid, argv in found.items() if "d4p_hpc.mappings.redis.worker" in argv and
                os.path.basename(argv[0]).startswith("python")]
     return launchers, workers
 

@@ -14,7 +14,7 @@ minus names a module merely re-imports from outside dispel4py: modules
 ``importlib.import_module``, ``from __future__ import annotations``). Those
 are not dispel4py's API (a graph importing ``Dict`` from dispel4py.core is
 using an accident of its source), and the stand-in's own helper imports
-(``d4p_hpc.drawing``) are left out by the same rule. Names re-exported from
+(``d4p_hpc.workflow.drawing``) are left out by the same rule. Names re-exported from
 another dispel4py module (``WorkflowGraph`` in base and utils, ``NAME`` in
 base) do count.
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from d4p_hpc import config
+from d4p_hpc.submission import config
 from d4p_hpc.errors import SpecError
 
 

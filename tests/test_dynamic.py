@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from d4p_hpc.mappings.autoscale import SHRINK_AFTER, Autoscaler
+from d4p_hpc.mappings.dynamic.autoscale import SHRINK_AFTER, Autoscaler
 from helpers.dynamic import (FLUSH_GRAPH, MARKED_STATEFUL_GRAPH, SLOW_GRAPH, needs_redis, reference, tagged_env,
                              tagged_pids, write_graph)
 from helpers.runs import CASES, DATA, EXAMPLES, cli, d4p_hpc_cmd, diff, explain, input_args, outputs, read_json
@@ -118,10 +118,10 @@ def test_parked_worker_takes_close_messages_and_wakes_the_driver(tmp_path):
     end wakes a driver waiting in ``wait`` at once."""
     import multiprocessing
 
-    from d4p_hpc.loader import load_graph
-    from d4p_hpc.mappings.dyn_multi import LocalBroker
-    from d4p_hpc.mappings.plan import build_plan
-    from d4p_hpc.mappings.tasks import CONTROL, SHARED
+    from d4p_hpc.workflow.loader import load_graph
+    from d4p_hpc.mappings.dynamic.dyn_multi import LocalBroker
+    from d4p_hpc.mappings.runtime.plan import build_plan
+    from d4p_hpc.mappings.dynamic.tasks import CONTROL, SHARED
 
     plan = build_plan(load_graph(str(write_graph(tmp_path, FLUSH_GRAPH)), None), 2)
     numbers, flush, keep = (next(n for n in plan.pes if n.key == k) for k in ("Numbers", "Flush", "Keep"))

@@ -38,8 +38,8 @@ def edges(dot: str) -> list[tuple[int, int, list[str]]]:
 
 
 def plan_of(graph, n):
-    from d4p_hpc.loader import load_graph
-    from d4p_hpc.mappings.plan import build_plan
+    from d4p_hpc.workflow.loader import load_graph
+    from d4p_hpc.mappings.runtime.plan import build_plan
 
     return build_plan(load_graph(str(graph)), n)
 

@@ -16,10 +16,10 @@ import pytest
 
 from helpers.runs import wait_pid
 
-from d4p_hpc import render
+from d4p_hpc.submission import render
 from d4p_hpc.errors import SpecError
 from d4p_hpc.schedulers import local
-from d4p_hpc.spec import FIELDS, JobSpec, field_type
+from d4p_hpc.submission.spec import FIELDS, JobSpec, field_type
 
 HOSTILE = ["it's", 'say "hi"', "`touch pwned`", "$(touch pwned)", "; touch pwned", "a\ntouch pwned",
            "$HOME", "*", "--help", "&& touch pwned &", "\\", "x' ; touch pwned ; '"]

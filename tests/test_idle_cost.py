@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from d4p_hpc.mappings.rstate import ANNOUNCE, Keys
+from d4p_hpc.mappings.redis.keys import ANNOUNCE, Keys
 from helpers.dynamic import GRAPH_HEADER, SLOW_GRAPH, needs_redis, wait_file, write_graph
 from helpers.runs import d4p_hpc_cmd, read_json
 

@@ -1,4 +1,4 @@
-"""Graph loading and inputs (d4p_hpc.loader): which graph a file or module gives, how ``-i``/``-d``
+"""Graph loading and inputs (d4p_hpc.workflow.loader): which graph a file or module gives, how ``-i``/``-d``
 are parsed, and how inputs are fed to the plan's roots. In process: no run is started here."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 from helpers.runs import DATA, two_roots
 
 from d4p_hpc.errors import GraphError, InputsError
-from d4p_hpc.mappings.plan import build_plan
+from d4p_hpc.mappings.runtime.plan import build_plan
 from d4p_hpc.workflow import WorkflowGraph
 
 
 def test_loader_picks_the_attr_and_explains_none_or_several():
-    from d4p_hpc.loader import load_graph
+    from d4p_hpc.workflow.loader import load_graph
 
     graph = load_graph(str(DATA / "g_api.py"), "functions_graph")
     assert isinstance(graph, WorkflowGraph) or hasattr(graph, "objToNode")
@@ -33,7 +33,7 @@ def test_loader_picks_the_attr_and_explains_none_or_several():
 
 
 def test_loader_inputs():
-    from d4p_hpc.loader import parse_inputs, resolve_feeds
+    from d4p_hpc.workflow.loader import parse_inputs, resolve_feeds
 
     assert parse_inputs(None, None, None) == 1 and parse_inputs(7, None, None) == 7
     assert parse_inputs(None, '{"A": [{"input": 1}], "B": 3}', None) == {"A": [{"input": 1}], "B": 3}

@@ -8,10 +8,11 @@ import sys
 import pytest
 from helpers.runs import items, processes_mentioning, wait_for
 
-from d4p_hpc import jobs, schedulers
-from d4p_hpc.render import render_script
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc import schedulers
+from d4p_hpc.submission.render import render_script
 from d4p_hpc.results import read_run
-from d4p_hpc.spec import JobSpec
+from d4p_hpc.submission.spec import JobSpec
 
 needs_redis = pytest.mark.skipif(not shutil.which("redis-server"),
                                  reason="needs redis-server (apt-get install redis-server)")

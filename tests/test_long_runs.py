@@ -23,10 +23,11 @@ import pytest
 from helpers.clusters import connect
 from helpers.runs import EXAMPLES, cli, diff, explain, outputs, processes_mentioning, run_simple
 
-from d4p_hpc import jobs, resume, schedulers
+from d4p_hpc.jobs import state as jobs, resume
+from d4p_hpc import schedulers
 from d4p_hpc import results as rd
-from d4p_hpc.render import render_script
-from d4p_hpc.spec import JobSpec
+from d4p_hpc.submission.render import render_script
+from d4p_hpc.submission.spec import JobSpec
 
 GRAPH = EXAMPLES / "long_count.py"
 # lines per scheduler: ~3 minutes of work on the local scheduler; ~2 on Slurm, which sends the --signal

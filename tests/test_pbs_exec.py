@@ -18,11 +18,11 @@ import pytest
 
 from helpers.runs import TESTS, processes_mentioning, wait_pid
 
-from d4p_hpc import jobs
-from d4p_hpc.render import render_script
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc.submission.render import render_script
 from d4p_hpc.results import output_items, read_run
 from d4p_hpc.schedulers import local, pbs
-from d4p_hpc.spec import JobSpec
+from d4p_hpc.submission.spec import JobSpec
 
 
 def pbs_spec(tmp_path, graph, **kw):

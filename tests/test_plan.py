@@ -1,4 +1,4 @@
-"""The plan of a run (d4p_hpc.mappings.plan.build_plan): how many instances each PE gets, on
+"""The plan of a run (d4p_hpc.mappings.runtime.plan.build_plan): how many instances each PE gets, on
 which process each runs, and the graphs it refuses. Pure functions: no run is started here."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from helpers.runs import PE, chain, diamond, two_roots
 
 from d4p_hpc.errors import GraphError
-from d4p_hpc.mappings.plan import build_plan
+from d4p_hpc.mappings.runtime.plan import build_plan
 from d4p_hpc.workflow import WorkflowGraph
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 import pytest
 
-from d4p_hpc.mappings.redis_server import RedisServer
+from d4p_hpc.mappings.redis.server import RedisServer
 from helpers.dynamic import (BIG_GRAPH, MARKED_STATEFUL_GRAPH, SLOW_GRAPH, needs_redis, python_module, reference,
                              server_pid, tagged_env, tagged_pids, wait_file, wait_gone, write_graph)
 from helpers.runs import (CASES, DATA, EXAMPLES, cli, d4p_hpc_cmd, diff, explain, independent_word_counts, input_args,
@@ -125,10 +125,10 @@ class Job:
         self.results = tmp_path / "results"
         self.tag = uuid.uuid4().hex
         self.env = {**tagged_env(self.tag), **(env or {})}
-        self.supervisor = self._spawn(python_module("d4p_hpc.mappings.redis_server", "--results",
+        self.supervisor = self._spawn(python_module("d4p_hpc.mappings.redis.server", "--results",
                                                     str(self.results), "--bind", "0.0.0.0"))
         self.conn = wait_file(self.results / "redis.json", self.supervisor)
-        self.workers = [self._spawn(python_module("d4p_hpc.mappings.worker", "--connection",
+        self.workers = [self._spawn(python_module("d4p_hpc.mappings.redis.worker", "--connection",
                                                   str(self.results / "redis.json"))) for _ in range(workers)]
         # a short run could end before a slow-starting worker joins: wait until all poll Redis
         deadline = time.monotonic() + 60
@@ -240,12 +240,12 @@ def test_heartbeat_hears_the_pool_and_the_end_without_polling(tmp_path):
     its heartbeat, which beats four times per claim idle time (2.5 s here), hears a stop at once."""
     import threading
 
-    from d4p_hpc.loader import load_graph
-    from d4p_hpc.mappings.core import Sink
-    from d4p_hpc.mappings.plan import build_plan
-    from d4p_hpc.mappings.rbroker import POOL_BEAT, RedisBroker
-    from d4p_hpc.mappings.rstate import publish, stop_run
-    from d4p_hpc.mappings.tasks import TaskRuntime
+    from d4p_hpc.workflow.loader import load_graph
+    from d4p_hpc.mappings.runtime.core import Sink
+    from d4p_hpc.mappings.runtime.plan import build_plan
+    from d4p_hpc.mappings.redis.broker import POOL_BEAT, RedisBroker
+    from d4p_hpc.mappings.redis.keys import publish, stop_run
+    from d4p_hpc.mappings.dynamic.tasks import TaskRuntime
 
     plan = build_plan(load_graph(str(write_graph(tmp_path, SLOW_GRAPH))), 2)
     with RedisServer() as conn:

@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from d4p_hpc.errors import RedisError, UsageError
-from d4p_hpc.mappings import rconn
-from d4p_hpc.mappings.redis_server import RedisServer, resolve_bind
+from d4p_hpc.mappings.redis import conn as rconn
+from d4p_hpc.mappings.redis.server import RedisServer, resolve_bind
 from helpers.dynamic import alive, needs_redis, python_module, server_pid, tagged_env, tagged_pids, wait_file, wait_gone
 
 redis = pytest.importorskip("redis")
@@ -114,7 +114,7 @@ class TestStartErrors:
 
 
 def _supervisor(tmp_path, tag, *extra):
-    cmd = python_module("d4p_hpc.mappings.redis_server", "--results", str(tmp_path), *extra)
+    cmd = python_module("d4p_hpc.mappings.redis.server", "--results", str(tmp_path), *extra)
     return subprocess.Popen(cmd, env=tagged_env(tag), stderr=subprocess.PIPE, text=True)
 
 
@@ -157,7 +157,7 @@ def test_sigterm_to_a_process_using_the_context_manager(tmp_path):
     tag = uuid.uuid4().hex
     code = textwrap.dedent(f"""
         import sys, time
-        from d4p_hpc.mappings.redis_server import RedisServer
+        from d4p_hpc.mappings.redis.server import RedisServer
         with RedisServer({str(tmp_path)!r}):
             print("up", flush=True)
             time.sleep(60)

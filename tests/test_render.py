@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from d4p_hpc import render, schedulers, supervisor
-from d4p_hpc.launch import SAFE_MODULE, ShellVar
-from d4p_hpc.spec import MAPPINGS, JobSpec
+from d4p_hpc.submission import render
+from d4p_hpc import schedulers, supervisor
+from d4p_hpc.submission.launch import SAFE_MODULE, ShellVar
+from d4p_hpc.submission.spec import MAPPINGS, JobSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 RESOURCES = {"slurm": dict(partition="debug", account="proj1", memory="2G"),

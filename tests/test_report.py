@@ -14,8 +14,8 @@ from helpers.browser import distinct_pixels, open_page
 from helpers.clusters import SLEEP, finished
 from helpers.runs import cli, explain, read_json
 
-from d4p_hpc import jobs
-from d4p_hpc.mappings import sampler
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc.mappings.runtime import sampler
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)")
 
@@ -158,7 +158,7 @@ def test_report_and_efficiency_of_a_cluster_job(cluster, submit, tmp_path, mappi
 
 
 def test_efficiency_takes_the_figures_pbs_keeps(tmp_path, monkeypatch):
-    from d4p_hpc import efficiency
+    from d4p_hpc.jobs import efficiency
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -14,8 +14,8 @@ import pytest
 
 from helpers.runs import DATA, REPO, cli, explain, instances_of, raw_items
 
-from d4p_hpc.mappings.core import Route
-from d4p_hpc.mappings.plan import build_plan, group_key, stable_hash
+from d4p_hpc.mappings.runtime.core import Route
+from d4p_hpc.mappings.runtime.plan import build_plan, group_key, stable_hash
 from d4p_hpc.workflow import GenericPE, ProducerPE, WorkflowGraph
 
 
@@ -26,7 +26,7 @@ HASH_KEYS = ["the", "fox", "", "naïve", "日本語", ("the", 1), ("fox", 2.5), 
 
 HASH_SCRIPT = f"""
 import json, sys
-from d4p_hpc.mappings.plan import stable_hash
+from d4p_hpc.mappings.runtime.plan import stable_hash
 keys = {HASH_KEYS!r}
 print(json.dumps({{"stable": [stable_hash(k) for k in keys], "salted": hash("the fox")}}))
 """
@@ -134,7 +134,7 @@ def test_messages_between_processes_are_batched_pickle5_and_ordered(tmp_path):
     """Drive two Runtimes by hand: process 0 sends far fewer messages than items; process 1 gets them all."""
     import numpy as np
 
-    from d4p_hpc.mappings.core import Runtime, Sink
+    from d4p_hpc.mappings.runtime.core import Runtime, Sink
 
     class Arrays(ProducerPE):
         def __init__(self):

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from helpers.runs import EXAMPLES, independent_word_counts, processes_mentioning
 
-from d4p_hpc import config, jobs, schedulers, supervisor
+from d4p_hpc.submission import config
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc import schedulers, supervisor
 from d4p_hpc.errors import SpecError
-from d4p_hpc.render import check_syntax, render_script
+from d4p_hpc.submission.render import check_syntax, render_script
 from d4p_hpc.results import output_items, read_run
 from d4p_hpc.schedulers import Scheduler, SchedulerState
-from d4p_hpc.spec import JobSpec
+from d4p_hpc.submission.spec import JobSpec
 
 WORD_COUNT = str(EXAMPLES / "word_count.py")
 PID_FILE = Path("state") / "toy.pid"

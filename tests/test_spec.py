@@ -3,7 +3,7 @@
 import pytest
 
 from d4p_hpc.errors import SpecError
-from d4p_hpc.spec import FIELDS, MAPPINGS, JobSpec, coerce, default_job_name
+from d4p_hpc.submission.spec import FIELDS, MAPPINGS, JobSpec, coerce, default_job_name
 
 GRAPH = "/home/user/graphs/word_count.py"
 

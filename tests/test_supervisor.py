@@ -39,8 +39,8 @@ def test_the_job_script_cases_cover_every_stop_code_once():
 
 
 def test_the_rendered_job_script_takes_its_codes_from_the_table():
-    from d4p_hpc import render
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.submission import render
+    from d4p_hpc.submission.spec import JobSpec
 
     graph = Path(__file__).resolve().parent.parent / "examples" / "word_count.py"
     script = render.render_script(JobSpec(graph=str(graph), scheduler="local"))

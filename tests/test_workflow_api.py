@@ -99,7 +99,7 @@ def test_composites_flatten_including_composite_to_composite_and_nested(tmp_path
     assert proc.returncode == 0, explain(proc)
     assert outputs(multi) == outputs(results)
 
-    from d4p_hpc.loader import load_graph
+    from d4p_hpc.workflow.loader import load_graph
 
     graph = load_graph(str(DATA / "g_api.py"), "composites_graph")
     objects = [n.get_contained_object() for n in graph.graph.nodes()]

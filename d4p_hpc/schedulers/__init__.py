@@ -22,7 +22,7 @@ from d4p_hpc.errors import SpecError
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState
 
 if TYPE_CHECKING:
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.submission.spec import JobSpec
 
 __all__ = ["Scheduler", "SchedulerState", "register", "unregister", "classes", "names", "scheduler_class", "get",
            "detect", "submit", "check_files", "SUBMITTED"]
@@ -96,7 +96,7 @@ def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str
     (job id, scheduler, time) is written now, so that a job still pending can
     be found and inspected; ``job.sh`` and ``spec.json`` are written too.
     """
-    from d4p_hpc.render import check_syntax
+    from d4p_hpc.submission.render import check_syntax
     from d4p_hpc.results import now, write_json
 
     check_syntax(script)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 from d4p_hpc.errors import SubmitError
 
 if TYPE_CHECKING:  # the spec validates itself against the registry: importing it here would be circular
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.submission.spec import JobSpec
 
 # words in the error messages of a busy or restarting Slurm/PBS server: worth another try
 _TRANSIENT = ("timed out", "try again", "temporarily", "unable to contact", "connection refused",

@@ -25,7 +25,7 @@ from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState
 
 if TYPE_CHECKING:
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.submission.spec import JobSpec
 
 RECORD = Path("state") / "local.json"
 NODEFILE = Path("state") / "nodefile"

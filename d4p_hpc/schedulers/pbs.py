@@ -18,7 +18,7 @@ from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
 
 if TYPE_CHECKING:
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.submission.spec import JobSpec
 
 PBS_STATES = {  # qstat job_state -> (our state, plain reason)
     "Q": ("PENDING", "queued"), "H": ("PENDING", "held"), "W": ("PENDING", "waiting for its start time"),

@@ -16,7 +16,7 @@ from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
 
 if TYPE_CHECKING:
-    from d4p_hpc.spec import JobSpec
+    from d4p_hpc.submission.spec import JobSpec
 
 # Slurm job state -> (our state, plain reason); requeued and preempted jobs are not over
 SLURM_STATES = {

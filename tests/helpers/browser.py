@@ -20,7 +20,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 
-from d4p_hpc.report import browser_argv
+from d4p_hpc.report.page import browser_argv
 
 
 class WebSocket:

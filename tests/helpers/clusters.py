@@ -17,7 +17,8 @@ import pytest
 
 from helpers.runs import wait_for
 
-from d4p_hpc import jobs, schedulers
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc import schedulers
 
 TIMEOUT = 300
 SLEEP = "export D4P_TEST_SLEEP=0.05"

@@ -148,7 +148,8 @@ def diff(a: dict[str, Counter], b: dict[str, Counter], limit: int = 8) -> str:
 def run_simple(graph: Path | str, inputs: Any, results: Path, attr: str | None = None) -> dict:
     """Run ``graph`` under the simple mapping in this process, through the library; return run.json."""
     from d4p_hpc import supervisor
-    from d4p_hpc.mappings import runner, simple
+    from d4p_hpc.mappings.runtime import runner
+    from d4p_hpc.mappings.static import simple
 
     ctx = runner.prepare(str(graph), attr, "simple", 1, inputs, results)
     record = simple.run(ctx)
@@ -362,7 +363,7 @@ class FakeInterpreter:
 
     def calls(self) -> list[list[str]]:
         """The argument lists it was called with, ``-c BOOTSTRAP MODULE`` read as ``-m MODULE``."""
-        from d4p_hpc.launch import SAFE_MODULE
+        from d4p_hpc.submission.launch import SAFE_MODULE
 
         files = sorted(self.log.glob("argv.*"), key=lambda p: p.stat().st_mtime_ns)
         calls = [[w.decode() for w in p.read_bytes().split(b"\0")[:-1]] for p in files]

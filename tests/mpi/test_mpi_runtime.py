@@ -52,7 +52,8 @@ def plan_summary(plan) -> tuple:
 def run_in_world(graph: Path, inputs, results: Path, errors: list[str]):
     """prepare + mpi.run on every rank; return (context, record) or (None, None) after an error."""
     from d4p_hpc import supervisor
-    from d4p_hpc.mappings import mpi, runner
+    from d4p_hpc.mappings.static import mpi
+    from d4p_hpc.mappings.runtime import runner
 
     try:
         ctx = runner.prepare(str(graph), None, "mpi", SIZE, inputs, results)
@@ -145,8 +146,8 @@ KEYS = (["the", "fox", "", "naïve", "日本", "a" * 300] + [f"word-{i}" for i i
 @pytest.mark.mpi
 def test_stable_hash_and_routing_agree_on_every_rank():
     """The group-by hash of string keys (salted per process by Python's hash) is the same on every rank."""
-    from d4p_hpc.mappings.core import Route
-    from d4p_hpc.mappings.plan import stable_hash
+    from d4p_hpc.mappings.runtime.core import Route
+    from d4p_hpc.mappings.runtime.plan import stable_hash
 
     errors: list[str] = []
     mine = [stable_hash(k) for k in KEYS]

@@ -1,10 +1,11 @@
-"""``dispel4py.workflow_graph`` names: the graph from :mod:`d4p_hpc.workflow`, drawing from :mod:`d4p_hpc.drawing`."""
+"""``dispel4py.workflow_graph`` names: the graph from :mod:`d4p_hpc.workflow`, drawing from
+:mod:`d4p_hpc.workflow.drawing`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from d4p_hpc import drawing
+from d4p_hpc.workflow import drawing
 from d4p_hpc.workflow import GenericPE, WorkflowGraph, WorkflowNode
 
 # the attribute names dispel4py's graph edges use

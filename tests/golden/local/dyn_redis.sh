@@ -156,7 +156,7 @@ d4p_services="$! $d4p_services"
 # --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
 d4p_stage="Redis start-up"
 d4p_redis_conn="$d4p_results/redis.json"
-python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis_server --results "$d4p_results" --bind 127.0.0.1 &
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 127.0.0.1 &
 d4p_redis=$!
 d4p_services="$d4p_redis $d4p_services"
 # workers read the connection file, which the server writes once Redis answers
@@ -175,7 +175,7 @@ d4p_fork() {  # one copy of "$@" per line of the node file, stopped together
 }
 # their stderr (and the launcher's) is copied to logs/workers.log: the driver watches it and the
 # launcher, and fails the run, naming the cause, if a worker cannot join or all of them are gone
-d4p_fork python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
+d4p_fork python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
 d4p_services="$! $d4p_services"
 export D4P_WORKERS_PID=$! D4P_WORKERS_LOG="$d4p_results/logs/workers.log"
 

@@ -159,7 +159,7 @@ trap d4p_finish EXIT
 # --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
 d4p_stage="Redis start-up"
 d4p_redis_conn="$d4p_results/redis.json"
-python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis_server --results "$d4p_results" --bind 0.0.0.0 &
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 0.0.0.0 &
 d4p_redis=$!
 d4p_services="$d4p_redis $d4p_services"
 # workers read the connection file, which the server writes once Redis answers
@@ -172,7 +172,7 @@ done
 d4p_stage="worker start-up"
 # their stderr (and the launcher's) is copied to logs/workers.log: the driver watches it and the
 # launcher, and fails the run, naming the cause, if a worker cannot join or all of them are gone
-srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --export=ALL python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
+srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --export=ALL python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
 d4p_services="$! $d4p_services"
 export D4P_WORKERS_PID=$! D4P_WORKERS_LOG="$d4p_results/logs/workers.log"
 

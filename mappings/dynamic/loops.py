@@ -1,0 +1,325 @@
+"""The driver and worker loops shared by dyn_multi and the Redis mappings.
+
+Both talk to a *broker* (a local queue for dyn_multi, Redis streams for the
+others) through a few calls:
+
+``take(parked) -> [Unit]``
+    Units to run, waiting until some come (or the broker has a duty) if there are none; only control units
+    (close a PE) while autoscaling has parked this worker.
+``commit(unit, outbox, done, seconds, close=None) -> int``
+    Atomically: acknowledge ``unit``, queue what it wrote, count its tasks
+    finished and the new ones (end-of-stream accounting), close a root PE;
+    returns the backlog (tasks queued and not finished).
+``state() -> str``
+    RUNNING, COMPLETED, or anything else for a run that stops.
+``active() -> bool``
+    False while autoscaling has parked this worker.
+``backlog()`` / ``load()``
+    For the driver: backlog, and ``(backlog, tasks done, busy seconds)`` for autoscaling.
+``set_pool(n)``
+    For the driver: how many workers may work.
+``wait(seconds)``
+    For the driver: sleep, returning early when the run ends.
+
+The accounting, in the same atomic step as each commit (details in
+:mod:`d4p_hpc.mappings.redis.keys`): per PE, the tasks queued and not finished. A
+PE whose upstream PEs are all done and which has none left gets no more: the
+workers postprocess their copies of it (stateful instances: after their last
+item), and then it is done. The driver closes the roots after feeding them;
+the run is COMPLETED when every PE is done. No idle timeout is involved, so a
+PE that takes minutes per item cannot end the run early.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+from d4p_hpc import supervisor
+from d4p_hpc.mappings.checkpoint import store as checkpoint
+from d4p_hpc.mappings.dynamic.autoscale import TICK, Autoscaler
+from d4p_hpc.mappings.runtime.core import root_feed
+from d4p_hpc.mappings.runtime.runner import Aborted, Outcome, RunContext, death, read_parts
+from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
+from d4p_hpc.mappings.dynamic.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime
+
+RUNNING = "RUNNING"
+COMPLETED = "COMPLETED"
+READ_COUNT = 8
+SLOW_UNIT = 0.05
+FLUSH_SECONDS = 0.02
+#: checkpoints: how often the driver looks whether the run has quiesced, and whether the workers'
+#: parts are written; how long it waits for those before it gives the checkpoint up
+QUIESCE_POLL = 0.005
+PART_WAIT = 30.0
+#: checkpoints on: the driver queues no more work than the pool does in this long (see Driver._limit)
+QUIESCE_SECONDS = 2.0
+#: ... but at least this many per worker: fewer would starve some (a worker reads a few at once)
+QUIESCE_TASKS = 4
+
+
+def max_backlog(workers: int) -> int:
+    """Tasks the driver lets wait before it pauses feeding (``$D4P_HPC_MAX_BACKLOG`` overrides)."""
+    configured = os.environ.get("D4P_HPC_MAX_BACKLOG")
+    return int(configured) if configured else 2 * READ_COUNT * ENTRY_TASKS * max(1, workers)
+
+
+@dataclass
+class Unit:
+    """One piece of work: tasks from the shared queue (``gid == SHARED``), items for owned instance
+    ``gid`` (``eos``: its end of stream), or (``gid == CONTROL``) closing stateless PE ``close``."""
+
+    gid: int
+    items: list
+    ref: Any = None
+    eos: bool = False
+    close: int | None = None
+    #: (``gid == CONTROL``) write this worker's part of checkpoint number ``checkpoint``
+    checkpoint: int | None = None
+
+
+class WorkerLoop:
+    """A worker: run units until the run ends (the object ``run_process`` drives)."""
+
+    def __init__(self, runtime: TaskRuntime, broker: Any) -> None:
+        self.runtime = runtime
+        self.broker = broker
+
+    def run(self) -> None:
+        runtime, broker = self.runtime, self.broker
+        while True:
+            state = broker.state()
+            if state == COMPLETED:
+                break
+            if state != RUNNING:
+                raise Aborted()
+            for unit in broker.take(parked=not broker.active()):
+                if unit.checkpoint is not None:
+                    # the driver has quiesced the run: nothing runs, nothing is queued
+                    checkpoint.write_part(runtime.sink.results, unit.checkpoint, runtime.proc, runtime.saved())
+                    continue
+                t = time.perf_counter()
+                done = {}
+                if unit.gid == SHARED:
+                    done = runtime.run_tasks(unit.items, self._check)
+                elif unit.gid == CONTROL:
+                    runtime.close(unit.close)
+                elif unit.eos:
+                    runtime.finish(runtime.owned[unit.gid])
+                else:
+                    runtime.run_items(unit.gid, unit.items, self._check)
+                broker.commit(unit, runtime.take_outbox(), done, time.perf_counter() - t)
+                if broker.state() != RUNNING:
+                    break
+
+    def _check(self) -> None:
+        # between two tasks of a unit: a run that stopped is not worth finishing the unit for
+        if self.broker.state() != RUNNING:
+            raise Aborted()
+
+    def stats(self) -> list[dict]:
+        return self.runtime.stats()
+
+
+class Driver:
+    """Process 0: feeds the root PEs, then supervises until the run ends.
+
+    Parameters
+    ----------
+    ctx
+        The run.
+    runtime
+        A non-chaining :class:`TaskRuntime` hosting the roots.
+    broker
+        See the module docstring.
+    scaler
+        The autoscaler of dyn_auto_* mappings, or None for a fixed pool.
+    watch
+        Called every tick; raises (e.g. :class:`Aborted`) when workers died.
+    """
+
+    def __init__(self, ctx: RunContext, runtime: TaskRuntime, broker: Any, scaler: Autoscaler | None = None,
+                 watch: Callable[[], None] | None = None) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+        self.broker = broker
+        self.scaler = scaler
+        self.watch = watch
+        self.limit = max_backlog(ctx.processes)
+        self.peak = 0
+        self._next_tick = 0.0
+        self._last_send = time.monotonic()
+        self.fed: dict[int, int] = {}
+        #: checkpoints on: the walltime signal came (take one, then stop), and when the next is due
+        self.stop_signal: int | None = None
+        every = ctx.options.get("checkpoint_every")
+        self.next_checkpoint = time.monotonic() + every if every else float("inf")
+        self.seq = ctx.restored.seq if ctx.restored is not None else 0
+        #: a PE has been closed: state and accounting could no longer be saved apart, no checkpoint after
+        self.closing = False
+        self._started = self._rate_at = time.monotonic()
+        self._quiesce_limit = QUIESCE_TASKS * ctx.processes
+
+    def request_stop(self, signum: int) -> None:
+        """The walltime signal's handler (checkpoints on)."""
+        self.stop_signal = signum
+
+    def run(self) -> None:
+        # from inside write(): a root that writes a whole file in one call is shipped as it goes
+        self.runtime.on_queued = self._ship
+        restored = self.ctx.restored
+        for root in self.ctx.plan.roots():
+            inst = self.runtime.copy_of(root.index)
+            gid = root.first_gid
+            self.fed[gid] = restored.fed(gid) if restored is not None else 0
+            for item in root_feed(self.ctx.feeds.get(root.index, 0), self.fed[gid]):
+                self.runtime.feed(inst, item)
+                self.fed[gid] += 1
+                self._ship()  # also for calls that write nothing: the watch and the autoscaler tick
+                if self.ctx.checkpoints and (self.stop_signal or time.monotonic() >= self.next_checkpoint):
+                    self._checkpoint(final=self.stop_signal is not None)
+            self.runtime.finish(inst)
+            self.closing = True
+            self._send(close=root.index)
+        while self._check():
+            # the run's end wakes the wait at once: until the next tick there is nothing else to do
+            self.broker.wait(max(0.0, self._next_tick - time.monotonic()))
+
+    def _ship(self) -> None:
+        """Send the outbox once it holds two entries per worker, or when the last send was a while ago."""
+        if self.runtime.queued >= min(2 * ENTRY_TASKS * self.ctx.processes, self._limit()) or \
+                time.monotonic() - self._last_send > FLUSH_SECONDS:
+            self._send()
+
+    def _send(self, close: int | None = None) -> None:
+        backlog = self.broker.commit(None, self.runtime.take_outbox(), {}, 0.0, close=close)
+        self._last_send = time.monotonic()
+        self.peak = max(self.peak, backlog)
+        self._check()
+        # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small
+        delay = 0.002
+        limit = self._limit()
+        while backlog > limit and self._check():
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
+            backlog = self.broker.backlog()
+
+    def _limit(self) -> int:
+        """The backlog limit; with checkpoints on, no more than the pool does in
+        :data:`QUIESCE_SECONDS`, so that a checkpoint quiesces the run that fast."""
+        if not self.ctx.checkpoints:
+            return self.limit
+        now = time.monotonic()
+        if now >= self._rate_at:
+            self._rate_at = now + TICK
+            done = self.broker.load()[1]
+            rate = done / max(TICK, now - self._started)
+            self._quiesce_limit = int(min(self.limit, max(QUIESCE_TASKS * self.ctx.processes, rate * QUIESCE_SECONDS)))
+        return self._quiesce_limit
+
+    def _checkpoint(self, final: bool) -> None:
+        """Quiesce (feed nothing until no task is queued or running), have every worker write its
+        part, write ours, complete the checkpoint; after one taken at the walltime signal, stop."""
+        started = time.monotonic()
+        self._send()
+        while self.broker.backlog() > 0 and self._check():
+            time.sleep(QUIESCE_POLL)
+        self.seq += 1
+        workers = self.broker.request_checkpoint(self.seq)
+        deadline = time.monotonic() + PART_WAIT
+        while checkpoint.parts_written(self.ctx.results, self.seq) < len(workers) and self._check():
+            if time.monotonic() > deadline:  # a worker died meanwhile: the next checkpoint may do
+                print(f"checkpoint {self.seq} abandoned: not every worker wrote its part in {PART_WAIT:g} s",
+                      flush=True)
+                self._next()
+                return
+            time.sleep(QUIESCE_POLL)
+        runtime = self.runtime
+        checkpoint.write_part(self.ctx.results, self.seq, 0, {**runtime.saved(), "fed": dict(self.fed)})
+        seconds = round(time.monotonic() - started, 4)
+        checkpoint.complete(self.ctx.results, self.seq, {"identity": checkpoint.identity(self.ctx),
+                                                         "seconds": seconds, "in_flight": 0, "final": final,
+                                                         "workers": workers})
+        self._next()
+        if final:
+            raise Interrupted(STOPS[WALLTIME], WALLTIME)
+
+    def _next(self) -> None:
+        every = self.ctx.options.get("checkpoint_every")
+        self.next_checkpoint = time.monotonic() + every if every else float("inf")
+
+    def _check(self) -> bool:
+        """True while the run goes on; ticks the autoscaler and the watch; raises if it stopped."""
+        if self.stop_signal is not None and self.closing:  # too late for a checkpoint: stop now
+            raise Interrupted(STOPS[WALLTIME], WALLTIME)
+        state = self.broker.state()
+        if state == COMPLETED:
+            return False
+        if state != RUNNING:
+            raise Aborted()
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            if self.scaler is not None:
+                self.broker.set_pool(self.scaler.update(time.time(), *self.broker.load()))
+            if self.watch is not None:
+                self.watch()
+        return True
+
+    def stats(self) -> list[dict]:
+        return self.runtime.stats()
+
+    def gauges(self) -> dict:
+        """For the sampler (another thread): the backlog, and the pool size and live workers where known."""
+        found = {"backlog": self.broker.backlog()}
+        if self.scaler is not None:
+            found["pool"] = self.scaler.size
+        live = getattr(self.broker, "live_workers", None)  # Redis: workers may join from any node
+        if live is not None:
+            found["workers"] = len(live())
+        return found
+
+    def metrics(self) -> dict:
+        """The mapping's own metrics: the largest backlog the driver queued onto, the backpressure
+        limit, and the pool size over time (dyn_auto_*)."""
+        extra = {"backlog_peak": self.peak, "backlog_limit": self.limit}
+        if self.scaler is not None:
+            extra.update(self.scaler.metrics(time.time()))
+        return extra
+
+
+def driver_hold(ctx: RunContext, drivers: list) -> Any:
+    """The driver's ``hold`` for the walltime signal (checkpoints on): its next checkpoint is the last."""
+    if not ctx.checkpoints:
+        return None
+
+    def hold(signum: int) -> None:
+        if drivers:
+            drivers[0].request_stop(signum)
+    return hold
+
+
+def join_workers(children: list, grace: float = supervisor.GRACE_SECONDS) -> None:
+    """Wait for forked workers to leave; after ``grace`` seconds (a PE stuck in a long call) SIGTERM
+    them, and SIGKILL what is left 5 s later, so that none outlives the run."""
+    supervisor.stop(children, grace=5.0, patience=grace)
+
+
+def died(children: list, results: Path) -> list[dict]:
+    """Errors for forked workers that died (not by exiting after their own failure or a stop)."""
+    return [{"pe": None, "process": proc, "traceback": why} for proc, c in enumerate(children, 1)
+            if (why := death(f"worker {proc}", c.pid, c.exitcode, results))]
+
+
+def final_outcome(ctx: RunContext, driver: Outcome, errors: list[dict]) -> Outcome:
+    """The run's outcome: the driver's PE failure, else a worker's (from its metrics part), else one of
+    ``errors`` (e.g. a worker that died), else the driver's own state (workers that only saw the run
+    stop report no error of their own)."""
+    if driver.error:
+        return driver
+    found = [p["error"] for p in read_parts(ctx) if p["process"] != 0 and p.get("error")] + errors
+    return Outcome("FAILED", None, found[0]) if found else driver

@@ -1,0 +1,221 @@
+"""Running tasks instead of placed instances: the executor of the dynamic mappings.
+
+A *task* is ``(gid, input name, data)``, the item format of the core's batches;
+for a stateless PE any of its gids names the PE. A worker keeps one copy of
+every stateless PE it has met (preprocessed on first use) and the stateful
+instances it owns (hybrid_redis). Work arrives as *units*: a list of tasks
+(one queue entry), items for one owned stateful instance, or the news that a
+stateless PE gets no more tasks (then each worker postprocesses its copy).
+
+What a unit writes is handled so that load spreads without flooding the queue:
+the first item each task writes to a stateless PE runs at once, in the same
+worker (depth first, so a pipeline of stateless PEs costs one queue round
+trip per item); the rest go to the outbox as new tasks for any worker, so a
+fan-out is shared out. Items for a stateful instance always go to the outbox,
+addressed to that instance's own queue: it runs where its state is.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from d4p_hpc.errors import MappingError
+from d4p_hpc.mappings.checkpoint import store as checkpoint
+from d4p_hpc.mappings.runtime.core import Instance, Runtime, Sink
+from d4p_hpc.mappings.runtime.plan import Plan
+
+#: Outbox key of tasks for the shared queue (other keys are gids of stateful instances).
+SHARED = -1
+#: Unit "gid" of a control message: close a stateless PE (postprocess this worker's copy).
+CONTROL = -2
+#: Most tasks in one queue entry.
+ENTRY_TASKS = 128
+
+
+def refuse_stateful(plan: Plan, mapping: str) -> None:
+    """Raise MappingError, naming the PE, if ``plan`` has a stateful PE (all dyn_* mappings)."""
+    for index in sorted(plan.stateful_indices()):
+        node = plan.pes[index]
+        why = ("is marked stateful" if getattr(node.pe, "stateful", False) else
+               # two edges may feed one input: name it once
+               "has a grouped input (" + ", ".join(dict.fromkeys(f"{c.input}: {c.grouping!r}"
+                                                                 for c in plan.incoming(index)
+                                                                 if c.grouping is not None)) + ")")
+        raise MappingError(f"PE {node.key} {why}: {mapping} runs any PE on any worker, so its state would be "
+                           f"split; use -m hybrid_redis, which gives stateful PEs fixed instances")
+
+
+def keep_notices(plan: Plan) -> None:
+    """Drop the plan's notices about instance counts and placement, except for stateful PEs:
+    other PEs have no fixed instances under the dynamic mappings."""
+    keys = [plan.pes[i].key for i in plan.stateful_indices()]
+    plan.notices = [n for n in plan.notices if any(n.startswith(f"PE {key} ") for key in keys)]
+
+
+def chunk(tasks: list, workers: int) -> list[list]:
+    """Cut tasks into queue entries: at most ENTRY_TASKS each, and, for a short list, about
+    two entries per worker, so that a few slow tasks still spread over the pool."""
+    size = max(1, min(ENTRY_TASKS, math.ceil(len(tasks) / (2 * max(1, workers)))))
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
+
+
+def truncate_parts(results: Path, sizes: dict[str, int]) -> int:
+    """Cut part files back to their acknowledged sizes (see ``Sink.sizes``); return how many were cut.
+
+    A part file longer than its acknowledged size holds results of a unit that
+    was never acknowledged and has been (or would be) redone elsewhere.
+    """
+    cut = 0
+    for rel, size in sizes.items():
+        path = results / rel
+        try:
+            if path.stat().st_size > size:
+                os.truncate(path, size)
+                cut += 1
+        except FileNotFoundError:
+            pass
+    return cut
+
+
+class TaskRuntime(Runtime):
+    """The core's PE executor (calls, busy time, routes, sink), hosting PEs by task, not by placement.
+
+    Parameters
+    ----------
+    plan
+        The run's plan; its instance counts fix the stateful instances and routing.
+    proc
+        This process's number (0 is the driver).
+    sink
+        Where unconnected outputs go.
+    chain
+        Whether the first item each task writes to a stateless PE runs here at
+        once (workers) or is queued like the others (the driver, which feeds).
+    """
+
+    def __init__(self, plan: Plan, proc: int, sink: Sink, chain: bool = True,
+                 copy_pe: Callable[[Any], Any] = copy.deepcopy, restored: checkpoint.Restored | None = None) -> None:
+        # no instance is bound to this process: all come by task
+        super().__init__(plan, proc, sink, None, {}, copy_pe, gids=())
+        self.copy_pe = copy_pe
+        self.chain = chain
+        self.stateful = plan.stateful_indices()
+        self.node_of = {gid: node for node in plan.pes for gid in node.gids}
+        self.copies: dict[int, Instance] = {}
+        self.owned: dict[int, Instance] = {}
+        # not the core's ``outbox`` (batches per process, which it flushes by itself): tasks per queue
+        self.unsent: dict[int, list] = {}
+        self.queued = 0
+        #: called after each task put in the outbox: the driver ships them while a root's call still
+        #: writes (and waits there while the backlog is too long), so one call cannot fill memory
+        self.on_queued: Callable[[], None] | None = None
+        self._budget = 0
+        self.restored = restored
+
+    # --- hosting ---------------------------------------------------------------------------------
+    def copy_of(self, index: int) -> Instance:
+        """This process's copy of PE ``index``, preprocessed when first needed."""
+        inst = self.copies.get(index)
+        if inst is None:
+            node = self.plan.pes[index]
+            inst = self._host(node.first_gid, self.proc)
+            self.copies[index] = inst
+            saved = self.restored.copies(self.proc).get(index) if self.restored is not None else None
+            if saved is not None:
+                self._call(inst, checkpoint.restore, inst.pe, saved)
+        return inst
+
+    def own(self, gid: int) -> Instance:
+        """Host stateful instance ``gid`` here, from a fresh copy of its PE."""
+        inst = self._host(gid, None)
+        self.owned[gid] = inst
+        saved = self.restored.instance(gid) if self.restored is not None else None
+        if saved is not None:
+            self._call(inst, checkpoint.restore, inst.pe, saved["state"])
+        return inst
+
+    def saved(self) -> dict:
+        """This process's part of a checkpoint (taken while the run is quiesced): the state of its
+        copies, by PE index, and of the stateful instances it owns, and its output sizes."""
+        return {"copies": {index: checkpoint.capture(inst.node.key, inst.pe) for index, inst in self.copies.items()},
+                "instances": {gid: {"state": checkpoint.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
+                              for gid, inst in self.owned.items()},
+                "parts": self.sink.checkpoint_sizes()}
+
+    def _host(self, gid: int, label: int | None) -> Instance:
+        node = self.node_of[gid]
+        inst = Instance(gid, node, self.copy_pe(node.pe), 0)
+        if label is not None:
+            inst.index = label  # a PE's copies are told apart by the process that ran them
+        self._wire(inst)
+        self._call(inst, inst.pe.preprocess)
+        return inst
+
+    # --- units -----------------------------------------------------------------------------------
+    def run_tasks(self, tasks: list, check: Callable[[], None]) -> dict[int, int]:
+        """Run a unit of tasks, calling ``check`` (which raises to stop) before each;
+        return ``{PE index: tasks finished}`` for the accounting."""
+        done: dict[int, int] = {}
+        for gid, input_name, data in tasks:
+            check()
+            index = self.node_of[gid].index
+            self._process(self.copy_of(index), {input_name: data})
+            done[index] = done.get(index, 0) + 1
+        return done
+
+    def run_items(self, gid: int, items: list, check: Callable[[], None]) -> None:
+        """Run items of owned stateful instance ``gid``, calling ``check`` before each."""
+        inst = self.owned[gid]
+        for _gid, input_name, data in items:
+            check()
+            self._process(inst, {input_name: data})
+
+    def feed(self, inst: Instance, inputs: Any) -> None:
+        """Call a root PE once (the driver)."""
+        self._process(inst, inputs)
+
+    def finish(self, inst: Instance) -> None:
+        """Run ``postprocess`` of ``inst``; what it writes goes to the outbox as usual."""
+        self._call(inst, inst.pe.postprocess)
+
+    def take_outbox(self) -> dict[int, list]:
+        """Hand over (and forget) what the last units wrote for other workers."""
+        box, self.unsent, self.queued = self.unsent, {}, 0
+        return box
+
+    def close(self, index: int) -> None:
+        """PE ``index`` will get no more tasks: postprocess this process's copy, if it has one."""
+        inst = self.copies.get(index)
+        if inst is not None:
+            self.finish(inst)
+
+    # --- routing (overrides of the core) ---------------------------------------------------------
+    def _process(self, inst: Instance, inputs: Any) -> None:
+        # each task may run its first stateless output here; its own outputs get their own budget
+        saved, self._budget = self._budget, 1 if self.chain else 0
+        try:
+            super()._process(inst, inputs)
+        finally:
+            self._budget = saved
+
+    def _enqueue(self, gid: int, input_name: str | None, data: Any) -> None:
+        node = self.node_of[gid]
+        if node.index in self.stateful:
+            self.unsent.setdefault(gid, []).append((gid, input_name, data))
+        elif self._budget > 0:
+            self._budget -= 1
+            self._process(self.copy_of(node.index), {input_name: data})
+            return
+        else:
+            self.unsent.setdefault(SHARED, []).append((gid, input_name, data))
+        self.queued += 1
+        if self.on_queued is not None:
+            self.on_queued()
+
+    def stats(self) -> list[dict]:
+        return [inst.stats(self.proc) for inst in (*self.copies.values(), *self.owned.values())]

@@ -1,0 +1,278 @@
+"""The broker of the Redis mappings: streams, a consumer group, and one atomic commit script.
+
+Delivery: a worker reads entries with ``XREADGROUP`` (several per call when
+units are quick, one at a time when they are slow, so slow tasks spread). An
+entry stays pending in the group until the commit that acknowledges it, which
+also queues everything the unit wrote and records how far the worker's result
+files were written; a unit's results therefore count once or not at all.
+
+Redelivery: each worker refreshes ``alive:w<proc>`` (time to live: the claim
+idle time) from a heartbeat thread, which keeps beating while a PE takes
+minutes. Every half idle time a worker looks for entries pending longer than
+the idle time at consumers whose heartbeat has expired, takes them over with
+``XCLAIM`` and counts them in ``redeliveries``. A live but slow worker keeps
+its tasks.
+
+Idle costs nothing: news comes as stream entries, so both threads block on
+Redis instead of polling. The main loop blocks on its streams until an entry
+comes (a task, a close, the run's end on its control stream) or its next duty
+(a look for dead workers' entries, every half idle time). The heartbeat beats
+four times per idle time and blocks on ``ended`` in between, so a unit learns
+of a stop at once. In an autoscaled run it beats every :data:`POOL_BEAT` and
+reads the pool, waking a parked main loop through its control stream when the
+worker joins the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import socket
+import threading
+import time
+
+from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, SLOW_UNIT, Unit
+from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, commit_fields, stateful_gids, stop_run
+from d4p_hpc.mappings.dynamic.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime, chunk, truncate_parts
+
+#: Default seconds before a dead worker's tasks are taken over (``$D4P_HPC_CLAIM_IDLE``).
+CLAIM_IDLE = 10.0
+#: Heartbeats per claim idle time (the liveness key's time to live): three can be missed.
+BEATS = 4
+#: Longest time between two heartbeats in an autoscaled run: how soon a worker parks or resumes.
+POOL_BEAT = 0.5
+#: Redis ends a blocked read at its next timer tick (every 1/hz s, hz 10 by default): a read that
+#: must end in time asks for that much less.
+REDIS_TICK = 0.1
+#: While stateful instances have no host: how often to try to claim them, and for how long only a fair share.
+OWN_EVERY = 0.5
+OWN_GRACE = 3.0
+
+
+def claim_idle() -> float:
+    """The configured claim idle time in seconds."""
+    return float(os.environ.get("D4P_HPC_CLAIM_IDLE") or CLAIM_IDLE)
+
+
+class RedisBroker:
+    """One process's view of a Redis-mapped run (the driver is process 0).
+
+    Parameters
+    ----------
+    conn
+        :class:`~d4p_hpc.mappings.redis.conn.Connection` of the Redis.
+    keys
+        Key names of the run.
+    proc
+        This process's number.
+    workers
+        Size of the pool (for cutting entries and sharing stateful instances).
+    idle
+        Claim idle time in seconds.
+    autoscaled
+        Whether the driver sizes the pool (dyn_auto_redis): then the heartbeat follows ``active``.
+    """
+
+    def __init__(self, conn, keys: Keys, proc: int, workers: int, idle: float, autoscaled: bool = False) -> None:
+        self.conn = conn
+        self.client = conn.client()
+        self.keys = keys
+        self.proc = proc
+        self.consumer = f"w{proc}"
+        self.workers = workers
+        self.idle = idle
+        self.beat = min(POOL_BEAT, idle / BEATS) if autoscaled else idle / BEATS
+        self._commit = self.client.register_script(COMMIT)
+        self.runtime: TaskRuntime  # set by attach (workers) or the driver, before any commit
+        self.count = 1
+        self.sizes: dict[str, int] = {}
+        self._state = RUNNING
+        self._active = True
+        self._closed = threading.Event()
+        self._beat_lock = threading.Lock()
+        self._next_claim = time.monotonic() + idle / 2
+        self._unowned: list[int] = []
+        self._attached = self._next_own = time.monotonic()
+
+    # --- both sides ------------------------------------------------------------------------------
+    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+        node_of = self.runtime.node_of
+        fields = commit_fields(unit, outbox, done, seconds, close, lambda gid: node_of[gid].index, self.proc)
+        streams, payloads = [], []
+        for target, items in outbox.items():
+            entries = chunk(items, self.workers) if target == SHARED else \
+                [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
+            for entry in entries:
+                streams.append(self.keys.stream(target))
+                payloads.append(pickle.dumps(entry, protocol=5))
+        sizes = self.runtime.sink.sizes() if self.proc else {}
+        fields.update(prefix=self.keys.prefix, entries=streams, sizes=sizes)
+        if unit is not None:
+            fields.update(stream=self.keys.stream(unit.gid, self.proc), ref=unit.ref)
+        status, backlog, *completed = self._commit(args=[json.dumps(fields), *payloads])
+        if status == 1:
+            self.sizes.update(sizes)
+            if completed and completed[0]:
+                self._state = COMPLETED  # this commit ended the run
+        elif status == 0:
+            # another worker took this unit over (we were thought dead) and committed it first
+            truncate_parts(self.runtime.sink.results, self.sizes)
+            print(f"unit {fields['ref']} was committed by another worker; its results here are dropped", flush=True)
+        else:
+            self._state = self.fresh_state()
+        if unit is not None and unit.gid == SHARED:
+            # by the shared tasks only: a host of stateful instances, whose items are quick, must not
+            # take several slow shared entries at once while other workers have none
+            self.count = 1 if seconds > SLOW_UNIT else min(READ_COUNT, self.count + 1)
+        return backlog
+
+    def fresh_state(self) -> str:
+        """The run's state, read now."""
+        raw = self.client.get(self.keys.state)
+        return raw.decode() if raw else "GONE"
+
+    def stop(self, state: str, error: dict | None = None) -> bool:
+        """End a RUNNING run as ``state`` (FAILED, CANCELLED); False if it had ended already."""
+        return stop_run(self.client, self.keys, state, error)
+
+    # --- worker side -----------------------------------------------------------------------------
+    def attach(self, runtime: TaskRuntime) -> TaskRuntime:
+        """Register this worker and start its heartbeat; return ``runtime`` (now served by this broker)."""
+        self.runtime = runtime
+        self._unowned = stateful_gids(runtime.plan)
+        info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+        self.client.eval(REGISTER, 0, json.dumps({"prefix": self.keys.prefix, "proc": self.proc, "info": info,
+                                                  "ttl": int(self.idle * 1000)}))
+        self._beat(self.client)
+        threading.Thread(target=self._heartbeat, name="d4p-heartbeat", daemon=True).start()
+        return runtime
+
+    def _beat(self, client) -> None:
+        """Refresh the liveness key; read the state and the pool."""
+        with self._beat_lock:
+            if self._closed.is_set():  # a beat after close() would revive a worker that has left
+                return
+            pipe = client.pipeline(transaction=False)
+            pipe.set(self.keys.alive(self.proc), 1, px=int(self.idle * 1000))
+            pipe.get(self.keys.state)
+            pipe.get(self.keys.active)
+            _, state, active = pipe.execute()
+        self._state = state.decode() if state else "GONE"
+        parked = not self._active
+        self._active = self._member(active)
+        if parked and self._active:  # the main loop may block for a while on its control stream alone
+            client.xadd(self.keys.prefix + self.keys.stream(CONTROL, self.proc), {"pool": 1})
+
+    def _member(self, active: bytes | None) -> bool:
+        """Whether ``active`` (the pool the driver chose; None: no autoscaling) holds this worker."""
+        return active is None or str(self.proc) in active.decode().split(",")
+
+    def _heartbeat(self) -> None:
+        client = self.conn.client()
+        # a beat that short (a claim idle time under 0.8 s) hears of a stop soon enough, and Redis could
+        # not end a blocked read in time for it
+        block = int((self.beat - REDIS_TICK) * 1000) if self.beat > 2 * REDIS_TICK else 0
+        try:
+            while not self._closed.is_set():
+                if block and self._state == RUNNING and self._active:
+                    # returns at once when the run ends (rstate: ended), so a unit in progress learns of a stop
+                    client.xread({self.keys.ended: "0-0"}, count=1, block=block)
+                else:  # parked (no unit runs), ended, or a short beat
+                    self._closed.wait(self.beat)
+                self._beat(client)
+        except Exception as exc:  # Redis gone: the main loop finds out and ends
+            self._state = f"GONE ({exc})"
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Stop the heartbeat; drop the liveness key so that our pending entries are claimed soon."""
+        with self._beat_lock:
+            self._closed.set()
+            self.client.delete(self.keys.alive(self.proc))
+
+    def state(self) -> str:
+        return self._state
+
+    def active(self) -> bool:
+        return self._active
+
+    def take(self, parked: bool) -> list[Unit]:
+        now = time.monotonic()
+        if self._unowned and now >= self._next_own:
+            self._next_own = now + OWN_EVERY
+            self._own(now)
+        if now >= self._next_claim and not parked:
+            self._next_claim = now + max(0.5, self.idle / 2)
+            units = self._reclaim()
+            if units:
+                return units
+        # wait for an entry or the next duty: every other news comes as an entry on the control stream
+        due = now + self.idle / 2 if parked else self._next_claim
+        if self._unowned:
+            due = min(due, self._next_own)
+        gids = (CONTROL,) if parked else (CONTROL, SHARED, *self.runtime.owned)
+        streams = {self.keys.prefix + self.keys.stream(gid, self.proc): ">" for gid in gids}
+        units, woken = [], []
+        for stream, entries in self.client.xreadgroup(GROUP, self.consumer, streams, count=self.count,
+                                                      block=max(1, int((due - now) * 1000))) or []:
+            kind, _, number = stream.decode()[len(self.keys.prefix):].partition(":")
+            gid = SHARED if kind == "tasks" else CONTROL if kind == "ctl" else int(number)
+            for ref, fields in entries:
+                if b"end" in fields:  # the run ended (see rstate): read its state now, not at the next beat
+                    self._state = self.fresh_state()
+                elif b"pool" in fields:  # we may have joined the pool: read it now
+                    woken.append(ref)
+                elif b"checkpoint" in fields:  # the driver has quiesced the run (acknowledged with the pool news)
+                    units.append(Unit(CONTROL, [], checkpoint=int(fields[b"checkpoint"])))
+                    woken.append(ref)
+                elif b"close" in fields:
+                    units.append(Unit(CONTROL, [], ref.decode(), close=int(fields[b"close"])))
+                elif b"eos" in fields:
+                    units.append(Unit(gid, [], ref.decode(), eos=True))
+                else:
+                    units.append(Unit(gid, pickle.loads(fields[b"b"]), ref.decode()))
+        if woken:
+            ctl = self.keys.prefix + self.keys.stream(CONTROL, self.proc)
+            *_, active = self.client.pipeline(transaction=False).xack(ctl, GROUP, *woken).xdel(ctl, *woken) \
+                .get(self.keys.active).execute()
+            self._active = self._member(active)
+        return units
+
+    def _reclaim(self) -> list[Unit]:
+        idle_ms = int(self.idle * 1000)
+        pending = self.client.xpending_range(self.keys.tasks, GROUP, min="-", max="+", count=256, idle=idle_ms)
+        consumers = sorted({p["consumer"].decode() for p in pending} - {self.consumer})
+        if not consumers:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name in consumers:
+            pipe.exists(self.keys.alive(int(name[1:])))
+        dead = {name for name, alive in zip(consumers, pipe.execute(), strict=True) if not alive}
+        ids = [p["message_id"] for p in pending if p["consumer"].decode() in dead]
+        if not ids:
+            return []
+        claimed = [(ref, f) for ref, f in self.client.xclaim(self.keys.tasks, GROUP, self.consumer, idle_ms, ids)
+                   if f]
+        if claimed:
+            self.client.incrby(self.keys.redeliveries, len(claimed))
+            print(f"took over {len(claimed)} entries of dead worker(s) {', '.join(sorted(dead))}", flush=True)
+        return [Unit(SHARED, pickle.loads(f[b"b"]), ref.decode()) for ref, f in claimed]
+
+    def _own(self, now: float) -> None:
+        """Claim stateful instances nobody hosts: a fair share at first, any leftovers later."""
+        owners = {int(g): int(p) for g, p in self.client.hgetall(self.keys.owners).items()}
+        self._unowned = [gid for gid in self._unowned if gid not in owners]
+        total = len(self._unowned) + len(owners)
+        share = math.ceil(total / self.workers) if now - self._attached < OWN_GRACE else total
+        mine = sum(1 for p in owners.values() if p == self.proc)
+        for gid in list(self._unowned):
+            if mine >= share:
+                break
+            if self.client.hsetnx(self.keys.owners, gid, self.proc):
+                self.runtime.own(gid)
+                self._unowned.remove(gid)
+                mine += 1
+

@@ -1,0 +1,180 @@
+"""How to reach a Redis server: the 0600 connection file, ``--redis URL``, and clients.
+
+The per-job Redis started by :mod:`d4p_hpc.mappings.redis.server` is described
+by a JSON connection file (``{"host", "port", "password"}``) in the results
+directory; workers on any node need nothing else. ``--redis URL`` names an
+existing server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from d4p_hpc.errors import RedisError, UsageError
+
+#: Name of the connection file inside a results directory.
+CONNECTION_FILE = "redis.json"
+#: Password for ``--redis URL`` when the URL carries none (keeps it out of ``ps``).
+PASSWORD_ENV = "D4P_HPC_REDIS_PASSWORD"
+
+
+def import_redis():
+    """Import redis-py, or say how to install it.
+
+    Returns
+    -------
+    module
+        The ``redis`` package.
+    """
+    try:
+        import redis
+    except ImportError:
+        raise RedisError("the Redis mappings need the redis Python package: "
+                         "pip install 'd4p-hpc[redis]'") from None
+    return redis
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Address and credentials of one Redis server.
+
+    Parameters
+    ----------
+    host, port
+        Where the server listens, as seen from any node of the job.
+    password
+        ``requirepass`` of the server, or None for a server without one.
+    db
+        Database number (only for ``--redis URL``; the per-job Redis uses 0).
+    username
+        ACL user name, or None for the default user.
+    source
+        Where these details came from, for error messages.
+    """
+
+    host: str
+    port: int
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    username: str | None = None
+    source: str = field(default="", compare=False)
+
+    def as_dict(self) -> dict:
+        """The fields written to a connection file."""
+        return {"host": self.host, "port": self.port, "password": self.password}
+
+    def display(self) -> str:
+        """``host:port`` for messages; never shows the password."""
+        return f"{self.host}:{self.port}"
+
+    def client(self, no_retry: bool = False, **options):
+        """A new ``redis.Redis`` client (not yet connected).
+
+        Parameters
+        ----------
+        no_retry
+            Fail at the first error instead of redis-py's retries with backoff,
+            which only delay a wrong password or a dead server by seconds.
+        **options
+            Passed to ``redis.Redis``, overriding the defaults.
+        """
+        redis = import_redis()
+        kwargs = dict(host=self.host, port=self.port, db=self.db, password=self.password,
+                      username=self.username, socket_connect_timeout=10, socket_keepalive=True)
+        if no_retry:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+            kwargs["retry"] = Retry(NoBackoff(), 0)
+        kwargs.update(options)
+        return redis.Redis(**kwargs)
+
+
+def read_connection_file(path: str | os.PathLike) -> Connection:
+    """Read a connection file written by the per-job Redis supervisor.
+
+    Parameters
+    ----------
+    path
+        The ``redis.json`` file.
+
+    Raises
+    ------
+    RedisError
+        The file is missing or malformed.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return Connection(host=str(data["host"]), port=int(data["port"]),
+                          password=data.get("password"), source=str(path))
+    except FileNotFoundError:
+        raise RedisError(f"Redis connection file {path} does not exist: start the per-job Redis "
+                         f"first (python -m d4p_hpc.mappings.redis.server --results DIR)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RedisError(f"Redis connection file {path} is unreadable or malformed ({exc}): "
+                         f"it must be the JSON {{host, port, password}} the supervisor writes") from None
+
+
+def parse_url(url: str) -> Connection:
+    """Parse ``--redis URL``: ``redis://[[user]:password@]host[:port][/db]`` or ``host[:port]``.
+
+    A URL without a password takes it from ``$D4P_HPC_REDIS_PASSWORD``, so that
+    it need not appear on a command line.
+
+    Raises
+    ------
+    UsageError
+        The URL cannot be parsed.
+    """
+    text = url if "://" in url else f"redis://{url}"
+    parts = urlsplit(text)
+    try:
+        if parts.scheme != "redis":
+            raise ValueError(f"scheme {parts.scheme!r} is not supported (only redis://)")
+        if not parts.hostname:
+            raise ValueError("no host")
+        path = parts.path.strip("/")
+        db = int(path) if path else 0
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise UsageError(f"bad --redis URL {url!r} ({exc}): use redis://[:PASSWORD@]HOST[:PORT][/DB]") from None
+    password = unquote(parts.password) if parts.password is not None else os.environ.get(PASSWORD_ENV)
+    username = unquote(parts.username) if parts.username else None
+    return Connection(host=parts.hostname, port=port, password=password or None, db=db,
+                      username=username, source="--redis")
+
+
+def connect(conn: Connection, **options):
+    """Return a client to ``conn`` after checking it answers PING.
+
+    Parameters
+    ----------
+    conn
+        The server to reach.
+    **options
+        Passed to :meth:`Connection.client`.
+
+    Raises
+    ------
+    RedisError
+        One line saying whether the server is unreachable or refused the password.
+    """
+    redis = import_redis()
+    where = f"Redis at {conn.display()}" + (f" (from {conn.source})" if conn.source else "")
+    probe = conn.client(**options, no_retry=True)
+    try:
+        probe.ping()
+    except redis.AuthenticationError as exc:
+        why = "needs a password and none was given" if conn.password is None else f"refused the password ({exc})"
+        raise RedisError(f"{where} {why}: use the connection file or password of that server") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisError(f"cannot reach {where} from {socket.gethostname()} ({exc}): is its "
+                         f"redis-server still running, and is {conn.host} reachable from here?") from None
+    finally:
+        probe.close()
+    return conn.client(**options)

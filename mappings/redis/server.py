@@ -1,0 +1,408 @@
+"""A private per-job ``redis-server``: started, supervised and always stopped by us.
+
+The server listens on a free port of one address, requires a random password,
+keeps nothing on disk, and is described by a 0600 connection file (see
+:mod:`d4p_hpc.mappings.redis.conn`). It is stopped when the context manager exits,
+on an exception, Ctrl-C or SIGTERM, and, as a last resort on Linux, by the
+kernel when the process that started it dies (``PR_SET_PDEATHSIG``).
+
+Supervisor entry point for job scripts::
+
+    python -m d4p_hpc.mappings.redis.server --results DIR --bind 0.0.0.0 [--advertise HOST]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from d4p_hpc import supervisor
+from d4p_hpc.errors import Command
+from d4p_hpc.errors import RedisError
+from d4p_hpc.results import make_private_dir
+from d4p_hpc.mappings.runtime.core import die_with_parent
+from d4p_hpc.mappings.redis.conn import CONNECTION_FILE, Connection, import_redis
+
+#: Environment variable naming the ``redis-server`` binary when none is given.
+BINARY_ENV = "D4P_HPC_REDIS_SERVER"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = supervisor.GRACE_SECONDS
+# not the walltime signal: the run needs its Redis to stop cleanly then
+_STOP_SIGNALS = supervisor.CANCELS
+
+
+def find_binary(binary: str | None = None) -> str:
+    """Resolve the ``redis-server`` executable: argument, ``$D4P_HPC_REDIS_SERVER``, then PATH."""
+    name = binary or os.environ.get(BINARY_ENV) or "redis-server"
+    found = shutil.which(name)
+    if not found:
+        raise RedisError(f"redis-server not found ({name}): install it (Debian: apt-get install "
+                         f"redis-server) or give its path with --redis-server PATH or ${BINARY_ENV}")
+    return found
+
+
+def resolve_bind(bind: str) -> str:
+    """Turn ``bind`` (an IP address, a host name, or a network interface such as ``ib0``) into an IP."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(bind))
+    if bind in {name for _, name in socket.if_nameindex()}:
+        return _interface_ipv4(bind)
+    try:
+        return socket.gethostbyname(bind)
+    except OSError:
+        raise RedisError(f"cannot bind Redis to {bind!r}: not an IP address, interface or "
+                         f"resolvable host name (try --bind 0.0.0.0)") from None
+
+
+def _interface_ipv4(name: str) -> str:
+    import fcntl
+    import struct
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            raise RedisError(f"network interface {name} has no IPv4 address to bind Redis to") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def _quote(path: Path) -> str:
+    """``path`` as a double-quoted redis.conf string (paths may hold spaces)."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _free_port(address: str) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _remove_when_gone(path: Path) -> int:
+    """Fork a janitor that deletes ``path`` once this process is gone, however it ends.
+
+    Returns the write end of a pipe that only this process (and what it forks later) holds:
+    the janitor reads it until end-of-file, which comes when every holder has exited, even by
+    SIGKILL. It runs in its own session so that a kill of this process group spares it, holds
+    no other file open, and leaves at once after the unlink. A password in a connection file
+    must not outlive the Redis it opens.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # pragma: no cover - the child, seen by its effect
+        try:
+            os.setsid()
+            os.closerange(3, read_end)
+            os.closerange(read_end + 1, 65536)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            while os.read(read_end, 64):
+                pass
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    os.set_inheritable(write_end, False)
+    return write_end
+
+
+def write_connection_file(path: Path, conn: Connection) -> None:
+    """Create ``path`` holding ``conn`` as JSON, mode 0600 from the first byte, never overwriting.
+
+    The content goes to a private temporary name first and is then hard-linked
+    into place, so readers polling for ``path`` never see a partial file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(conn.as_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RedisError(f"{path} already exists: another Redis serves this results directory; "
+                         f"use a new --results directory or delete the stale file") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class RedisServer:
+    """Context manager running one private ``redis-server``.
+
+    Parameters
+    ----------
+    results
+        Results directory for the connection file (``redis.json``) and the
+        server log (``logs/redis-server.log``); None keeps both private.
+    bind
+        Address, host name or interface to listen on: loopback for local runs,
+        ``0.0.0.0`` in jobs.
+    advertise
+        Host name written to the connection file, which other nodes use;
+        default: the bind address, or this host's name when bound to all.
+    binary
+        ``redis-server`` executable; see :func:`find_binary`.
+    port
+        Fixed port; default a free one.
+
+    Notes
+    -----
+    Start it from the main thread (or one that lives as long as Redis should):
+    on Linux the kernel stops Redis when the starting thread ends.
+    """
+
+    def __init__(self, results: str | os.PathLike | None = None, bind: str = "127.0.0.1",
+                 advertise: str | None = None, binary: str | None = None, port: int | None = None):
+        self.results = Path(results) if results is not None else None
+        self.bind = bind
+        self.advertise = advertise
+        self.binary = binary
+        self.port = port
+        self.connection: Connection | None = None
+        self.connection_file: Path | None = None
+        self.log_file: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._private: Path | None = None
+        self._janitor: int | None = None
+        self._saved_handlers: dict = {}
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running ``redis-server``."""
+        return self._proc.pid if self._proc else None
+
+    def __enter__(self) -> Connection:
+        self._install_signal_handlers()
+        try:
+            return self.start()
+        except BaseException:
+            self._restore_signal_handlers()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.stop()
+        finally:
+            self._restore_signal_handlers()
+
+    def start(self) -> Connection:
+        """Start Redis, wait until it answers PING, write the connection file.
+
+        Returns
+        -------
+        Connection
+            How to reach it (host is the advertised name).
+
+        Raises
+        ------
+        RedisError
+            No binary, port in use, or Redis did not come up.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Connection:
+        binary = find_binary(self.binary)
+        address = resolve_bind(self.bind)
+        private = self._private = Path(tempfile.mkdtemp(prefix="d4p-redis-"))  # mkdtemp makes it 0700
+        if self.results is not None:
+            make_private_dir(self.results)  # the run may not have made it yet: private from the start
+            make_private_dir(self.results / "logs")
+        log_file = self.log_file = (self.results / "logs" if self.results else private) / "redis-server.log"
+        # created here, so that Redis appends to a private file rather than making a world-readable one
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        password = secrets.token_urlsafe(32)
+        for attempt in range(3):
+            port = self.port or _free_port(address)
+            error = self._launch(binary, address, port, password, private, log_file)
+            if error is None:
+                break
+            # another process can grab a free port between our check and Redis' bind: try another
+            if self.port or "in use" not in str(error) or attempt == 2:
+                raise error
+        self.connection = Connection(host=self._advertised(address), port=port, password=password,
+                                     source="per-job redis-server")
+        if self.results is not None:
+            write_connection_file(self.results / CONNECTION_FILE, self.connection)
+            self.connection_file = self.results / CONNECTION_FILE
+            self._janitor = _remove_when_gone(self.connection_file)
+        return self.connection
+
+    def _advertised(self, address: str) -> str:
+        if self.advertise:
+            return self.advertise
+        return socket.gethostname() if ipaddress.ip_address(address).is_unspecified else address
+
+    def _launch(self, binary: str, address: str, port: int, password: str, private: Path,
+                log_file: Path) -> RedisError | None:
+        conf = private / "redis.conf"
+        # the password goes in a 0600 file in the 0700 dir, never on the command line (ps shows it)
+        lines = [f"bind {address}", f"port {port}", f"requirepass {password}", "protected-mode yes",
+                 'save ""', "appendonly no", f"dir {_quote(private)}", f"logfile {_quote(log_file)}",
+                 "daemonize no", "databases 1"]
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        # a file, not a pipe, for what Redis says before its log is open: a full pipe would block it
+        with open(private / "stderr", "wb") as err:
+            # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
+            proc = self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
+                                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                                 preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
+        error = self._wait_ready(Connection(local, port, password), port, proc, private, log_file)
+        if error is not None:
+            self._terminate()
+            return error
+        # Redis has read its config and writes nothing into its dir (no saves, no CONFIG REWRITE):
+        # the password must not wait on disk for a stop that a SIGKILL would skip. Its log is
+        # reopened for every line, so the dir stays while the log is in it.
+        conf.unlink()
+        if self.results is not None:
+            shutil.rmtree(private, ignore_errors=True)
+        return None
+
+    def _wait_ready(self, conn: Connection, port: int, proc: subprocess.Popen, private: Path,
+                    log_file: Path) -> RedisError | None:
+        redis = import_redis()
+        # this loop retries, and must notice soon that Redis exited
+        client = conn.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    return self._start_failure(port, proc, private, log_file)
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    if client.ping():
+                        return None
+                time.sleep(0.05)
+        finally:
+            client.close()
+        return RedisError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s; "
+                          f"see {log_file}")
+
+    def _start_failure(self, port: int, proc: subprocess.Popen, private: Path, log_file: Path) -> RedisError:
+        stderr = (private / "stderr").read_text(errors="replace")
+        with contextlib.suppress(OSError):
+            stderr += log_file.read_text(errors="replace")
+        if "Address already in use" in stderr:
+            return RedisError(f"port {port} on {self.bind} is in use: leave the port out to "
+                              f"pick a free one, or stop what listens there")
+        last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "no output")
+        return RedisError(f"redis-server exited with code {proc.returncode} at start: "
+                          f"{last.strip()} (log: {log_file})")
+
+    def wait(self) -> int:
+        """Block until Redis exits by itself; return its exit code."""
+        if self._proc is None:
+            raise RedisError("redis-server is not running: start it first")
+        return self._proc.wait()
+
+    def stop(self) -> None:
+        """Stop Redis (SIGTERM, then SIGKILL), remove the connection file and private dir. Idempotent."""
+        with supervisor.deferred():  # a second signal must not cut the cleanup short
+            self._terminate()
+            if self.connection_file is not None:
+                self.connection_file.unlink(missing_ok=True)
+                self.connection_file = None
+            if self._janitor is not None:
+                os.close(self._janitor)
+                self._janitor = None
+            if self._private is not None:
+                shutil.rmtree(self._private, ignore_errors=True)
+                self._private = None
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._shutdown_now()
+            # SIGTERM: a no-op once SHUTDOWN has ended it; the way out if it could not be asked
+            supervisor.stop([proc], STOP_TIMEOUT)
+
+    def _shutdown_now(self) -> None:
+        """Ask Redis to stop at once: it acts on SIGTERM only at its next cron tick (about 0.1 s),
+        which a short run would count in its wall time."""
+        if self.connection is None:
+            return
+        client = self.connection.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.shutdown(nosave=True)
+        except import_redis().RedisError:
+            pass  # the connection closing is the answer; otherwise SIGTERM stops it
+        finally:
+            client.close()
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._saved_handlers.items():
+            signal.signal(signum, handler)
+        self._saved_handlers = {}
+
+    def _install_signal_handlers(self) -> None:
+        """Turn SIGTERM into SystemExit(143) while running, unless the caller handles it already."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _request_stop(signum, frame):
+    raise _Stop(signum)
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--results", required=True, type=click.Path(file_okay=False),
+              help="Results directory for redis.json and logs/.")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="IP, host name or interface (0.0.0.0 in jobs).")
+@click.option("--advertise", help="Host name other nodes use [default: this host's name].")
+@click.option("--redis-server", "binary", help=f"redis-server binary [default: ${BINARY_ENV}, else from PATH].")
+@click.option("--port", type=click.IntRange(1, 65535), help="Fixed port [default: a free one].")
+def main(results: str, bind: str, advertise: str | None, binary: str | None, port: int | None) -> None:
+    """Run a private per-job redis-server until SIGTERM, SIGINT or SIGHUP, then stop it.
+
+    Exits 0 after a requested stop; 1, with one ``Error:`` line, if Redis could not start or
+    died by itself.
+    """
+    server = RedisServer(results, bind=bind, advertise=advertise, binary=binary, port=port)
+    try:
+        for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+            signal.signal(signum, _request_stop)
+        with server as conn:
+            click.echo(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
+                       f"{server.connection_file}", err=True)
+            code = server.wait()
+            raise RedisError(f"redis-server exited by itself with code {code}; see {server.log_file}")
+    except _Stop:
+        return
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m d4p_hpc.mappings.redis.server")

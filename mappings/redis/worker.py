@@ -1,0 +1,121 @@
+"""A worker of the Redis mappings, on any node: ``python -m d4p_hpc.mappings.redis.worker --connection FILE``.
+
+It needs nothing but the connection file (or ``--redis URL``): it waits for the
+driver to announce a run in Redis (graph path, attribute, mapping, results
+directory, pool size), loads the same graph and plan, and runs tasks until
+the driver's run ends. The results directory must be the one the driver uses
+(a shared file system in a job). Exit codes: 0 when the run completed,
+1 after a PE failure or a lost Redis, 128 + signal when stopped by one.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import click
+
+from d4p_hpc import supervisor
+from d4p_hpc.errors import Command
+from d4p_hpc.errors import D4pHpcError
+from d4p_hpc.mappings.redis import conn as rconn
+from d4p_hpc.mappings.dynamic.loops import RUNNING, WorkerLoop
+from d4p_hpc.mappings.redis.broker import RedisBroker
+from d4p_hpc.mappings.redis.keys import Keys, read_announcement, stop_run
+from d4p_hpc.mappings.checkpoint import store as checkpoint
+from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, prepare, run_process
+from d4p_hpc.mappings.dynamic.tasks import TaskRuntime
+
+POLL = 0.2
+
+
+def wait_for_run(client) -> tuple[dict, str]:
+    """Block until a run is announced; return its announcement and state."""
+    while True:
+        run, state = read_announcement(client)
+        if run is not None and state is not None:
+            return run, state
+        time.sleep(POLL)
+
+
+def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> Outcome:
+    """Work for the announced ``run`` until it ends.
+
+    Parameters
+    ----------
+    conn
+        The run's Redis.
+    run
+        Its announcement (see :mod:`d4p_hpc.mappings.redis.dyn_redis`).
+    ctx
+        The run's context when the driver forked this worker; else it is
+        rebuilt from the announcement (same graph, same plan).
+    """
+    keys = Keys(run["id"])
+    client = conn.client()
+    if ctx is None:
+        try:
+            ctx = prepare(run["graph"], run["attr"], run["mapping"], run["processes"], 0, run["results"],
+                          {"checkpoint": run.get("checkpoints")})
+            if run.get("resume"):
+                ctx.restored = checkpoint.load(ctx.results, run["resume"])
+        except D4pHpcError as exc:
+            # the driver would wait for this worker forever: fail the run, saying why
+            stop_run(client, keys, "FAILED", {"pe": None, "process": None,
+                                               "traceback": f"a worker on {socket.gethostname()}: {exc}"})
+            raise
+    proc = int(client.incr(keys.procs))
+    broker = RedisBroker(conn, keys, proc, run["processes"], run["claim_idle"],
+                         autoscaled=run["mapping"] == "dyn_auto_redis")
+
+    def on_stop(outcome: Outcome) -> None:
+        # a PE failure ends the run; a worker stopped by a signal is just gone (its tasks get claimed)
+        if outcome.error:
+            broker.stop("FAILED", outcome.error)
+
+    try:
+        outcome = run_process(ctx, proc, None, on_stop=on_stop, hold=ctx.hold_for_driver,
+                              make_runtime=lambda sink: WorkerLoop(
+                                  broker.attach(TaskRuntime(ctx.plan, proc, sink, restored=ctx.restored)), broker))
+        client.hset(keys.exited, proc, outcome.state)
+    finally:
+        broker.close()
+    return outcome
+
+
+#: how a worker's own errors begin on stderr, where the driver watches for them (dyn_redis.Launcher):
+#: d4p-hpc's ``Error:`` line, naming the worker's host
+ERROR_PREFIX = "Error: worker on "
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--connection", type=click.Path(dir_okay=False),
+              help="Connection file written by python -m d4p_hpc.mappings.redis.server.")
+@click.option("--redis", "url", help=f"redis://[:PASSWORD@]HOST:PORT (password also from ${rconn.PASSWORD_ENV}).")
+def main(connection: str | None, url: str | None) -> None:
+    """Work for a d4p-hpc run of a Redis mapping, until the run ends."""
+    if (connection is None) == (url is None):
+        raise click.UsageError("give one of --connection FILE and --redis URL")
+    here = f"worker on {socket.gethostname()}"
+    redis = rconn.import_redis()
+    # while it waits for a run: the run has its own handling once it starts
+    supervisor.on_signals(lambda n, _f: sys.exit(supervisor.exit_code(n)))
+    try:
+        conn = rconn.read_connection_file(connection) if connection else rconn.parse_url(url or "")
+        run, state = wait_for_run(rconn.connect(conn))
+        if state != RUNNING:  # started after the job's run ended: nothing to do
+            click.echo(f"{here}: run {run['id']} has ended ({state}); nothing to do", err=True)
+            return
+        sys.exit(serve(conn, run).exit_code)
+    except D4pHpcError as exc:
+        exc.args = (f"{here}: {exc}",)
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # not an error of the worker's own: at the end of a job its Redis stops first
+        click.echo(f"{here}: lost the Redis connection ({exc}); the run is over or its Redis stopped", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m d4p_hpc.mappings.redis.worker")

@@ -1,0 +1,261 @@
+"""``mpi``: one process per MPI rank, across nodes (``mpiexec``, ``mpirun`` or ``srun``).
+
+Every rank loads the graph and computes the same plan from the world size.
+Batches travel with synchronous sends (``Issend``): a send completes only when
+the receiver takes it, so a slow rank holds back its senders instead of
+filling their memory, and a few sends stay in flight to hide latency. Idle
+ranks poll with a short back-off rather than a blocking probe, which in Open
+MPI spins a core that a working rank could use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from d4p_hpc import results as rd
+from d4p_hpc import supervisor
+from d4p_hpc.errors import RunFailed, UsageError
+from d4p_hpc.mappings.runtime.core import die_with_parent
+from d4p_hpc.mappings.runtime.runner import Aborted, Outcome, RunContext, begin, combine, end, run_process
+
+TAG_DATA = 11
+TAG_ABORT = 12
+MAX_IN_FLIGHT = 8
+MAX_BACKOFF = 0.002
+# how long the launcher waits, once mpiexec has ended, for rank 0 to finish writing run.json
+RECORD_WAIT = 10.0
+# set by an MPI launcher in every rank (Open MPI, MPICH/Hydra, PMIx e.g. srun --mpi=pmix, PMI2)
+WORLD_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
+
+
+def inside_mpi_world() -> bool:
+    """True when this process was started by an MPI launcher (so it must not start one)."""
+    return any(v in os.environ for v in WORLD_VARS)
+
+
+def launcher_argv(n: int) -> list[str]:
+    """``mpiexec -n N`` with the flags this MPI needs to run here (Open MPI: as root, more ranks than cores)."""
+    mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
+    if mpiexec is None:
+        raise UsageError("the mpi mapping needs mpiexec on PATH: install Open MPI or MPICH "
+                         "(e.g. apt-get install openmpi-bin), or load your cluster's MPI module")
+    argv = [mpiexec, "-n", str(n)]
+    if _is_open_mpi(mpiexec):
+        argv.append("--oversubscribe")
+        if os.geteuid() == 0:
+            argv.append("--allow-run-as-root")
+    return argv
+
+
+def processes(requested: int | None) -> int:
+    """The ranks the plan is for: the MPI world's size inside one, else ``-n`` (or the cores)."""
+    if inside_mpi_world():
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD.Get_size()
+    return requested or os.cpu_count() or 1
+
+
+def _relaunch_argv(ctx: RunContext) -> list[str]:
+    """``d4p-hpc run`` arguments that make every rank prepare this very run."""
+    argv = ["run", ctx.graph_path, "-m", "mpi", "--results", str(ctx.results)]
+    if ctx.attr is not None:
+        argv += ["--attr", ctx.attr]
+    if ctx.options.get("inputs_file"):
+        argv += ["-f", ctx.options["inputs_file"]]  # by path: it may be large
+    elif isinstance(ctx.raw_inputs, dict):
+        argv += ["-d", json.dumps(ctx.raw_inputs)]
+    else:
+        argv += ["-i", str(ctx.raw_inputs)]
+    if ctx.options.get("checkpoint_every"):
+        argv += ["--checkpoint-every", str(ctx.options["checkpoint_every"])]
+    if ctx.options.get("checkpoint"):
+        argv.append("--checkpoint")
+    if ctx.restored is not None:
+        argv.append("--resume")
+    return argv
+
+
+def self_launch(ctx: RunContext) -> dict:
+    """Run this run's ranks under ``mpiexec -n N`` and return the run record rank 0 wrote.
+
+    A signal this process gets goes to mpiexec, which passes it on to every rank (Open MPI
+    turns SIGINT into SIGTERM). The run then ends in that signal's state and exit code, also
+    when it came before the ranks could record it or when a rank died of it.
+    """
+    import subprocess
+
+    from d4p_hpc.submission.launch import SAFE_MODULE
+
+    results_dir = str(ctx.results)
+    env = dict(os.environ, D4P_HPC_QUIET="1")
+    launcher = subprocess.Popen(launcher_argv(ctx.processes) + [sys.executable, *SAFE_MODULE, "d4p_hpc"]
+                                + _relaunch_argv(ctx), env=env)
+    stops: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stops.append(signum)
+        launcher.send_signal(signum)
+
+    supervisor.on_signals(forward)
+    code = launcher.wait()
+    supervisor.restore_signals()
+    record = _settled_record(results_dir)
+    stop = stops[0] if stops else None
+    if record is None:
+        if stop is None:
+            raise RunFailed(f"mpiexec exited with {code} before the run started; see the messages above")
+        stopped = RunFailed(f"{supervisor.STOPS[stop]} by signal {stop} before the run started: nothing ran")
+        stopped.exit_code = supervisor.exit_code(stop)
+        raise stopped
+    failed_pe = (record.get("error") or {}).get("pe")
+    if stop is not None and not failed_pe and record["state"] != "COMPLETED":
+        record.update({"state": supervisor.STOPS[stop], "exit_code": supervisor.exit_code(stop)})
+    elif code < 0 and not failed_pe and record["state"] != "COMPLETED":
+        # mpiexec itself was killed: its ranks stopped (they die with it), nobody cancelled the run
+        record.update({"state": "FAILED", "exit_code": 1,
+                       "error": {"pe": None, "process": None,
+                                 "traceback": f"mpiexec was killed by signal {-code}; its ranks stopped"}})
+    elif record["state"] == "RUNNING":
+        # a rank died without a word (killed, crashed): the run did not finish
+        record.update({"state": "FAILED", "exit_code": 1,
+                       "error": {"pe": None, "process": None,
+                                 "traceback": f"mpiexec exited with code {code} before the run finished"}})
+    else:
+        return record
+    record["ended"] = record.get("ended") or rd.now()
+    rd.write_json(Path(results_dir) / rd.RUN_FILE, record)
+    return record
+
+
+def _settled_record(results_dir: str, wait: float = RECORD_WAIT) -> dict | None:
+    """Rank 0's record once it is written: mpiexec may end (killed, or by a signal sent to the
+    whole group) a moment before rank 0 has recorded how the run ended, and that record must
+    not overwrite the launcher's correction of it."""
+    deadline = time.monotonic() + wait
+    record = rd.read_run(results_dir)
+    while record is not None and record.get("state") == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = rd.read_run(results_dir)
+    return record
+
+
+def _is_open_mpi(mpiexec: str) -> bool:
+    import subprocess
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Open MPI" in out or "OpenRTE" in out
+
+
+class MpiTransport:
+    """Pickled batches between ranks; ABORT messages stop every rank."""
+
+    def __init__(self, comm: Any, mpi: Any) -> None:
+        self.comm = comm
+        self.MPI = mpi
+        self.pending: deque = deque()
+
+    def send(self, proc: int, payload: bytes, block: bool = True) -> bool:
+        req = self.comm.Issend([payload, self.MPI.BYTE], dest=proc, tag=TAG_DATA)
+        self.pending.append((req, payload))
+        # (not blocking: a few more sends in flight; their receivers take them when they come to it)
+        while self.pending and ((block and len(self.pending) > MAX_IN_FLIGHT) or self.pending[0][0].Test()):
+            self._wait(self.pending[0][0])
+            self.pending.popleft()
+        return True
+
+    def _wait(self, req: Any) -> None:
+        delay = 0.0
+        while not req.Test():
+            if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG_ABORT):
+                raise Aborted()
+            time.sleep(delay)
+            delay = min(MAX_BACKOFF, delay * 2 or 2e-5)
+
+    def recv(self, block: bool, timeout: float | None = None) -> bytearray | None:
+        status = self.MPI.Status()
+        delay = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=status):
+            if not block or (deadline is not None and time.monotonic() >= deadline):
+                return None
+            time.sleep(delay)
+            delay = min(MAX_BACKOFF, delay * 2 or 2e-5)
+        buf = bytearray(status.Get_count(self.MPI.BYTE))
+        self.comm.Recv([buf, self.MPI.BYTE], source=status.Get_source(), tag=status.Get_tag())
+        if status.Get_tag() == TAG_ABORT:
+            raise Aborted()
+        return buf
+
+    def finish_sends(self) -> None:
+        for req, _payload in self.pending:
+            self._wait(req)
+        self.pending.clear()
+
+    def abort_others(self) -> None:
+        me = self.comm.Get_rank()
+        for rank in range(self.comm.Get_size()):
+            if rank != me:
+                self.pending.append((self.comm.Isend([bytearray(1), self.MPI.BYTE], dest=rank, tag=TAG_ABORT), None))
+
+
+def run(ctx: RunContext) -> dict:
+    """Run this rank's share; rank 0 returns the run record, other ranks ``{"secondary": True, ...}``.
+    Outside an MPI world, start the ranks (:func:`self_launch`) and return rank 0's record."""
+    if not inside_mpi_world():
+        return self_launch(ctx)
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    # a rank whose launcher (mpiexec, orted, slurmstepd) is killed must stop, not run on orphaned
+    die_with_parent(os.getppid())
+    # ranks started without --results each made up a default directory: rank 0's wins
+    ctx.results = Path(comm.bcast(str(ctx.results), root=0))
+    # rank 0 alone creates the directory; if it cannot, every rank must learn it, not wait for ever
+    t0, refused = 0.0, None
+    if rank == 0:
+        try:
+            if ctx.restored is None:
+                rd.check_new(ctx.results)
+            t0 = begin(ctx)
+        except UsageError as err:
+            refused = str(err)
+    refused = comm.bcast(refused, root=0)
+    if refused:
+        if rank:
+            sys.exit(UsageError.exit_code)  # rank 0 says why
+        raise UsageError(refused)
+    transport = MpiTransport(comm, MPI)
+    outcome = run_process(ctx, rank, transport, on_stop=lambda _o: transport.abort_others())
+    if outcome.state == "COMPLETED":
+        try:
+            transport.finish_sends()
+        except Aborted:
+            outcome = Outcome("FAILED")  # the failed rank's own outcome carries the error
+    outcomes = comm.gather(outcome, root=0)  # the list on rank 0, None on the others
+    record = end(ctx, t0, combine(outcomes)) if outcomes is not None else \
+        {"secondary": True, "state": outcome.state, "exit_code": outcome.exit_code}
+    # the others leave only once rank 0 has written the run's record: a rank leaving with a non-zero
+    # code (138 at the walltime signal) makes mpiexec kill the rest at once
+    comm.Barrier()
+    return record
+
+
+def exit(code: int) -> None:  # noqa: A001 - the mapping hook the CLI calls last
+    """Leave the rank. After a failure a peer may wait forever on a send nobody will take,
+    so MPI_Finalize could hang: leave without it, and the launcher ends the other ranks."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        os._exit(code)
+    sys.exit(0)
