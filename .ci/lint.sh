@@ -4,7 +4,7 @@
 #   mypy        plain `mypy` in the checkout, as pyproject's [tool.mypy] says (d4p_hpc/mappings and
 #               d4p_hpc/templates are committed links the file system follows)
 #   golden      shellcheck on every golden job script (tests/golden/*/*.sh), with the flags of
-#               tests/test_render.py
+#               tests/unit/test_render.py
 # All three run even when one fails; one line per tool with its result and time, then the exit code
 # (0: all clean). Needs what .ci/install.sh installs: ruff and mypy come with the [test] extra, and
 # apt brings shellcheck. Env: PYTHON (default python3) runs ruff and mypy.
@@ -39,7 +39,7 @@ GOLDEN=(tests/golden/*/*.sh)
 if [ ${#GOLDEN[@]} = 0 ]; then
   check shellcheck sh -c 'echo "no golden job scripts under tests/golden/" >&2; exit 1'
 else
-  # the flags of tests/test_render.py::test_shellcheck_is_clean_on_every_golden_script
+  # the flags of tests/unit/test_render.py::test_shellcheck_is_clean_on_every_golden_script
   check shellcheck shellcheck --shell=bash --severity=warning "${GOLDEN[@]}"
 fi
 

@@ -25,7 +25,7 @@ from throughput import MAPPINGS, execute, run_environment
 
 from d4p_hpc import results as rd
 
-# the tests' graph, so that the benchmark measures exactly what tests/test_write_backpressure.py bounds
+# the tests' graph, so that the benchmark measures exactly what tests/runs/test_write_backpressure.py bounds
 GRAPH = Path(__file__).resolve().parents[1] / "tests" / "data" / "g_one_call.py"
 
 

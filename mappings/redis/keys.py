@@ -3,7 +3,7 @@
 Its keys are those :class:`Keys` declares, under the prefix ``d4p:<run id>:``.
 The end-of-stream accounting is specified once, executably, by :class:`Accounting`:
 dyn_multi runs it in shared memory, and :data:`COMMIT` is its Redis implementation,
-which tests/test_accounting.py checks against it on random sequences of commits.
+which tests/runs/test_accounting.py checks against it on random sequences of commits.
 Every commit runs :data:`COMMIT` atomically: acknowledge (and delete) the unit's
 entry, unless another worker already did (then nothing happens); queue what
 the unit wrote; then the accounting's step. The scripts take one JSON table of

@@ -1,4 +1,4 @@
-"""A graph whose PE calls a helper module that sits beside it (tests/test_helper_modules.py).
+"""A graph whose PE calls a helper module that sits beside it (tests/cluster/test_helper_modules.py).
 
 Real workflows import their own modules this way (``whiten``, ``xcorr``); the helper's name
 is unique so that nothing else on sys.path can provide it.

@@ -1,6 +1,6 @@
 """Runs stopped by a signal, as a terminal (SIGINT), a cancel (SIGTERM) or a scheduler's walltime
 warning (SIGUSR1) stops them: the state and exit code it means, the outputs kept, no process left.
-The same signals over every mapping: tests/test_run_directories.py."""
+The same signals over every mapping: tests/runs/test_run_directories.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """PBS without a PBS server: rendered scripts run in the environment PBS gives a job, and the
 whole submit/status/logs/cancel path runs against fake qsub/qstat/qdel.
 
-They run anywhere; tests/test_cluster.py runs the same jobs on a real OpenPBS server (the testbed
+They run anywhere; tests/cluster/test_cluster.py runs the same jobs on a real OpenPBS server (the testbed
 of .ci/pbs-up.sh). The qstat records below are the forms that server gave.
 """
 

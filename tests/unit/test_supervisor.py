@@ -42,7 +42,7 @@ def test_the_rendered_job_script_takes_its_codes_from_the_table():
     from d4p_hpc.submission import render
     from d4p_hpc.submission.spec import JobSpec
 
-    graph = Path(__file__).resolve().parent.parent / "examples" / "word_count.py"
+    graph = Path(__file__).resolve().parents[2] / "examples" / "word_count.py"
     script = render.render_script(JobSpec(graph=str(graph), scheduler="local"))
     for pattern, state in supervisor.shell_cases():
         assert f"{pattern}) state={state} " in script

@@ -15,7 +15,7 @@ from d4p_hpc import schedulers, supervisor
 from d4p_hpc.submission.launch import SAFE_MODULE, ShellVar
 from d4p_hpc.submission.spec import MAPPINGS, JobSpec
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 RESOURCES = {"slurm": dict(partition="debug", account="proj1", memory="2G"),
              "pbs": dict(partition="workq", account="proj1", memory="2G"), "local": {}}
 
@@ -62,7 +62,7 @@ def test_golden(scheduler, mapping, update_golden):
     if script != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), script.splitlines(True), str(path), "rendered"))
         pytest.fail(f"{path} differs from the rendered script (if the change is intended, run "
-                    f"`pytest tests/test_render.py --update-golden`):\n{diff}")
+                    f"`pytest tests/unit/test_render.py --update-golden`):\n{diff}")
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
@@ -77,7 +77,7 @@ def test_golden_of_a_job_that_continues_a_run(scheduler, update_golden):
     if update_golden:
         path.write_text(script)
         return
-    assert script == path.read_text(), f"{path} differs: run pytest tests/test_render.py --update-golden"
+    assert script == path.read_text(), f"{path} differs: run pytest tests/unit/test_render.py --update-golden"
     assert "d4p_results=/scratch/user/d4p-results/word_count-1234\n" in script
     assert "--checkpoint --checkpoint-every 300 --resume" in script
     assert '--from-job --exit-code "$rc"' in script

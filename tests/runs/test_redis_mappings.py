@@ -5,7 +5,7 @@ under hybrid_redis, with the mpi mapping's group-by hash); workers started as
 separate OS processes attach through the connection file; a SIGKILLed
 worker's tasks are redelivered, with nothing lost and nothing twice; a slow
 PE keeps its tasks; backpressure bounds Redis; the per-job Redis is private
-and never outlives a run (SIGTERM to the driver: tests/test_dynamic.py).
+and never outlives a run (SIGTERM to the driver: tests/runs/test_dynamic.py).
 """
 
 from __future__ import annotations
