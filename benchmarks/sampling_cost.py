@@ -48,7 +48,8 @@ def direct_cost(processes=16, samples=2000):
     import time
 
     from d4p_hpc.workflow.loader import load_graph
-    from d4p_hpc.mappings.runtime.core import Runtime, Sink
+    from d4p_hpc.mappings.runtime.core import Runtime
+    from d4p_hpc.mappings.runtime.sink import Sink
     from d4p_hpc.mappings.runtime.plan import build_plan
     from d4p_hpc.mappings.runtime.sampler import Sampler
 

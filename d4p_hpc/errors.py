@@ -46,8 +46,8 @@ class RenderError(D4pHpcError):
     """A job script template could not be rendered."""
 
 
-class SubmitError(D4pHpcError):
-    """The scheduler refused or failed a command."""
+class SchedulerError(D4pHpcError):
+    """A scheduler command failed, or could not be run here; ``cmd`` and what it said are kept."""
 
     def __init__(self, message: str, cmd: list[str] | None = None, returncode: int | None = None,
                  stdout: str = "", stderr: str = "") -> None:
@@ -56,6 +56,18 @@ class SubmitError(D4pHpcError):
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
+
+
+class SubmitError(SchedulerError):
+    """The scheduler refused a job, or its submit command failed."""
+
+
+class QueryError(SchedulerError):
+    """The scheduler could not be asked about jobs (``squeue``, ``qstat`` failed)."""
+
+
+class CancelError(SchedulerError):
+    """The scheduler refused to cancel a job, or the job is not one of its own."""
 
 
 class RedisError(D4pHpcError):

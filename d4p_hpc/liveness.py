@@ -1,14 +1,20 @@
-"""Whether the process that recorded a run is still that run: host, pid and start time.
+"""Processes as ``/proc`` tells of them: whether a recorded one still runs, and how much memory this one holds.
 
-A pid alone is not enough: after the run dies the kernel hands the number to the
-next process. ``token(pid)`` is the boot id and the process's start time, which
-no later process on the same host can share. Only the host that ran a process
-can check it; elsewhere the answer is None ("cannot tell from here").
+Every read of ``/proc`` is here. A pid alone is not enough to tell that a process still
+runs: after it dies the kernel hands the number to the next process. ``token(pid)`` is the
+boot id and the process's start time, which no later process on the same host can share.
+Only the host that ran a process can check it; elsewhere the answer is None ("cannot tell
+from here").
 """
 
 from __future__ import annotations
 
 import os
+import resource
+from collections.abc import Mapping
+from typing import Any
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def host() -> str:
@@ -39,3 +45,31 @@ def alive(recorded_host: str | None, pid: int | None, recorded_token: str | None
     if now is None:
         return False
     return recorded_token is None or now == recorded_token
+
+
+def run_alive(record: Mapping[str, Any]) -> bool | None:
+    """Whether the process that wrote a run record (``run.json``: host, pid, pid_token) still runs."""
+    return alive(record.get("host"), record.get("pid"), record.get("pid_token"))
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return round(int(fh.read().split()[1]) * _PAGE_MB, 1)
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, in MB. Linux keeps ``ru_maxrss`` across ``exec``, so a run
+    started from a big process (pytest, a Jupyter kernel) would report that one's peak; ``VmHWM``
+    is this program's own."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

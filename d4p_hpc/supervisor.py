@@ -1,9 +1,11 @@
-"""Processes and signals: the one place that says what a stop signal means and how a process is stopped.
+"""Processes and signals: the one place that says what a stop signal means and how a process is
+stopped, and whether a process is a rank that an MPI launcher started.
 
 Both sides use it: the runtime (a run, its forked processes, MPI ranks, the per-job Redis
-supervisor and workers) and the submission side (the local scheduler's ``cancel``, and the job
-script templates, which are rendered with :data:`STOPS` and :data:`GRACE_SECONDS`), so a state,
-an exit code and a grace period mean the same everywhere. Standard library only.
+supervisor and workers) and the submission side (the local scheduler's ``cancel``, the job
+script templates, which are rendered with :data:`STOPS` and :data:`GRACE_SECONDS`, and ``d4p-hpc
+run``, which must not start ``mpiexec`` inside an MPI world), so a state, an exit code and a grace
+period mean the same everywhere. Standard library only.
 
 The table, as batch systems use the signals:
 
@@ -43,6 +45,8 @@ GRACE_SECONDS = 10.0
 #: a process that failed and could not even record why: its results directory cannot be
 #: written (sysexits' EX_IOERR)
 IO_FAILED = 74
+#: set by an MPI launcher in every rank (Open MPI, MPICH/Hydra, PMIx e.g. srun --mpi=pmix, PMI2)
+WORLD_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
 
 
 def exit_code(signum: int) -> int:
@@ -109,8 +113,12 @@ def raise_on_signals(hold: Any = None) -> None:
 
 
 def on_signals(handler: Any) -> None:
-    """Install ``handler`` (a callable, SIG_IGN or SIG_DFL) for every stop signal: the one way this
-    code installs signal handlers."""
+    """Install ``handler`` (a callable, SIG_IGN or SIG_DFL) for every stop signal.
+
+    A run's processes install theirs through this module (this function, :func:`restore_signals`,
+    :func:`deferred`). Two places call :mod:`signal` directly: the per-job Redis server
+    (``d4p_hpc.mappings.redis.server``, which also stops at SIGHUP) and the local scheduler's job
+    start (``d4p_hpc.schedulers.local``, which gives a job the defaults a batch system starts it with)."""
     for signum in STOPS:
         signal.signal(signum, handler)
 
@@ -149,6 +157,11 @@ def deferred() -> Iterator[None]:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         for signum in pending:
             signal.raise_signal(signum)
+
+
+def inside_mpi_world() -> bool:
+    """True when this process was started by an MPI launcher (so it must not start one)."""
+    return any(v in os.environ for v in WORLD_VARS)
 
 
 def stop(processes: Iterable[Any], grace: float = GRACE_SECONDS, signum: int | None = signal.SIGTERM,
@@ -218,3 +231,12 @@ def _join(processes: list[Any], seconds: float | None) -> None:
                 proc.wait(left)
             except subprocess.TimeoutExpired:
                 pass
+
+
+# How every d4p-hpc process is started, on both sides (job scripts, the precheck, mpi's own
+# mpiexec): what ``python -m MODULE`` would do, without the working directory first on sys.path.
+# A job submitted from a directory holding inspect.py, queue.py or a d4p_hpc/ folder must still import
+# the standard library and the installed package (``python -P`` does this, but only from 3.11).
+# The graph loader appends the graph's and the working directory, so helper modules still import.
+SAFE_MODULE = ("-c", "import sys;sys.path[:1]==['']and sys.path.pop(0);"
+                     "import runpy;runpy.run_module(sys.argv.pop(1),run_name='__main__',alter_sys=True)")

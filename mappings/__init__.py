@@ -15,9 +15,9 @@ and, optionally,
 
 ``validate(plan, name)``
     Refuse a plan the mapping cannot run (stateful PEs under dyn_*), before anything runs.
-``processes(requested) -> int``
+``processes(requested) -> int | None``
     The process count the plan is built for, when it is not ``-n`` (mpi inside an MPI world:
-    the world's size).
+    the world's size); None: no opinion.
 ``exit(code)``
     Leave the process after the run (mpi: without MPI_Finalize, which could hang after a failure).
 
@@ -58,8 +58,9 @@ class Mapping:
     def processes(self, requested: int | None) -> int:
         """The process count the run's plan is built for."""
         hook = getattr(self.load(), "processes", None)
-        if hook is not None:
-            return hook(requested)
+        chosen = hook(requested) if hook is not None else None
+        if chosen is not None:
+            return chosen
         return (requested or os.cpu_count() or 1) if self.forks else 1
 
     def validate(self, plan: Any) -> None:
@@ -73,6 +74,10 @@ class Mapping:
     def exit(self, code: int) -> None:
         getattr(self.load(), "exit", sys.exit)(code)
 
+
+# The in-job entry points of the Redis mappings, which job scripts start by module name.
+REDIS_SERVER = "d4p_hpc.mappings.redis.server"
+REDIS_WORKER = "d4p_hpc.mappings.redis.worker"
 
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
     Mapping("simple", "static.simple", "single", forks=False, states="instance"),

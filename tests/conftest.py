@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.dynamic import skip_without_redis
 from helpers.runs import WHERE_GRAPH, FakeInterpreter
 
 
@@ -21,12 +22,14 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Undo pytest-mpi's skip of tests that are not MPI-world tests.
+    """Skip the Redis tests where there is no redis-server (helpers.dynamic), and undo pytest-mpi's
+    skip of tests that are not MPI-world tests.
 
     pytest-mpi skips every item whose *keywords* hold "mpi" unless --with-mpi is given, and a
     parameter id is a keyword: a test parametrised over the mappings would silently skip its
     ``mpi`` case. Only the ``mpi`` marker (tests/mpi, run under mpiexec) means an MPI-world test.
     """
+    skip_without_redis(items)
     for item in items:
         if item.get_closest_marker("mpi") is None:
             item.own_markers = [m for m in item.own_markers
@@ -44,12 +47,7 @@ def cli(monkeypatch):
     """Run ``d4p-hpc ARGS...`` in-process; returns click's Result (output has stdout and stderr)."""
     from click.testing import CliRunner
 
-    from d4p_hpc.cli import jobs as cli_jobs
     from d4p_hpc.cli import main
-
-    for command in cli_jobs.COMMANDS:  # until d4p_hpc.cli adds them itself
-        if command.name not in main.commands:
-            main.add_command(command)
 
     def invoke(*args, **kwargs):
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
@@ -89,9 +87,11 @@ def where_graph(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["slurm", "pbs"])
+@pytest.fixture(scope="module", params=[pytest.param("slurm", marks=pytest.mark.slurm),
+                                        pytest.param("pbs", marks=pytest.mark.pbs)])
 def cluster(request):
-    """Each test that takes it runs on the test Slurm and on the test PBS (see helpers.clusters)."""
+    """Each test that takes it runs on the test Slurm and on the test PBS (see helpers.clusters),
+    marked ``slurm`` and ``pbs`` respectively."""
     from helpers.clusters import connect
 
     return connect(request.param)
@@ -103,14 +103,14 @@ def submit(cluster, tmp_path, where_graph):
     import sys
 
     from d4p_hpc.jobs import state as jobs
-    from d4p_hpc import schedulers
     from d4p_hpc.submission.render import render_script
+    from d4p_hpc.submission.submit import submit
     from d4p_hpc.submission.spec import JobSpec
 
     def go(**kw):
         values = dict(graph=str(where_graph), results_root=str(tmp_path / "results"), scheduler=cluster.name,
                       python=sys.executable, walltime="5", iterations=16, nodes=2, tasks_per_node=2)
         spec = JobSpec(**{**values, **kw})
-        _, directory = schedulers.submit(spec, render_script(spec))
+        _, directory = submit(spec, render_script(spec))
         return jobs.open_job(directory)
     return go

@@ -12,7 +12,7 @@
 if [ -n "${D4P_FAKE_LOG:-}" ]; then
   printf '%s\0' "$@" >"$(mktemp "$D4P_FAKE_LOG/argv.XXXXXX")"
 fi
-# job scripts start modules as `python -c BOOTSTRAP MODULE ARGS` (d4p_hpc.submission.launch.SAFE_MODULE)
+# job scripts start modules as `python -c BOOTSTRAP MODULE ARGS` (d4p_hpc.supervisor.SAFE_MODULE)
 if [ "${1:-}" = -c ]; then set -- -m "${@:3}"; fi
 results=
 prev=

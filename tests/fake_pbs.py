@@ -17,6 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
+from d4p_hpc import liveness
 from d4p_hpc.schedulers import local
 
 SPOOL = Path(os.environ["FAKE_PBS_SPOOL"])
@@ -60,7 +61,7 @@ def qstat() -> int:
             continue
         pid = json.loads(record.read_text())["pid"]
         status = SPOOL / f"{job_id}.status"
-        if local.alive(pid):
+        if liveness.token(pid) is not None:  # it runs (not a zombie)
             jobs[job_id] = {"job_state": "R"}
         else:
             deleted = (SPOOL / f"{job_id}.deleted").exists()

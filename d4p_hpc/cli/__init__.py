@@ -1,4 +1,7 @@
-"""The ``d4p-hpc`` command: options in, library calls out.
+"""The ``d4p-hpc`` command group, and the module each of its commands lives in.
+
+A command's module is imported only when that command runs (or prints its own help), so each
+module imports what it needs at its top and ``d4p-hpc --help`` loads none of them.
 
 Exit codes follow click: 0 success, 1 a failure while working, 2 bad input or
 usage (nothing ran); a run stopped by a signal exits 128 + signal.
@@ -6,130 +9,57 @@ usage (nothing ran); a run stopped by a signal exits 128 + signal.
 
 from __future__ import annotations
 
-import os
+import importlib
 
 import click
+from click.utils import make_default_short_help
 
 from d4p_hpc import __version__
 from d4p_hpc.errors import Command
-from d4p_hpc.errors import UsageError
+
+#: command name: (module in this package, the command in it, the first paragraph of its help,
+#: which ``d4p-hpc --help`` lists without importing the module)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "cancel": ("jobs", "cancel", "Cancel JOB, pending or running."),
+    "graph": ("graph", "graph",
+              "Draw GRAPH: its PEs, connections and groupings, with -m the plan's instances and processes."),
+    "list": ("jobs", "list_", "All jobs under the results root, oldest first."),
+    "logs": ("jobs", "logs", "The scheduler's stdout/stderr of JOB, then its per-process logs."),
+    "render": ("jobs", "render", "Write the job script of GRAPH, to submit by hand (sbatch job.sh / qsub job.sh)."),
+    "report": ("report", "report",
+               "Write one self-contained HTML page of what JOB (a job id or results directory) did: summary, "
+               "efficiency, the graph, throughput, busy time, backlog, pool size, memory, outputs."),
+    "results": ("jobs", "results", "State, wall time, items/s per PE and outputs of JOB."),
+    "resume": ("jobs", "resume_",
+               "Continue JOB (TIMEOUT, CANCELLED or FAILED) from its last checkpoint, as a new job in its directory."),
+    "run": ("run", "run", "Run GRAPH here, with no scheduler, and write a results directory."),
+    "status": ("jobs", "status", "State of JOBs (ids or results directories); without JOB, of the unfinished jobs."),
+    "submit": ("jobs", "submit_", "Submit GRAPH as a batch job; print its job id and results directory."),
+    "wait": ("jobs", "wait", "Wait for JOB to end; exit 0 if it COMPLETED, 1 otherwise."),
+}
 
 
-class _Group(Command, click.Group):
-    pass
+class _LazyGroup(Command, click.Group):
+    """Finds its commands in :data:`COMMANDS`, importing a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module, name, _ = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(f"{__name__}.{module}"), name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands as click would (each help cut to its first sentence), from the table."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, make_default_short_help(COMMANDS[name][2], limit)) for name in names])
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="d4p-hpc")
 def main() -> None:
     """Run dispel4py workflows locally or as Slurm/PBS jobs."""
-
-
-@main.command()
-@click.argument("graph")
-@click.option("-m", "--mapping", default="simple", show_default=True,
-              help="simple, multi, mpi, dyn_multi, dyn_auto_multi, dyn_redis, dyn_auto_redis or hybrid_redis.")
-@click.option("-n", "--processes", type=click.IntRange(min=1),
-              help="Processes, MPI ranks or workers [default: 1 for simple, else the number of cores].")
-@click.option("-a", "--attr", help="Name of the graph variable in GRAPH (default: its only WorkflowGraph).")
-@click.option("-i", "--iterations", type=click.IntRange(min=0), help="Feed each root PE N times [default: 1].")
-@click.option("-d", "--data", help='Inputs as JSON: {"PE": [{"input": ...}, ...]} or {"PE": N}.')
-@click.option("-f", "--file", "data_file", type=click.Path(dir_okay=False), help="Inputs as a JSON file.")
-@click.option("--results", type=click.Path(file_okay=False),
-              help="Results directory [default: ./d4p-results/<graph>-<mapping>-<time>].")
-@click.option("--redis", "redis_url", help="Use this Redis (redis://[:password@]host:port) instead of a per-run one.")
-@click.option("--redis-connection", type=click.Path(dir_okay=False),
-              help="Connection file of a running per-job Redis (written by d4p_hpc.mappings.redis.server).")
-@click.option("--external-workers", is_flag=True,
-              help="Redis mappings: workers are started elsewhere (a job script); start none here.")
-@click.option("--redis-server", "redis_server", help="redis-server binary [default: from PATH].")
-@click.option("--check", is_flag=True, help="Load the graph and check the inputs and mapping; run nothing.")
-@click.option("--checkpoint-every", type=click.FloatRange(min=1), metavar="SECONDS",
-              help="Take a checkpoint every SECONDS (and at the walltime signal), to resume from.")
-@click.option("--checkpoint", "checkpoint_on", is_flag=True,
-              help="Take a checkpoint at the walltime signal (SIGUSR1) before stopping.")
-@click.option("--resume", "resume", is_flag=True,
-              help="Continue the run in --results from its last checkpoint (same graph and inputs).")
-def run(graph: str, mapping: str, processes: int | None, attr: str | None, iterations: int | None,
-        data: str | None, data_file: str | None, results: str | None, redis_url: str | None,
-        redis_connection: str | None, external_workers: bool, redis_server: str | None, check: bool,
-        checkpoint_every: float | None, checkpoint_on: bool, resume: bool) -> None:
-    """Run GRAPH here, with no scheduler, and write a results directory."""
-    from d4p_hpc import mappings
-    from d4p_hpc.jobs import progress
-    from d4p_hpc import results as rd
-    from d4p_hpc.workflow.loader import default_results, parse_inputs
-    from d4p_hpc.mappings.runtime import runner
-    from d4p_hpc.mappings.static.mpi import inside_mpi_world
-
-    chosen = mappings.get(mapping)
-    raw = parse_inputs(iterations, data, data_file)
-    options = {"redis_url": redis_url, "redis_connection": redis_connection,
-               "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file,
-               "checkpoint_every": checkpoint_every, "checkpoint": checkpoint_on}
-    if resume and not results:
-        raise UsageError("--resume needs --results DIR: the results directory of the run to continue")
-    results_dir = results or default_results(graph, mapping)
-    _check_local_processes(chosen, processes, external_workers)
-    if not check and not resume and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
-        rd.check_new(results_dir)
-    ctx = runner.prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume)
-    if check:
-        click.echo(f"ok: {len(ctx.plan.pes)} PEs, {ctx.plan.instances} instances under {mapping} "
-                   f"with {ctx.processes} processes")
-        return
-    with progress.live(ctx.results):
-        record = chosen.run(ctx)
-    if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):
-        _summary(ctx.results, record)
-    chosen.exit(record["exit_code"])
-
-
-def _check_local_processes(chosen, processes: int | None, external: bool) -> None:
-    """Refuse a ``-n`` that would fork more processes on this host than it could ever run well
-    (the Redis mappings fork theirs too, unless a job script starts the workers on its nodes)."""
-    from d4p_hpc.mappings.static.mpi import inside_mpi_world
-
-    if processes is None or not chosen.forks or external or inside_mpi_world():
-        return
-    cores = os.cpu_count() or 1
-    limit = int(os.environ.get("D4P_HPC_MAX_PROCESSES") or max(16, 4 * cores))
-    if processes > limit:
-        raise UsageError(f"-n {processes} would start {processes} processes on this host ({cores} cores); the "
-                         f"limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} to allow it, or submit a job "
-                         "(d4p-hpc submit) to use more nodes")
-
-
-def _summary(results_dir, record: dict) -> None:
-    from d4p_hpc import results as rd
-
-    metrics = rd.read_metrics(results_dir) or {}
-    for notice in record.get("notices", []) if record["mapping"] != "simple" else []:
-        click.echo(f"notice: {notice}", err=True)
-    state = record["state"]
-    rate = metrics.get("items_per_second")
-    click.echo(f"{state} in {record.get('wall_seconds', 0):.2f} s: {metrics.get('items', 0)} items"
-               + (f", {rate:,.0f} items/s" if rate else "")
-               + f" ({record['mapping']}, {record['processes']} processes)")
-    if record.get("error"):
-        err = record["error"]
-        who = f"PE {err['pe']}" if err.get("pe") else "the run"
-        where = f" (process {err['process']})" if err.get("process") is not None else ""
-        click.echo(f"{who} failed{where}:\n{err.get('traceback', '')}", err=True)
-    outputs = rd.list_outputs(results_dir)
-    click.echo(f"results: {results_dir}")
-    for pe, output in outputs:
-        click.echo(f"  {pe}.{output}: {rd.count_items(results_dir, pe, output)} items")
-    click.echo(f"logs: {results_dir}/{rd.LOGS}/")
-
-
-def _add_job_commands() -> None:
-    from d4p_hpc.cli import graph as cli_graph, jobs as cli_jobs, report as cli_report
-
-    for command in cli_jobs.COMMANDS:
-        main.add_command(command)
-    main.add_command(cli_report.report)
-    main.add_command(cli_graph.graph)
-
-
-_add_job_commands()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
+from d4p_hpc import mappings
 from d4p_hpc.errors import UsageError
+from d4p_hpc.mappings.runtime.prepare import prepare
+from d4p_hpc.workflow import drawing
 
 
 @click.command()
@@ -19,22 +23,16 @@ from d4p_hpc.errors import UsageError
               help="File to write: .dot (DOT text), .svg or .png (drawn by Graphviz's dot).")
 def graph(graph_source: str, mapping: str | None, processes: int | None, attr: str | None, output: str) -> None:
     """Draw GRAPH: its PEs, connections and groupings, with -m the plan's instances and processes."""
-    from pathlib import Path
-
-    from d4p_hpc.workflow import drawing
-    from d4p_hpc import mappings
-    from d4p_hpc.mappings.runtime import runner
-
     drawing.output_format(output)  # a bad suffix fails before the graph is loaded
     if processes is not None and mapping is None:
         raise UsageError("-n/--processes needs -m/--mapping: the placement depends on both")
     if mapping is None:
-        ctx = runner.prepare(graph_source, attr, "simple", 1, 0, Path(os.getcwd()))
+        ctx = prepare(graph_source, attr, "simple", 1, 0, Path(os.getcwd()))
         title = Path(graph_source).name
     else:
         # the same process count and plan as `d4p-hpc run` would use
         n = mappings.get(mapping).processes(processes)
-        ctx = runner.prepare(graph_source, attr, mapping, n, 0, Path(os.getcwd()))
+        ctx = prepare(graph_source, attr, mapping, n, 0, Path(os.getcwd()))
         title = f"{Path(graph_source).name}: {mapping} -n {n}"
     drawing.write(drawing.dot_source(ctx.plan, mapping, title), output)
     click.echo(f"wrote {output}")

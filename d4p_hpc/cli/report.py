@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from d4p_hpc.cli.jobs import _find, _root_options
+from d4p_hpc.cli.common import find, root_options
+from d4p_hpc.jobs import state
+from d4p_hpc.report import page
 
 
 @click.command()
@@ -14,14 +16,11 @@ from d4p_hpc.cli.jobs import _find, _root_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Where to write the page [default: report.html in the results directory].")
 @click.option("--png", is_flag=True, help="Also write each plot as a PNG next to the page (needs Chromium).")
-@_root_options
+@root_options
 def report(job, output, png, results_root, profile):
     """Write one self-contained HTML page of what JOB (a job id or results directory) did:
     summary, efficiency, the graph, throughput, busy time, backlog, pool size, memory, outputs."""
-    from d4p_hpc.jobs import state as jobs
-    from d4p_hpc.report.page import page as rp
-
-    found = _find(job, results_root, profile)
+    found = find(job, results_root, profile)
     target = Path(output) if output else found.directory / "report.html"
-    for path in rp.write(found.directory, target, None if found.scheduler == jobs.RUN else found, png):
+    for path in page.write(found.directory, target, None if found.scheduler == state.RUN else found, png):
         click.echo(f"wrote {path}")

@@ -23,8 +23,8 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TextIO
 
-from d4p_hpc.mappings.runtime.sampler import last_samples, read_graph
-from d4p_hpc.submission.render import clock
+from d4p_hpc.results import last_samples, read_graph
+from d4p_hpc.units import clock
 
 PLAIN_SECONDS = 30.0
 LIVE_SECONDS = 1.0

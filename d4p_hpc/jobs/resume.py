@@ -22,15 +22,11 @@ import shutil
 import time
 from pathlib import Path
 
-from d4p_hpc.jobs import state as jobs
-from d4p_hpc import schedulers
+from d4p_hpc import units
 from d4p_hpc.errors import ResumeError
-from d4p_hpc.results import now, read_json, write_json
-
-SEGMENTS = Path("state") / "segments"
-#: what each segment's directory keeps: its markers and the scheduler's logs of its job
-ARCHIVED = ("submitted", "started", "finished", "local.json")
-LOGS = ("job.out", "job.err")
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc.results import Layout, now, read_json, read_run, write_json
+from d4p_hpc.schedulers import RUN
 
 
 def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = None) -> tuple[str, str | None]:
@@ -43,9 +39,10 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
     from d4p_hpc.submission import precheck
     from d4p_hpc.submission.render import render_script
     from d4p_hpc.submission.spec import JobSpec
+    from d4p_hpc.submission.submit import submit
 
     from_job = exit_code is not None
-    if job.scheduler == jobs.RUN:
+    if job.scheduler == RUN:
         raise ResumeError(f"{job.directory} is a `d4p-hpc run`, not a job: continue it with d4p-hpc run GRAPH "
                           f"--results {job.directory} --resume")
     if not from_job:
@@ -55,10 +52,10 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
                               "or wait for it to end")
         if current.state == "COMPLETED":
             raise ResumeError(f"job {job.job_id} has COMPLETED: there is nothing to resume")
-    saved = read_json(job.directory / "spec.json", dict) or {}
+    saved = read_json(job.layout.spec, dict) or {}
     data = dict(saved.get("spec") or {})
     if not data:
-        raise ResumeError(f"{job.directory} has no spec.json: it was not submitted by d4p-hpc")
+        raise ResumeError(f"{job.directory} has no {Layout.SPEC}: it was not submitted by d4p-hpc")
     left = data.get("requeue", 0)
     if requeue is None:
         requeue = max(0, left - 1) if from_job else left
@@ -68,14 +65,15 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
     script = render_script(spec, saved.get("sources"))
     number, archive = _archive(job)
     try:
-        new_id, _ = schedulers.submit(spec, script, saved.get("sources"))
+        new_id, _ = submit(spec, script, saved.get("sources"))
     except BaseException:
         _unarchive(job, archive)
         raise
     if from_job:
-        write_json(archive / "finished", {"time": now(), "epoch": time.time(), "state": "TIMEOUT",
-                                          "exit_code": exit_code, "reason": f"walltime: continued by job {new_id}"})
-    write_json(archive / "successor", {"job_id": new_id, "time": now()})
+        write_json(archive / Layout.FINISHED, {"time": now(), "epoch": time.time(), "state": "TIMEOUT",
+                                               "exit_code": exit_code,
+                                               "reason": f"walltime: continued by job {new_id}"})
+    write_json(archive / Layout.SUCCESSOR, {"job_id": new_id, "time": now()})
     _link(job.directory, str(spec.job_name), new_id)
     return new_id, signal_warning(spec)
 
@@ -98,41 +96,43 @@ def signal_warning(spec) -> str | None:
 def segments(job: jobs.Job) -> list[dict]:
     """The archived segments of ``job``'s run, oldest first: number, job id, state, times, exit code."""
     found = []
-    root = job.directory / SEGMENTS
+    root = job.layout.segments
     for d in sorted(root.iterdir()) if root.is_dir() else []:
-        markers = {name: read_json(d / name, dict) or {} for name in ("submitted", "started", "finished")}
-        found.append({"segment": int(d.name), "job_id": markers["submitted"].get("job_id"),
-                      "state": markers["finished"].get("state") or "FAILED",
-                      "reason": markers["finished"].get("reason") or "ended without writing state/finished",
-                      "started": markers["started"].get("epoch"), "ended": markers["finished"].get("epoch"),
-                      "exit_code": markers["finished"].get("exit_code")})
+        submitted, started, finished = (read_json(d / name, dict) or {}
+                                        for name in (Layout.SUBMITTED, Layout.STARTED, Layout.FINISHED))
+        found.append({"segment": int(d.name), "job_id": submitted.get("job_id"),
+                      "state": finished.get("state") or "FAILED",
+                      "reason": finished.get("reason") or f"ended without writing {Layout.STATE}/{Layout.FINISHED}",
+                      "started": started.get("epoch"), "ended": finished.get("epoch"),
+                      "exit_code": finished.get("exit_code")})
     return found
 
 
 def _archive(job: jobs.Job) -> tuple[int, Path]:
-    root = job.directory / SEGMENTS
+    """Move the job's markers (and copy its scheduler logs) into a new segment directory."""
+    root = job.layout.segments
     root.mkdir(parents=True, exist_ok=True)
     number = len([d for d in root.iterdir() if d.name.isdigit()]) + 1
     archive = root / f"{number:03d}"
     archive.mkdir()
-    for name in ARCHIVED:
-        if (job.directory / "state" / name).exists():
-            os.replace(job.directory / "state" / name, archive / name)
-    for name in LOGS:
-        if (job.directory / name).exists():
-            shutil.copy2(job.directory / name, archive / name)
-            os.truncate(job.directory / name, 0)  # the local scheduler's next job appends to it
+    for name in Layout.ARCHIVED:
+        if job.layout.marker(name).exists():
+            os.replace(job.layout.marker(name), archive / name)
+    for log in job.layout.scheduler_logs:
+        if log.exists():
+            shutil.copy2(log, archive / log.name)
+            os.truncate(log, 0)  # the local scheduler's next job appends to it
     return number, archive
 
 
 def _unarchive(job: jobs.Job, archive: Path) -> None:
-    for name in ARCHIVED:
+    for name in Layout.ARCHIVED:
         if (archive / name).exists():
-            os.replace(archive / name, job.directory / "state" / name)
-    for name in LOGS:
-        if (archive / name).exists():
-            with open(job.directory / name, "ab") as out:
-                out.write((archive / name).read_bytes())
+            os.replace(archive / name, job.layout.marker(name))
+    for log in job.layout.scheduler_logs:
+        if (archive / log.name).exists():
+            with open(log, "ab") as out:
+                out.write((archive / log.name).read_bytes())
     shutil.rmtree(archive, ignore_errors=True)
 
 
@@ -142,15 +142,13 @@ def _link(directory: Path, name: str, job_id: str) -> None:
         os.symlink(directory.name, link)
 
 
-def describe(job: jobs.Job) -> list[str]:
-    """Lines on the segments of ``job``'s run (for ``status`` and ``results``): one per segment,
-    with the items the run record counts for it."""
-    from d4p_hpc.submission.render import clock
-    from d4p_hpc.results import read_run
-
+def describe(current: jobs.JobStatus) -> list[str]:
+    """Lines on the segments of the run of the job whose status is ``current`` (for ``status`` and
+    ``results``): one per segment, with the items the run record counts for it."""
+    job = current.job
     archived = segments(job)
     record = read_run(job.directory) or {}
-    if job.scheduler == jobs.RUN:  # `d4p-hpc run --resume`: its record alone knows the segments
+    if job.scheduler == RUN:  # `d4p-hpc run --resume`: its record alone knows the segments
         runs = [*record.get("segments", []), record] if record.get("segments") else []
         return [f"segment {k}: {s.get('state')}, started {s.get('started')}"
                 + (f", {s['items']:,} items" if s.get("items") is not None else "") for k, s in enumerate(runs, 1)]
@@ -160,14 +158,13 @@ def describe(job: jobs.Job) -> list[str]:
     items[record.get("job_id")] = record.get("items")
     lines = []
     for s in archived:
-        took = clock(int(s["ended"] - s["started"])) if s["started"] and s["ended"] else "-"
+        took = units.clock(s["ended"] - s["started"]) if s["started"] and s["ended"] else "-"
         count = items.get(s["job_id"])
         lines.append(f"segment {s['segment']}: job {s['job_id']} {s['state']} after {took}"
                      + (f", {count:,} items" if count is not None else "") + f" ({s['reason']})")
-    current = jobs.status([job])[0]
     count = items.get(job.job_id) if record.get("job_id") == job.job_id else None
     lines.append(f"segment {len(archived) + 1}: job {job.job_id} {current.state}"
-                 + (f" after {clock(int(current.elapsed))}" if current.elapsed is not None else "")
+                 + (f" after {units.clock(current.elapsed)}" if current.elapsed is not None else "")
                  + (f", {count:,} items" if count is not None else ""))
     return lines
 

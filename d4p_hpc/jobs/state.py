@@ -10,9 +10,7 @@ inferred from a job's absence from the scheduler.
 
 from __future__ import annotations
 
-import datetime
 import glob
-import json
 import os
 import signal
 import time
@@ -20,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from d4p_hpc import liveness, schedulers
+from d4p_hpc import liveness, schedulers, units
 from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError
-from d4p_hpc.results import read_json
+from d4p_hpc.results import Layout, RunRecord, read_json, read_run, write_json
+from d4p_hpc.schedulers import RUN
 from d4p_hpc.schedulers.base import SchedulerState
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
-#: ``Job.scheduler`` of the results directory of a ``d4p-hpc run``: no scheduler, its run.json tells all
-RUN = "run"
-CANCEL_REQUESTED = "cancel_requested"
+_FINISHED = f"{Layout.STATE}/{Layout.FINISHED}"  # as messages name it
 # a finished marker may reach a shared file system a little after the scheduler saw the job end
 MARKER_GRACE_SECONDS = 15.0
 
@@ -40,11 +37,17 @@ class Job:
     directory: Path
     job_id: str
     name: str
+    #: the scheduler's name; :data:`~d4p_hpc.schedulers.RUN` for a ``d4p-hpc run``
     scheduler: str
+
+    @property
+    def layout(self) -> Layout:
+        """The names of its results directory."""
+        return Layout(self.directory)
 
     def marker(self, name: str) -> dict | None:
         """The JSON content of ``state/<name>``, or None."""
-        return _read_json(self.directory / "state" / name)
+        return _read_json(self.layout.marker(name))
 
 
 class _Times(TypedDict, total=False):
@@ -85,15 +88,15 @@ class JobStatus:
 def open_job(directory: str | Path) -> Job:
     """The job whose results directory is ``directory``."""
     directory = Path(directory).resolve()
-    spec = (_read_json(directory / "spec.json") or {}).get("spec", {})
-    stamp = _read_json(directory / "state" / schedulers.SUBMITTED) or \
-        _read_json(directory / "state" / "started") or {}
+    layout = Layout(directory)
+    spec = (_read_json(layout.spec) or {}).get("spec", {})
+    stamp = _read_json(layout.marker(Layout.SUBMITTED)) or _read_json(layout.marker(Layout.STARTED)) or {}
     if not spec and not stamp:
-        record = read_json(directory / "run.json", dict)  # a run's record cut short says so
+        record = read_run(directory)  # a run's record cut short says so
         if record is not None and "mapping" in record:
             return Job(directory, directory.name, Path(str(record.get("graph") or directory.name)).stem, RUN)
         raise JobNotFoundError(f"{directory} is not the results directory of a job or of a run "
-                               "(no spec.json, state/ or run.json)")
+                               f"(no {Layout.SPEC}, {Layout.STATE}/ or {Layout.RUN})")
     name = spec.get("job_name") or directory.name.rsplit("-", 1)[0]
     job_id = stamp.get("job_id") or directory.name[len(name) + 1:]
     return Job(directory, str(job_id), name, stamp.get("scheduler") or spec.get("scheduler", "local"))
@@ -128,7 +131,7 @@ def list_jobs(root: Path, unreadable: list[str] | None = None) -> list[Job]:
     except OSError as exc:
         raise JobNotFoundError(f"cannot list the results root {root}: {exc.strerror}") from None
     for directory in directories:
-        if any((directory / name).exists() for name in ("spec.json", "state", "run.json")):
+        if any((directory / name).exists() for name in (Layout.SPEC, Layout.STATE, Layout.RUN)):
             try:
                 found.append(open_job(directory))
             except JobNotFoundError:
@@ -143,8 +146,8 @@ def status(jobs: list[Job]) -> list[JobStatus]:
     """The state of each job; one scheduler query per scheduler for the unfinished ones."""
     answers: dict[str, SchedulerState] = {}
     errors: dict[str, str] = {}
-    for name in {j.scheduler for j in jobs if j.scheduler != RUN and j.marker("finished") is None}:
-        open_ = {j.job_id: j.directory for j in jobs if j.scheduler == name and j.marker("finished") is None}
+    for name in {j.scheduler for j in jobs if j.scheduler != RUN and j.marker(Layout.FINISHED) is None}:
+        open_ = {j.job_id: j.directory for j in jobs if j.scheduler == name and j.marker(Layout.FINISHED) is None}
         try:
             answers.update(schedulers.get(name).query(open_))
         except D4pHpcError as err:
@@ -161,8 +164,7 @@ def cancel(job: Job) -> None:
     if job.scheduler == RUN:
         _stop_run(job, current)
         return
-    (job.directory / "state").mkdir(exist_ok=True)
-    (job.directory / "state" / CANCEL_REQUESTED).write_text(json.dumps({"epoch": time.time()}) + "\n")
+    write_json(job.layout.marker(Layout.CANCEL_REQUESTED), {"epoch": time.time()})
     schedulers.get(job.scheduler).cancel(job.job_id, job.directory)
 
 
@@ -194,14 +196,14 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
 
 def log_files(job: Job) -> list[Path]:
     """The job's scheduler stdout/stderr files, then its per-process logs."""
-    logs = sorted((job.directory / "logs").glob("*.log")) if (job.directory / "logs").is_dir() else []
+    logs = sorted(job.layout.logs.glob("*.log")) if job.layout.logs.is_dir() else []
     if job.scheduler == RUN:
         return logs
     return [*schedulers.get(job.scheduler).log_files(job.directory, job.job_id), *logs]
 
 
 def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStatus:
-    submitted, started, finished = (job.marker(m) or {} for m in (schedulers.SUBMITTED, "started", "finished"))
+    submitted, started, finished = (job.marker(m) or {} for m in (Layout.SUBMITTED, Layout.STARTED, Layout.FINISHED))
     times: _Times = {"submitted": submitted.get("epoch"), "started": started.get("epoch"),
                      "ended": finished.get("epoch")}
     if finished:
@@ -215,16 +217,16 @@ def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStat
         return JobStatus(job, said.state, said.reason, **times)
     if said is not None:
         if said.state == "COMPLETED":  # no marker: the script did not get to its end
-            return JobStatus(job, "FAILED", "the scheduler says COMPLETED, but the job wrote no state/finished",
+            return JobStatus(job, "FAILED", f"the scheduler says COMPLETED, but the job wrote no {_FINISHED}",
                              inferred=True, **times)
-        when = "after it started, without writing state/finished" if started else "before it started"
+        when = f"after it started, without writing {_FINISHED}" if started else "before it started"
         return JobStatus(job, said.state, f"{said.reason or said.state.lower()} ({when})", inferred=True, **times)
     if error is not None:
         return JobStatus(job, "RUNNING" if started else "PENDING", f"from state markers only: {error}", **times)
-    if job.marker(CANCEL_REQUESTED):
+    if job.marker(Layout.CANCEL_REQUESTED):
         return JobStatus(job, "CANCELLED", "cancelled (d4p-hpc cancel)", inferred=True, **times)
     if started:
-        return JobStatus(job, "FAILED", "the job ended without writing state/finished: killed before its exit "
+        return JobStatus(job, "FAILED", f"the job ended without writing {_FINISHED}: killed before its exit "
                          "trap ran (out of memory, node failure, SIGKILL?)", inferred=True, **times)
     return JobStatus(job, "FAILED", f"the {job.scheduler} scheduler has no record of job {job.job_id} and it "
                      "never started", inferred=True, **times)
@@ -232,12 +234,12 @@ def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStat
 
 def _decide_run(job: Job) -> JobStatus:
     """The state of a ``d4p-hpc run`` from its run.json, telling a dead run from a live one."""
-    record = _read_json(job.directory / "run.json") or {}
-    times: _Times = {"started": _epoch(record.get("started")), "ended": _epoch(record.get("ended"))}
+    record = _read_run(job)
+    times: _Times = {"started": units.epoch(record.get("started")), "ended": units.epoch(record.get("ended"))}
     state = record.get("state") or "FAILED"
     if state == "RUNNING":
         where = f"pid {record.get('pid')} on {record.get('host')}"
-        alive = liveness.alive(record.get("host"), record.get("pid"), record.get("pid_token"))
+        alive = liveness.run_alive(record)
         if alive is False:
             return JobStatus(job, "FAILED", f"the run's process ({where}) is gone without recording its end: "
                              "killed (SIGKILL, out of memory, node lost?)", inferred=True, **times)
@@ -248,24 +250,16 @@ def _decide_run(job: Job) -> JobStatus:
 
 def _stop_run(job: Job, current: JobStatus) -> None:
     """SIGTERM to a live ``d4p-hpc run``, which then ends CANCELLED with its outputs flushed."""
-    record = _read_json(job.directory / "run.json") or {}
-    if current.state != "RUNNING" or liveness.alive(record.get("host"), record.get("pid"),
-                                                    record.get("pid_token")) is not True:
+    record = _read_run(job)
+    if current.state != "RUNNING" or liveness.run_alive(record) is not True:
         raise D4pHpcError(f"cannot cancel run {job.directory}: {current.state}"
                           + (f" ({current.reason})" if current.reason else "")
                           + "; a run is cancelled from the host it runs on")
     os.kill(int(record["pid"]), signal.SIGTERM)
 
 
-def _epoch(stamp: str | None) -> float | None:
-    try:
-        return datetime.datetime.fromisoformat(stamp).timestamp() if stamp else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _run_error(job: Job) -> str:
-    error = (_read_json(job.directory / "run.json") or {}).get("error") or {}
+    error = _read_run(job).get("error")
     if not isinstance(error, dict):
         return ""
     last = (error.get("traceback") or "").strip().splitlines()[-1:] or [""]
@@ -292,3 +286,11 @@ def _read_json(path: Path) -> dict | None:
         return read_json(path, dict)
     except ResultsError:
         return None
+
+
+def _read_run(job: Job) -> RunRecord:
+    """The job's ``run.json``, {} when it is missing or unreadable (as a marker: see :func:`_read_json`)."""
+    try:
+        return read_run(job.directory) or {}
+    except ResultsError:
+        return {}

@@ -11,18 +11,16 @@ with headless Chromium (``chromium``, ``chromium-browser`` or ``google-chrome`` 
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import shutil
 import subprocess
 import tempfile
 from html import escape
 from pathlib import Path
 
-from d4p_hpc import results as rd
-from d4p_hpc.report import svg
-from d4p_hpc.jobs.efficiency import Efficiency, measure
+from d4p_hpc import results, units
 from d4p_hpc.errors import D4pHpcError, UsageError
-from d4p_hpc.mappings.runtime.sampler import read_graph, read_series
+from d4p_hpc.jobs.efficiency import Efficiency, measure
+from d4p_hpc.report import svg
 
 # bins of the throughput plot, and points of a line: enough to see a trend, few enough to keep
 # the page small however long the run and however many processes
@@ -55,13 +53,6 @@ def browser_argv(profile: str) -> list[str]:
             "--hide-scrollbars", f"--user-data-dir={profile}"]
 
 
-def _epoch(iso: str | None) -> float | None:
-    try:
-        return _dt.datetime.fromisoformat(iso).timestamp() if iso else None
-    except ValueError:
-        return None
-
-
 def _at(times: list[float], values: list[float], t: float) -> float:
     """The cumulative counter at ``t``: the last sample at or before it (0 before the first)."""
     i = bisect.bisect_right(times, t)
@@ -80,12 +71,12 @@ class Run:
     def __init__(self, directory: Path, job=None) -> None:
         self.directory = Path(directory)
         self.job = job
-        self.run = rd.read_run(self.directory) or {}
-        self.metrics = rd.read_metrics(self.directory) or {}
-        self.graph = read_graph(self.directory)
-        self.series = {p: (head, _thin(samples)) for p, (head, samples) in read_series(self.directory).items()}
+        self.run: results.RunRecord = results.read_run(self.directory) or {}
+        self.metrics: results.Metrics = results.read_metrics(self.directory) or {}
+        self.graph = results.read_graph(self.directory)
+        self.series = {p: (head, _thin(samples)) for p, (head, samples) in results.read_series(self.directory).items()}
         firsts = [s[0]["t"] for _, s in self.series.values() if s]
-        self.t0 = _epoch(self.run.get("started")) or (min(firsts) if firsts else 0.0)
+        self.t0 = units.epoch(self.run.get("started")) or (min(firsts) if firsts else 0.0)
         lasts = [s[-1]["t"] for _, s in self.series.values() if s]
         self.span = max([t - self.t0 for t in lasts] + [self.metrics.get("wall_seconds") or 0.0])
         self.efficiency: Efficiency = measure(self.directory, job.scheduler if job else None,
@@ -188,8 +179,7 @@ def _summary(r: Run) -> str:
         rows.append(("memory", escape(f"peak {eff.memory_mb:,.1f} MB on one node ({eff.memory_source})"
                                       + (f" of {eff.memory_limit_mb:,.0f} MB (--mem)" if eff.memory_limit_mb else ""))))
     html = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
-    if run.get("error"):
-        err = run["error"]
+    if err := run.get("error"):
         html += f"<p>PE <b>{escape(str(err.get('pe')))}</b> failed (process {escape(str(err.get('process')))}):</p>" \
                 f"<pre>{escape(err.get('traceback') or '')}</pre>"
     for notice in run.get("notices") or []:
@@ -202,7 +192,7 @@ def _graph(r: Run) -> str:
     hosts = {p.get("process"): p.get("host") for p in r.metrics.get("process_list", [])}
     nodes = []
     for pe in r.graph.get("pes") or [{"name": n, "instances": len(v.get("instances", []))} for n, v in pes.items()]:
-        ran = pes.get(pe["name"], {}).get("instances", [])
+        ran = pes[pe["name"]]["instances"] if pe["name"] in pes else []
         procs = sorted({i.get("process") for i in ran})
         where = sorted({str(hosts.get(p)) for p in procs if hosts.get(p)})
         # dynamic mappings run a copy of a stateless PE in each worker that met it: count what ran
@@ -240,9 +230,9 @@ def _pes(r: Run) -> str:
 
 def _outputs(r: Run) -> str:
     rows = []
-    for pe, output in rd.list_outputs(r.directory):
-        files = [p for p in rd.output_dir(r.directory, pe, output).iterdir() if p.is_file()]
-        rows.append((f"{pe}.{output}", f"{rd.count_items(r.directory, pe, output):,}", str(len(files)),
+    for pe, output in results.list_outputs(r.directory):
+        files = [p for p in results.output_dir(r.directory, pe, output).iterdir() if p.is_file()]
+        rows.append((f"{pe}.{output}", f"{results.count_items(r.directory, pe, output):,}", str(len(files)),
                      f"{sum(p.stat().st_size for p in files) / 1024:,.1f} KB"))
     if not rows:
         return '<p class="note">no output was written</p>'
@@ -315,7 +305,7 @@ def write(directory: Path, output: Path, job=None, png: bool = False) -> list[Pa
     """Write the report of the run in ``directory`` to ``output`` (and the PNGs); return the files."""
     if png:
         browser()  # before anything is written
-    if not (Path(directory) / rd.RUN_FILE).is_file():
+    if not results.Layout(directory).run.is_file():
         raise D4pHpcError(f"{directory} has no run.json yet: the run has not started, so there is nothing to "
                           "report; try again once `d4p-hpc status` says RUNNING")
     r = Run(directory, job)

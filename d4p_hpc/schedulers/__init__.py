@@ -1,34 +1,29 @@
-"""The schedulers by name (the registry), and :func:`submit`, which renders, submits and records a job.
+"""The schedulers by name: the registry.
 
 Every module of this package that defines a scheduler registers it with :func:`register`
 when it is imported, and importing the package imports them all: a new scheduler is one
 module here (or anywhere, registered by whoever imports it) plus its template. The spec,
-the launch step, the renderer, the configuration and the job commands find a scheduler's
-facts only through :func:`scheduler_class`, :func:`get`, :func:`classes`, :func:`names` and
-:func:`detect`.
+the launch step, the renderer, the configuration, the submission and the job commands find a
+scheduler's facts only through :func:`scheduler_class`, :func:`get`, :func:`classes`,
+:func:`names` and :func:`detect`. The registry knows no job spec: submitting one is
+:mod:`d4p_hpc.submission.submit`'s.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
-import sys
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from d4p_hpc.errors import SpecError
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState
+from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission
 
-if TYPE_CHECKING:
-    from d4p_hpc.submission.spec import JobSpec
+__all__ = ["Scheduler", "SchedulerState", "Submission", "RUN", "register", "unregister", "classes", "names",
+           "scheduler_class", "get", "detect"]
 
-__all__ = ["Scheduler", "SchedulerState", "register", "unregister", "classes", "names", "scheduler_class", "get",
-           "detect", "submit", "check_files", "SUBMITTED"]
-
-#: marker written by ``submit`` into ``state/``; jobs sent with plain sbatch/qsub lack it
-SUBMITTED = "submitted"
+#: what a results directory of a ``d4p-hpc run`` (no scheduler: its run.json tells all) gives as its
+#: scheduler (:attr:`d4p_hpc.jobs.state.Job.scheduler`); no scheduler may be called so
+RUN = "run"
 _REGISTRY: dict[str, type[Scheduler]] = {}
 _S = TypeVar("_S", bound=type[Scheduler])
 
@@ -39,8 +34,11 @@ def register(cls: _S) -> _S:
     Raises
     ------
     ValueError
-        Another class has that name already, or ``cls`` forks workers on this host without a node file.
+        Another class has that name already, the name is :data:`RUN`, or ``cls`` forks workers on this
+        host without a node file.
     """
+    if cls.name == RUN:
+        raise ValueError(f"{RUN!r} is not a scheduler's name: it stands for a `d4p-hpc run` without one")
     if _REGISTRY.get(cls.name, cls) is not cls:
         raise ValueError(f"a scheduler called {cls.name!r} is registered already ({_REGISTRY[cls.name].__qualname__})")
     if cls.on_this_host and not cls.nodefile:
@@ -80,44 +78,6 @@ def get(name: str) -> Scheduler:
 def detect() -> str:
     """The name of the scheduler that jobs from this host go to: the first found, by priority."""
     return next(cls.name for cls in classes() if cls.detected())
-
-
-def check_files(spec: JobSpec) -> None:
-    """Refuse a spec whose graph or input file does not exist here (the nodes could not read it either)."""
-    for what, path in (("graph file", spec.graph), ("input file", spec.input_file)):
-        if path is not None and not os.path.isfile(path):
-            raise SpecError(f"{what} {path} does not exist")
-
-
-def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str, Path]:
-    """Submit the rendered ``script`` of ``spec``; returns the job id and its results directory.
-
-    Besides what the script writes itself when it starts, ``state/submitted``
-    (job id, scheduler, time) is written now, so that a job still pending can
-    be found and inspected; ``job.sh`` and ``spec.json`` are written too.
-    """
-    from d4p_hpc.submission.render import check_syntax
-    from d4p_hpc.results import now, write_json
-
-    check_syntax(script)
-    assert spec.results_root is not None, "a resolved spec always has a results root"
-    Path(spec.results_root).mkdir(parents=True, exist_ok=True)
-    # a job's directory, its script and its logs are the user's alone, as the script's own files are
-    umask = os.umask(0o077)
-    try:
-        job_id = get(spec.scheduler).submit(script, spec)
-        directory = spec.results_dir(job_id)
-        (directory / "state").mkdir(parents=True, exist_ok=True)
-        if not (directory / "job.sh").exists():
-            (directory / "job.sh").write_text(script)
-        if not (directory / "spec.json").exists():
-            write_json(directory / "spec.json", {"spec": spec.to_dict(), "sources": sources or {}})
-        write_json(directory / "state" / SUBMITTED, {"time": now(), "epoch": time.time(), "job_id": job_id,
-                                                      "scheduler": spec.scheduler, "argv": sys.argv,
-                                                      "cwd": os.getcwd()})
-    finally:
-        os.umask(umask)
-    return job_id, directory
 
 
 # the package's own schedulers register themselves as they are imported

@@ -4,9 +4,10 @@ A scheduler is one module holding a :class:`Scheduler` subclass, registered with
 :func:`d4p_hpc.schedulers.register`, plus one template (:attr:`Scheduler.template`).
 Everything else asks the class: the spec what it may be given, the launch step how
 tasks start, the renderer which template, the configuration whether it is found here.
-The job's own state markers are the truth about a job (see :mod:`d4p_hpc.jobs`); a
+The job's own state markers are the truth about a job (see :mod:`d4p_hpc.jobs.state`); a
 scheduler is asked only to fill the gaps: a job that has not started, or one that
-died before it could write its ``finished`` marker.
+died before it could write its ``finished`` marker. A scheduler knows nothing of job specs:
+:class:`Submission` is what it may need of one.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, TypedDict
 
-from d4p_hpc.errors import SubmitError
-
-if TYPE_CHECKING:  # the spec validates itself against the registry: importing it here would be circular
-    from d4p_hpc.submission.spec import JobSpec
+from d4p_hpc.errors import SchedulerError
+from d4p_hpc.results import Layout
 
 # words in the error messages of a busy or restarting Slurm/PBS server: worth another try
 _TRANSIENT = ("timed out", "try again", "temporarily", "unable to contact", "connection refused",
@@ -46,6 +46,38 @@ class SchedulerState:
     state: str
     reason: str = ""
     raw: str = ""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a scheduler may need to know of a job besides its script.
+
+    Attributes
+    ----------
+    results_dir
+        Where the job with a given id keeps its results.
+    continues
+        Whether it continues the run of an earlier job, in that job's results directory.
+    after
+        The job that must end before this one starts.
+    tasks
+        Ranks or workers in the whole job.
+    """
+
+    results_dir: Callable[[str], Path]
+    continues: bool = False
+    after: str | None = None
+    tasks: int = 1
+
+
+class Usage(TypedDict, total=False):
+    """What a scheduler's accounting says a job used; ``source`` names the command that said it."""
+
+    cores: int | None
+    wall_seconds: float | None
+    cpu_seconds: float | None
+    memory_mb: float | None
+    source: str
 
 
 class Scheduler(ABC):
@@ -87,8 +119,8 @@ class Scheduler(ABC):
         return cls.command is not None and shutil.which(cls.command) is not None
 
     @abstractmethod
-    def submit(self, script: str, spec: JobSpec) -> str:
-        """Submit ``script`` (the rendered job of ``spec``) and return the job id."""
+    def submit(self, script: str, job: Submission) -> str:
+        """Submit ``script`` (the rendered job script) and return the job id."""
 
     @abstractmethod
     def query(self, jobs: dict[str, Path]) -> dict[str, SchedulerState]:
@@ -96,21 +128,31 @@ class Scheduler(ABC):
 
         Raises
         ------
-        SubmitError
+        QueryError
             If the scheduler cannot be asked at all.
         """
 
     @abstractmethod
     def cancel(self, job_id: str, results_dir: Path) -> None:
-        """Cancel a job, pending or running."""
+        """Cancel a job, pending or running (:class:`~d4p_hpc.errors.CancelError` if it cannot)."""
+
+    def usage(self, job_id: str) -> Usage:
+        """What the scheduler's accounting says the job used ({} where it keeps no figures).
+
+        Raises
+        ------
+        SchedulerError
+            Its accounting cannot be asked from here.
+        """
+        return {}
 
     def log_files(self, results_dir: Path, job_id: str) -> list[Path]:
         """Where the job's stdout and stderr files are (the script moves them into its directory)."""
-        return [results_dir / "job.out", results_dir / "job.err"]
+        return Layout(results_dir).scheduler_logs
 
 
 def run_command(argv: list[str], input: str | None = None, timeout: float = 60, retries: int = 0,
-                check: bool = True) -> subprocess.CompletedProcess:
+                check: bool = True, error: type[SchedulerError] = SchedulerError) -> subprocess.CompletedProcess:
     """Run a scheduler command, retrying transient failures with back-off.
 
     Parameters
@@ -125,17 +167,23 @@ def run_command(argv: list[str], input: str | None = None, timeout: float = 60, 
         Further attempts after a failure whose message looks transient (a busy controller).
     check
         Raise on a non-zero exit (after the retries).
+    error
+        What is raised: :class:`~d4p_hpc.errors.SubmitError` for a submission,
+        :class:`~d4p_hpc.errors.QueryError` for a question, :class:`~d4p_hpc.errors.CancelError` for a
+        cancel.
 
     Raises
     ------
-    SubmitError
-        The command is missing, timed out, or (with ``check``) failed.
+    SchedulerError
+        ``error``: the command is missing, timed out, or (with ``check``) failed.
     """
     for attempt in range(retries + 1):
         try:
             result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
-            raise SubmitError(f"{argv[0]} not found: is this a login node of the cluster?", argv) from None
+            raise error(f"{argv[0]} not found: is this a login node of the cluster?", argv) from None
+        except OSError as exc:
+            raise error(f"cannot run {argv[0]}: {exc.strerror}", argv) from None
         except subprocess.TimeoutExpired:
             result = subprocess.CompletedProcess(argv, -1, "", f"timed out after {timeout} s")
         transient = any(word.lower() in result.stderr.lower() for word in _TRANSIENT)
@@ -143,7 +191,7 @@ def run_command(argv: list[str], input: str | None = None, timeout: float = 60, 
             break
         time.sleep(2 ** attempt)
     if check and result.returncode != 0:
-        raise SubmitError(f"{' '.join(argv[:2])} failed (exit {result.returncode}): "
-                          f"{result.stderr.strip() or result.stdout.strip()}",
-                          argv, result.returncode, result.stdout, result.stderr)
+        raise error(f"{' '.join(argv[:2])} failed (exit {result.returncode}): "
+                    f"{result.stderr.strip() or result.stdout.strip()}",
+                    argv, result.returncode, result.stdout, result.stderr)
     return result

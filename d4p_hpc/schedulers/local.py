@@ -11,24 +11,17 @@ process of a job. It is the default scheduler where no other is found.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from d4p_hpc import supervisor
-from d4p_hpc.errors import SubmitError
+from d4p_hpc import liveness, supervisor
+from d4p_hpc.errors import CancelError, ResultsError
+from d4p_hpc.results import Layout, read_json, write_json
 from d4p_hpc.schedulers import register
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState
-
-if TYPE_CHECKING:
-    from d4p_hpc.submission.spec import JobSpec
-
-RECORD = Path("state") / "local.json"
-NODEFILE = Path("state") / "nodefile"
+from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission
 
 
 def start(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: str | os.PathLike,
@@ -54,12 +47,6 @@ def _default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def alive(pid: int, started: int | None = None) -> bool:
-    """Whether process ``pid`` runs (not a zombie) and, if given, started at clock tick ``started``."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z" and (started is None or int(fields[19]) == started)
-
-
 @register
 class Local(Scheduler):
     """Jobs as background process groups on this host."""
@@ -81,57 +68,52 @@ class Local(Scheduler):
         """Always: every host can run its jobs."""
         return True
 
-    def submit(self, script: str, spec: JobSpec) -> str:
+    def submit(self, script: str, job: Submission) -> str:
         """Create the results directory, write ``job.sh`` and start it; returns the job id."""
         while True:
             job_id = f"local-{secrets.token_hex(4)}"
-            directory = spec.results_dir(job_id)
+            layout = Layout(job.results_dir(job_id))
             try:
-                (directory / "state").mkdir(parents=True, exist_ok=spec.continues is not None)
+                layout.state.mkdir(parents=True, exist_ok=job.continues)
                 break
             except FileExistsError:
                 continue
-        env = dict(os.environ, D4P_JOB_ID=job_id, **{self.nodefile: str(directory / NODEFILE)})
-        earlier = _record(directory) if spec.after else None
-        if earlier and alive(earlier["pid"], earlier.get("started")):
+        nodefile = layout.marker(Layout.NODEFILE)
+        env = dict(os.environ, D4P_JOB_ID=job_id, **{self.nodefile: str(nodefile)})
+        earlier = _record(layout) if job.after else None
+        if earlier and liveness.run_alive(earlier):
             env["D4P_AFTER_PID"] = str(earlier["pid"])  # its script waits for the job it continues
-        (directory / "job.sh").write_text(script)
-        (directory / NODEFILE).write_text(f"{socket.gethostname()}\n" * spec.total_tasks)
-        pid = start(directory / "job.sh", env, os.getcwd(), directory / "job.out", directory / "job.err")
-        fields = _stat(pid)
-        record = {"pid": pid, "started": int(fields[19]) if fields else None}
-        (directory / RECORD).write_text(json.dumps(record) + "\n")
+        layout.script.write_text(script)
+        nodefile.write_text(f"{socket.gethostname()}\n" * job.tasks)
+        pid = start(layout.script, env, os.getcwd(), *layout.scheduler_logs)
+        # what tells the job's process from a later one given the same pid (see d4p_hpc.liveness)
+        write_json(layout.marker(Layout.LOCAL), {"pid": pid, "host": liveness.host(),
+                                                 "pid_token": liveness.token(pid)})
         return job_id
 
     def query(self, jobs: dict[str, Path]) -> dict[str, SchedulerState]:
         """RUNNING for the jobs whose script still runs; nothing for the others."""
         found = {}
         for job_id, directory in jobs.items():
-            record = _record(directory)
-            if record and alive(record["pid"], record.get("started")):
+            record = _record(Layout(directory))
+            if record and liveness.run_alive(record):
                 found[job_id] = SchedulerState("RUNNING", "", "running")
         return found
 
     def cancel(self, job_id: str, results_dir: Path) -> None:
         """SIGTERM to the job's process group; SIGKILL after :data:`~d4p_hpc.supervisor.GRACE_SECONDS`."""
-        record = _record(results_dir)
+        layout = Layout(results_dir)
+        record = _record(layout)
         if record is None:
-            raise SubmitError(f"{results_dir} was not started by the local scheduler (no {RECORD})")
-        if alive(record["pid"], record.get("started")):
+            raise CancelError(f"{results_dir} was not started by the local scheduler "
+                              f"(no {Layout.STATE}/{Layout.LOCAL})")
+        if liveness.run_alive(record):
             supervisor.stop_group(record["pid"], supervisor.GRACE_SECONDS)
 
 
-def _record(directory: Path) -> dict | None:
+def _record(layout: Layout) -> dict | None:
+    """The job's process as ``submit`` recorded it (pid, host, pid_token), or None."""
     try:
-        return json.loads((Path(directory) / RECORD).read_text())
-    except (OSError, ValueError):
+        return read_json(layout.marker(Layout.LOCAL), dict)
+    except ResultsError:
         return None
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/PID/stat`` after the command name: [state, ppid, ...]."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rpartition(")")[2].split()

@@ -4,6 +4,7 @@ Only the jobs asked about are queried (``qstat -f`` on every job loads the
 server). Where ``-x``/``-F json`` are not understood (Torque), plain
 ``qstat -f ID`` output is parsed instead (that form is tested against fake
 commands only; the rest against a real OpenPBS 23.06 server, see README).
+What a job used is the same record's ``resources_used``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from d4p_hpc.errors import SubmitError
+from d4p_hpc import units
+from d4p_hpc.errors import CancelError, QueryError, SubmitError
 from d4p_hpc.schedulers import register
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
-
-if TYPE_CHECKING:
-    from d4p_hpc.submission.spec import JobSpec
+from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission, Usage, run_command
 
 PBS_STATES = {  # qstat job_state -> (our state, plain reason)
     "Q": ("PENDING", "queued"), "H": ("PENDING", "held"), "W": ("PENDING", "waiting for its start time"),
@@ -46,9 +44,9 @@ class Pbs(Scheduler):
     command = "qsub"
     priority = 10
 
-    def submit(self, script: str, spec: JobSpec) -> str:
+    def submit(self, script: str, job: Submission) -> str:
         """``qsub`` with the script on standard input; returns the job id (``123.server``)."""
-        out = run_command(["qsub"], input=script, retries=2).stdout.strip()
+        out = run_command(["qsub"], input=script, retries=2, error=SubmitError).stdout.strip()
         if not out or any(c.isspace() for c in out):
             raise SubmitError(f"qsub printed no job id: {out!r}", ["qsub"], 0, out)
         return out
@@ -70,13 +68,23 @@ class Pbs(Scheduler):
             return {}
         result = run_command(["qstat", "-f", *ids], retries=2, check=False)
         if result.returncode and not result.stdout.strip() and "nknown" not in result.stderr:
-            raise SubmitError(f"qstat failed: {result.stderr.strip()}", result.args, result.returncode,
+            raise QueryError(f"qstat failed: {result.stderr.strip()}", result.args, result.returncode,
                               result.stdout, result.stderr)
         return _parse_text(result.stdout)
 
     def cancel(self, job_id: str, results_dir: Path) -> None:
         """``qdel JOB``."""
-        run_command(["qdel", job_id], retries=2)
+        run_command(["qdel", job_id], retries=2, error=CancelError)
+
+    def usage(self, job_id: str) -> Usage:
+        """The job's ``resources_used`` and the ``ncpus`` of its ``Resource_List`` (``qstat -x -f -F json``)."""
+        for record in self._qstat([job_id]).values():
+            used, asked = record.get("resources_used", {}), record.get("Resource_List", {})
+            return {"cores": int(asked["ncpus"]) if str(asked.get("ncpus", "")).isdigit() else None,
+                    "wall_seconds": units.clock_seconds(used.get("walltime")),
+                    "cpu_seconds": units.clock_seconds(used.get("cput")),
+                    "memory_mb": units.memory_mb(used.get("mem")), "source": "qstat"}
+        return {}
 
     def log_files(self, results_dir: Path, job_id: str) -> list[Path]:
         """``<job id>.OU``/``.ER`` in the results root (``-o``/``-e`` name a directory there; ``-k oed``

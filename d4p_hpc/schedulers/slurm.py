@@ -4,19 +4,17 @@
 asked of ``sacct`` with an explicit ``--starttime`` (its default window starts
 at midnight), or of the job completion file with ``sacct -c`` where accounting
 is disabled. A job none of them knows is reported as unknown, never as done.
+What a job used (CPU time, peak memory) is ``sacct``'s TotalCPU and MaxRSS.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from d4p_hpc.errors import SubmitError
+from d4p_hpc import units
+from d4p_hpc.errors import CancelError, QueryError, SubmitError
 from d4p_hpc.schedulers import register
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState, run_command
-
-if TYPE_CHECKING:
-    from d4p_hpc.submission.spec import JobSpec
+from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission, Usage, run_command
 
 # Slurm job state -> (our state, plain reason); requeued and preempted jobs are not over
 SLURM_STATES = {
@@ -34,6 +32,8 @@ SLURM_STATES = {
     "TIMEOUT": ("TIMEOUT", "hit the walltime"), "DEADLINE": ("TIMEOUT", "hit its deadline"),
 }
 SACCT_WINDOW = "now-60days"
+# the accounting is asked for a report: a busy controller is not waited for as long as for a state
+USAGE_TIMEOUT = 20
 
 
 @register
@@ -51,9 +51,9 @@ class Slurm(Scheduler):
     # above PBS: Slurm sites often install qsub too, as a wrapper (slurm-torque)
     priority = 20
 
-    def submit(self, script: str, spec: JobSpec) -> str:
+    def submit(self, script: str, job: Submission) -> str:
         """``sbatch --parsable`` with the script on standard input; returns the job id."""
-        out = run_command(["sbatch", "--parsable"], input=script, retries=2).stdout.strip()
+        out = run_command(["sbatch", "--parsable"], input=script, retries=2, error=SubmitError).stdout.strip()
         job_id = out.splitlines()[-1].split(";")[0] if out else ""
         if not job_id.isdigit():
             raise SubmitError(f"sbatch printed no job id: {out!r}", ["sbatch", "--parsable"], 0, out)
@@ -69,13 +69,36 @@ class Slurm(Scheduler):
 
     def cancel(self, job_id: str, results_dir: Path) -> None:
         """``scancel JOB``."""
-        run_command(["scancel", job_id], retries=2)
+        run_command(["scancel", job_id], retries=2, error=CancelError)
+
+    def usage(self, job_id: str) -> Usage:
+        """``sacct`` (accounting), else ``sacct -c`` (the job completion file), which has the allocation
+        and elapsed time but no CPU or memory use."""
+        fields = "JobID,AllocCPUS,Elapsed,TotalCPU,MaxRSS"
+        for extra in ([], ["-c"]):
+            result = run_command(["sacct", *extra, "-j", job_id, "--noheader", "--parsable2", "-o", fields],
+                                 timeout=USAGE_TIMEOUT, check=False)
+            rows = [line.split("|") for line in (result.stdout if result.returncode == 0 else "").splitlines()
+                    if line.count("|") == 4]
+            main = [r for r in rows if r[0] == job_id]
+            if main:
+                found: Usage = {"cores": int(main[0][1]) if main[0][1].isdigit() else None,
+                                "wall_seconds": units.clock_seconds(main[0][2]),
+                                "source": "sacct" + " -c" * bool(extra)}
+                cpu = units.clock_seconds(main[0][3])
+                if cpu:
+                    found["cpu_seconds"] = cpu
+                rss = [m for m in (units.memory_mb(r[4]) for r in rows) if m]
+                if rss:
+                    found["memory_mb"] = max(rss)
+                return found
+        return {}
 
     def _squeue(self, ids: list[str]) -> dict[str, SchedulerState]:
         result = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"],
                              retries=2, check=False)
         if result.returncode and "Invalid job id" not in result.stderr:
-            raise SubmitError(f"squeue failed: {result.stderr.strip()}", result.args, result.returncode,
+            raise QueryError(f"squeue failed: {result.stderr.strip()}", result.args, result.returncode,
                               result.stdout, result.stderr)
         found = {}
         for line in result.stdout.splitlines():

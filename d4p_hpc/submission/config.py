@@ -17,11 +17,13 @@ command line. In each file, top-level keys apply to every job and the table
     modules = ["cray-python"]
 
 Keys are the field names of :class:`~d4p_hpc.submission.spec.JobSpec`. Relative paths in
-a file are relative to that file's folder.
+a file are relative to that file's folder. Values may be strings wherever they come from
+(:func:`coerce`): this is the one module that converts them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import MISSING, dataclass
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from d4p_hpc import schedulers
 from d4p_hpc.errors import SpecError
-from d4p_hpc.submission.spec import DEFAULT_RESULTS_ROOT, FIELDS, JobSpec, coerce
+from d4p_hpc.submission.spec import DEFAULT_RESULTS_ROOT, FIELDS, JobSpec, check_type, field_type
 
 PROJECT_FILE = "d4p-hpc.toml"
 ENV_PREFIX = "D4P_HPC_"
@@ -113,6 +115,33 @@ def resolve(cli: dict | None = None, profile: str | None = None, cwd: str | os.P
         # file system can use it even when PATH on the nodes leads elsewhere
         values["python"] = sys.executable
     return Resolved(values, sources, profile)
+
+
+def coerce(name: str, value, source: str = "") -> object:
+    """Convert ``value`` (from TOML, the environment or the command line) to the type of field ``name``.
+
+    Strings are accepted everywhere: ``"4"`` for ints, ``true``/``false``/``1``/``0``/``yes``/``no``
+    for booleans, and for lists either a JSON array or comma-separated items. Any other value
+    must have the field's type already (:func:`~d4p_hpc.submission.spec.check_type`).
+    """
+    typ = field_type(name)
+    if isinstance(value, str) and typ is not str:
+        where = f" (from {source})" if source else ""
+        if typ is tuple and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise SpecError(f"{name}{where} is not a valid JSON list: {value!r}") from None
+        elif typ is tuple:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif typ is bool and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            value = value.lower() in ("1", "true", "yes")
+        elif typ is int:
+            try:
+                value = int(value)
+            except ValueError:
+                raise SpecError(f"{name}{where} must be a whole number, not {value!r}") from None
+    return check_type(name, value, source)
 
 
 def results_root(profile: str | None = None, cwd: str | os.PathLike | None = None) -> Path:

@@ -32,7 +32,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from d4p_hpc import schedulers
+from d4p_hpc import mappings, schedulers
+from d4p_hpc.supervisor import SAFE_MODULE
 from d4p_hpc.submission.spec import JobSpec
 
 
@@ -46,12 +47,6 @@ class ShellVar:
 RESULTS = ShellVar("d4p_results")
 CONNECTION = ShellVar("d4p_redis_conn")
 CONTAINER = ShellVar("d4p_container")
-# What ``python -m MODULE`` would do, without the working directory first on sys.path: a job
-# submitted from a directory holding inspect.py, queue.py or a d4p_hpc/ folder must still import
-# the standard library and the installed package (``python -P`` does this, but only from 3.11).
-# The graph loader appends the graph's and the working directory, so helper modules still import.
-SAFE_MODULE = ("-c", "import sys;sys.path[:1]==['']and sys.path.pop(0);"
-                     "import runpy;runpy.run_module(sys.argv.pop(1),run_name='__main__',alter_sys=True)")
 # shell function of templates/common/redis.sh.j2 starting a copy per node-file line
 FORK = "d4p_fork"
 # shell function of templates/common/mpiexec.sh.j2: mpiexec with explicit placement per node
@@ -101,8 +96,8 @@ def plan(spec: JobSpec) -> LaunchPlan:
     return LaunchPlan(
         "redis",
         run=(*python(spec), *run, "--redis-connection", CONNECTION, "--external-workers", "--results", RESULTS),
-        server=(*python(spec), *SAFE_MODULE, "d4p_hpc.mappings.redis.server", "--results", RESULTS, "--bind", bind),
-        workers=(*prefix, *python(spec), *SAFE_MODULE, "d4p_hpc.mappings.redis.worker", "--connection", CONNECTION),
+        server=(*python(spec), *SAFE_MODULE, mappings.REDIS_SERVER, "--results", RESULTS, "--bind", bind),
+        workers=(*prefix, *python(spec), *SAFE_MODULE, mappings.REDIS_WORKER, "--connection", CONNECTION),
         mpiexec=prefix[0] in ("mpiexec", MPIEXEC), placed=prefix[0] == MPIEXEC)
 
 

@@ -35,7 +35,8 @@ def check(spec: JobSpec, graph: bool = True) -> None:
 
 
 def _check_graph(spec: JobSpec) -> None:
-    from d4p_hpc.submission.launch import SAFE_MODULE, run_options
+    from d4p_hpc.submission.launch import run_options
+    from d4p_hpc.supervisor import SAFE_MODULE
 
     argv = [sys.executable, *SAFE_MODULE, "d4p_hpc", "run", spec.graph, "-m", spec.mapping,
             "-n", str(spec.total_tasks), *run_options(spec), "--check"]

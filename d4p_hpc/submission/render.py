@@ -9,6 +9,8 @@ SIGKILL) comes from :mod:`d4p_hpc.supervisor`, as it does for the run. Quoting i
 the renderer's job, not the template author's: every value a shell reads goes
 through the ``q`` filter (``shlex.quote``) or ``argv`` (a quoted command line).
 Directive values are not quoted: :mod:`d4p_hpc.submission.spec` has validated them.
+The names of the results directory come from :class:`~d4p_hpc.results.Layout`
+(``layout`` in the templates), never written out by a template.
 Jinja2 is imported on first use, which keeps ``d4p-hpc --help`` fast.
 """
 
@@ -21,9 +23,10 @@ import signal
 import subprocess
 from importlib import resources
 
-from d4p_hpc.submission import launch
-from d4p_hpc import schedulers, supervisor
+from d4p_hpc import schedulers, supervisor, units
 from d4p_hpc.errors import RenderError
+from d4p_hpc.results import Layout
+from d4p_hpc.submission import launch
 from d4p_hpc.submission.spec import JobSpec
 
 
@@ -46,7 +49,8 @@ def render_script(spec: JobSpec, sources: dict | None = None) -> str:
     import jinja2
 
     scheduler = schedulers.scheduler_class(spec.scheduler)
-    context = {"spec": spec, "plan": launch.plan(spec), "fork": launch.FORK, "resume": launch.resume(spec),
+    context = {"spec": spec, "layout": Layout, "plan": launch.plan(spec), "fork": launch.FORK,
+               "resume": launch.resume(spec),
                "nodefile": launch.ShellVar(scheduler.nodefile) if scheduler.nodefile else None,
                "stops": supervisor.shell_cases(), "grace": supervisor.GRACE_SECONDS,
                "stop_signals": [signal.Signals(signum).name.removeprefix("SIG") for signum in supervisor.STOPS],
@@ -77,15 +81,6 @@ def argv(words) -> str:
     return " ".join(quote(w) for w in words)
 
 
-def clock(seconds: int, days: bool = False) -> str:
-    """``HH:MM:SS`` (hours may exceed 24), or ``D-HH:MM:SS`` with ``days``."""
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if days and hours >= 24:
-        return f"{hours // 24}-{hours % 24:02d}:{minutes:02d}:{sec:02d}"
-    return f"{hours:02d}:{minutes:02d}:{sec:02d}"
-
-
 def _load(name: str):
     path = resources.files("d4p_hpc.templates")
     for part in name.split("/"):
@@ -105,5 +100,5 @@ def _environment(template_path: tuple[str, ...] = ()):
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
                              autoescape=False, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters.update(q=quote, argv=argv, clock=clock)
+    env.filters.update(q=quote, argv=argv, clock=units.clock)
     return env

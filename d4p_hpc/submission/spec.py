@@ -7,7 +7,8 @@ scheduler, not by a shell, so they are validated strictly here and never
 quoted; everything a shell reads is quoted by the renderer.
 
 The fields and their help texts are the single source of the valid keys of
-profiles (:mod:`d4p_hpc.submission.config`) and of the options of ``submit``/``render``.
+profiles (:mod:`d4p_hpc.submission.config`, which also turns strings into the
+fields' types) and of the options of ``submit``/``render``.
 What a scheduler accepts (launchers, directives, the requests marked ``request``)
 is the scheduler class's to say (:mod:`d4p_hpc.schedulers`).
 """
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d4p_hpc import schedulers
+from d4p_hpc import schedulers, units
 from d4p_hpc.errors import SpecError
 
 from d4p_hpc.mappings import MAPPINGS as _RUNTIME_MAPPINGS  # a name table only: no mapping module is imported
@@ -34,8 +35,6 @@ _NAME = re.compile(r"[A-Za-z0-9_.+@][A-Za-z0-9_.,+@-]*")
 _JOB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,63}")
 _CONSTRAINT = re.compile(r"[A-Za-z0-9_.,&|*!()\[\]:=+][A-Za-z0-9_.,&|*!()\[\]:=+-]*")
 _GRES = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=+-]*")
-_MEMORY = re.compile(r"(\d+)\s*([KMGT]?)B?", re.IGNORECASE)
-_WALLTIME = re.compile(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)|(\d+)")
 # sbatch expands % in --output paths and qsub splits host:path, so the results
 # root (it appears in directives) is limited to plain path characters
 _ROOT = re.compile(r"/[A-Za-z0-9_./+@,~=-]*")
@@ -127,13 +126,13 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name)))
+            object.__setattr__(self, f.name, check_type(f.name, getattr(self, f.name)))
         if self.job_name is None:
             object.__setattr__(self, "job_name", default_job_name(self.graph))
         if self.results_root is None:
             object.__setattr__(self, "results_root", os.path.abspath(DEFAULT_RESULTS_ROOT))
         if self.memory is not None:
-            object.__setattr__(self, "memory", _normalise_memory(self.memory))
+            object.__setattr__(self, "memory", units.normalise_memory(self.memory))
         _validate(self)
 
     @property
@@ -149,7 +148,7 @@ class JobSpec:
     @property
     def walltime_seconds(self) -> int:
         """The walltime in seconds."""
-        return _walltime_seconds(self.walltime)
+        return units.walltime_seconds(self.walltime)
 
     @property
     def warning_seconds(self) -> int:
@@ -199,41 +198,26 @@ def field_type(name: str) -> type:
     return str
 
 
-def coerce(name: str, value, source: str = "") -> object:
-    """Convert ``value`` (from TOML, the environment or Python) to the type of field ``name``.
+def check_type(name: str, value, source: str = "") -> object:
+    """``value`` if it has the type of field ``name`` (a list of strings becomes a tuple), else SpecError.
 
-    Strings are accepted everywhere: ``"4"`` for ints, ``true``/``false``/``1``/``0``
-    for booleans, and for lists either a JSON array or comma-separated items.
+    ``source`` says where the value came from, for the message. Strings are not converted here:
+    :func:`d4p_hpc.submission.config.coerce` does that for the files, the environment and the
+    command line.
     """
     if value is None:
         return None
     typ = field_type(name)
     where = f" (from {source})" if source else ""
     if typ is tuple:
-        if isinstance(value, str) and value.lstrip().startswith("["):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise SpecError(f"{name}{where} is not a valid JSON list: {value!r}") from None
-        elif isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise SpecError(f"{name}{where} must be a list of strings, not {value!r}")
         return tuple(value)
-    if typ is bool:
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
-            return value.lower() in ("1", "true", "yes")
-        if not isinstance(value, bool):
-            raise SpecError(f"{name}{where} must be true or false, not {value!r}")
-        return value
-    if typ is int:
-        try:
-            if isinstance(value, bool) or isinstance(value, float):
-                raise ValueError
-            return int(value)
-        except ValueError:
-            raise SpecError(f"{name}{where} must be a whole number, not {value!r}") from None
-    if not isinstance(value, str):
+    if typ is bool and not isinstance(value, bool):
+        raise SpecError(f"{name}{where} must be true or false, not {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SpecError(f"{name}{where} must be a whole number, not {value!r}")
+    if typ is str and not isinstance(value, str):
         raise SpecError(f"{name}{where} must be a string, not {value!r}")
     return value
 
@@ -242,26 +226,6 @@ def default_job_name(graph: str) -> str:
     """A valid job name made from the graph file's stem (``word_count.py`` -> ``word_count``)."""
     stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", Path(graph or "job").stem)[:64]
     return stem if stem[:1].isalpha() else ("j" + stem)[:64]
-
-
-def _normalise_memory(value: str) -> str:
-    match = _MEMORY.fullmatch(value.strip())
-    if not match:
-        raise SpecError(f"memory {value!r} is not a size: use a number with an optional unit K, M, G "
-                        f"or T, e.g. 4G or 500M (no unit means M)")
-    return f"{int(match[1])}{(match[2] or 'M').upper()}"
-
-
-def _walltime_seconds(value: str) -> int:
-    match = _WALLTIME.fullmatch(value)
-    if not match:
-        raise SpecError(f"walltime {value!r} is not valid: use MM (minutes), HH:MM:SS or D-HH:MM:SS")
-    days, hours, minutes, seconds, only_minutes = match.groups()
-    if only_minutes is not None:
-        return int(only_minutes) * 60
-    if int(minutes) > 59 or int(seconds) > 59:
-        raise SpecError(f"walltime {value!r}: minutes and seconds must be below 60")
-    return ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
 
 
 def _one_of(what: str, value: str, valid) -> None:
@@ -309,7 +273,7 @@ def _validate_inputs(spec: JobSpec) -> None:
 
 
 def _validate_resources(spec: JobSpec, scheduler: type[schedulers.Scheduler]) -> None:
-    seconds = _walltime_seconds(spec.walltime)
+    seconds = units.walltime_seconds(spec.walltime)
     if seconds < 60:
         raise SpecError(f"walltime {spec.walltime!r} is under a minute")
     if spec.signal_seconds is not None and not 0 < spec.signal_seconds < seconds:

@@ -36,7 +36,7 @@ def _add_helper_dirs(graph_dir: Path) -> None:
 
     They go last on ``sys.path``, so a helper named like a standard or installed module
     (``inspect.py``, ``queue.py``, a ``d4p_hpc/`` folder) never shadows it; the in-job
-    commands start without the working directory on the path (``launch.SAFE_MODULE``).
+    commands start without the working directory on the path (``supervisor.SAFE_MODULE``).
     """
     for folder in (str(graph_dir), os.getcwd()):
         if folder not in sys.path:

@@ -3,7 +3,7 @@
 Any worker runs any (stateless) PE; what a task writes becomes new tasks (see
 :mod:`d4p_hpc.mappings.dynamic.tasks`). The parent is process 0: it feeds the root
 PEs and supervises. The end-of-stream accounting is
-:class:`~d4p_hpc.mappings.redis.keys.Accounting` itself, the executable
+:class:`~d4p_hpc.mappings.dynamic.accounting.Accounting` itself, the executable
 specification that the Redis mappings' script is tested against, kept in
 shared memory and changed under one lock. ``dyn_auto_multi`` sizes the
 working pool by the backlog (policy: :mod:`d4p_hpc.mappings.dynamic.autoscale`).
@@ -20,15 +20,16 @@ import select
 import sys
 from typing import Any
 
+from d4p_hpc.mappings.dynamic.accounting import Accounting, commit_fields, topology
 from d4p_hpc.mappings.dynamic.autoscale import Autoscaler
-from d4p_hpc.mappings.runtime.core import die_with_parent
+from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc import supervisor
 from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.dynamic.loops import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop,
     died, driver_hold, final_outcome, join_workers)
-from d4p_hpc.mappings.redis.keys import Accounting, commit_fields, topology
-from d4p_hpc.mappings.runtime.runner import Aborted, Outcome, RunContext, begin, end, run_process
-from d4p_hpc.mappings.dynamic.tasks import CONTROL, SHARED, TaskRuntime, chunk, keep_notices, refuse_stateful
+from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
+from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, SHARED_QUEUE, TaskRuntime, chunk, keep_notices,
+    refuse_stateful)
 
 #: The run's state, by Accounting's state code
 STATE_NAMES = (RUNNING, COMPLETED, "STOPPED")
@@ -42,8 +43,15 @@ def validate(plan, mapping: str) -> None:
 
 
 class LocalBroker:
-    """The broker of dyn_multi: one queue of pickled task lists, one control queue per worker, and
-    the accounting in shared memory, changed under one lock."""
+    """The broker of dyn_multi (a :class:`~d4p_hpc.mappings.dynamic.loops.DriverBroker`): one queue
+    of pickled task lists, one control queue per worker, and the accounting in shared memory,
+    changed under one lock.
+
+    A stop signal raised inside a lock's acquire, or a queue's put, would leak that lock: the
+    accounting's would then block every process, a queue's hang this one's exit for ever. So each
+    call that takes one holds stop signals back (:func:`~d4p_hpc.supervisor.deferred`), once for
+    the whole call: each hold swaps the handlers of every stop signal twice.
+    """
 
     def __init__(self, mp: Any, plan, workers: int) -> None:
         self.workers = workers
@@ -61,11 +69,12 @@ class LocalBroker:
         os.set_blocking(self._ended_w, False)
 
     def take(self, parked: bool) -> list[Unit]:
+        """Control units first; tasks unless parked (waiting up to 0.2 s for them)."""
         try:
             news = self.ctl[self.proc].get(timeout=PARK_POLL if parked else 0)
             if isinstance(news, tuple):  # ("checkpoint", number)
-                return [Unit(CONTROL, [], checkpoint=news[1])]
-            return [Unit(CONTROL, [], close=news)]
+                return [Unit(CONTROL_QUEUE, [], checkpoint=news[1])]
+            return [Unit(CONTROL_QUEUE, [], close=news)]
         except queue.Empty:
             if parked:
                 return []
@@ -73,33 +82,31 @@ class LocalBroker:
             payload = self.queue.get(timeout=0.2)
         except queue.Empty:
             return []
-        return [Unit(SHARED, pickle.loads(payload))] if payload else []
+        return [Unit(SHARED_QUEUE, pickle.loads(payload))] if payload else []
 
     def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+        """Apply the commit to the accounting under the lock, then queue the tasks and close messages."""
         fields = commit_fields(unit, outbox, done, seconds, close, self.node_of.__getitem__, self.proc)
-        # a stop signal raised inside a lock's acquire, or a queue's put, would leak that lock: the
-        # accounting's would then block every process, a queue's hang this one's exit for ever
-        with supervisor.deferred(), self.lock:
-            step = self.books.commit(**fields)
-        if step is None:  # the run has ended: nothing more to queue
-            self._wake(ended=True)
-            return self.books.backlog()
         with supervisor.deferred():
-            for entry in chunk(outbox.get(SHARED, []), self.workers):
+            with self.lock:
+                step = self.books.commit(**fields)
+            if step is None:  # the run has ended: nothing more to queue
+                self._wake(ended=True)
+                return self.books.backlog()
+            for entry in chunk(outbox.get(SHARED_QUEUE, []), self.workers):
                 self.queue.put(pickle.dumps(entry, protocol=5))
             for index in step.closing:
                 for proc in range(1, self.workers + 1):
                     self.ctl[proc].put(index)
-        if step.closing or step.completed:
-            self._wake(ended=step.completed)
+            if step.closing or step.completed:
+                self._wake(ended=step.completed)
         return step.backlog
 
     def _wake(self, ended: bool) -> None:
         """Wake the workers waiting for a task now, not at their next timeout; and the driver, if the
-        run has ended."""
-        with supervisor.deferred():
-            for _ in range(self.workers):
-                self.queue.put(b"")
+        run has ended. (The caller holds stop signals back.)"""
+        for _ in range(self.workers):
+            self.queue.put(b"")
         if ended:
             self._ended()
 
@@ -108,30 +115,43 @@ class LocalBroker:
         with supervisor.deferred():
             for proc in range(1, self.workers + 1):
                 self.ctl[proc].put(("checkpoint", seq))
-        self._wake(ended=False)
+            self._wake(ended=False)
         return list(range(1, self.workers + 1))
 
     def state(self) -> str:
+        """RUNNING, COMPLETED or STOPPED, from the shared accounting."""
         return STATE_NAMES[self.books.state]
 
-    def stop(self, _outcome: Outcome | None = None) -> None:
-        with supervisor.deferred(), self.lock:
-            self.books.stop()
-        self._ended()
+    def stop(self, state: str, error: dict | None = None) -> bool:
+        """End a RUNNING run; ``state`` and ``error`` are not kept: every process records its own outcome."""
+        with supervisor.deferred():
+            with self.lock:
+                stopped = self.books.stop()
+            self._ended()
+        return stopped
+
+    def on_stop(self, outcome: Outcome) -> None:
+        """``run_process``'s ``on_stop``: a process that stops, stops the run."""
+        self.stop(outcome.state, outcome.error)
 
     def active(self) -> bool:
+        """Whether this worker is in the pool (workers 1 to the pool size are)."""
         return self.proc <= self.pool.value
 
     def backlog(self) -> int:
+        """Tasks queued and not finished."""
         return self.books.backlog()
 
     def load(self) -> tuple[int, int, float]:
+        """``(backlog, tasks done, busy seconds)``."""
         return self.books.load()
 
     def set_pool(self, n: int) -> None:
+        """Let workers 1 to ``n`` work."""
         self.pool.value = n
 
     def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds`` on the wake-up pipe, which gets a byte when the run ends."""
         select.select([self._ended_r], [], [], seconds)
 
     def _ended(self) -> None:
@@ -149,7 +169,7 @@ class LocalBroker:
 def _worker(ctx: RunContext, proc: int, broker: LocalBroker, parent: int) -> None:
     die_with_parent(parent)
     broker.proc = proc
-    outcome = run_process(ctx, proc, None, on_stop=broker.stop, hold=ctx.hold_for_driver,
+    outcome = run_process(ctx, proc, None, on_stop=broker.on_stop, hold=ctx.hold_for_driver,
                           make_runtime=lambda sink: WorkerLoop(TaskRuntime(ctx.plan, proc, sink,
                                                                            restored=ctx.restored), broker))
     broker.queue.cancel_join_thread()  # tasks left in the pipe after a failure must not block exit
@@ -182,11 +202,11 @@ def run(ctx: RunContext) -> dict:
         return drivers[0]
 
     try:
-        driver_outcome = run_process(ctx, 0, None, on_stop=broker.stop, make_runtime=make_driver,
+        driver_outcome = run_process(ctx, 0, None, on_stop=broker.on_stop, make_runtime=make_driver,
                                      hold=driver_hold(ctx, drivers))
     finally:
         if broker.state() != COMPLETED:
-            broker.stop()
+            broker.stop("CANCELLED")
         join_workers(children)
         broker.close()
         restore_signals()

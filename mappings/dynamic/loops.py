@@ -1,33 +1,17 @@
-"""The driver and worker loops shared by dyn_multi and the Redis mappings.
+"""The driver and worker loops shared by dyn_multi and the Redis mappings, and their broker contract.
 
 Both talk to a *broker* (a local queue for dyn_multi, Redis streams for the
-others) through a few calls:
+others): a worker through :class:`Broker`, the driver through
+:class:`DriverBroker`, Protocols that mypy checks both brokers against; their
+docstrings say what each call must guarantee.
 
-``take(parked) -> [Unit]``
-    Units to run, waiting until some come (or the broker has a duty) if there are none; only control units
-    (close a PE) while autoscaling has parked this worker.
-``commit(unit, outbox, done, seconds, close=None) -> int``
-    Atomically: acknowledge ``unit``, queue what it wrote, count its tasks
-    finished and the new ones (end-of-stream accounting), close a root PE;
-    returns the backlog (tasks queued and not finished).
-``state() -> str``
-    RUNNING, COMPLETED, or anything else for a run that stops.
-``active() -> bool``
-    False while autoscaling has parked this worker.
-``backlog()`` / ``load()``
-    For the driver: backlog, and ``(backlog, tasks done, busy seconds)`` for autoscaling.
-``set_pool(n)``
-    For the driver: how many workers may work.
-``wait(seconds)``
-    For the driver: sleep, returning early when the run ends.
-
-The accounting, in the same atomic step as each commit (details in
-:mod:`d4p_hpc.mappings.redis.keys`): per PE, the tasks queued and not finished. A
-PE whose upstream PEs are all done and which has none left gets no more: the
-workers postprocess their copies of it (stateful instances: after their last
-item), and then it is done. The driver closes the roots after feeding them;
-the run is COMPLETED when every PE is done. No idle timeout is involved, so a
-PE that takes minutes per item cannot end the run early.
+The accounting, in the same atomic step as each commit (specified by
+:class:`~d4p_hpc.mappings.dynamic.accounting.Accounting`): per PE, the tasks
+queued and not finished. A PE whose upstream PEs are all done and which has
+none left gets no more: the workers postprocess their copies of it (stateful
+instances: after their last item), and then it is done. The driver closes the
+roots after feeding them; the run is COMPLETED when every PE is done. No idle
+timeout is involved, so a PE that takes minutes per item cannot end the run early.
 """
 
 from __future__ import annotations
@@ -36,16 +20,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from d4p_hpc import supervisor
-from d4p_hpc.mappings.checkpoint import store as checkpoint
+from d4p_hpc.mappings.checkpoint import store
 from d4p_hpc.mappings.dynamic.autoscale import TICK, Autoscaler
 from d4p_hpc.mappings.runtime.core import root_feed
-from d4p_hpc.mappings.runtime.runner import Aborted, Outcome, RunContext, death, read_parts
+from d4p_hpc.mappings.runtime.process import Aborted
+from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, death, read_parts
 from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
-from d4p_hpc.mappings.dynamic.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime
+from d4p_hpc.mappings.dynamic.tasks import ENTRY_TASKS, SHARED_QUEUE, TaskRuntime
 
 RUNNING = "RUNNING"
 COMPLETED = "COMPLETED"
@@ -70,26 +55,77 @@ def max_backlog(workers: int) -> int:
 
 @dataclass
 class Unit:
-    """One piece of work: tasks from the shared queue (``gid == SHARED``), items for owned instance
-    ``gid`` (``eos``: its end of stream), or (``gid == CONTROL``) closing stateless PE ``close``."""
+    """One piece of work: tasks from the shared queue (``gid == SHARED_QUEUE``), items for owned
+    instance ``gid`` (``eos``: its end of stream), or (``gid == CONTROL_QUEUE``) closing stateless
+    PE ``close``."""
 
     gid: int
     items: list
     ref: Any = None
     eos: bool = False
     close: int | None = None
-    #: (``gid == CONTROL``) write this worker's part of checkpoint number ``checkpoint``
+    #: (``gid == CONTROL_QUEUE``) write this worker's part of checkpoint number ``checkpoint``
     checkpoint: int | None = None
+
+
+class Broker(Protocol):
+    """What a worker's loop needs of its broker, and what ends a run from any process."""
+
+    def take(self, parked: bool) -> list[Unit]:
+        """Units to run. Blocks until some come or the broker has a duty of its own (then it may
+        return none); never busy-waits. While ``parked``, only this worker's control units (close a
+        PE, write a checkpoint part), no tasks: a parked worker must still close every PE."""
+
+    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+        """Atomically: acknowledge ``unit`` (None: the driver's commit), queue what it wrote
+        (``outbox``, by queue), count its tasks finished per PE index (``done``, in ``seconds``) and
+        the new ones, close root PE ``close``, then take the accounting's step, telling the workers
+        of PEs that now close and the instances of their end of stream. A unit counts once or not at
+        all. Returns the backlog (tasks and items queued and not finished); once the run has ended,
+        changes nothing."""
+
+    def state(self) -> str:
+        """RUNNING, COMPLETED, or anything else for a run that stops. A worker may see it late, but
+        soon enough that a unit under way stops between two tasks."""
+
+    def active(self) -> bool:
+        """False while autoscaling has parked this worker."""
+
+    def stop(self, state: str, error: dict | None = None) -> bool:
+        """End a RUNNING run as ``state`` (FAILED, CANCELLED, TIMEOUT), keeping the first ``error``,
+        and tell every process: the driver at once (its ``wait`` returns), the workers by their next
+        :meth:`take`. False, changing nothing, once the run has ended (a stop never undoes completion)."""
+
+
+class DriverBroker(Broker, Protocol):
+    """What the driver (process 0) needs of its broker besides."""
+
+    def backlog(self) -> int:
+        """Tasks and items queued and not finished, read now."""
+
+    def load(self) -> tuple[int, int, float]:
+        """``(backlog, tasks done, busy seconds)`` over the run so far, for autoscaling."""
+
+    def set_pool(self, n: int) -> None:
+        """Let ``n`` workers work; the others park (see :meth:`Broker.take`) until the pool grows."""
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, returning as soon as the run has ended."""
+
+    def request_checkpoint(self, seq: int) -> list[int]:
+        """Ask every worker, through its control queue, to write its part of checkpoint ``seq`` (the
+        driver has quiesced the run); return their numbers."""
 
 
 class WorkerLoop:
     """A worker: run units until the run ends (the object ``run_process`` drives)."""
 
-    def __init__(self, runtime: TaskRuntime, broker: Any) -> None:
+    def __init__(self, runtime: TaskRuntime, broker: Broker) -> None:
         self.runtime = runtime
         self.broker = broker
 
     def run(self) -> None:
+        """Take, run and commit units until the run completes; raise :class:`Aborted` if it stops."""
         runtime, broker = self.runtime, self.broker
         while True:
             state = broker.state()
@@ -100,13 +136,13 @@ class WorkerLoop:
             for unit in broker.take(parked=not broker.active()):
                 if unit.checkpoint is not None:
                     # the driver has quiesced the run: nothing runs, nothing is queued
-                    checkpoint.write_part(runtime.sink.results, unit.checkpoint, runtime.proc, runtime.saved())
+                    store.write_part(runtime.sink.results, unit.checkpoint, runtime.proc, runtime.saved())
                     continue
                 t = time.perf_counter()
                 done = {}
-                if unit.gid == SHARED:
+                if unit.gid == SHARED_QUEUE:
                     done = runtime.run_tasks(unit.items, self._check)
-                elif unit.gid == CONTROL:
+                elif unit.close is not None:  # from the control queue
                     runtime.close(unit.close)
                 elif unit.eos:
                     runtime.finish(runtime.owned[unit.gid])
@@ -122,6 +158,7 @@ class WorkerLoop:
             raise Aborted()
 
     def stats(self) -> list[dict]:
+        """Per-instance statistics of the PE copies this worker ran (for the metrics)."""
         return self.runtime.stats()
 
 
@@ -135,14 +172,14 @@ class Driver:
     runtime
         A non-chaining :class:`TaskRuntime` hosting the roots.
     broker
-        See the module docstring.
+        Its :class:`DriverBroker`.
     scaler
         The autoscaler of dyn_auto_* mappings, or None for a fixed pool.
     watch
         Called every tick; raises (e.g. :class:`Aborted`) when workers died.
     """
 
-    def __init__(self, ctx: RunContext, runtime: TaskRuntime, broker: Any, scaler: Autoscaler | None = None,
+    def __init__(self, ctx: RunContext, runtime: TaskRuntime, broker: DriverBroker, scaler: Autoscaler | None = None,
                  watch: Callable[[], None] | None = None) -> None:
         self.ctx = ctx
         self.runtime = runtime
@@ -169,6 +206,7 @@ class Driver:
         self.stop_signal = signum
 
     def run(self) -> None:
+        """Feed and close every root, then supervise until the run completes; raise if it stops."""
         # from inside write(): a root that writes a whole file in one call is shipped as it goes
         self.runtime.on_queued = self._ship
         restored = self.ctx.restored
@@ -231,7 +269,7 @@ class Driver:
         self.seq += 1
         workers = self.broker.request_checkpoint(self.seq)
         deadline = time.monotonic() + PART_WAIT
-        while checkpoint.parts_written(self.ctx.results, self.seq) < len(workers) and self._check():
+        while store.parts_written(self.ctx.results, self.seq) < len(workers) and self._check():
             if time.monotonic() > deadline:  # a worker died meanwhile: the next checkpoint may do
                 print(f"checkpoint {self.seq} abandoned: not every worker wrote its part in {PART_WAIT:g} s",
                       flush=True)
@@ -239,9 +277,9 @@ class Driver:
                 return
             time.sleep(QUIESCE_POLL)
         runtime = self.runtime
-        checkpoint.write_part(self.ctx.results, self.seq, 0, {**runtime.saved(), "fed": dict(self.fed)})
+        store.write_part(self.ctx.results, self.seq, 0, {**runtime.saved(), "fed": dict(self.fed)})
         seconds = round(time.monotonic() - started, 4)
-        checkpoint.complete(self.ctx.results, self.seq, {"identity": checkpoint.identity(self.ctx),
+        store.write_manifest(self.ctx.results, self.seq, {"identity": self.ctx.identity(),
                                                          "seconds": seconds, "in_flight": 0, "final": final,
                                                          "workers": workers})
         self._next()
@@ -271,6 +309,7 @@ class Driver:
         return True
 
     def stats(self) -> list[dict]:
+        """Per-instance statistics of the roots (for the metrics)."""
         return self.runtime.stats()
 
     def gauges(self) -> dict:

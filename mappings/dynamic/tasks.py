@@ -25,14 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc.errors import MappingError
-from d4p_hpc.mappings.checkpoint import store as checkpoint
-from d4p_hpc.mappings.runtime.core import Instance, Runtime, Sink
+from d4p_hpc.mappings.checkpoint import pe_state, store
+from d4p_hpc.mappings.runtime.core import Instance, Runtime
+from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.runtime.plan import Plan
 
-#: Outbox key of tasks for the shared queue (other keys are gids of stateful instances).
-SHARED = -1
-#: Unit "gid" of a control message: close a stateless PE (postprocess this worker's copy).
-CONTROL = -2
+#: The queues of a dynamic run besides a stateful instance's own (named by its gid), as an outbox
+#: key and a unit's ``gid``: the queue of tasks that any worker may take ...
+SHARED_QUEUE = -1
+#: ... and a worker's control queue: close a stateless PE (postprocess this worker's copy), write a
+#: checkpoint part. (Not the core's ``CONTROL``, which marks a control entry in a batch.)
+CONTROL_QUEUE = -2
 #: Most tasks in one queue entry.
 ENTRY_TASKS = 128
 
@@ -99,7 +102,7 @@ class TaskRuntime(Runtime):
     """
 
     def __init__(self, plan: Plan, proc: int, sink: Sink, chain: bool = True,
-                 copy_pe: Callable[[Any], Any] = copy.deepcopy, restored: checkpoint.Restored | None = None) -> None:
+                 copy_pe: Callable[[Any], Any] = copy.deepcopy, restored: store.Restored | None = None) -> None:
         # no instance is bound to this process: all come by task
         super().__init__(plan, proc, sink, None, {}, copy_pe, gids=())
         self.copy_pe = copy_pe
@@ -127,7 +130,7 @@ class TaskRuntime(Runtime):
             self.copies[index] = inst
             saved = self.restored.copies(self.proc).get(index) if self.restored is not None else None
             if saved is not None:
-                self._call(inst, checkpoint.restore, inst.pe, saved)
+                self._call(inst, pe_state.restore, inst.pe, saved)
         return inst
 
     def own(self, gid: int) -> Instance:
@@ -136,14 +139,14 @@ class TaskRuntime(Runtime):
         self.owned[gid] = inst
         saved = self.restored.instance(gid) if self.restored is not None else None
         if saved is not None:
-            self._call(inst, checkpoint.restore, inst.pe, saved["state"])
+            self._call(inst, pe_state.restore, inst.pe, saved["state"])
         return inst
 
     def saved(self) -> dict:
         """This process's part of a checkpoint (taken while the run is quiesced): the state of its
         copies, by PE index, and of the stateful instances it owns, and its output sizes."""
-        return {"copies": {index: checkpoint.capture(inst.node.key, inst.pe) for index, inst in self.copies.items()},
-                "instances": {gid: {"state": checkpoint.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
+        return {"copies": {index: pe_state.capture(inst.node.key, inst.pe) for index, inst in self.copies.items()},
+                "instances": {gid: {"state": pe_state.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
                               for gid, inst in self.owned.items()},
                 "parts": self.sink.checkpoint_sizes()}
 
@@ -212,10 +215,11 @@ class TaskRuntime(Runtime):
             self._process(self.copy_of(node.index), {input_name: data})
             return
         else:
-            self.unsent.setdefault(SHARED, []).append((gid, input_name, data))
+            self.unsent.setdefault(SHARED_QUEUE, []).append((gid, input_name, data))
         self.queued += 1
         if self.on_queued is not None:
             self.on_queued()
 
     def stats(self) -> list[dict]:
+        """Per-instance statistics of this process's copies and owned instances."""
         return [inst.stats(self.proc) for inst in (*self.copies.values(), *self.owned.values())]

@@ -34,8 +34,9 @@ import threading
 import time
 
 from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, SLOW_UNIT, Unit
-from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, commit_fields, stateful_gids, stop_run
-from d4p_hpc.mappings.dynamic.tasks import CONTROL, ENTRY_TASKS, SHARED, TaskRuntime, chunk, truncate_parts
+from d4p_hpc.mappings.dynamic.accounting import commit_fields
+from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, TaskRuntime, chunk, truncate_parts
+from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, stateful_gids, stop_run
 
 #: Default seconds before a dead worker's tasks are taken over (``$D4P_HPC_CLAIM_IDLE``).
 CLAIM_IDLE = 10.0
@@ -98,11 +99,12 @@ class RedisBroker:
 
     # --- both sides ------------------------------------------------------------------------------
     def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+        """Run :data:`~d4p_hpc.mappings.redis.keys.COMMIT`, with the sizes of this worker's parts."""
         node_of = self.runtime.node_of
         fields = commit_fields(unit, outbox, done, seconds, close, lambda gid: node_of[gid].index, self.proc)
         streams, payloads = [], []
         for target, items in outbox.items():
-            entries = chunk(items, self.workers) if target == SHARED else \
+            entries = chunk(items, self.workers) if target == SHARED_QUEUE else \
                 [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
             for entry in entries:
                 streams.append(self.keys.stream(target))
@@ -122,7 +124,7 @@ class RedisBroker:
             print(f"unit {fields['ref']} was committed by another worker; its results here are dropped", flush=True)
         else:
             self._state = self.fresh_state()
-        if unit is not None and unit.gid == SHARED:
+        if unit is not None and unit.gid == SHARED_QUEUE:
             # by the shared tasks only: a host of stateful instances, whose items are quick, must not
             # take several slow shared entries at once while other workers have none
             self.count = 1 if seconds > SLOW_UNIT else min(READ_COUNT, self.count + 1)
@@ -163,7 +165,7 @@ class RedisBroker:
         parked = not self._active
         self._active = self._member(active)
         if parked and self._active:  # the main loop may block for a while on its control stream alone
-            client.xadd(self.keys.prefix + self.keys.stream(CONTROL, self.proc), {"pool": 1})
+            client.xadd(self.keys.prefix + self.keys.stream(CONTROL_QUEUE, self.proc), {"pool": 1})
 
     def _member(self, active: bytes | None) -> bool:
         """Whether ``active`` (the pool the driver chose; None: no autoscaling) holds this worker."""
@@ -177,7 +179,7 @@ class RedisBroker:
         try:
             while not self._closed.is_set():
                 if block and self._state == RUNNING and self._active:
-                    # returns at once when the run ends (rstate: ended), so a unit in progress learns of a stop
+                    # returns at once when the run ends (an entry in ``ended``): a unit under way hears of a stop
                     client.xread({self.keys.ended: "0-0"}, count=1, block=block)
                 else:  # parked (no unit runs), ended, or a short beat
                     self._closed.wait(self.beat)
@@ -194,12 +196,15 @@ class RedisBroker:
             self.client.delete(self.keys.alive(self.proc))
 
     def state(self) -> str:
+        """The state as the heartbeat last read it (or an ``end`` entry made it read)."""
         return self._state
 
     def active(self) -> bool:
+        """Whether this worker is in the pool, as last read."""
         return self._active
 
     def take(self, parked: bool) -> list[Unit]:
+        """Claim unhosted instances and dead workers' entries when due, then block on the streams."""
         now = time.monotonic()
         if self._unowned and now >= self._next_own:
             self._next_own = now + OWN_EVERY
@@ -213,29 +218,29 @@ class RedisBroker:
         due = now + self.idle / 2 if parked else self._next_claim
         if self._unowned:
             due = min(due, self._next_own)
-        gids = (CONTROL,) if parked else (CONTROL, SHARED, *self.runtime.owned)
+        gids = (CONTROL_QUEUE,) if parked else (CONTROL_QUEUE, SHARED_QUEUE, *self.runtime.owned)
         streams = {self.keys.prefix + self.keys.stream(gid, self.proc): ">" for gid in gids}
         units, woken = [], []
         for stream, entries in self.client.xreadgroup(GROUP, self.consumer, streams, count=self.count,
                                                       block=max(1, int((due - now) * 1000))) or []:
             kind, _, number = stream.decode()[len(self.keys.prefix):].partition(":")
-            gid = SHARED if kind == "tasks" else CONTROL if kind == "ctl" else int(number)
+            gid = SHARED_QUEUE if kind == "tasks" else CONTROL_QUEUE if kind == "ctl" else int(number)
             for ref, fields in entries:
-                if b"end" in fields:  # the run ended (see rstate): read its state now, not at the next beat
+                if b"end" in fields:  # the run ended (COMMIT or STOP): read its state now, not at the next beat
                     self._state = self.fresh_state()
                 elif b"pool" in fields:  # we may have joined the pool: read it now
                     woken.append(ref)
                 elif b"checkpoint" in fields:  # the driver has quiesced the run (acknowledged with the pool news)
-                    units.append(Unit(CONTROL, [], checkpoint=int(fields[b"checkpoint"])))
+                    units.append(Unit(CONTROL_QUEUE, [], checkpoint=int(fields[b"checkpoint"])))
                     woken.append(ref)
                 elif b"close" in fields:
-                    units.append(Unit(CONTROL, [], ref.decode(), close=int(fields[b"close"])))
+                    units.append(Unit(CONTROL_QUEUE, [], ref.decode(), close=int(fields[b"close"])))
                 elif b"eos" in fields:
                     units.append(Unit(gid, [], ref.decode(), eos=True))
                 else:
                     units.append(Unit(gid, pickle.loads(fields[b"b"]), ref.decode()))
         if woken:
-            ctl = self.keys.prefix + self.keys.stream(CONTROL, self.proc)
+            ctl = self.keys.prefix + self.keys.stream(CONTROL_QUEUE, self.proc)
             *_, active = self.client.pipeline(transaction=False).xack(ctl, GROUP, *woken).xdel(ctl, *woken) \
                 .get(self.keys.active).execute()
             self._active = self._member(active)
@@ -259,7 +264,7 @@ class RedisBroker:
         if claimed:
             self.client.incrby(self.keys.redeliveries, len(claimed))
             print(f"took over {len(claimed)} entries of dead worker(s) {', '.join(sorted(dead))}", flush=True)
-        return [Unit(SHARED, pickle.loads(f[b"b"]), ref.decode()) for ref, f in claimed]
+        return [Unit(SHARED_QUEUE, pickle.loads(f[b"b"]), ref.decode()) for ref, f in claimed]
 
     def _own(self, now: float) -> None:
         """Claim stateful instances nobody hosts: a fair share at first, any leftovers later."""

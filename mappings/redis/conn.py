@@ -2,14 +2,15 @@
 
 The per-job Redis started by :mod:`d4p_hpc.mappings.redis.server` is described
 by a JSON connection file (``{"host", "port", "password"}``) in the results
-directory; workers on any node need nothing else. ``--redis URL`` names an
-existing server instead.
+directory; workers on any node need nothing else. This module writes and reads
+it. ``--redis URL`` names an existing server instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,6 @@ from urllib.parse import unquote, urlsplit
 
 from d4p_hpc.errors import RedisError, UsageError
 
-#: Name of the connection file inside a results directory.
-CONNECTION_FILE = "redis.json"
 #: Password for ``--redis URL`` when the URL carries none (keeps it out of ``ps``).
 PASSWORD_ENV = "D4P_HPC_REDIS_PASSWORD"
 
@@ -118,6 +117,27 @@ def read_connection_file(path: str | os.PathLike) -> Connection:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RedisError(f"Redis connection file {path} is unreadable or malformed ({exc}): "
                          f"it must be the JSON {{host, port, password}} the supervisor writes") from None
+
+
+def write_connection_file(path: Path, conn: Connection) -> None:
+    """Create ``path`` holding ``conn`` as JSON, mode 0600 from the first byte, never overwriting.
+
+    The content goes to a private temporary name first and is then hard-linked
+    into place, so readers polling for ``path`` never see a partial file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(conn.as_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RedisError(f"{path} already exists: another Redis serves this results directory; "
+                         f"use a new --results directory or delete the stale file") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def parse_url(url: str) -> Connection:

@@ -27,16 +27,18 @@ import uuid
 from pathlib import Path
 
 from d4p_hpc import liveness, supervisor
+from d4p_hpc.results import Layout
 from d4p_hpc.errors import UsageError
-from d4p_hpc.mappings.redis import conn as rconn
+from d4p_hpc.mappings.redis.conn import Connection, connect, import_redis, parse_url, read_connection_file
 from d4p_hpc.mappings.dynamic.autoscale import Autoscaler
-from d4p_hpc.mappings.runtime.core import Sink, die_with_parent
+from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
+from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.dynamic.loops import RUNNING, Driver, died, driver_hold, final_outcome, join_workers
 from d4p_hpc.mappings.redis.broker import RedisBroker, claim_idle
 from d4p_hpc.mappings.redis.server import RedisServer
 from d4p_hpc.mappings.redis.keys import Keys, forget, publish, stop_run
-from d4p_hpc.mappings.runtime.runner import Aborted, Outcome, RunContext, begin, end, run_process
-from d4p_hpc.mappings.dynamic.tasks import CONTROL, TaskRuntime, keep_notices, refuse_stateful, truncate_parts
+from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
+from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, TaskRuntime, keep_notices, refuse_stateful, truncate_parts
 from d4p_hpc.mappings.redis.worker import ERROR_PREFIX
 
 NO_WORKER_NOTICE = 30.0
@@ -53,13 +55,14 @@ def validate(plan, mapping: str) -> None:
     keep_notices(plan)
 
 
-class DriverBroker(RedisBroker):
+class RedisDriverBroker(RedisBroker):
     """The driver's side: fresh state, backlog and load, pool size, liveness."""
 
     #: the pool last written to ``active``
     _pool: list[int] | None = None
 
     def state(self) -> str:
+        """The run's state, read now (the driver has no heartbeat)."""
         return self.fresh_state()
 
     def wait(self, seconds: float) -> None:
@@ -67,13 +70,16 @@ class DriverBroker(RedisBroker):
         self.client.xread({self.keys.ended: "0-0"}, count=1, block=max(1, int(seconds * 1000)))
 
     def backlog(self) -> int:
+        """Tasks and items queued and not finished."""
         return sum(int(v) for v in self.client.hvals(self.keys.pending))
 
     def load(self) -> tuple[int, int, float]:
+        """``(backlog, tasks done, busy seconds)``."""
         tasks, busy = self.client.hmget(self.keys.work, "tasks", "busy")
         return self.backlog(), int(tasks or 0), float(busy or 0)
 
     def live_workers(self) -> list[int]:
+        """Numbers of the registered workers whose heartbeat has not expired."""
         procs = sorted(int(p) for p in self.client.hkeys(self.keys.workers))
         pipe = self.client.pipeline(transaction=False)
         for proc in procs:
@@ -81,6 +87,7 @@ class DriverBroker(RedisBroker):
         return [proc for proc, alive in zip(procs, pipe.execute(), strict=True) if alive]
 
     def set_pool(self, n: int) -> None:
+        """Write the first ``n`` live workers as the pool; wake those that join or leave it."""
         pool = self.live_workers()[:n]
         if pool == self._pool:
             return
@@ -88,7 +95,7 @@ class DriverBroker(RedisBroker):
         pipe.set(self.keys.active, ",".join(str(p) for p in pool))
         # a parked worker blocks on its control stream: tell those that join or leave the pool now
         for proc in set(pool) ^ set(self._pool or ()):
-            pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL, proc), {"pool": 1})
+            pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL_QUEUE, proc), {"pool": 1})
         pipe.execute()
         self._pool = pool
 
@@ -97,7 +104,7 @@ class DriverBroker(RedisBroker):
         workers = self.live_workers()
         pipe = self.client.pipeline(transaction=False)
         for proc in workers:
-            pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL, proc), {"checkpoint": seq})
+            pipe.xadd(self.keys.prefix + self.keys.stream(CONTROL_QUEUE, proc), {"checkpoint": seq})
         pipe.execute()
         return workers
 
@@ -123,10 +130,12 @@ class Launcher:
 
     @classmethod
     def from_environment(cls) -> Launcher | None:
+        """The launcher the job script names (:data:`LAUNCHER_PID_ENV`), or None outside a job."""
         pid = os.environ.get(LAUNCHER_PID_ENV, "")
         return cls(int(pid), Path(os.environ.get(LAUNCHER_LOG_ENV, os.devnull))) if pid.isdigit() else None
 
     def gone(self) -> bool:
+        """Whether the launcher has exited (its pid gone or reused)."""
         return self._token is None or liveness.token(self.pid) != self._token
 
     def worker_error(self) -> str | None:
@@ -153,20 +162,20 @@ class Launcher:
         return f"last words on stderr: {self._last}" if self._last else f"nothing on stderr (see {self.log})"
 
 
-def _connection(ctx: RunContext, stack: contextlib.ExitStack) -> tuple[rconn.Connection, bool]:
+def _connection(ctx: RunContext, stack: contextlib.ExitStack) -> tuple[Connection, bool]:
     """The Redis to use, and whether it is our own private one."""
     opts = ctx.options
     if opts.get("redis_connection"):
-        return rconn.read_connection_file(opts["redis_connection"]), False
+        return read_connection_file(opts["redis_connection"]), False
     if opts.get("redis_url"):
-        return rconn.parse_url(opts["redis_url"]), False
+        return parse_url(opts["redis_url"]), False
     if opts.get("external_workers"):
         raise UsageError("--external-workers needs the Redis the workers use: --redis-connection FILE "
                          "(of python -m d4p_hpc.mappings.redis.server) or --redis URL")
     return stack.enter_context(RedisServer(ctx.results, binary=opts.get("redis_server"))), True
 
 
-def _local_worker(conn: rconn.Connection, run: dict, ctx: RunContext, parent: int) -> None:
+def _local_worker(conn: Connection, run: dict, ctx: RunContext, parent: int) -> None:
     from d4p_hpc.mappings.redis.worker import serve
 
     die_with_parent(parent)
@@ -175,10 +184,10 @@ def _local_worker(conn: rconn.Connection, run: dict, ctx: RunContext, parent: in
 
 def run(ctx: RunContext) -> dict:
     """Run the graph on Redis; return the final run record."""
-    redis = rconn.import_redis()
+    redis = import_redis()
     with contextlib.ExitStack() as stack:
         conn, own = _connection(ctx, stack)
-        client = rconn.connect(conn)
+        client = connect(conn)
         t0 = begin(ctx)
         run_id = uuid.uuid4().hex[:12]
         idle = claim_idle()
@@ -186,7 +195,7 @@ def run(ctx: RunContext) -> dict:
                     "processes": ctx.processes, "results": str(ctx.results), "claim_idle": idle,
                     "checkpoints": ctx.checkpoints, "resume": ctx.restored.seq if ctx.restored else None}
         keys = publish(client, run_id, ctx.plan, run_info)
-        broker = DriverBroker(conn, keys, 0, ctx.processes, idle)
+        broker = RedisDriverBroker(conn, keys, 0, ctx.processes, idle)
         mp = multiprocessing.get_context("fork")
         children = [] if ctx.options.get("external_workers") else [
             mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx, os.getpid()),
@@ -228,7 +237,7 @@ def run(ctx: RunContext) -> dict:
     return end(ctx, t0, final_outcome(ctx, driver, errors), extra)
 
 
-def _tell_stop(broker: DriverBroker, outcome: Outcome, redis, lost: list) -> None:
+def _tell_stop(broker: RedisDriverBroker, outcome: Outcome, redis, lost: list) -> None:
     """Tell the workers the run stops. A job being cancelled stops its Redis too, maybe first:
     then there is nobody left to tell, and the run's state is the stop's, not "lost the Redis".
     Nothing more is asked of that Redis: redis-py's retries (seconds per call) would outlast the
@@ -246,7 +255,7 @@ def _tell_stop(broker: DriverBroker, outcome: Outcome, redis, lost: list) -> Non
         client.close()
 
 
-def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscaler | None, children: list,
+def _driver(ctx: RunContext, sink: Sink, broker: RedisDriverBroker, scaler: Autoscaler | None, children: list,
             made: list) -> Driver:
     runtime = TaskRuntime(ctx.plan, 0, sink, chain=False, restored=ctx.restored)
     broker.runtime = runtime
@@ -286,13 +295,13 @@ def _driver(ctx: RunContext, sink: Sink, broker: DriverBroker, scaler: Autoscale
                 not broker.live_workers():
             told.append(True)
             print(f"no worker has joined after {NO_WORKER_NOTICE:.0f} s: start them with "
-                  f"python -m d4p_hpc.mappings.redis.worker --connection {ctx.results}/redis.json", flush=True)
+                  f"python -m d4p_hpc.mappings.redis.worker --connection {Layout(ctx.results).redis}", flush=True)
 
     made.append(Driver(ctx, runtime, broker, scaler, watch))
     return made[0]
 
 
-def _wait_external(broker: DriverBroker, timeout: float = 10.0) -> None:
+def _wait_external(broker: RedisDriverBroker, timeout: float = 10.0) -> None:
     """Give live workers started elsewhere a moment to leave and write their metrics."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -302,7 +311,7 @@ def _wait_external(broker: DriverBroker, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def _finish(ctx: RunContext, broker: DriverBroker, client) -> dict:
+def _finish(ctx: RunContext, broker: RedisDriverBroker, client) -> dict:
     """Cut the results of units that were never acknowledged and may have been redone; return the
     mapping's metrics."""
     keys: Keys = broker.keys

@@ -1,8 +1,8 @@
 """A private per-job ``redis-server``: started, supervised and always stopped by us.
 
 The server listens on a free port of one address, requires a random password,
-keeps nothing on disk, and is described by a 0600 connection file (see
-:mod:`d4p_hpc.mappings.redis.conn`). It is stopped when the context manager exits,
+keeps nothing on disk, and is described by a 0600 connection file (written and
+read by :mod:`d4p_hpc.mappings.redis.conn`). It is stopped when the context manager exits,
 on an exception, Ctrl-C or SIGTERM, and, as a last resort on Linux, by the
 kernel when the process that started it dies (``PR_SET_PDEATHSIG``).
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import os
 import secrets
 import shutil
@@ -33,9 +32,9 @@ import click
 from d4p_hpc import supervisor
 from d4p_hpc.errors import Command
 from d4p_hpc.errors import RedisError
-from d4p_hpc.results import make_private_dir
-from d4p_hpc.mappings.runtime.core import die_with_parent
-from d4p_hpc.mappings.redis.conn import CONNECTION_FILE, Connection, import_redis
+from d4p_hpc.results import Layout, make_private_dir
+from d4p_hpc.mappings.runtime.process import die_with_parent
+from d4p_hpc.mappings.redis.conn import Connection, import_redis, write_connection_file
 
 #: Environment variable naming the ``redis-server`` binary when none is given.
 BINARY_ENV = "D4P_HPC_REDIS_SERVER"
@@ -121,27 +120,6 @@ def _remove_when_gone(path: Path) -> int:
     return write_end
 
 
-def write_connection_file(path: Path, conn: Connection) -> None:
-    """Create ``path`` holding ``conn`` as JSON, mode 0600 from the first byte, never overwriting.
-
-    The content goes to a private temporary name first and is then hard-linked
-    into place, so readers polling for ``path`` never see a partial file.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(conn.as_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)
-    except FileExistsError:
-        raise RedisError(f"{path} already exists: another Redis serves this results directory; "
-                         f"use a new --results directory or delete the stale file") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class RedisServer:
     """Context manager running one private ``redis-server``.
 
@@ -224,10 +202,11 @@ class RedisServer:
         binary = find_binary(self.binary)
         address = resolve_bind(self.bind)
         private = self._private = Path(tempfile.mkdtemp(prefix="d4p-redis-"))  # mkdtemp makes it 0700
-        if self.results is not None:
-            make_private_dir(self.results)  # the run may not have made it yet: private from the start
-            make_private_dir(self.results / "logs")
-        log_file = self.log_file = (self.results / "logs" if self.results else private) / "redis-server.log"
+        layout = Layout(self.results) if self.results is not None else None
+        if layout is not None:
+            make_private_dir(layout.directory)  # the run may not have made it yet: private from the start
+            make_private_dir(layout.logs)
+        log_file = self.log_file = (layout.logs if layout else private) / "redis-server.log"
         # created here, so that Redis appends to a private file rather than making a world-readable one
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         password = secrets.token_urlsafe(32)
@@ -241,9 +220,9 @@ class RedisServer:
                 raise error
         self.connection = Connection(host=self._advertised(address), port=port, password=password,
                                      source="per-job redis-server")
-        if self.results is not None:
-            write_connection_file(self.results / CONNECTION_FILE, self.connection)
-            self.connection_file = self.results / CONNECTION_FILE
+        if layout is not None:
+            write_connection_file(layout.redis, self.connection)
+            self.connection_file = layout.redis
             self._janitor = _remove_when_gone(self.connection_file)
         return self.connection
 

@@ -19,12 +19,13 @@ import click
 from d4p_hpc import supervisor
 from d4p_hpc.errors import Command
 from d4p_hpc.errors import D4pHpcError
-from d4p_hpc.mappings.redis import conn as rconn
+from d4p_hpc.mappings.redis.conn import Connection, PASSWORD_ENV, connect, import_redis, parse_url, read_connection_file
 from d4p_hpc.mappings.dynamic.loops import RUNNING, WorkerLoop
 from d4p_hpc.mappings.redis.broker import RedisBroker
 from d4p_hpc.mappings.redis.keys import Keys, read_announcement, stop_run
-from d4p_hpc.mappings.checkpoint import store as checkpoint
-from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, prepare, run_process
+from d4p_hpc.mappings.checkpoint import store
+from d4p_hpc.mappings.runtime.prepare import prepare
+from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, run_process
 from d4p_hpc.mappings.dynamic.tasks import TaskRuntime
 
 POLL = 0.2
@@ -39,7 +40,7 @@ def wait_for_run(client) -> tuple[dict, str]:
         time.sleep(POLL)
 
 
-def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> Outcome:
+def serve(conn: Connection, run: dict, ctx: RunContext | None = None) -> Outcome:
     """Work for the announced ``run`` until it ends.
 
     Parameters
@@ -59,7 +60,7 @@ def serve(conn: rconn.Connection, run: dict, ctx: RunContext | None = None) -> O
             ctx = prepare(run["graph"], run["attr"], run["mapping"], run["processes"], 0, run["results"],
                           {"checkpoint": run.get("checkpoints")})
             if run.get("resume"):
-                ctx.restored = checkpoint.load(ctx.results, run["resume"])
+                ctx.restored = store.load(ctx.results, run["resume"])
         except D4pHpcError as exc:
             # the driver would wait for this worker forever: fail the run, saying why
             stop_run(client, keys, "FAILED", {"pe": None, "process": None,
@@ -92,18 +93,18 @@ ERROR_PREFIX = "Error: worker on "
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--connection", type=click.Path(dir_okay=False),
               help="Connection file written by python -m d4p_hpc.mappings.redis.server.")
-@click.option("--redis", "url", help=f"redis://[:PASSWORD@]HOST:PORT (password also from ${rconn.PASSWORD_ENV}).")
+@click.option("--redis", "url", help=f"redis://[:PASSWORD@]HOST:PORT (password also from ${PASSWORD_ENV}).")
 def main(connection: str | None, url: str | None) -> None:
     """Work for a d4p-hpc run of a Redis mapping, until the run ends."""
     if (connection is None) == (url is None):
         raise click.UsageError("give one of --connection FILE and --redis URL")
     here = f"worker on {socket.gethostname()}"
-    redis = rconn.import_redis()
+    redis = import_redis()
     # while it waits for a run: the run has its own handling once it starts
     supervisor.on_signals(lambda n, _f: sys.exit(supervisor.exit_code(n)))
     try:
-        conn = rconn.read_connection_file(connection) if connection else rconn.parse_url(url or "")
-        run, state = wait_for_run(rconn.connect(conn))
+        conn = read_connection_file(connection) if connection else parse_url(url or "")
+        run, state = wait_for_run(connect(conn))
         if state != RUNNING:  # started after the job's run ended: nothing to do
             click.echo(f"{here}: run {run['id']} has ended ({state}); nothing to do", err=True)
             return

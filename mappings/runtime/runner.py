@@ -7,8 +7,8 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 import os
-import resource
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,8 +19,13 @@ from collections.abc import Callable
 from d4p_hpc import __version__, liveness
 from d4p_hpc import results as rd
 from d4p_hpc.errors import UsageError
-from d4p_hpc.mappings.checkpoint import store as checkpoint
-from d4p_hpc.mappings.runtime.core import Aborted, PEFailed, Runtime, Sink, Transport, redirect_output
+from d4p_hpc.mappings import MAPPINGS
+from d4p_hpc.mappings.checkpoint.pe_state import CheckpointFailed
+from d4p_hpc.mappings.checkpoint.snapshots import ChandyLamport, Snapshots
+from d4p_hpc.mappings.checkpoint.store import Restored, cut_back, latest
+from d4p_hpc.mappings.runtime.core import Runtime, Transport
+from d4p_hpc.mappings.runtime.process import Aborted, PEFailed, redirect_output
+from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc import supervisor
 from d4p_hpc.supervisor import IO_FAILED, STOPPED, Interrupted, ignore_signals, raise_on_signals
 from d4p_hpc.mappings.runtime.plan import Plan
@@ -42,7 +47,7 @@ class RunContext:
     feeds: dict[int, int | list]
     options: dict = field(default_factory=dict)
     #: the checkpoint this run resumes from
-    restored: checkpoint.Restored | None = None
+    restored: Restored | None = None
 
     @property
     def checkpoints(self) -> bool:
@@ -56,13 +61,22 @@ class RunContext:
         driver takes the checkpoint and then ends the run."""
         return (lambda _signum: None) if self.checkpoints else None
 
-    def snapshots(self, proc: int) -> checkpoint.Snapshots | None:
+    def snapshots(self, proc: int) -> Snapshots | None:
         """Process ``proc``'s side of taking checkpoints in a static mapping, if they are on."""
         if not self.checkpoints:
             return None
         first = self.restored.seq + 1 if self.restored is not None else 1
-        return checkpoint.Snapshots(self.results, proc, sorted(set(self.plan.placement)),
-                                    self.options.get("checkpoint_every"), checkpoint.identity(self), first)
+        return Snapshots(self.results, proc, sorted(set(self.plan.placement)), self.options.get("checkpoint_every"),
+                         self.identity(), first)
+
+    def identity(self) -> dict:
+        """What this run is of, as its checkpoints record it: a resume must match it (see
+        :func:`d4p_hpc.mappings.checkpoint.store.check_resumable`)."""
+        inputs = inputs_record(self)
+        return {"graph": self.graph_path, "graph_sha256": file_digest(self.graph_path), "attr": self.attr,
+                "inputs_sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest(),
+                "inputs": inputs, "mapping": self.mapping, "processes": self.processes,
+                "instances": self.plan.instances, "states": MAPPINGS[self.mapping].states}
 
 
 def death(label: str, pid: int | None, code: int | None, results: Path) -> str | None:
@@ -132,7 +146,7 @@ def _segments(ctx: RunContext) -> list[dict]:
     """The earlier segments of a resumed run, the one that just ended last."""
     if ctx.restored is None:
         return []
-    previous = rd.read_run(ctx.results) or {}
+    previous: dict = dict(rd.read_run(ctx.results) or {})
     last = {k: previous.get(k) for k in SEGMENT_FIELDS}
     if last["state"] == "RUNNING":  # it was killed before it could record its end
         last["state"] = "KILLED"
@@ -146,19 +160,19 @@ RESERVE_BYTES = 256 * 1024
 def begin(ctx: RunContext) -> float:
     """Create the results directory and record the run as RUNNING; return the start time."""
     try:
-        for sub in ("", rd.LOGS, rd.PARTS, rd.OUTPUTS):
+        for sub in ("", rd.Layout.LOGS, rd.Layout.PARTS, rd.Layout.OUTPUTS):
             rd.make_private_dir(ctx.results / sub)
         segments = _segments(ctx)
         if ctx.restored is not None:
-            checkpoint.cut_back(ctx.results, ctx.restored)
-            for stale in (ctx.results / rd.PARTS).glob("metrics-*.json"):
+            cut_back(ctx.results, ctx.restored)
+            for stale in (ctx.results / rd.Layout.PARTS).glob("metrics-*.json"):
                 stale.unlink()
-        rd.write_json(ctx.results / rd.RUN_FILE, {**_record(ctx), "started": rd.now(), "ended": None,
-                                                  "state": "RUNNING", "exit_code": None, "error": None,
-                                                  "segments": segments,
-                                                  "resumed_from": ctx.restored.seq if ctx.restored else None})
+        rd.write_json(ctx.results / rd.Layout.RUN, {**_record(ctx), "started": rd.now(), "ended": None,
+                                                     "state": "RUNNING", "exit_code": None, "error": None,
+                                                     "segments": segments,
+                                                     "resumed_from": ctx.restored.seq if ctx.restored else None})
         # room for the final records, should the outputs fill the disk (see end())
-        with os.fdopen(os.open(ctx.results / rd.PARTS / RESERVE, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
+        with os.fdopen(os.open(ctx.results / rd.Layout.PARTS / RESERVE, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
             fh.write(bytes(RESERVE_BYTES))
     except OSError as exc:
         raise UsageError(f"cannot write the results directory {ctx.results}: {exc.strerror or exc}; "
@@ -168,7 +182,7 @@ def begin(ctx: RunContext) -> float:
 
 def read_parts(ctx: RunContext) -> list[dict]:
     parts = []
-    for path in sorted((ctx.results / rd.PARTS).glob("metrics-*.json")):
+    for path in sorted((ctx.results / rd.Layout.PARTS).glob("metrics-*.json")):
         part = rd.read_json(path)
         if part:
             parts.append(part)
@@ -205,45 +219,32 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
                "process_list": [{k: part.get(k) for k in ("process", "host", "pid", "max_rss_mb", "state")}
                                 for part in parts]}
     metrics.update(extra or {})
-    reserve = ctx.results / rd.PARTS / RESERVE
+    reserve = ctx.results / rd.Layout.PARTS / RESERVE
     try:
-        rd.write_json(ctx.results / rd.METRICS_FILE, metrics)
+        rd.write_json(ctx.results / rd.Layout.METRICS, metrics)
     except OSError as exc:
         reserve.unlink(missing_ok=True)  # the full disk now has room for the record of how it ended
         if outcome.state == "COMPLETED" or outcome.error is None:
             outcome = Outcome("FAILED", None, {"pe": None, "process": None, "traceback": _io_error(ctx, exc)})
     outcome = dataclasses.replace(outcome, unrecorded=False)  # the run's record is written below
-    record = rd.read_run(ctx.results) or _record(ctx)
+    record = dict(rd.read_run(ctx.results) or _record(ctx))
     record.update({"ended": rd.now(), "state": outcome.state, "exit_code": outcome.exit_code,
                    "error": outcome.error, "wall_seconds": round(wall, 6), "items": items,
-                   "checkpoint": checkpoint.latest(ctx.results) if ctx.checkpoints else None})
+                   "checkpoint": latest(ctx.results) if ctx.checkpoints else None})
     try:
-        rd.write_json(ctx.results / rd.RUN_FILE, record)
+        rd.write_json(ctx.results / rd.Layout.RUN, record)
     except OSError:
         reserve.unlink(missing_ok=True)
-        rd.write_json(ctx.results / rd.RUN_FILE, record)
+        rd.write_json(ctx.results / rd.Layout.RUN, record)
     reserve.unlink(missing_ok=True)
     return record
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size. Linux keeps ``ru_maxrss`` across ``exec``, so a run
-    started from a big process (pytest, a Jupyter kernel) would report that one's peak; ``VmHWM``
-    is this program's own."""
-    try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def write_part(ctx: RunContext, proc: int, stats: list[dict], outcome: Outcome) -> None:
-    rd.write_json(ctx.results / rd.PARTS / f"metrics-{proc:05d}.json",
+def write_metrics_part(ctx: RunContext, proc: int, stats: list[dict], outcome: Outcome) -> None:
+    """Write process ``proc``'s part of the run's metrics (merged by :func:`end`)."""
+    rd.write_json(ctx.results / rd.Layout.PARTS / f"metrics-{proc:05d}.json",
                   {"process": proc, "host": liveness.host(), "pid": os.getpid(),
-                   "max_rss_mb": peak_rss_mb(),
+                   "max_rss_mb": liveness.peak_rss_mb(),
                    "instances": stats, "state": outcome.state, "signum": outcome.signum, "error": outcome.error})
 
 
@@ -261,19 +262,19 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
     runtime = None
     outcome = Outcome()
     snapshots = ctx.snapshots(proc) if make_runtime is None else None
-    with redirect_output(ctx.results / rd.LOGS / f"{proc:05d}.log"):
+    with redirect_output(ctx.results / rd.Layout.LOGS / f"{proc:05d}.log"):
         raise_on_signals(hold=hold)
         try:
             if make_runtime is not None:
                 runtime = make_runtime(sink)
             else:
-                runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy,
-                                  snapshots=snapshots, restored=ctx.restored)
+                runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy, restored=ctx.restored)
                 if snapshots is not None:
+                    runtime.checkpoints = ChandyLamport(runtime, snapshots)
                     raise_on_signals(hold=snapshots.request_stop)
             with sampling(ctx, proc, sink, runtime):
                 runtime.run()
-        except checkpoint.CheckpointFailed as failed:
+        except CheckpointFailed as failed:
             outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": str(failed)})
             _say(f"checkpoint failed: {failed}")
         except PEFailed as failed:
@@ -319,7 +320,7 @@ def _close(ctx: RunContext, proc: int, sink: Sink, runtime: Any, outcome: Outcom
             outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why})
             _say(f"process {proc} failed: {why}")
     try:
-        write_part(ctx, proc, runtime.stats() if runtime else [], outcome)
+        write_metrics_part(ctx, proc, runtime.stats() if runtime else [], outcome)
     except OSError:
         outcome = dataclasses.replace(outcome, unrecorded=True)
     return outcome
@@ -335,47 +336,3 @@ def _say(text: str) -> None:
     """Print to this process's log, which may sit on the very file system that is full."""
     with contextlib.suppress(OSError):
         print(text, flush=True)
-
-
-def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inputs: Any,
-            results: str | Path, options: dict | None = None, resume: bool = False) -> RunContext:
-    """Load and check everything a run needs; raises a UsageError (and nothing has run) on bad input.
-
-    ``resume``: continue the run in ``results`` from its newest complete checkpoint, refusing one
-    that has completed or still runs, or whose graph, inputs or mapping differ (see
-    :func:`d4p_hpc.mappings.checkpoint.store.check_resumable`)."""
-    from d4p_hpc import mappings
-    from d4p_hpc.workflow.loader import load_graph, resolve_feeds
-    from d4p_hpc.mappings.runtime.plan import build_plan
-
-    chosen = mappings.get(mapping)
-    graph = load_graph(source, attr)
-    plan = build_plan(graph, processes)
-    feeds = resolve_feeds(plan, raw_inputs)
-    chosen.validate(plan)
-    path = os.path.abspath(source) if os.path.exists(source) else source
-    ctx = RunContext(graph, path, attr, mapping, processes, raw_inputs, Path(results).absolute(), plan, feeds,
-                     dict(options or {}))
-    if resume:
-        ctx.restored = _resumable(ctx)
-    return ctx
-
-
-def _resumable(ctx: RunContext) -> checkpoint.Restored:
-    from d4p_hpc.errors import ResumeError
-    from d4p_hpc.mappings.static.mpi import inside_mpi_world
-
-    record = rd.read_run(ctx.results)
-    if record is None:
-        raise ResumeError(f"{ctx.results} holds no run to resume (no run.json)")
-    state = record.get("state")
-    if state == "COMPLETED":
-        raise ResumeError(f"the run in {ctx.results} has COMPLETED: there is nothing to resume")
-    # the ranks of a resumed mpi run find rank 0 running: the launcher has checked already
-    if state == "RUNNING" and not inside_mpi_world() and \
-            liveness.alive(record.get("host"), record.get("pid"), record.get("pid_token")) is not False:
-        raise ResumeError(f"the run in {ctx.results} is still running (pid {record.get('pid')} on "
-                          f"{record.get('host')}): cancel it first, or wait for it to end")
-    restored = checkpoint.load(ctx.results)
-    checkpoint.check_resumable(ctx, restored)
-    return restored

@@ -23,7 +23,8 @@ when sampling began, epoch seconds) each time a process starts sampling; then ``
 busy seconds], ...]}``, plus ``"backlog"``, ``"pool"`` and ``"workers"``
 where the process knows them. Process 0 also writes ``timeseries/graph.json``
 (PEs, instance counts, connections, root inputs), which the report draws and
-the progress line uses for its ETA.
+the progress line uses for its ETA. The readers of both are in :mod:`d4p_hpc.results`,
+so that the inspection side imports no runtime module.
 
 ``$D4P_HPC_SAMPLE_SECONDS`` sets the interval; ``0`` turns sampling off.
 """
@@ -40,29 +41,17 @@ from typing import Any
 from collections.abc import Iterator
 
 from d4p_hpc import liveness
-from d4p_hpc import results as rd
+from d4p_hpc.results import Layout, make_private_dir, write_bytes, write_json
 
-TIMESERIES = "timeseries"
-GRAPH_FILE = "graph.json"
 INTERVAL_ENV = "D4P_HPC_SAMPLE_SECONDS"
 DEFAULT_INTERVAL = 1.0
 MAX_LINES = 1800
-_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20 if hasattr(os, "sysconf") else 0
 
 
 def interval() -> float:
     """The configured sampling interval in seconds (0: off)."""
     value = os.environ.get(INTERVAL_ENV)
     return float(value) if value else DEFAULT_INTERVAL
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return round(int(fh.read().split()[1]) * _PAGE_MB, 1)
-    except (OSError, IndexError, ValueError):
-        import resource
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def graph_record(ctx: Any) -> dict:
@@ -104,7 +93,7 @@ class Sampler:
 
     def sample(self) -> None:
         times = os.times()
-        record = {"t": round(time.time(), 2), "cpu": round(times.user + times.system, 2), "rss": _rss_mb(),
+        record = {"t": round(time.time(), 2), "cpu": round(times.user + times.system, 2), "rss": liveness.rss_mb(),
                   "sink": self.sink.written,
                   "i": [[s["pe"], s["instance"], s["items_in"], s["items_out"], round(s["busy_seconds"], 3)]
                         for s in self.runtime.stats()]}
@@ -121,11 +110,7 @@ class Sampler:
         self._fh.close()
         head, *samples = self.path.read_text().splitlines()
         kept = samples[::2] if len(samples) % 2 else samples[::2] + samples[-1:]
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join([head, *kept]) + "\n")
-        os.replace(tmp, self.path)
+        write_bytes(self.path, ("\n".join([head, *kept]) + "\n").encode())
         self._fh = open(self.path, "a")
         self.lines = len(kept)
         self.every *= 2
@@ -151,51 +136,6 @@ class Sampler:
         self._fh.close()
 
 
-def last_sample(path: Path) -> dict | None:
-    """The newest complete sample of one file (reads only its end)."""
-    with open(path, "rb") as fh:
-        fh.seek(max(0, fh.seek(0, 2) - 65536))
-        lines = fh.read().splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:  # cut by the seek, or still being written
-            continue
-        if "i" in record:
-            return record
-    return None
-
-
-def last_samples(results: Path) -> dict[int, dict]:
-    """The newest sample of every process of the run in ``results``, by process."""
-    found = {}
-    for path in sorted((Path(results) / TIMESERIES).glob("*.jsonl")):
-        record = last_sample(path)
-        if record is not None:
-            found[int(path.stem)] = record
-    return found
-
-
-def read_series(results: Path) -> dict[int, tuple[dict, list[dict]]]:
-    """Every process's header and samples, by process."""
-    found = {}
-    for path in sorted((Path(results) / TIMESERIES).glob("*.jsonl")):
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-        if records:
-            found[int(path.stem)] = (records[0], [r for r in records if "i" in r])
-    return found
-
-
-def read_graph(results: Path) -> dict:
-    """``timeseries/graph.json`` ({} before process 0 has written it)."""
-    return rd.read_json(Path(results) / TIMESERIES / GRAPH_FILE) or {}
-
-
 @contextmanager
 def sampling(ctx: Any, proc: int, sink: Any, runtime: Any) -> Iterator[None]:
     """Sample ``runtime`` of process ``proc`` while the body runs (nothing if sampling is off)."""
@@ -203,9 +143,10 @@ def sampling(ctx: Any, proc: int, sink: Any, runtime: Any) -> Iterator[None]:
     if every <= 0:
         yield
         return
-    directory = rd.make_private_dir(ctx.results / TIMESERIES)
+    layout = Layout(ctx.results)
+    directory = make_private_dir(layout.timeseries)
     if proc == 0:
-        rd.write_json(directory / GRAPH_FILE, graph_record(ctx))
+        write_json(layout.graph, graph_record(ctx))
     sampler = Sampler(directory / f"{proc:05d}.jsonl", proc, runtime, sink, every)
     sampler.start()
     try:

@@ -22,8 +22,8 @@ from typing import Any
 from d4p_hpc import results as rd
 from d4p_hpc import supervisor
 from d4p_hpc.errors import RunFailed, UsageError
-from d4p_hpc.mappings.runtime.core import die_with_parent
-from d4p_hpc.mappings.runtime.runner import Aborted, Outcome, RunContext, begin, combine, end, run_process
+from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
+from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, combine, end, run_process
 
 TAG_DATA = 11
 TAG_ABORT = 12
@@ -31,13 +31,6 @@ MAX_IN_FLIGHT = 8
 MAX_BACKOFF = 0.002
 # how long the launcher waits, once mpiexec has ended, for rank 0 to finish writing run.json
 RECORD_WAIT = 10.0
-# set by an MPI launcher in every rank (Open MPI, MPICH/Hydra, PMIx e.g. srun --mpi=pmix, PMI2)
-WORLD_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
-
-
-def inside_mpi_world() -> bool:
-    """True when this process was started by an MPI launcher (so it must not start one)."""
-    return any(v in os.environ for v in WORLD_VARS)
 
 
 def launcher_argv(n: int) -> list[str]:
@@ -54,13 +47,13 @@ def launcher_argv(n: int) -> list[str]:
     return argv
 
 
-def processes(requested: int | None) -> int:
-    """The ranks the plan is for: the MPI world's size inside one, else ``-n`` (or the cores)."""
-    if inside_mpi_world():
-        from mpi4py import MPI
+def processes(requested: int | None) -> int | None:
+    """The ranks the plan is for inside an MPI world: the world's size (outside one: no opinion)."""
+    if not supervisor.inside_mpi_world():
+        return None
+    from mpi4py import MPI
 
-        return MPI.COMM_WORLD.Get_size()
-    return requested or os.cpu_count() or 1
+    return MPI.COMM_WORLD.Get_size()
 
 
 def _relaunch_argv(ctx: RunContext) -> list[str]:
@@ -92,7 +85,7 @@ def self_launch(ctx: RunContext) -> dict:
     """
     import subprocess
 
-    from d4p_hpc.submission.launch import SAFE_MODULE
+    from d4p_hpc.supervisor import SAFE_MODULE
 
     results_dir = str(ctx.results)
     env = dict(os.environ, D4P_HPC_QUIET="1")
@@ -131,7 +124,7 @@ def self_launch(ctx: RunContext) -> dict:
     else:
         return record
     record["ended"] = record.get("ended") or rd.now()
-    rd.write_json(Path(results_dir) / rd.RUN_FILE, record)
+    rd.write_json(rd.Layout(results_dir).run, record)
     return record
 
 
@@ -144,7 +137,7 @@ def _settled_record(results_dir: str, wait: float = RECORD_WAIT) -> dict | None:
     while record is not None and record.get("state") == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.1)
         record = rd.read_run(results_dir)
-    return record
+    return dict(record) if record is not None else None
 
 
 def _is_open_mpi(mpiexec: str) -> bool:
@@ -211,7 +204,7 @@ class MpiTransport:
 def run(ctx: RunContext) -> dict:
     """Run this rank's share; rank 0 returns the run record, other ranks ``{"secondary": True, ...}``.
     Outside an MPI world, start the ranks (:func:`self_launch`) and return rank 0's record."""
-    if not inside_mpi_world():
+    if not supervisor.inside_mpi_world():
         return self_launch(ctx)
     from mpi4py import MPI
 

@@ -16,8 +16,8 @@ import sys
 import time
 
 from d4p_hpc import supervisor
-from d4p_hpc.mappings.checkpoint.store import FINAL_WAIT
-from d4p_hpc.mappings.runtime.core import die_with_parent
+from d4p_hpc.mappings.checkpoint.snapshots import FINAL_WAIT
+from d4p_hpc.mappings.runtime.process import die_with_parent
 from d4p_hpc.mappings.runtime.runner import (Outcome, RunContext, begin, combine, death, end, read_parts, run_process)
 
 INBOX_BATCHES = 8

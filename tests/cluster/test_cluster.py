@@ -25,7 +25,7 @@ from d4p_hpc.jobs import state as jobs
 from d4p_hpc.results import read_metrics, read_run
 from d4p_hpc.schedulers import slurm
 
-pytestmark = pytest.mark.slurm
+
 def hosts_of(job) -> set:
     return {p["host"] for p in read_metrics(job.directory)["process_list"]}
 

@@ -4,15 +4,14 @@ and in a Slurm job; yet they come last on sys.path, so they never shadow a real 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
 
+from helpers.clusters import connect
+from helpers.dynamic import needs_redis
 from helpers.runs import DATA, cli, explain, raw_items
 
-MAPPINGS = ["simple", "multi", "mpi", "dyn_redis", "hybrid_redis"]
+MAPPINGS = [pytest.param(m, marks=needs_redis if m.endswith("_redis") else ())
+            for m in ("simple", "multi", "mpi", "dyn_redis", "hybrid_redis")]
 N = 12
 EXPECTED = sorted([n, 3 * n + 1] for n in range(1, N + 1))
 CWD_HELPER = "def scale(n):\n    return 3 * n + 1\n"
@@ -38,22 +37,12 @@ def test_helper_modules_import_in_a_local_run(tmp_path, mapping, graph):
     assert sorted(item[:2] for item in raw_items(results, "Scale", "output")) == EXPECTED
 
 
-def _slurm_reason() -> str | None:
-    if not shutil.which("sbatch"):
-        return "no sbatch on PATH (bash .ci/install.sh && bash .ci/slurm-up.sh)"
-    probe = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=30)
-    return None if probe.returncode == 0 and probe.stdout.strip() else f"no Slurm cluster answers: {probe.stderr}"
-
-
 @pytest.mark.slurm
 @pytest.mark.parametrize("graph", ["g_helper_beside.py", "g_helper_cwd.py"])
-@pytest.mark.parametrize("mapping", ["mpi", "dyn_redis", "hybrid_redis"])
+@pytest.mark.parametrize("mapping", ["mpi", pytest.param("dyn_redis", marks=needs_redis),
+                                     pytest.param("hybrid_redis", marks=needs_redis)])
 def test_helper_modules_import_in_a_slurm_job_over_two_nodes(tmp_path, mapping, graph):
-    reason = _slurm_reason()
-    if reason:
-        if os.environ.get("D4P_HPC_SLURM") == "1":
-            pytest.fail(f"D4P_HPC_SLURM=1 says the cluster is up, but: {reason}")
-        pytest.skip(reason)
+    connect("slurm")
     work = _workdir(tmp_path)
     proc = cli("submit", DATA / graph, "--scheduler", "slurm", "-m", mapping, "--nodes", 2, "--tasks-per-node", 2,
                "-i", N, "--time", 5, "--results-root", tmp_path / "results", "--wait", cwd=work, timeout=400,

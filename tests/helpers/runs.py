@@ -148,10 +148,10 @@ def diff(a: dict[str, Counter], b: dict[str, Counter], limit: int = 8) -> str:
 def run_simple(graph: Path | str, inputs: Any, results: Path, attr: str | None = None) -> dict:
     """Run ``graph`` under the simple mapping in this process, through the library; return run.json."""
     from d4p_hpc import supervisor
-    from d4p_hpc.mappings.runtime import runner
+    from d4p_hpc.mappings.runtime.prepare import prepare
     from d4p_hpc.mappings.static import simple
 
-    ctx = runner.prepare(str(graph), attr, "simple", 1, inputs, results)
+    ctx = prepare(str(graph), attr, "simple", 1, inputs, results)
     record = simple.run(ctx)
     supervisor.restore_signals()
     return record

@@ -6,27 +6,27 @@ import socket
 import sys
 
 import pytest
+from helpers.dynamic import needs_redis
 from helpers.runs import items, processes_mentioning, wait_for
 
 from d4p_hpc.jobs import state as jobs
-from d4p_hpc import schedulers
 from d4p_hpc.submission.render import render_script
 from d4p_hpc.results import read_run
 from d4p_hpc.submission.spec import JobSpec
 
-needs_redis = pytest.mark.skipif(not shutil.which("redis-server"),
-                                 reason="needs redis-server (apt-get install redis-server)")
 needs_mpiexec = pytest.mark.skipif(not shutil.which("mpiexec"), reason="needs mpiexec (apt-get install openmpi-bin)")
 
 
 @pytest.fixture
 def submit(tmp_path, where_graph):
     """Submit the test graph to the local scheduler; returns the Job."""
+    from d4p_hpc.submission.submit import submit
+
     def go(**kw):
         values = dict(graph=str(where_graph), results_root=str(tmp_path / "results"), scheduler="local",
                       python=sys.executable, walltime="10", iterations=12)
         spec = JobSpec(**{**values, **kw})
-        _, directory = schedulers.submit(spec, render_script(spec))
+        _, directory = submit(spec, render_script(spec))
         return jobs.open_job(directory)
     return go
 

@@ -24,7 +24,7 @@ from helpers.clusters import connect
 from helpers.runs import EXAMPLES, cli, diff, explain, outputs, processes_mentioning, run_simple
 
 from d4p_hpc.jobs import state as jobs, resume
-from d4p_hpc import schedulers
+import d4p_hpc.submission.submit
 from d4p_hpc import results as rd
 from d4p_hpc.submission.render import render_script
 from d4p_hpc.submission.spec import JobSpec
@@ -66,7 +66,7 @@ def submit(scheduler: str, mapping: str, root, **extra) -> jobs.Job:
     spec = JobSpec(graph=str(GRAPH), attr=attr, iterations=LINES[scheduler], mapping=mapping,
                    scheduler=scheduler, nodes=nodes, tasks_per_node=tasks, python=sys.executable,
                    results_root=str(root), setup=[f"export LONG_COUNT_SECONDS={seconds}"], **extra)
-    _, directory = schedulers.submit(spec, render_script(spec))
+    _, directory = d4p_hpc.submission.submit.submit(spec, render_script(spec))
     return jobs.open_job(directory)
 
 

@@ -15,6 +15,7 @@ from helpers.clusters import SLEEP, finished
 from helpers.runs import cli, explain, read_json
 
 from d4p_hpc.jobs import state as jobs
+from d4p_hpc.results import last_samples, read_series
 from d4p_hpc.mappings.runtime import sampler
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (apt-get install chromium)")
@@ -51,7 +52,7 @@ def test_report_of_a_run_opens_offline_with_its_figures(tmp_path, where_graph, m
     results = tmp_path / "run"
     done = cli("run", graph, "-m", mapping, "-n", 2, "-i", 400, "--results", results, env=FAST_SAMPLES)
     assert done.returncode == 0, explain(done)
-    series = sampler.read_series(results)
+    series = read_series(results)
     procs = {p["process"] for p in read_json(results / "metrics.json")["process_list"]}
     assert set(series) == procs
     # every process leaves its final counts; the busy ones a sample every 0.2 s besides
@@ -150,7 +151,7 @@ def test_report_and_efficiency_of_a_cluster_job(cluster, submit, tmp_path, mappi
     if cluster.name == "slurm":
         # Slurm's allocation and elapsed time (sacct -c: no accounting storage), our CPU seconds
         cores, elapsed = _sacct(job.job_id)
-        cpu = sum(s["cpu"] for s in sampler.last_samples(job.directory).values())
+        cpu = sum(s["cpu"] for s in last_samples(job.directory).values())
         assert line.startswith(f"CPU efficiency {100 * cpu / (cores * elapsed):.0f}% of {cores} cores"), line
     else:
         assert line.startswith("CPU efficiency ") and " of 4 cores" in line, line
@@ -164,7 +165,7 @@ def test_efficiency_takes_the_figures_pbs_keeps(tmp_path, monkeypatch):
     bin_dir.mkdir()
     answer = {"Jobs": {"7.server": {"resources_used": {"cput": "00:01:12", "mem": "524288kb", "walltime": "00:00:30"},
                                     "Resource_List": {"ncpus": 4, "mem": "2gb"}}}}
-    (bin_dir / "qstat").write_text(f"#!/bin/sh\n[ \"$*\" = '-fx -F json 7.server' ] || exit 1\n"
+    (bin_dir / "qstat").write_text(f"#!/bin/sh\n[ \"$*\" = '-x -f -F json 7.server' ] || exit 1\n"
                                    f"echo '{json.dumps(answer)}'\n")
     (bin_dir / "qstat").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

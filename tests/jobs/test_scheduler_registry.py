@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 from helpers.runs import EXAMPLES, independent_word_counts, processes_mentioning
 
-from d4p_hpc.submission import config
-from d4p_hpc.jobs import state as jobs
 from d4p_hpc import schedulers, supervisor
 from d4p_hpc.errors import SpecError
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc.results import Layout, output_items, read_run
+from d4p_hpc.schedulers import Scheduler, SchedulerState, Submission
+from d4p_hpc.submission import config
 from d4p_hpc.submission.render import check_syntax, render_script
-from d4p_hpc.results import output_items, read_run
-from d4p_hpc.schedulers import Scheduler, SchedulerState
 from d4p_hpc.submission.spec import JobSpec
+from d4p_hpc.submission.submit import submit
 
 WORD_COUNT = str(EXAMPLES / "word_count.py")
 PID_FILE = Path("state") / "toy.pid"
@@ -65,15 +66,17 @@ class Toy(Scheduler):
     command = "toy-submit"
     priority = 30
 
-    def submit(self, script: str, spec: JobSpec) -> str:
+    def submit(self, script: str, job: Submission) -> str:
         job_id = f"toy-{secrets.token_hex(3)}"
-        directory = spec.results_dir(job_id)
-        (directory / "state").mkdir(parents=True)
-        (directory / "job.sh").write_text(script)
-        (directory / NODE_FILE).write_text("localhost\n" * spec.total_tasks)
+        layout = Layout(job.results_dir(job_id))
+        directory = layout.directory
+        layout.state.mkdir(parents=True)
+        layout.script.write_text(script)
+        (directory / NODE_FILE).write_text("localhost\n" * job.tasks)
         env = dict(os.environ, TOY_JOB_ID=job_id, TOY_NODEFILE=str(directory / NODE_FILE))
-        with open(directory / "job.out", "wb") as out, open(directory / "job.err", "wb") as err:
-            proc = subprocess.Popen(["bash", str(directory / "job.sh")], env=env, stdin=subprocess.DEVNULL,
+        stdout, stderr = layout.scheduler_logs
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            proc = subprocess.Popen(["bash", str(layout.script)], env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, start_new_session=True)
         (directory / PID_FILE).write_text(f"{proc.pid}\n")
         return job_id
@@ -129,7 +132,7 @@ def test_the_toy_renders_its_own_directives_around_the_common_script(toy, tmp_pa
 
 def test_a_word_count_job_runs_through_the_toy_and_reads_back(toy, tmp_path, cli, isolated_config):
     spec = toy_spec(tmp_path, nodes=2, iterations=20)
-    job_id, directory = schedulers.submit(spec, render_script(spec))
+    job_id, directory = submit(spec, render_script(spec))
     job = jobs.open_job(directory)
     assert (job.job_id, job.scheduler) == (job_id, "toy") and job_id.startswith("toy-")
     final = jobs.wait(job, poll=0.2, timeout=120)
@@ -179,6 +182,12 @@ def test_a_name_is_registered_once_and_a_host_scheduler_needs_a_node_file(toy):
     with pytest.raises(ValueError, match="needs a nodefile"):
         schedulers.register(type("Nowhere", (Toy,), {"name": "nowhere", "nodefile": None}))
     assert schedulers.register(Toy) is Toy  # the same class again is no conflict
+
+
+def test_no_scheduler_may_take_the_name_of_a_run_without_one():
+    with pytest.raises(ValueError, match="'run' is not a scheduler's name"):
+        schedulers.register(type("Runner", (Toy,), {"name": schedulers.RUN}))
+    assert schedulers.RUN not in schedulers.names()
 
 
 def test_the_toy_is_gone_after_its_tests():

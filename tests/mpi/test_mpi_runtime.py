@@ -53,10 +53,10 @@ def run_in_world(graph: Path, inputs, results: Path, errors: list[str]):
     """prepare + mpi.run on every rank; return (context, record) or (None, None) after an error."""
     from d4p_hpc import supervisor
     from d4p_hpc.mappings.static import mpi
-    from d4p_hpc.mappings.runtime import runner
+    from d4p_hpc.mappings.runtime.prepare import prepare
 
     try:
-        ctx = runner.prepare(str(graph), None, "mpi", SIZE, inputs, results)
+        ctx = prepare(str(graph), None, "mpi", SIZE, inputs, results)
         record = mpi.run(ctx)
         return ctx, record
     except Exception:

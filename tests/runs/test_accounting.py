@@ -1,5 +1,5 @@
-"""End-of-stream accounting: the Redis scripts (rstate.COMMIT, REGISTER, STOP, in a real redis-server)
-against rstate.Accounting, the executable specification that dyn_multi runs.
+"""End-of-stream accounting: the Redis scripts (keys.COMMIT, REGISTER, STOP, in a real redis-server)
+against accounting.Accounting, the executable specification that dyn_multi runs.
 
 Both get the same seeded random sequences of what runs do, on random topologies: the driver feeds
 and closes roots; workers finish tasks and write new ones, take items of stateful instances,
@@ -22,8 +22,9 @@ from collections import Counter
 import pytest
 
 from d4p_hpc.mappings.redis.server import RedisServer
-from d4p_hpc.mappings.redis.keys import COMMIT, REGISTER, STOP, Accounting, Keys
-from d4p_hpc.mappings.dynamic.tasks import CONTROL
+from d4p_hpc.mappings.dynamic.accounting import Accounting
+from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE
+from d4p_hpc.mappings.redis.keys import COMMIT, REGISTER, STOP, Keys
 from helpers.dynamic import needs_redis
 
 pytest.importorskip("redis")
@@ -38,7 +39,7 @@ STATES = {Accounting.RUNNING: "RUNNING", Accounting.COMPLETED: "COMPLETED", Acco
 
 def random_topology(rng: random.Random) -> list[dict]:
     """PEs in topological order: one or two roots, then PEs fed by one or two earlier PEs, about a
-    third of them stateful with one to three instances (as rstate.topology writes them)."""
+    third of them stateful with one to three instances (as accounting.topology writes them)."""
     n = rng.randint(2, 7)
     roots = rng.randint(1, min(2, n - 1))
     topo, gid = [], 0
@@ -152,7 +153,7 @@ class World:
 
 
 def _fields(proc: int, **given) -> dict:
-    """A commit's fields as rstate.commit_fields makes them: those of a unit that did nothing, and ``given``."""
+    """A commit's fields as accounting.commit_fields makes them: those of a unit that did nothing, and ``given``."""
     return {"tasks": {}, "items": {}, "done": 0, "busy": 0.0, "proc": proc, **given}
 
 
@@ -184,7 +185,7 @@ def redis_state(client, keys: Keys, topo: list[dict]) -> dict:
     for w in workers:
         pipe.exists(keys.alive(w))
     for w in workers:
-        pipe.xrange(keys.prefix + keys.stream(CONTROL, w))
+        pipe.xrange(keys.prefix + keys.stream(CONTROL_QUEUE, w))
     for g in gids:
         pipe.xrange(keys.prefix + keys.stream(g))
     found = iter(pipe.execute())
@@ -282,7 +283,7 @@ def test_lua_accounting_equals_the_specification(redis_client, first):
 
 def test_keys_are_declared():
     keys = Keys("r1")
-    assert (keys.pending, keys.alive(3), keys.stream(CONTROL, 2), keys.stream(7)) == \
+    assert (keys.pending, keys.alive(3), keys.stream(CONTROL_QUEUE, 2), keys.stream(7)) == \
         ("d4p:r1:pending", "d4p:r1:alive:w3", "ctl:2", "inst:7")
     with pytest.raises(AttributeError):
         keys.pendng  # noqa: B018

@@ -121,25 +121,25 @@ def test_parked_worker_takes_close_messages_and_wakes_the_driver(tmp_path):
     from d4p_hpc.workflow.loader import load_graph
     from d4p_hpc.mappings.dynamic.dyn_multi import LocalBroker
     from d4p_hpc.mappings.runtime.plan import build_plan
-    from d4p_hpc.mappings.dynamic.tasks import CONTROL, SHARED
+    from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, SHARED_QUEUE
 
     plan = build_plan(load_graph(str(write_graph(tmp_path, FLUSH_GRAPH)), None), 2)
     numbers, flush, keep = (next(n for n in plan.pes if n.key == k) for k in ("Numbers", "Flush", "Keep"))
     broker = LocalBroker(multiprocessing.get_context("fork"), plan, 2)
     broker.set_pool(1)
     # the driver queues one task for Flush and closes Numbers: Flush has work left, nothing closes yet
-    broker.commit(None, {SHARED: [(flush.first_gid, "input", 1)]}, {}, 0.0, close=numbers.index)
+    broker.commit(None, {SHARED_QUEUE: [(flush.first_gid, "input", 1)]}, {}, 0.0, close=numbers.index)
     broker.proc = 2
     assert not broker.active()
     assert broker.take(parked=True) == []  # no task for a parked worker, however long it polls
     broker.proc = 1
     unit = next(u for _ in range(50) for u in broker.take(parked=False))
-    assert (unit.gid, unit.items) == (SHARED, [(flush.first_gid, "input", 1)])
+    assert (unit.gid, unit.items) == (SHARED_QUEUE, [(flush.first_gid, "input", 1)])
     broker.commit(unit, {}, {flush.index: 1}, 0.0)  # the last Flush task: Flush is closing
     for proc in (2, 1, 2, 1):  # Flush, then Keep, closes on both workers, parked or not
         broker.proc = proc
         unit = next(u for _ in range(50) for u in broker.take(parked=proc == 2))
-        assert unit.gid == CONTROL and unit.close in (flush.index, keep.index)
+        assert unit.gid == CONTROL_QUEUE and unit.close in (flush.index, keep.index)
         broker.commit(unit, {}, {}, 0.0)
     assert broker.state() == "COMPLETED"
     started = time.monotonic()

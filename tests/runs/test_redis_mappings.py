@@ -241,7 +241,7 @@ def test_heartbeat_hears_the_pool_and_the_end_without_polling(tmp_path):
     import threading
 
     from d4p_hpc.workflow.loader import load_graph
-    from d4p_hpc.mappings.runtime.core import Sink
+    from d4p_hpc.mappings.runtime.sink import Sink
     from d4p_hpc.mappings.runtime.plan import build_plan
     from d4p_hpc.mappings.redis.broker import POOL_BEAT, RedisBroker
     from d4p_hpc.mappings.redis.keys import publish, stop_run

@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from d4p_hpc.errors import RedisError, UsageError
-from d4p_hpc.mappings.redis import conn as rconn
+from d4p_hpc.mappings.redis.conn import PASSWORD_ENV, Connection, connect, parse_url, read_connection_file
+from d4p_hpc.results import Layout
 from d4p_hpc.mappings.redis.server import RedisServer, resolve_bind
 from helpers.dynamic import alive, needs_redis, python_module, server_pid, tagged_env, tagged_pids, wait_file, wait_gone
 
@@ -31,7 +32,7 @@ class TestServer:
     pytestmark = needs_redis
 
     def test_starts_answers_and_has_no_persistence(self, server, tmp_path):
-        client = rconn.connect(rconn.read_connection_file(tmp_path / rconn.CONNECTION_FILE))
+        client = connect(read_connection_file(Layout(tmp_path).redis))
         assert client.ping()
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("appendonly") == {"appendonly": "no"}
@@ -39,9 +40,9 @@ class TestServer:
         client.close()
 
     def test_connection_file_is_0600_and_complete(self, server, tmp_path):
-        path = tmp_path / rconn.CONNECTION_FILE
+        path = Layout(tmp_path).redis
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        conn = rconn.read_connection_file(path)
+        conn = read_connection_file(path)
         assert (conn.host, conn.port, conn.password) == (server.host, server.port, server.password)
         assert len(server.password) >= 32
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -53,9 +54,9 @@ class TestServer:
                 client.set("k", "v")
             client.close()
         with pytest.raises(RedisError, match="needs a password"):
-            rconn.connect(rconn.Connection(server.host, server.port))
+            connect(Connection(server.host, server.port))
         with pytest.raises(RedisError, match="refused the password"):
-            rconn.connect(rconn.Connection(server.host, server.port, "wrong"))
+            connect(Connection(server.host, server.port, "wrong"))
 
     def test_password_is_not_on_any_command_line(self, server):
         pid = server_pid(server.as_dict())
@@ -68,13 +69,13 @@ class TestServer:
             # the config holding the password is gone as soon as Redis has read it: a SIGKILL of
             # this process could not leave it behind
             assert not private.exists()
-            assert (tmp_path / rconn.CONNECTION_FILE).stat().st_mode & 0o077 == 0
+            assert (Layout(tmp_path).redis).stat().st_mode & 0o077 == 0
         assert not alive(pid)
-        assert not (tmp_path / rconn.CONNECTION_FILE).exists()
+        assert not (Layout(tmp_path).redis).exists()
         assert not private.exists()
         assert (tmp_path / "logs" / "redis-server.log").exists()
         with pytest.raises(RedisError, match="cannot reach"):
-            rconn.connect(conn, socket_connect_timeout=1)
+            connect(conn, socket_connect_timeout=1)
 
     def test_stopped_on_exception(self, tmp_path):
         rs = RedisServer(tmp_path)
@@ -99,13 +100,13 @@ class TestStartErrors:
             port = busy.getsockname()[1]
             with pytest.raises(RedisError, match=f"port {port} on 127.0.0.1 is in use"):
                 RedisServer(tmp_path, port=port).start()
-        assert not (tmp_path / rconn.CONNECTION_FILE).exists()
+        assert not (Layout(tmp_path).redis).exists()
 
     def test_existing_connection_file_is_not_overwritten(self, tmp_path):
-        (tmp_path / rconn.CONNECTION_FILE).write_text("{}")
+        (Layout(tmp_path).redis).write_text("{}")
         with pytest.raises(RedisError, match="already exists"):
             RedisServer(tmp_path).start()
-        assert (tmp_path / rconn.CONNECTION_FILE).read_text() == "{}"
+        assert (Layout(tmp_path).redis).read_text() == "{}"
 
     def test_bad_bind(self, tmp_path):
         with pytest.raises(RedisError, match="cannot bind"):
@@ -125,7 +126,7 @@ class TestSupervisor:
     def test_signal_stops_redis_and_removes_file(self, tmp_path, signum):
         tag = uuid.uuid4().hex
         proc = _supervisor(tmp_path, tag, "--bind", "0.0.0.0", "--advertise", "127.0.0.1")
-        conn = wait_file(tmp_path / rconn.CONNECTION_FILE, proc)
+        conn = wait_file(Layout(tmp_path).redis, proc)
         assert conn["host"] == "127.0.0.1"
         pid = server_pid(conn)
         proc.send_signal(signum)
@@ -133,12 +134,12 @@ class TestSupervisor:
         assert "ready at 127.0.0.1:" in proc.stderr.read()
         assert wait_gone(pid)
         assert tagged_pids(tag) == set()
-        assert not (tmp_path / rconn.CONNECTION_FILE).exists()
+        assert not (Layout(tmp_path).redis).exists()
 
     def test_sigkill_of_supervisor_still_stops_redis(self, tmp_path):
         tag = uuid.uuid4().hex
         proc = _supervisor(tmp_path, tag)
-        pid = server_pid(wait_file(tmp_path / rconn.CONNECTION_FILE, proc))
+        pid = server_pid(wait_file(Layout(tmp_path).redis, proc))
         proc.kill()
         proc.wait()
         assert wait_gone(pid), "redis-server outlived its SIGKILLed supervisor"
@@ -150,8 +151,7 @@ class TestSupervisor:
         assert err.count("\n") == 1 and err.startswith("Error: redis-server not found")
 
 
-@pytest.mark.redis
-@needs_redis[1]
+@needs_redis
 def test_sigterm_to_a_process_using_the_context_manager(tmp_path):
     """A driver with default SIGTERM handling exits 143 and leaves no redis-server."""
     tag = uuid.uuid4().hex
@@ -165,7 +165,7 @@ def test_sigterm_to_a_process_using_the_context_manager(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], env=tagged_env(tag),
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "up\n"
-    pid = server_pid(wait_file(tmp_path / rconn.CONNECTION_FILE, proc))
+    pid = server_pid(wait_file(Layout(tmp_path).redis, proc))
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(20) == 128 + signal.SIGTERM
     assert wait_gone(pid)
@@ -174,23 +174,23 @@ def test_sigterm_to_a_process_using_the_context_manager(tmp_path):
 
 class TestUrl:
     def test_full_url(self):
-        conn = rconn.parse_url("redis://user:p%40ss@node7:6400/2")
+        conn = parse_url("redis://user:p%40ss@node7:6400/2")
         assert (conn.host, conn.port, conn.password, conn.username, conn.db) == ("node7", 6400, "p@ss", "user", 2)
 
     def test_host_port_and_password_from_env(self, monkeypatch):
-        monkeypatch.setenv(rconn.PASSWORD_ENV, "s3cret")
-        conn = rconn.parse_url("node7:7000")
+        monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+        conn = parse_url("node7:7000")
         assert (conn.host, conn.port, conn.password) == ("node7", 7000, "s3cret")
         assert "s3cret" not in repr(conn)
 
     @pytest.mark.parametrize("url", ["http://x:1", "redis://:1", "redis://h:port", "redis://h/notadb"])
     def test_bad_url(self, url):
         with pytest.raises(UsageError, match="bad --redis URL"):
-            rconn.parse_url(url)
+            parse_url(url)
 
     def test_missing_and_malformed_files(self, tmp_path):
         with pytest.raises(RedisError, match="does not exist"):
-            rconn.read_connection_file(tmp_path / "redis.json")
+            read_connection_file(tmp_path / "redis.json")
         (tmp_path / "redis.json").write_text("[1]")
         with pytest.raises(RedisError, match="malformed"):
-            rconn.read_connection_file(tmp_path / "redis.json")
+            read_connection_file(tmp_path / "redis.json")

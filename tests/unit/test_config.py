@@ -115,3 +115,16 @@ def test_results_root_follows_the_profile(files):
     _, project = files
     write(project, '[profiles.x]\nresults_root = "/scratch/x"\n')
     assert str(config.results_root("x")) == "/scratch/x"
+
+
+def test_coercion_from_strings():
+    assert config.coerce("nodes", "4") == 4
+    assert config.coerce("exclusive", "yes") is True
+    assert config.coerce("modules", "gcc, openmpi") == ("gcc", "openmpi")
+    assert config.coerce("setup", '["export A=1,2", "ulimit -c 0"]') == ("export A=1,2", "ulimit -c 0")
+    with pytest.raises(SpecError, match="whole number"):
+        config.coerce("nodes", "four", "environment")
+    with pytest.raises(SpecError, match="true or false"):
+        config.coerce("exclusive", "maybe")
+    with pytest.raises(SpecError, match="list of strings"):
+        config.coerce("modules", 3)

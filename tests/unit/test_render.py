@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from d4p_hpc import schedulers, supervisor, units
+from d4p_hpc.results import Layout
 from d4p_hpc.submission import render
-from d4p_hpc import schedulers, supervisor
-from d4p_hpc.submission.launch import SAFE_MODULE, ShellVar
+from d4p_hpc.submission.launch import ShellVar
+from d4p_hpc.supervisor import SAFE_MODULE
 from d4p_hpc.submission.spec import MAPPINGS, JobSpec
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -172,7 +174,7 @@ def test_quote_filter():
     assert render.quote(ShellVar("d4p_results")) == '"$d4p_results"'
     assert render.quote("a b'c") == "'a b'\"'\"'c'"
     assert render.argv(["echo", "$(x)", ShellVar("y")]) == "echo '$(x)' \"$y\""
-    assert render.clock(93784, days=True) == "1-02:03:04" and render.clock(93784) == "26:03:04"
+    assert units.clock(93784, days=True) == "1-02:03:04" and units.clock(93784) == "26:03:04"
 
 
 def test_missing_template_variables_are_errors():
@@ -187,6 +189,16 @@ def test_templates_come_from_the_package():
     for scheduler in SCHEDULERS:
         assert (base / scheduler / "job.sh.j2").is_file()
     assert (base / "common" / "job.sh.j2").is_file()
+
+
+def test_templates_take_the_names_of_the_results_directory_from_its_layout():
+    names = [Layout.STATE + "/", Layout.WORKERS_LOG, f"d4p_mark {Layout.STARTED}", f"d4p_mark {Layout.FINISHED}",
+             *(f"$d4p_results/{name}" for name in (Layout.SCRIPT, Layout.SPEC, Layout.REDIS, Layout.STATE,
+                                                   Layout.LOGS, Layout.SCHEDULER_LOG))]
+    for template in resources.files("d4p_hpc.templates").iterdir():
+        for path in template.iterdir() if template.is_dir() else []:
+            text = re.sub(r"\{#.*?#\}", "", path.read_text(), flags=re.DOTALL)  # its comments may name them
+            assert not [name for name in names if name in text], path
 
 
 def test_bad_setup_lines_are_caught():

@@ -134,7 +134,8 @@ def test_messages_between_processes_are_batched_pickle5_and_ordered(tmp_path):
     """Drive two Runtimes by hand: process 0 sends far fewer messages than items; process 1 gets them all."""
     import numpy as np
 
-    from d4p_hpc.mappings.runtime.core import Runtime, Sink
+    from d4p_hpc.mappings.runtime.core import Runtime
+    from d4p_hpc.mappings.runtime.sink import Sink
 
     class Arrays(ProducerPE):
         def __init__(self):

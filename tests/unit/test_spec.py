@@ -2,8 +2,9 @@
 
 import pytest
 
+from d4p_hpc import units
 from d4p_hpc.errors import SpecError
-from d4p_hpc.submission.spec import FIELDS, MAPPINGS, JobSpec, coerce, default_job_name
+from d4p_hpc.submission.spec import FIELDS, MAPPINGS, JobSpec, default_job_name
 
 GRAPH = "/home/user/graphs/word_count.py"
 
@@ -124,17 +125,20 @@ def test_paths_and_counts():
         spec(modules=["gcc openmpi"])
 
 
-def test_coercion_from_strings():
-    assert coerce("nodes", "4") == 4
-    assert coerce("exclusive", "yes") is True
-    assert coerce("modules", "gcc, openmpi") == ("gcc", "openmpi")
-    assert coerce("setup", '["export A=1,2", "ulimit -c 0"]') == ("export A=1,2", "ulimit -c 0")
-    with pytest.raises(SpecError, match="whole number"):
-        coerce("nodes", "four", "environment")
-    with pytest.raises(SpecError, match="true or false"):
-        coerce("exclusive", "maybe")
-    with pytest.raises(SpecError, match="list of strings"):
-        coerce("modules", 3)
+def test_the_spec_checks_types_and_converts_no_strings():
+    # strings are config.coerce's to convert (files, environment, command line)
+    assert spec(modules=["a", "b"]).modules == ("a", "b")
+    for name, value in (("nodes", "4"), ("nodes", True), ("exclusive", "yes"), ("modules", "gcc"), ("job_name", 3)):
+        with pytest.raises(SpecError, match=f"^{name} must be"):
+            spec(**{name: value})
+
+
+def test_units_of_what_schedulers_print():
+    assert units.memory_mb("2000K") == 2000 / 1024 and units.memory_mb("1234kb") == 1234 / 1024
+    assert units.memory_mb("4G") == 4096 and units.memory_mb("500") == 500 and units.memory_mb("") is None
+    assert units.clock_seconds("1-02:03:04") == 93784 and units.clock_seconds("01:02.5") == 62.5
+    assert units.clock_seconds("Unknown") is None
+    assert units.epoch("2024-01-02T03:04:05+00:00") == 1704164645 and units.epoch("garbage") is None
 
 
 def test_round_trip_and_unknown_keys():

@@ -1,4 +1,5 @@
-"""d4p_hpc.supervisor: the one table of stop signals, states and exit codes, and stopping processes."""
+"""d4p_hpc.supervisor: the one table of stop signals, states and exit codes, stopping processes, and
+whether this process is an MPI rank."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ IGNORES_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_I
 ])
 def test_classify_reads_the_one_table(code, expected):
     assert supervisor.classify(code) == expected
+
+
+@pytest.mark.parametrize("variable", supervisor.WORLD_VARS)
+def test_a_rank_is_told_by_the_variables_its_launcher_sets(monkeypatch, variable):
+    for name in supervisor.WORLD_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert not supervisor.inside_mpi_world()
+    monkeypatch.setenv(variable, "0")
+    assert supervisor.inside_mpi_world()
+
+
+def test_outside_an_mpi_world_the_mpi_mapping_plans_for_n_like_the_others(monkeypatch):
+    """mpi's ``processes`` hook has no opinion outside a world: the registry's default decides."""
+    from d4p_hpc import mappings
+
+    for name in supervisor.WORLD_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert mappings.get("mpi").processes(3) == mappings.get("multi").processes(3) == 3
+    assert mappings.get("mpi").processes(None) == (os.cpu_count() or 1)
 
 
 def test_the_job_script_cases_cover_every_stop_code_once():

@@ -1,0 +1,110 @@
+"""How the job commands print a job: the status table, the results summary, an output's items,
+the segments of a resumed run, the efficiency line, and a job followed to its end."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from d4p_hpc.errors import RunFailed, UsageError
+from d4p_hpc.jobs import efficiency, state
+from d4p_hpc.jobs.progress import Display, Progress
+from d4p_hpc.jobs.resume import describe
+from d4p_hpc.results import count_items, list_outputs, output_dir, output_items, read_metrics, read_run
+from d4p_hpc.units import clock
+
+
+def table(statuses: list[state.JobStatus]) -> None:
+    """One row a job: id, name, state, elapsed time, reason, directory."""
+    rows = [("JOB", "NAME", "STATE", "ELAPSED", "REASON", "DIRECTORY")]
+    rows += [(s.job.job_id, s.job.name, s.state, clock(s.elapsed) if s.elapsed is not None else "-",
+              s.reason or "-", str(s.job.directory)) for s in statuses]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        # every column padded but the last, the directory
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def segments(statuses: list[state.JobStatus]) -> None:
+    """Under the table: the segments of each job whose run spans several jobs."""
+    for s in statuses:
+        lines = describe(s)
+        if lines:
+            click.echo(f"{s.job.job_id}: {len(lines)} segments")
+            for line in lines:
+                click.echo(f"  {line}")
+
+
+def results(job: state.Job) -> None:
+    """What ``d4p-hpc results JOB`` prints: state, wall time, items/s per PE, outputs, efficiency."""
+    current = state.status([job])[0]
+    run, metrics = read_run(job.directory) or {}, read_metrics(job.directory) or {}
+    elapsed = clock(int(current.elapsed)) if current.elapsed is not None else "-"
+    click.echo(f"job {job.job_id} ({job.name}, {job.scheduler}): {current.state} after {elapsed}"
+               + (f": {current.reason}" if current.reason else "") + f"\n{job.directory}")
+    segments([current])
+    if not run:
+        click.echo("no run.json yet: the run has not started")
+        return
+    wall = metrics.get("wall_seconds") or 0
+    click.echo(f"mapping {run.get('mapping')}, {run.get('processes')} processes: {metrics.get('items', 0):,} items "
+               f"in {wall:.2f} s ({metrics.get('items_per_second') or 0:,.0f} items/s)")
+    rows = [("PE (dispel4py id)", "INSTANCES", "ITEMS IN", "ITEMS OUT", "BUSY S", "ITEMS/S")]
+    ids = run.get("pe_ids") or {}
+    for pe, m in metrics.get("pes", {}).items():
+        done = m.get("items_in") or m.get("items_out") or 0
+        rows.append((f"{pe} ({ids[pe]})" if ids.get(pe, pe) != pe else pe, str(len(m.get("instances", []))),
+                     f"{m.get('items_in', 0):,}", f"{m.get('items_out', 0):,}",
+                     f"{m.get('busy_seconds', 0):.2f}", f"{done / wall:,.0f}" if wall else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    for pe, output in list_outputs(job.directory):
+        click.echo(f"output {pe}.{output}: {count_items(job.directory, pe, output):,} items  "
+                   f"({output_dir(job.directory, pe, output)})")
+    click.echo(f"print one with: d4p-hpc results {job.directory} --show PE.OUTPUT")
+    efficiency_line(job)
+
+
+def dump(directory: Path, target: str, file: str | None, limit: int | None) -> None:
+    """The items of output ``target`` (PE.OUTPUT), one JSON value a line, to ``file`` or stdout."""
+    pe, _, output = target.rpartition(".")
+    if (pe, output) not in list_outputs(directory):
+        known = ", ".join(f"{p}.{o}" for p, o in list_outputs(directory)) or "none yet"
+        raise UsageError(f"no output {target} in {directory}; outputs: {known}")
+    items = itertools.islice(output_items(directory, pe, output), limit)
+    with open(file, "w") if file else contextlib.nullcontext(click.get_text_stream("stdout")) as out:
+        for item in items:
+            out.write(json.dumps(item, default=repr) + "\n")
+    if file:
+        click.echo(f"wrote {file}", err=True)
+
+
+def efficiency_line(job: state.Job) -> None:
+    """The last line of ``results`` and ``submit --wait``: CPU and memory used against the allocation."""
+    if read_metrics(job.directory) is not None:
+        click.echo(efficiency.measure(job.directory, job.scheduler, job.job_id).line())
+
+
+def follow(job: state.Job, timeout: float | None = None) -> None:
+    """Poll ``job`` to its end with a live line (on a terminal) or a plain line now and then, showing
+    the run's progress (:mod:`d4p_hpc.jobs.progress`); end with its state and efficiency."""
+    display, progress, last = Display(sys.stderr), Progress(job.directory), [""]
+
+    def show(current: state.JobStatus) -> None:
+        elapsed = clock(current.elapsed) if current.elapsed is not None else "--:--:--"
+        detail = progress.describe() if current.state == "RUNNING" else current.reason
+        display.show(f"{current.state:<9} {elapsed}  {detail}".rstrip(), force=current.state != last[0])
+        last[0] = current.state
+
+    final = state.wait(job, poll=1.0, timeout=timeout, on_poll=show)
+    display.clear()
+    click.echo(f"{final.state} {job.directory}" + (f": {final.reason}" if final.reason else ""))
+    efficiency_line(job)
+    if final.state != "COMPLETED":
+        raise RunFailed(f"job {job.job_id} ended {final.state}" + (f": {final.reason}" if final.reason else ""))

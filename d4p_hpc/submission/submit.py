@@ -1,0 +1,55 @@
+"""Submitting a job: check its files, hand its rendered script to its scheduler, record it.
+
+This sits above the scheduler registry (:mod:`d4p_hpc.schedulers`), which knows no job
+spec: a scheduler is given the script and a :class:`~d4p_hpc.schedulers.Submission`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from d4p_hpc import schedulers
+from d4p_hpc.errors import SpecError
+from d4p_hpc.results import Layout, now, write_json
+from d4p_hpc.submission.render import check_syntax
+from d4p_hpc.submission.spec import JobSpec
+
+
+def check_files(spec: JobSpec) -> None:
+    """Refuse a spec whose graph or input file does not exist here (the nodes could not read it either)."""
+    for what, path in (("graph file", spec.graph), ("input file", spec.input_file)):
+        if path is not None and not os.path.isfile(path):
+            raise SpecError(f"{what} {path} does not exist")
+
+
+def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str, Path]:
+    """Submit the rendered ``script`` of ``spec``; returns the job id and its results directory.
+
+    Besides what the script writes itself when it starts, ``state/submitted``
+    (job id, scheduler, time) is written now, so that a job still pending can
+    be found and inspected; ``job.sh`` and ``spec.json`` are written too.
+    """
+    check_syntax(script)
+    assert spec.results_root is not None, "a resolved spec always has a results root"
+    Path(spec.results_root).mkdir(parents=True, exist_ok=True)
+    job = schedulers.Submission(results_dir=spec.results_dir, continues=spec.continues is not None,
+                                after=spec.after, tasks=spec.total_tasks)
+    # a job's directory, its script and its logs are the user's alone, as the script's own files are
+    umask = os.umask(0o077)
+    try:
+        job_id = schedulers.get(spec.scheduler).submit(script, job)
+        layout = Layout(spec.results_dir(job_id))
+        layout.state.mkdir(parents=True, exist_ok=True)
+        if not layout.script.exists():
+            layout.script.write_text(script)
+        if not layout.spec.exists():
+            write_json(layout.spec, {"spec": spec.to_dict(), "sources": sources or {}})
+        write_json(layout.marker(Layout.SUBMITTED), {"time": now(), "epoch": time.time(), "job_id": job_id,
+                                                     "scheduler": spec.scheduler, "argv": sys.argv,
+                                                     "cwd": os.getcwd()})
+    finally:
+        os.umask(umask)
+    return job_id, layout.directory
