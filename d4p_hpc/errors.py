@@ -82,8 +82,21 @@ class ResultsError(D4pHpcError):
     """A file of a results directory cannot be read: cut short, changed by hand, unreadable."""
 
 
+class UntrustedFileError(UsageError):
+    """A file d4p-hpc would unpickle could have been written by another user (see :mod:`d4p_hpc.trust`);
+    ``why`` says how (``was written by user bob (mode 0600)``)."""
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why
+
+
 class ResumeError(UsageError):
     """A run or job cannot be resumed from its checkpoints (none, changed graph or inputs, COMPLETED)."""
+
+
+class BusyError(UsageError):
+    """Another d4p-hpc process writes the results directory (see :func:`d4p_hpc.durable.lock`)."""
 
 
 class RunFailed(D4pHpcError):

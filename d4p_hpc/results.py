@@ -2,9 +2,9 @@
 
 Every name in it is an attribute of :class:`Layout` (in capitals below)::
 
-    DIR/run.json        RUN       what ran and how it ended (:class:`RunRecord`)
+    DIR/run.json        RUN       what ran and how it ended (:class:`~d4p_hpc.records.RunRecord`)
     DIR/metrics.json    METRICS   per PE instance: items in/out, busy seconds; per run: wall seconds,
-                                  items/s (:class:`Metrics`)
+                                  items/s (:class:`~d4p_hpc.records.Metrics`)
     DIR/outputs/<PE>.<output>/part-<process>.jsonl    OUTPUTS: one JSON value per line
     DIR/outputs/<PE>.<output>/part-<process>.pickle   pickle frames, for values JSON cannot hold
     DIR/logs/<process>.log      LOGS        what PEs print, per process
@@ -27,19 +27,32 @@ result. Lists and tuples are both stored as JSON arrays. The directory and
 everything in it is private to the user (0700/0600): results of a shared
 cluster are nobody else's business. Importing this module is cheap: the
 submission side reads results with it.
+
+Every record is read checked (:func:`read_run`, :func:`read_metrics`, :func:`read_spec`,
+:func:`read_marker`, :func:`read_graph`): each field it has is of the type its shape in
+:mod:`d4p_hpc.records` declares, or a :class:`~d4p_hpc.errors.ResultsError` names the file and the field in one line, so
+that no reader meets a field of another type. A sample line that is not one is skipped and
+counted (:func:`read_series`). A pickle part is unpickled only if :mod:`d4p_hpc.trust` allows it,
+else read as plain data; its items are counted without unpickling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-from d4p_hpc.errors import ResultsError, UsageError
+from d4p_hpc import durable, units
+from d4p_hpc.records import (JSON_KINDS, Graph, Marker, Metrics, RunRecord, Sample, SampleHeader, SpecFile,
+                             mismatch)
+from d4p_hpc.trust import COPY, DataUnpickler, NotData, open_checked, open_regular, scan_pickles
+from d4p_hpc.errors import ResultsError, UntrustedFileError, UsageError
 
 
 class Layout:
@@ -79,8 +92,11 @@ class Layout:
     SEGMENTS = "segments"
     ARCHIVED = (SUBMITTED, STARTED, FINISHED, LOCAL)
     SUCCESSOR = "successor"
-    #: what a job puts into its results directory before the run starts
-    JOB_FILES = frozenset({SCRIPT, SPEC, STATE, STDOUT, STDERR, REDIS, LOGS})
+    #: the lock its one writer holds (see :func:`d4p_hpc.durable.lock`)
+    LOCK = durable.LOCK
+    #: what a job puts into its results directory before the run starts (and the lock a run takes
+    #: before it checks that the directory holds no other run)
+    JOB_FILES = frozenset({SCRIPT, SPEC, STATE, STDOUT, STDERR, REDIS, LOGS, LOCK})
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -142,115 +158,6 @@ class Layout:
         return self.state / self.SEGMENTS
 
 
-class RunError(TypedDict):
-    """``run.json``'s ``error``: the PE that raised (None: the run itself failed) and where."""
-
-    pe: str | None
-    process: int | None
-    traceback: str
-
-
-class Segment(TypedDict, total=False):
-    """What ``run.json`` keeps of each earlier segment of a resumed run."""
-
-    job_id: str | None
-    started: str
-    ended: str | None
-    state: str
-    exit_code: int | None
-    items: int | None
-    wall_seconds: float | None
-    resumed_from: int | None
-
-
-class RunRecord(TypedDict, total=False):
-    """``run.json``: written RUNNING when the run starts, and again with how it ended."""
-
-    graph: str
-    graph_sha256: str | None
-    attr: str | None
-    mapping: str
-    processes: int
-    instances: int
-    inputs: Any
-    notices: list[str]
-    d4p_hpc_version: str
-    #: dispel4py's own names of the PEs, by PE
-    pe_ids: dict[str, str]
-    # who writes it: what tells a run whose processes are gone from a live one (see liveness.run_alive)
-    host: str
-    pid: int
-    pid_token: str | None
-    #: the job it runs in ($D4P_HPC_JOB_ID)
-    job_id: str | None
-    checkpoint_every: float | None
-    checkpoints: bool
-    started: str
-    ended: str | None
-    #: RUNNING, COMPLETED, FAILED, CANCELLED or TIMEOUT
-    state: str
-    exit_code: int | None
-    error: RunError | None
-    segments: list[Segment]
-    resumed_from: int | None
-    wall_seconds: float
-    items: int
-    #: the manifest of the newest complete checkpoint
-    checkpoint: dict | None
-
-
-class InstanceMetrics(TypedDict):
-    """One PE instance in ``metrics.json``."""
-
-    pe: str
-    instance: int
-    process: int
-    items_in: int
-    items_out: int
-    busy_seconds: float
-
-
-class PEMetrics(TypedDict):
-    """One PE in ``metrics.json``: its instances and their sums."""
-
-    instances: list[InstanceMetrics]
-    items_in: int
-    items_out: int
-    busy_seconds: float
-
-
-class ProcessMetrics(TypedDict):
-    """One process in ``metrics.json``."""
-
-    process: int
-    host: str
-    pid: int
-    max_rss_mb: float | None
-    state: str
-
-
-class Metrics(TypedDict, total=False):
-    """``metrics.json``, written when the run ends; the dynamic mappings add the keys after ``process_list``."""
-
-    mapping: str
-    processes: int
-    wall_seconds: float
-    items: int
-    items_per_second: float | None
-    pes: dict[str, PEMetrics]
-    process_list: list[ProcessMetrics]
-    backlog_peak: int
-    backlog_limit: int
-    #: ``[[seconds since the start, workers], ...]`` (dyn_auto_*)
-    pool_size: list[list[float]]
-    pool_max: int
-    autoscale_policy: str
-    workers: int
-    redeliveries: int
-    truncated_parts: int
-    redis_used_memory_peak_mb: float
-
-
 def now() -> str:
     """The current time as ISO 8601 with the local offset."""
     return _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
@@ -305,8 +212,8 @@ def check_new(results: str | os.PathLike) -> None:
 
 def write_bytes(path: str | os.PathLike, data: bytes, sync: bool = False) -> None:
     """Write ``data`` atomically (readers never see half a file), mode 0600, through a temporary file
-    and a rename; missing parent directories are made, private. ``sync``: on disk before the rename
-    (a checkpoint must survive the node)."""
+    and a rename; missing parent directories are made, private. ``sync``: durable when this returns
+    (a checkpoint must survive the node; see :func:`d4p_hpc.durable.write_file`)."""
     path = Path(path)
     missing, parent = [], path.parent
     while not parent.is_dir():
@@ -314,18 +221,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, sync: bool = False) -> Non
         parent = parent.parent
     for parent in reversed(missing):
         make_private_dir(parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
-        raise
+    durable.write_file(path, data, sync)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -333,8 +229,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
-_JSON_KINDS = {dict: "a JSON object", list: "a JSON array", str: "a JSON string", int: "a JSON number",
-               float: "a JSON number", bool: "true or false", type(None): "null"}
+_MOVE_AWAY = "move it away to read the rest of the directory"
 
 
 def read_json(path: str | os.PathLike, kind: type | None = None) -> Any:
@@ -349,25 +244,46 @@ def read_json(path: str | os.PathLike, kind: type | None = None) -> Any:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ResultsError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:  # JSON and UTF-8 errors
-        raise ResultsError(f"{path} is not valid JSON ({exc}): it was cut short or changed by hand; "
-                           "move it away to read the rest of the directory") from None
+        raise ResultsError(f"cannot read {path}: {exc.strerror}; {_MOVE_AWAY}") from None
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; arrays nested beyond measure
+        raise ResultsError(f"{path} is not valid JSON ({str(exc)[:80]}): it was cut short or changed by hand; "
+                           f"{_MOVE_AWAY}") from None
     if kind is not None and not isinstance(data, kind):
-        raise ResultsError(f"{path} holds {_JSON_KINDS.get(type(data), type(data).__name__)}, not "
-                           f"{_JSON_KINDS[kind]}: it was changed by hand; move it away to read the rest of "
-                           "the directory")
+        raise ResultsError(f"{path} holds {JSON_KINDS.get(type(data), type(data).__name__)}, not "
+                           f"{JSON_KINDS[kind]}: it was changed by hand; {_MOVE_AWAY}")
+    return data
+
+
+def read_record(path: str | os.PathLike, shape: Any) -> Any:
+    """The JSON object in ``path``, checked against the TypedDict ``shape``: every field it has is
+    of its declared type, every required one is there (more fields are allowed: a newer version
+    may add some); None if the file does not exist. Anything else raises
+    :class:`~d4p_hpc.errors.ResultsError`, whose one line names the file and the field."""
+    data = read_json(path, dict)
+    if data is not None and (wrong := mismatch(data, shape)) is not None:
+        raise ResultsError(f"{path}: {wrong}: the file was changed by hand or written by another version; "
+                           f"{_MOVE_AWAY}")
     return data
 
 
 def read_run(results: str | os.PathLike) -> RunRecord | None:
     """The run record (``run.json``) of a results directory, or None."""
-    return read_json(Layout(results).run, dict)
+    return read_record(Layout(results).run, RunRecord)
 
 
 def read_metrics(results: str | os.PathLike) -> Metrics | None:
     """The metrics (``metrics.json``) of a results directory, or None."""
-    return read_json(Layout(results).metrics, dict)
+    return read_record(Layout(results).metrics, Metrics)
+
+
+def read_spec(results: str | os.PathLike) -> SpecFile | None:
+    """A job's ``spec.json``, or None (a ``d4p-hpc run``, or a job sent with plain sbatch/qsub)."""
+    return read_record(Layout(results).spec, SpecFile)
+
+
+def read_marker(path: str | os.PathLike) -> Marker | None:
+    """A state marker (``Layout(DIR).marker(name)``, or one archived with a segment), or None."""
+    return read_record(path, Marker)
 
 
 def output_dir(results: str | os.PathLike, pe: str, output: str) -> Path:
@@ -389,15 +305,19 @@ def list_outputs(results: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 def output_items(results: str | os.PathLike, pe: str, output: str) -> Iterator[Any]:
-    """Yield every stored item of ``pe.output`` (JSON parts first, then pickle parts)."""
+    """Yield every stored item of ``pe.output`` (JSON parts first, then pickle parts).
+
+    A pickle part is unpickled only if it passes the trust check (:mod:`d4p_hpc.trust`); the part
+    of another user (or one in a directory others can write) is read as plain data, and an item
+    that is not plain data is refused in one line."""
     d = output_dir(results, pe, output)
     for part in sorted(d.glob("part-*.jsonl")):
-        with open(part, encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, 1):
+        with _opened(part, open_regular) as raw:
+            for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), 1):
                 if line.strip():
                     try:
                         item = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise ResultsError(f"{part} line {number} is not valid JSON: the part was cut short "
                                            "(a full disk?) or changed; the items before it are intact") from None
                     yield item
@@ -406,16 +326,39 @@ def output_items(results: str | os.PathLike, pe: str, output: str) -> Iterator[A
 
 
 def _pickled(part: Path) -> Iterator[Any]:
-    with open(part, "rb") as fh:
+    with _opened(part, open_checked) as (fh, refused):
+        number = 0
         while True:
             try:
-                item = pickle.load(fh)
+                # one unpickler an item: each pickle has its own memo
+                item = pickle.Unpickler(fh).load() if refused is None else DataUnpickler(fh).load()
             except EOFError:
                 return
-            except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as exc:
-                raise ResultsError(f"{part} cannot be read past byte {fh.tell()}: {exc} (cut short, or "
-                                   "it needs a module this Python lacks)") from None
+            except NotData as exc:
+                assert refused is not None
+                raise UntrustedFileError(
+                    f"{part}: item {number + 1} names {exc.what}, not plain data, and d4p-hpc reads only plain data "
+                    f"from a file that {refused.why}: ask its owner to export the output (d4p-hpc results DIR "
+                    f"--export PE.OUTPUT FILE writes JSON lines), or {COPY}") from None
+            except Exception as exc:  # a part cut short or changed: anything may be raised
+                raise ResultsError(f"{part} cannot be read past item {number} (byte {fh.tell()}): "
+                                   f"{type(exc).__name__}: {str(exc)[:80]} (cut short, or it needs a module this "
+                                   "Python lacks)") from None
+            number += 1
             yield item
+
+
+@contextlib.contextmanager
+def _opened(part: Path, how: Callable[[Path, str], Any]) -> Iterator[Any]:
+    """``how(part, "output part")``, closed after; a part that cannot be opened is one error line."""
+    try:
+        opened = how(part, "output part")
+    except OSError as exc:
+        raise ResultsError(f"cannot read {part}: {exc.strerror}") from None
+    try:
+        yield opened
+    finally:
+        (opened[0] if isinstance(opened, tuple) else opened).close()
 
 
 def iter_outputs(results: str | os.PathLike) -> dict[tuple[str, str], Iterator[Any]]:
@@ -424,58 +367,102 @@ def iter_outputs(results: str | os.PathLike) -> dict[tuple[str, str], Iterator[A
 
 
 def count_items(results: str | os.PathLike, pe: str, output: str) -> int:
-    """Number of stored items of ``pe.output``, without unpickling JSON lines."""
+    """Number of stored items of ``pe.output``, read without parsing JSON or unpickling anything
+    (whoever wrote the parts: see :func:`d4p_hpc.trust.scan_pickles`)."""
     d = output_dir(results, pe, output)
     n = 0
     for part in d.glob("part-*.jsonl"):
-        with open(part, "rb") as fh:
+        with _opened(part, open_regular) as fh:
             n += sum(1 for line in fh if line.strip())
     for part in d.glob("part-*.pickle"):
-        n += sum(1 for _ in _pickled(part))
+        with _opened(part, open_regular) as fh:
+            count, end = scan_pickles(fh)
+            size = os.fstat(fh.fileno()).st_size
+        if end < size:
+            raise ResultsError(f"{part} cannot be read past item {count} (byte {end} of {size}): the part was cut "
+                               "short (a full disk?) or changed; the items before it are intact")
+        n += count
     return n
 
 
 # --- the samples of a run (format: d4p_hpc.mappings.runtime.sampler) -----------------------------
 def last_sample(path: Path) -> dict | None:
-    """The newest complete sample of one process's file (reads only its end)."""
-    with open(path, "rb") as fh:
-        fh.seek(max(0, fh.seek(0, 2) - 65536))
-        lines = fh.read().splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:  # cut by the seek, or still being written
-            continue
-        if "i" in record:
-            return record
-    return None
+    """The newest sample of one process's file (reads only its end); None if it has none yet, or
+    cannot be read (the progress line does without)."""
+    try:
+        with open_regular(path, "sample file") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 65536))
+            lines = fh.read().splitlines()
+    except (OSError, UntrustedFileError):
+        return None
+    return next((record for record in map(_sample, reversed(lines)) if record is not None), None)
 
 
 def last_samples(results: str | os.PathLike) -> dict[int, dict]:
     """The newest sample of every process of the run in ``results``, by process."""
     found = {}
-    for path in sorted(Layout(results).timeseries.glob("*.jsonl")):
+    for proc, path in _sample_files(results):
         record = last_sample(path)
         if record is not None:
-            found[int(path.stem)] = record
+            found[proc] = record
     return found
 
 
-def read_series(results: str | os.PathLike) -> dict[int, tuple[dict, list[dict]]]:
-    """Every process's header and samples, by process."""
+def read_series(results: str | os.PathLike, skipped: list[str] | None = None) -> dict[int, tuple[dict, list[dict]]]:
+    """Every process's header and samples, by process.
+
+    A line that is not a sample (changed by hand, or cut short by a crash) is left out and counted
+    in a one-line note appended to ``skipped``; the last line, which the process may still be
+    writing, is left out silently. A file that cannot be read is left out with a note."""
     found = {}
-    for path in sorted(Layout(results).timeseries.glob("*.jsonl")):
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-        if records:
-            found[int(path.stem)] = (records[0], [r for r in records if "i" in r])
+    for proc, path in _sample_files(results):
+        try:
+            with open_regular(path, "sample file") as fh:
+                lines = fh.read().splitlines()
+        except (OSError, UntrustedFileError) as exc:
+            if skipped is not None:
+                skipped.append(f"{path}: {getattr(exc, 'strerror', None) or exc}; left out")
+            continue
+        head: dict | None = None
+        samples, bad = [], 0
+        for number, line in enumerate(lines, 1):
+            if (sample := _sample(line)) is not None:
+                samples.append(sample)
+            elif (header := _header(line)) is not None:
+                head = head or header
+            elif number < len(lines):
+                bad += 1
+        if bad and skipped is not None:
+            skipped.append(f"{path}: {units.plural(bad, 'line')} of {len(lines)} skipped: not samples (changed by "
+                           "hand, or cut short by a crash)")
+        if head is not None or samples:
+            found[proc] = (head or {}, samples)
     return found
+
+
+def _sample_files(results: str | os.PathLike) -> list[tuple[int, Path]]:
+    return [(int(path.stem), path) for path in sorted(Layout(results).timeseries.glob("*.jsonl"))
+            if path.stem.isdigit()]
+
+
+def _sample(line: bytes | str) -> dict | None:
+    record = _json_line(line)
+    return record if isinstance(record, dict) and "i" in record and mismatch(record, Sample) is None else None
+
+
+def _header(line: bytes | str) -> dict | None:
+    record = _json_line(line)
+    return record if isinstance(record, dict) and "i" not in record and mismatch(record, SampleHeader) is None \
+        else None
+
+
+def _json_line(line: bytes | str) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # cut by a seek or a crash, still being written, not UTF-8
+        return None
 
 
 def read_graph(results: str | os.PathLike) -> dict:
     """``timeseries/graph.json`` ({} before process 0 has written it)."""
-    return read_json(Layout(results).graph) or {}
+    return read_record(Layout(results).graph, Graph) or {}

@@ -1,4 +1,4 @@
-"""Units and clocks: the one reader and writer of sizes, durations and times.
+"""Units and clocks: the one reader and writer of sizes, durations, times and counted nouns.
 
 What a user writes in a job spec (walltimes ``MM``, ``HH:MM:SS``, ``D-HH:MM:SS``; memory
 ``4G``, ``500M``) is read strictly, and anything else is refused with a
@@ -73,3 +73,11 @@ def epoch(stamp: str | None) -> float | None:
         return datetime.datetime.fromisoformat(stamp).timestamp() if stamp else None
     except (TypeError, ValueError):
         return None
+
+
+def plural(n: int, word: str, number: bool = True) -> str:
+    """``n`` and ``word``, the word made plural unless ``n`` is 1: ``1 process``, ``2 processes``,
+    ``1,024 instances``; without ``number`` the word alone (``ranks`` in ``ranks 1-7``)."""
+    if n != 1:
+        word += "es" if word.endswith(("s", "sh", "ch", "x")) else "s"
+    return f"{n:,} {word}" if number else word

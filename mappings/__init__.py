@@ -23,18 +23,110 @@ and, optionally,
 
 Nothing else is looked up on a module: the CLI and the job scripts know a mapping only
 through this table and those four names.
+
+What a mapping needs where it runs (mpi4py and an MPI launcher; redis-py and ``redis-server``)
+is declared here too, as :class:`Need` s in its table entry, and :meth:`Mapping.check` looks for
+them without importing them: ``d4p-hpc run`` (and ``--check``) before anything starts, and so
+``submit``/``render``, which run ``d4p-hpc run --check`` in the job's own environment
+(:mod:`d4p_hpc.submission.precheck`). The program that starts a job's ranks or workers is the
+launch plan's (``srun`` on Slurm): that check is told it with :data:`LAUNCHER_ENV`.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from d4p_hpc.errors import UnknownMappingError
+from d4p_hpc.errors import UnknownMappingError, UsageError
+from d4p_hpc.supervisor import inside_mpi_world
+
+#: set by a job's check script (``templates/common/check.sh.j2``) to the program its launch plan
+#: starts the ranks or workers with (empty: it forks them, or starts none); unset, a run needs
+#: what it starts itself: ``mpiexec`` (mpi outside an MPI world), nothing else
+LAUNCHER_ENV = "D4P_HPC_CHECK_LAUNCHER"
+
+
+class MissingNeedError(UsageError):
+    """A mapping needs a Python package or a program that is not there."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """Something a mapping needs where it runs: a Python package or a program, and how to get it.
+
+    Attributes
+    ----------
+    what
+        How messages name it.
+    install
+        What to do when it is missing.
+    module
+        The package the run's interpreter must find (looked up, not imported: importing mpi4py
+        initialises MPI).
+    programs
+        Or: the programs, one of which must be on PATH.
+    option, env
+        The run option, then the environment variable, that name the program instead.
+    unless
+        Run options that make it unneeded (``--redis URL``: no redis-server of our own).
+    launcher
+        It is the program that starts the ranks or workers: a job's check names it (:data:`LAUNCHER_ENV`).
+    """
+
+    what: str
+    install: str
+    module: str | None = None
+    programs: tuple[str, ...] = ()
+    option: str | None = None
+    env: str | None = None
+    unless: tuple[str, ...] = ()
+    launcher: bool = False
+
+    def missing(self, options: dict[str, Any]) -> str | None:
+        """Why it is not there (None: it is), given the run's options."""
+        if any(options.get(name) for name in self.unless):
+            return None
+        if self.module is not None:
+            try:
+                found = importlib.util.find_spec(self.module) is not None
+            except (ImportError, ValueError):  # a broken install
+                found = False
+            return None if found else f"which {sys.executable} cannot import"
+        given = (options.get(self.option) if self.option else None) or (os.environ.get(self.env) if self.env else None)
+        if given:
+            return None if shutil.which(given) else f"and {given} is not found"
+        return None if any(shutil.which(p) for p in self.programs) else "which is not on PATH"
+
+    def for_run(self, chosen: str | None) -> Need | None:
+        """This need as the run at hand has it (None: not needed): a launcher is the one ``chosen``
+        (empty: none; None: the run starts its own, if it has :attr:`programs`)."""
+        if not self.launcher:
+            return self
+        if chosen is None:
+            return self if self.programs else None
+        return Need(chosen, LAUNCHERS.get(chosen, f"install {chosen}, or choose another --launcher"),
+                    programs=(chosen,), launcher=True) if chosen else None
+
+
+MPI4PY = Need("mpi4py", "pip install 'd4p-hpc[mpi]' (or pip install mpi4py; it builds against an MPI library: "
+                        "apt install libopenmpi-dev, or load your cluster's MPI module first)", module="mpi4py")
+MPI_LAUNCHER = Need("an MPI launcher (mpiexec or mpirun)",
+                    "apt install openmpi-bin, or load your cluster's MPI module", programs=("mpiexec", "mpirun"),
+                    launcher=True)
+#: the Redis mappings' workers: forked by the run itself, unless a job starts them (srun, mpiexec)
+WORKER_LAUNCHER = Need("a launcher", "", launcher=True)
+REDIS_PY = Need("redis-py", "pip install 'd4p-hpc[redis]' (or pip install redis)", module="redis")
+REDIS_BINARY = Need("redis-server", "apt install redis-server or conda install redis, or give its path with "
+                                    "--redis-server PATH or $D4P_HPC_REDIS_SERVER", programs=("redis-server",),
+                    option="redis_server", env="D4P_HPC_REDIS_SERVER", unless=("redis_url", "redis_connection"))
+#: how to get each program a job may start its ranks or workers with
+LAUNCHERS = {"srun": "it comes with Slurm: submit from a login node of the cluster, or choose --launcher mpiexec",
+             "mpiexec": MPI_LAUNCHER.install}
 
 
 @dataclass(frozen=True)
@@ -50,6 +142,8 @@ class Mapping:
     #: how its checkpoints keep PE states: by "instance" (placed instances), or by "worker" (the
     #: copies each worker of a dynamic mapping has); states move only between mappings of one kind
     states: str = "worker"
+    #: what it needs where it runs (see :meth:`check`)
+    needs: tuple[Need, ...] = ()
 
     def load(self) -> ModuleType:
         """Import the module that runs it (mpi4py or redis come with it)."""
@@ -62,6 +156,21 @@ class Mapping:
         if chosen is not None:
             return chosen
         return (requested or os.cpu_count() or 1) if self.forks else 1
+
+    def check(self, options: dict[str, Any]) -> None:
+        """Raise :class:`MissingNeedError` naming the first of its :attr:`needs` missing here, and how to get it.
+
+        ``options`` are the run's (``redis_url``, ``redis_server``, ...). A launcher is needed only
+        outside an MPI world (inside one, it has started this process), and in a job's check it is
+        the one :data:`LAUNCHER_ENV` names.
+        """
+        chosen = "" if inside_mpi_world() else os.environ.get(LAUNCHER_ENV)
+        for need in self.needs:
+            here = need.for_run(chosen)
+            why = here.missing(options) if here is not None else None
+            if here is not None and why is not None:
+                role = f" to start its {'ranks' if self.launch == 'mpi' else 'workers'}" if here.launcher else ""
+                raise MissingNeedError(f"the {self.name} mapping needs {here.what}{role}, {why}: {here.install}")
 
     def validate(self, plan: Any) -> None:
         hook = getattr(self.load(), "validate", None)
@@ -82,12 +191,12 @@ REDIS_WORKER = "d4p_hpc.mappings.redis.worker"
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
     Mapping("simple", "static.simple", "single", forks=False, states="instance"),
     Mapping("multi", "static.multi", "single", states="instance"),
-    Mapping("mpi", "static.mpi", "mpi", states="instance"),
+    Mapping("mpi", "static.mpi", "mpi", states="instance", needs=(MPI4PY, MPI_LAUNCHER)),
     Mapping("dyn_multi", "dynamic.dyn_multi", "single"),
     Mapping("dyn_auto_multi", "dynamic.dyn_multi", "single"),
-    Mapping("dyn_redis", "redis.dyn_redis", "redis"),
-    Mapping("dyn_auto_redis", "redis.dyn_redis", "redis"),
-    Mapping("hybrid_redis", "redis.hybrid_redis", "redis"),
+    *(Mapping(name, module, "redis", needs=(REDIS_PY, REDIS_BINARY, WORKER_LAUNCHER)) for name, module in (
+        ("dyn_redis", "redis.dyn_redis"), ("dyn_auto_redis", "redis.dyn_redis"),
+        ("hybrid_redis", "redis.hybrid_redis"))),
 )}
 
 

@@ -2,6 +2,9 @@
 
 The helpers the tests import live in the ``tests/helpers/`` package. ``pytest --update-golden``
 rewrites the golden job scripts in ``tests/golden/`` instead of comparing against them.
+
+Under pytest-xdist (``.ci/test`` runs ``-n 4 --dist loadgroup``) the tests of one test cluster
+run one after another on one worker.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ from helpers.runs import WHERE_GRAPH, FakeInterpreter
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite tests/golden/<scheduler>/<mapping>.sh from the templates")
+
+
+def pytest_itemcollected(item):
+    """The tests of one cluster run one after another, on one xdist worker: a test's blocker job
+    holds every node, and the long runs fill the Slurm cluster for minutes."""
+    for cluster in ("slurm", "pbs"):
+        if item.get_closest_marker(cluster):
+            item.add_marker(pytest.mark.xdist_group(cluster))
 
 
 @pytest.hookimpl(trylast=True)

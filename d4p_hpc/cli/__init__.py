@@ -1,4 +1,5 @@
-"""The ``d4p-hpc`` command group, and the module each of its commands lives in.
+"""The ``d4p-hpc`` command group, the module each of its commands lives in, how they all say a
+plan's notices, and the hint for dispel4py's word order (``dispel4py simple g.py``).
 
 A command's module is imported only when that command runs (or prints its own help), so each
 module imports what it needs at its top and ``d4p-hpc --help`` loads none of them.
@@ -10,6 +11,7 @@ usage (nothing ran); a run stopped by a signal exits 128 + signal.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 
 import click
 from click.utils import make_default_short_help
@@ -51,6 +53,15 @@ class _LazyGroup(Command, click.Group):
             self.add_command(getattr(importlib.import_module(f"{__name__}.{module}"), name), cmd_name)
         return super().get_command(ctx, cmd_name)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            hint = word_order(args)
+            if hint is None:
+                raise
+            raise click.UsageError(hint, ctx) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List the commands as click would (each help cut to its first sentence), from the table."""
         names = self.list_commands(ctx)
@@ -63,3 +74,24 @@ class _LazyGroup(Command, click.Group):
 @click.version_option(__version__, prog_name="d4p-hpc")
 def main() -> None:
     """Run dispel4py workflows locally or as Slurm/PBS jobs."""
+
+
+def notices(lines: Iterable[str]) -> None:
+    """The plan's notices (an instance count scaled down, processes shared), one ``notice:`` line
+    each on stderr: ``run`` and ``run --check`` (whose lines ``submit`` relays), ``submit --wait``."""
+    for line in lines:
+        click.echo(f"notice: {line}", err=True)
+
+
+def word_order(words: list[str]) -> str | None:
+    """For ``d4p-hpc [run] simple g.py ...`` (``words`` after the command), an error message
+    saying ``d4p-hpc run g.py -m simple ...``; None if no mapping name comes before a graph."""
+    from d4p_hpc.mappings import MAPPINGS
+
+    for k, word in enumerate(words[:-1]):
+        given_as_option = k > 0 and words[k - 1] in ("-m", "--mapping")
+        if word in MAPPINGS and not given_as_option and not words[k + 1].startswith("-"):
+            rest = words[:k] + words[k + 1:]
+            command = " ".join(["d4p-hpc", "run", *rest[:k + 1], "-m", word, *rest[k + 1:]])
+            return f"the graph comes first, then -m MAPPING: did you mean `{command}`?"
+    return None

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from d4p_hpc import schedulers
-from d4p_hpc.cli import show
+from d4p_hpc.cli import notices, show
 from d4p_hpc.cli.common import PROFILE_HELP, find, root, root_options
 from d4p_hpc.errors import UsageError
 from d4p_hpc.jobs import state
@@ -26,7 +26,7 @@ from d4p_hpc.submission import config, precheck
 from d4p_hpc.submission.render import check_syntax, render_script
 from d4p_hpc.submission.spec import FIELDS, JobSpec, field_type
 from d4p_hpc.submission.submit import check_files, submit
-from d4p_hpc.units import clock
+from d4p_hpc.units import clock, plural
 
 WATCH_SECONDS = 2.0
 
@@ -51,14 +51,14 @@ _no_check = click.option("--no-check", is_flag=True,
                          help="Do not load the graph here (for a graph that only loads on the compute nodes).")
 
 
-def _build(graph: str, profile: str | None, options: dict) -> tuple[JobSpec, config.Resolved]:
+def _build(graph: str, profile: str | None, options: dict) -> tuple[JobSpec, config.Resolved, list[str]]:
+    """The job's spec and where its values came from, checked; and the notices of its plan."""
     no_check = options.pop("no_check")
     values = {k: v for k, v in options.items() if v is not None and v != ()}
     resolved = config.resolve({**values, "graph": graph}, profile=profile)
     spec = resolved.spec()
     check_files(spec)
-    precheck.check(spec, graph=not no_check)
-    return spec, resolved
+    return spec, resolved, precheck.check(spec, graph=not no_check, sources=resolved.sources)
 
 
 def _make_root(directory: str) -> None:
@@ -73,8 +73,9 @@ def _describe(spec: JobSpec, sources: dict) -> str:
     """One line on the job's size, with a loud note when the walltime is nobody's choice."""
     origin = "" if sources.get("walltime") != config.BUILT_IN else \
         " (built-in default: set --time or walltime in a profile)"
-    return (f"{spec.scheduler} job {spec.job_name}: mapping {spec.mapping}, {spec.nodes} node(s) x "
-            f"{spec.tasks_per_node} task(s) x {spec.cpus_per_task} CPU(s), walltime "
+    return (f"{spec.scheduler}{config.scheduler_origin(spec.scheduler, sources)} job {spec.job_name}: "
+            f"mapping {spec.mapping}, {plural(spec.nodes, 'node')} x "
+            f"{plural(spec.tasks_per_node, 'task')} x {plural(spec.cpus_per_task, 'CPU')}, walltime "
             f"{clock(spec.walltime_seconds)}{origin}")
 
 
@@ -85,9 +86,10 @@ def _describe(spec: JobSpec, sources: dict) -> str:
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end, showing its progress.")
 def submit_(graph, profile, dry_run, wait_, **options):
     """Submit GRAPH as a batch job; print its job id and results directory."""
-    spec, resolved = _build(graph, profile, options)
+    spec, resolved, plan_notices = _build(graph, profile, options)
     script = render_script(spec, resolved.sources)
     click.echo(_describe(spec, resolved.sources), err=True)
+    notices(plan_notices)
     if warning := signal_warning(spec):
         click.echo(f"warning: {warning}", err=True)
     if dry_run:
@@ -96,7 +98,7 @@ def submit_(graph, profile, dry_run, wait_, **options):
     job_id, directory = submit(spec, script, resolved.sources)
     click.echo(f"job {job_id}\nresults {directory}")
     if wait_:
-        show.follow(state.open_job(directory))
+        show.follow(state.open_job(directory), said=plan_notices)
 
 
 @click.command()
@@ -105,51 +107,68 @@ def submit_(graph, profile, dry_run, wait_, **options):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the script here [default: stdout].")
 def render(graph, profile, output, **options):
     """Write the job script of GRAPH, to submit by hand (sbatch job.sh / qsub job.sh)."""
-    spec, resolved = _build(graph, profile, options)
+    spec, resolved, plan_notices = _build(graph, profile, options)
     script = render_script(spec, resolved.sources)
     check_syntax(script)
+    notices(plan_notices)
+    if output is not None:  # first: a script that cannot be written leaves no results root behind
+        try:
+            Path(output).write_text(script)
+            Path(output).chmod(0o755)
+        except OSError as exc:
+            raise UsageError(f"cannot write the job script to {output}: {exc.strerror}; give -o a writable "
+                             "path") from None
     # the scheduler opens its log files in the results root before the job starts
     _make_root(spec.results_root)
     if output is None:
         click.echo(script, nl=False)
         return
-    try:
-        Path(output).write_text(script)
-        Path(output).chmod(0o755)
-    except OSError as exc:
-        raise UsageError(f"cannot write the job script to {output}: {exc.strerror}; give -o a writable path") from None
     click.echo(f"{_describe(spec, resolved.sources)}\nwrote {output}", err=True)
+
+
+_wide = click.option("-l", "--wide", is_flag=True, help="Whole reasons, and each job's directory.")
 
 
 @click.command()
 @click.argument("job", nargs=-1)
 @click.option("--watch", is_flag=True, help=f"Refresh the table every {WATCH_SECONDS:g} s until every job shown "
-                                            "has ended (Ctrl-C stops).")
+                                            "has ended (Ctrl-C stops watching; the jobs go on).")
+@_wide
 @root_options
-def status(job, watch, results_root, profile):
+def status(job: tuple[str, ...], watch: bool, wide: bool, results_root: str | None, profile: str | None) -> None:
     """State of JOBs (ids or results directories); without JOB, of the unfinished jobs."""
     under = root(results_root, profile)
     selected = [state.find(j, under) for j in job] or \
-        [j for j in state.list_jobs(under) if j.marker("finished") is None]
-    while True:
-        current = state.status(selected)
-        if watch and sys.stdout.isatty():
-            click.echo("\033[H\033[J", nl=False)  # redraw the table in place
-        show.table(current)
-        show.segments(current)
-        if not watch or all(s.terminal for s in current):
-            return
-        time.sleep(WATCH_SECONDS)
-        if not sys.stdout.isatty():
-            click.echo()
+        state.unfinished(state.list_jobs(under))
+    current: list[state.JobStatus] = []
+    try:
+        while True:
+            current = state.status(selected)
+            if watch and sys.stdout.isatty():
+                click.echo("\033[H\033[J", nl=False)  # redraw the table in place
+            show.table(current, wide)
+            show.segments(current)
+            if not watch or all(s.terminal for s in current):
+                return
+            time.sleep(WATCH_SECONDS)
+            if not sys.stdout.isatty():
+                click.echo()
+    except KeyboardInterrupt:
+        going = [s for s in current if not s.terminal]
+        if len(going) == 1:
+            show.interrupted(going[0], going[0].job, "watching")
+        click.echo("stopped watching" + (f"; {plural(len(going), 'job')} still queued or running: d4p-hpc cancel "
+                                         "ID stops one" if going else ""), err=True)
+        raise click.exceptions.Exit(show.INTERRUPTED) from None
 
 
 @click.command(name="list")
+@_wide
 @root_options
-def list_(results_root: str | None, profile: str | None) -> None:
+def list_(wide: bool, results_root: str | None, profile: str | None) -> None:
     """All jobs under the results root, oldest first."""
     unreadable: list[str] = []
-    show.table(state.status(state.list_jobs(root(results_root, profile), unreadable)))
+    show.table(state.status(state.list_jobs(root(results_root, profile), unreadable)), wide)
     for reason in unreadable:
         click.echo(f"warning: {reason}", err=True)
 
@@ -167,20 +186,25 @@ def logs(job: str, follow: bool, results_root: str | None, profile: str | None) 
         path: f"{schedulers.scheduler_class(found.scheduler).title} {what}" for path, what in
         zip(schedulers.get(found.scheduler).log_files(found.directory, found.job_id), ("stdout", "stderr"),
             strict=True)}
-    while True:
-        ended = not follow or state.status([found])[0].terminal
-        for path in state.log_files(found):
-            if path in expected and not path.is_file():
-                click.echo(f"(no {expected.pop(path)}{'' if ended else ' yet'}: {path})")
-            if path.is_file() and path.stat().st_size > offsets.get(path, 0):
-                with open(path, errors="replace") as fh:
-                    fh.seek(offsets.get(path, 0))
-                    text = fh.read()
-                    offsets[path] = fh.tell()
-                click.echo(f"==> {path} <==\n{text}", nl=not text or not text.endswith("\n"))
-        if ended:
-            return
-        time.sleep(1.0)
+    current: list[state.JobStatus] = []
+    try:
+        while True:
+            current = state.status([found]) if follow else []
+            ended = not current or current[0].terminal
+            for path in state.log_files(found):
+                if path in expected and not path.is_file():
+                    click.echo(f"(no {expected.pop(path)}{'' if ended else ' yet'}: {path})")
+                if path.is_file() and path.stat().st_size > offsets.get(path, 0):
+                    with open(path, errors="replace") as fh:
+                        fh.seek(offsets.get(path, 0))
+                        text = fh.read()
+                        offsets[path] = fh.tell()
+                    click.echo(f"==> {path} <==\n{text}", nl=not text or not text.endswith("\n"))
+            if ended:
+                return
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        show.interrupted(current[0] if current else None, found, "following the logs of")
 
 
 @click.command()

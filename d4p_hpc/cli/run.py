@@ -8,18 +8,38 @@ from pathlib import Path
 
 import click
 
-from d4p_hpc import mappings
-from d4p_hpc.errors import UsageError
+from d4p_hpc import mappings, settings
+from d4p_hpc.cli import notices, word_order
+from d4p_hpc.errors import Command, UsageError
 from d4p_hpc.jobs import progress
 from d4p_hpc.mappings.runtime.prepare import prepare
 from d4p_hpc.results import Layout, check_new, count_items, list_outputs, read_metrics
+from d4p_hpc.submission import config
 from d4p_hpc.supervisor import inside_mpi_world
+from d4p_hpc.units import plural
 from d4p_hpc.workflow.loader import default_results, parse_inputs
 
 _NAMES = list(mappings.MAPPINGS)
+#: a failure's traceback longer than this is not printed, only its last line (a RecursionError's
+#: has thousands): the whole of it is in run.json and the process's log
+TRACEBACK_LINES = 60
 
 
-@click.command()
+class _RunCommand(Command):
+    """``run``, which knows dispel4py's word order (``dispel4py simple g.py``) and says what to type."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        words = list(args)  # click consumes the list it parses
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError:
+            hint = word_order(words)
+            if hint is None:
+                raise
+            raise click.UsageError(hint, ctx) from None
+
+
+@click.command(cls=_RunCommand)
 @click.argument("graph")
 @click.option("-m", "--mapping", default="simple", show_default=True,
               help=f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]}.")
@@ -30,7 +50,8 @@ _NAMES = list(mappings.MAPPINGS)
 @click.option("-d", "--data", help='Inputs as JSON: {"PE": [{"input": ...}, ...]} or {"PE": N}.')
 @click.option("-f", "--file", "data_file", type=click.Path(dir_okay=False), help="Inputs as a JSON file.")
 @click.option("--results", type=click.Path(file_okay=False),
-              help="Results directory [default: ./d4p-results/<graph>-<mapping>-<time>].")
+              help="Results directory [default: <graph>-<mapping>-<time> in the profile's results root, "
+                   "else in ./d4p-results].")
 @click.option("--redis", "redis_url", help="Use this Redis (redis://[:password@]host:port) instead of a per-run one.")
 @click.option("--redis-connection", type=click.Path(dir_okay=False),
               help="Connection file of a running per-job Redis (written by d4p_hpc.mappings.redis.server).")
@@ -38,7 +59,7 @@ _NAMES = list(mappings.MAPPINGS)
               help="Redis mappings: workers are started elsewhere (a job script); start none here.")
 @click.option("--redis-server", "redis_server", help="redis-server binary [default: from PATH].")
 @click.option("--check", is_flag=True, help="Load the graph and check the inputs and mapping; run nothing.")
-@click.option("--checkpoint-every", type=click.FloatRange(min=1), metavar="SECONDS",
+@click.option("--checkpoint-every", type=float, callback=settings.checkpoint_every_option, metavar="SECONDS",
               help="Take a checkpoint every SECONDS (and at the walltime signal), to resume from.")
 @click.option("--checkpoint", "checkpoint_on", is_flag=True,
               help="Take a checkpoint at the walltime signal (SIGUSR1) before stopping.")
@@ -56,18 +77,23 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
                "checkpoint_every": checkpoint_every, "checkpoint": checkpoint_on}
     if resume and not results:
         raise UsageError("--resume needs --results DIR: the results directory of the run to continue")
-    results_dir = results or default_results(graph, mapping)
+    results_dir = results or default_results(graph, mapping, config.results_root())
+    settings.check()
     _check_local_processes(chosen, processes, external_workers)
+    chosen.check(options)
     if not check and not resume and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
         check_new(results_dir)
-    ctx = prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume)
+    ctx = prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume, not check)
+    if check or not (inside_mpi_world() or settings.quiet()):
+        # before the run, so that a slow run explains itself (an MPI rank: in rank 0's summary)
+        notices(ctx.plan.notices)
     if check:
-        click.echo(f"ok: {len(ctx.plan.pes)} PEs, {ctx.plan.instances} instances under {mapping} "
-                   f"with {ctx.processes} processes")
+        click.echo(f"ok: {plural(len(ctx.plan.pes), 'PE')}, {plural(ctx.plan.instances, 'instance')} under "
+                   f"{mapping} with {plural(ctx.processes, 'process')}")
         return
     with progress.live(ctx.results):
         record = chosen.run(ctx)
-    if not record.get("secondary") and not os.environ.get("D4P_HPC_QUIET"):
+    if not record.get("secondary") and not settings.quiet():
         _summary(ctx.results, record)
     chosen.exit(record["exit_code"])
 
@@ -78,29 +104,39 @@ def _check_local_processes(chosen: mappings.Mapping, processes: int | None, exte
     if processes is None or not chosen.forks or external or inside_mpi_world():
         return
     cores = os.cpu_count() or 1
-    limit = int(os.environ.get("D4P_HPC_MAX_PROCESSES") or max(16, 4 * cores))
+    limit = settings.max_processes()
     if processes > limit:
-        raise UsageError(f"-n {processes} would start {processes} processes on this host ({cores} cores); the "
-                         f"limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} to allow it, or submit a job "
-                         "(d4p-hpc submit) to use more nodes")
+        raise UsageError(f"-n {processes} would start {processes} processes on this host "
+                         f"({plural(cores, 'core')}); the limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} "
+                         "to allow it, or submit a job (d4p-hpc submit) to use more nodes")
 
 
 def _summary(results_dir: Path, record: dict) -> None:
     """The run's state, rate, failure and outputs, after it ended."""
     metrics = read_metrics(results_dir) or {}
-    for notice in record.get("notices", []) if record["mapping"] != "simple" else []:
-        click.echo(f"notice: {notice}", err=True)
+    if inside_mpi_world():  # the other runs said them at their start
+        notices(record.get("notices", []))
     state = record["state"]
     rate = metrics.get("items_per_second")
-    click.echo(f"{state} in {record.get('wall_seconds', 0):.2f} s: {metrics.get('items', 0)} items"
+    click.echo(f"{state} in {record.get('wall_seconds', 0):.2f} s: {plural(metrics.get('items', 0), 'item')}"
                + (f", {rate:,.0f} items/s" if rate else "")
-               + f" ({record['mapping']}, {record['processes']} processes)")
+               + f" ({record['mapping']}, {plural(record['processes'], 'process')})")
     if record.get("error"):
-        err = record["error"]
-        who = f"PE {err['pe']}" if err.get("pe") else "the run"
-        where = f" (process {err['process']})" if err.get("process") is not None else ""
-        click.echo(f"{who} failed{where}:\n{err.get('traceback', '')}", err=True)
+        click.echo(_failure(record["error"]), err=True)
     click.echo(f"results: {results_dir}")
     for pe, output in list_outputs(results_dir):
-        click.echo(f"  {pe}.{output}: {count_items(results_dir, pe, output)} items")
+        click.echo(f"  {pe}.{output}: {plural(count_items(results_dir, pe, output), 'item')}")
     click.echo(f"logs: {results_dir}/{Layout.LOGS}/")
+
+
+def _failure(error: dict) -> str:
+    """Who failed where, and the traceback: whole, or its last line when it is too long to read."""
+    who = f"PE {error['pe']}" if error.get("pe") else "the run"
+    where = f" (process {error['process']})" if error.get("process") is not None else ""
+    lines = (error.get("traceback") or "").strip().splitlines()
+    if not lines:
+        return f"{who} failed{where}; its log may say why"
+    if len(lines) > TRACEBACK_LINES:
+        return (f"{who} failed{where}: {lines[-1]} (the whole traceback, {plural(len(lines), 'line')}, is in "
+                f"{Layout.RUN} and the logs)")
+    return f"{who} failed{where}:\n" + "\n".join(lines)

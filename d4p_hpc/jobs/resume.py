@@ -11,21 +11,27 @@ and the job's final state is that of its last segment. A link ``<name>-<successo
 the directory lets the successor's id be used as JOB too.
 
 Everything that would make the successor fail at its start is refused first, in one line: a job
-still running or pending, one that COMPLETED, no checkpoint, a graph file or inputs that changed
-since the checkpoint, another mapping (the check is ``d4p-hpc run --check --resume``).
+still running or pending (or a successor already submitted), one that COMPLETED, no checkpoint, a
+graph file or inputs that changed since the checkpoint, another mapping (the check is
+``d4p-hpc run --check --resume``).
+
+One resume at a time: it holds the run directory's lock (:func:`d4p_hpc.durable.lock`) from its
+check to the record of the successor, so two at once give one successor and the other says who
+has the directory. Each step is durable, and a resume killed half way is finished or undone by the
+next one (:func:`_recover`): the archive of a segment is built aside and renamed into place, the
+markers it holds are removed from ``state/`` only then, and the successor is recorded last.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
-from d4p_hpc import units
+from d4p_hpc import durable, units
 from d4p_hpc.errors import ResumeError
 from d4p_hpc.jobs import state as jobs
-from d4p_hpc.results import Layout, now, read_json, read_run, write_json
+from d4p_hpc.results import Layout, make_private_dir, now, read_json, read_run, write_bytes, write_json
 from d4p_hpc.schedulers import RUN
 
 
@@ -46,36 +52,50 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
         raise ResumeError(f"{job.directory} is a `d4p-hpc run`, not a job: continue it with d4p-hpc run GRAPH "
                           f"--results {job.directory} --resume")
     if not from_job:
-        current = jobs.status([job])[0]
-        if not current.terminal:
-            raise ResumeError(f"job {job.job_id} is {current.state}: cancel it first (d4p-hpc cancel {job.job_id}) "
-                              "or wait for it to end")
-        if current.state == "COMPLETED":
-            raise ResumeError(f"job {job.job_id} has COMPLETED: there is nothing to resume")
-    saved = read_json(job.layout.spec, dict) or {}
-    data = dict(saved.get("spec") or {})
-    if not data:
-        raise ResumeError(f"{job.directory} has no {Layout.SPEC}: it was not submitted by d4p-hpc")
-    left = data.get("requeue", 0)
-    if requeue is None:
-        requeue = max(0, left - 1) if from_job else left
-    spec = JobSpec.from_dict({**data, "continues": str(job.directory), "after": job.job_id if from_job else None,
-                              "requeue": requeue})
-    precheck.check(spec)
-    script = render_script(spec, saved.get("sources"))
-    number, archive = _archive(job)
-    try:
-        new_id, _ = submit(spec, script, saved.get("sources"))
-    except BaseException:
-        _unarchive(job, archive)
-        raise
-    if from_job:
-        write_json(archive / Layout.FINISHED, {"time": now(), "epoch": time.time(), "state": "TIMEOUT",
-                                               "exit_code": exit_code,
-                                               "reason": f"walltime: continued by job {new_id}"})
-    write_json(archive / Layout.SUCCESSOR, {"job_id": new_id, "time": now()})
-    _link(job.directory, str(spec.job_name), new_id)
+        _refuse_unfinished(job)  # before the lock: a running job holds it, and this says more
+    with durable.locked(job.directory, durable.RESUME):
+        _recover(job)
+        if not from_job:  # another resume may have submitted a successor since
+            job = jobs.open_job(job.directory)
+            _refuse_unfinished(job)
+        saved = read_json(job.layout.spec, dict) or {}
+        data = dict(saved.get("spec") or {})
+        if not data:
+            raise ResumeError(f"{job.directory} has no {Layout.SPEC}: it was not submitted by d4p-hpc")
+        left = data.get("requeue", 0)
+        if requeue is None:
+            requeue = max(0, left - 1) if from_job else left
+        spec = JobSpec.from_dict({**data, "continues": str(job.directory),
+                                  "after": job.job_id if from_job else None, "requeue": requeue})
+        precheck.check(spec)
+        script = render_script(spec, saved.get("sources"))
+        archive = _archive(job)
+        try:
+            new_id, _ = submit(spec, script, saved.get("sources"))
+        except BaseException:
+            _unarchive(job, archive)
+            raise
+        if from_job:
+            write_json(archive / Layout.FINISHED, {"time": now(), "epoch": time.time(), "state": "TIMEOUT",
+                                                   "exit_code": exit_code,
+                                                   "reason": f"walltime: continued by job {new_id}"})
+        # last: a segment without it is one a killed resume left (see _recover)
+        write_json(archive / Layout.SUCCESSOR, {"job_id": new_id, "time": now()})
+        _link(job.directory, str(spec.job_name), new_id)
     return new_id, signal_warning(spec)
+
+
+def _refuse_unfinished(job: jobs.Job) -> None:
+    """Refuse, in one line, to resume a job that has not ended, or that COMPLETED."""
+    current = jobs.status([job])[0]
+    if not current.terminal:
+        if segments(job):
+            raise ResumeError(f"job {job.job_id} continues this run ({current.state}); see d4p-hpc status "
+                              f"{job.job_id}")
+        raise ResumeError(f"job {job.job_id} is {current.state}: cancel it first (d4p-hpc cancel {job.job_id}) "
+                          "or wait for it to end")
+    if current.state == "COMPLETED":
+        raise ResumeError(f"job {job.job_id} has COMPLETED: there is nothing to resume")
 
 
 def signal_warning(spec) -> str | None:
@@ -96,8 +116,7 @@ def signal_warning(spec) -> str | None:
 def segments(job: jobs.Job) -> list[dict]:
     """The archived segments of ``job``'s run, oldest first: number, job id, state, times, exit code."""
     found = []
-    root = job.layout.segments
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
+    for d in _numbered(job.layout.segments):
         submitted, started, finished = (read_json(d / name, dict) or {}
                                         for name in (Layout.SUBMITTED, Layout.STARTED, Layout.FINISHED))
         found.append({"segment": int(d.name), "job_id": submitted.get("job_id"),
@@ -108,32 +127,63 @@ def segments(job: jobs.Job) -> list[dict]:
     return found
 
 
-def _archive(job: jobs.Job) -> tuple[int, Path]:
-    """Move the job's markers (and copy its scheduler logs) into a new segment directory."""
-    root = job.layout.segments
-    root.mkdir(parents=True, exist_ok=True)
-    number = len([d for d in root.iterdir() if d.name.isdigit()]) + 1
+def _numbered(root: Path) -> list[Path]:
+    """The segment directories under ``root``, oldest first (not one being built)."""
+    return sorted(d for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
+
+
+def _archive(job: jobs.Job) -> Path:
+    """Archive the job's markers (and a copy of its scheduler logs) as the run's next segment: built
+    aside, renamed into place, and only then removed from ``state/`` (the logs emptied)."""
+    root = make_private_dir(job.layout.segments)
+    os.chmod(root, 0o700)  # (earlier versions made it 0755)
+    number = max((int(d.name) for d in _numbered(root)), default=0) + 1
+    building = make_private_dir(root / f".{number:03d}")
+    for src in [job.layout.marker(name) for name in Layout.ARCHIVED] + job.layout.scheduler_logs:
+        if src.exists():
+            write_bytes(building / src.name, src.read_bytes(), sync=True)
     archive = root / f"{number:03d}"
-    archive.mkdir()
+    durable.replace(building, archive)
     for name in Layout.ARCHIVED:
-        if job.layout.marker(name).exists():
-            os.replace(job.layout.marker(name), archive / name)
+        durable.unlink(job.layout.marker(name), missing_ok=True)
     for log in job.layout.scheduler_logs:
         if log.exists():
-            shutil.copy2(log, archive / log.name)
-            os.truncate(log, 0)  # the local scheduler's next job appends to it
-    return number, archive
+            durable.truncate(log, 0)  # (not removed: a job that requeues itself still writes to it)
+    return archive
 
 
 def _unarchive(job: jobs.Job, archive: Path) -> None:
+    """Undo :func:`_archive`: the markers back into ``state/``, the logs' lines before theirs."""
     for name in Layout.ARCHIVED:
         if (archive / name).exists():
-            os.replace(archive / name, job.layout.marker(name))
+            write_bytes(job.layout.marker(name), (archive / name).read_bytes(), sync=True)
     for log in job.layout.scheduler_logs:
-        if (archive / log.name).exists():
-            with open(log, "ab") as out:
-                out.write((archive / log.name).read_bytes())
-    shutil.rmtree(archive, ignore_errors=True)
+        saved = archive / log.name
+        if saved.exists() and (not log.exists() or log.stat().st_size < saved.stat().st_size):
+            write_bytes(log, saved.read_bytes() + (log.read_bytes() if log.exists() else b""), sync=True)
+    durable.remove_tree(archive)
+
+
+def _recover(job: jobs.Job) -> None:
+    """Finish or undo a resume that was killed half way: an archive it was building is removed; a
+    newest segment with no successor recorded is one whose successor was submitted (``state/submitted``
+    names another job: it is recorded now) or was not (the segment goes back into ``state/``)."""
+    root = job.layout.segments
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        if not d.name.isdigit():
+            durable.remove_tree(d)
+    archived = _numbered(root)
+    if not archived or (archived[-1] / Layout.SUCCESSOR).exists():
+        return
+    newest = archived[-1]
+    mine = (read_json(newest / Layout.SUBMITTED, dict) or {}).get("job_id")
+    current = (read_json(job.layout.marker(Layout.SUBMITTED), dict) or {}).get("job_id")
+    if current is not None and current != mine:
+        write_json(newest / Layout.SUCCESSOR, {"job_id": current, "time": now(), "recovered": True})
+    else:
+        _unarchive(job, newest)
 
 
 def _link(directory: Path, name: str, job_id: str) -> None:
@@ -161,10 +211,10 @@ def describe(current: jobs.JobStatus) -> list[str]:
         took = units.clock(s["ended"] - s["started"]) if s["started"] and s["ended"] else "-"
         count = items.get(s["job_id"])
         lines.append(f"segment {s['segment']}: job {s['job_id']} {s['state']} after {took}"
-                     + (f", {count:,} items" if count is not None else "") + f" ({s['reason']})")
+                     + (f", {units.plural(count, 'item')}" if count is not None else "") + f" ({s['reason']})")
     count = items.get(job.job_id) if record.get("job_id") == job.job_id else None
     lines.append(f"segment {len(archived) + 1}: job {job.job_id} {current.state}"
                  + (f" after {units.clock(current.elapsed)}" if current.elapsed is not None else "")
-                 + (f", {count:,} items" if count is not None else ""))
+                 + (f", {units.plural(count, 'item')}" if count is not None else ""))
     return lines
 

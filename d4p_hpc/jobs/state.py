@@ -5,26 +5,32 @@ first thing, ``finished`` (state, exit code, reason) from its exit trap. The
 scheduler is asked only about jobs with no ``finished`` marker, to tell a
 pending job from a running one and to explain a job that died before its trap
 could run (out of memory, node failure, walltime kill). Success is never
-inferred from a job's absence from the scheduler.
+inferred from a job's absence from the scheduler. A marker that cannot be read
+(cut short by a kill, changed by hand, of the wrong shape) counts as absent,
+and the state decided without it says so. A ``d4p-hpc run`` has no markers:
+its ``run.json`` and whether its process lives tell its state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import signal
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
 from d4p_hpc import liveness, schedulers, units
 from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError
-from d4p_hpc.results import Layout, RunRecord, read_json, read_run, write_json
+from d4p_hpc.records import Ended, Marker, RunRecord, SpecFields
+from d4p_hpc.results import Layout, read_marker, read_run, read_spec, write_json
 from d4p_hpc.schedulers import RUN
 from d4p_hpc.schedulers.base import SchedulerState
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+TERMINAL: tuple[str, ...] = typing.get_args(Ended)
 _FINISHED = f"{Layout.STATE}/{Layout.FINISHED}"  # as messages name it
 # a finished marker may reach a shared file system a little after the scheduler saw the job end
 MARKER_GRACE_SECONDS = 15.0
@@ -45,9 +51,18 @@ class Job:
         """The names of its results directory."""
         return Layout(self.directory)
 
-    def marker(self, name: str) -> dict | None:
-        """The JSON content of ``state/<name>``, or None."""
-        return _read_json(self.layout.marker(name))
+    def marker(self, name: str) -> Marker | None:
+        """The content of ``state/<name>``; None when it is missing or cannot be read (see
+        :meth:`unreadable`): the markers are written by shell scripts that a kill can cut short."""
+        return _marker(self.layout.marker(name))
+
+    def unreadable(self, name: str) -> str:
+        """Why ``state/<name>`` cannot be read ("" when it can, or is missing)."""
+        try:
+            read_marker(self.layout.marker(name))
+        except ResultsError as err:
+            return str(err)
+        return ""
 
 
 class _Times(TypedDict, total=False):
@@ -89,8 +104,8 @@ def open_job(directory: str | Path) -> Job:
     """The job whose results directory is ``directory``."""
     directory = Path(directory).resolve()
     layout = Layout(directory)
-    spec = (_read_json(layout.spec) or {}).get("spec", {})
-    stamp = _read_json(layout.marker(Layout.SUBMITTED)) or _read_json(layout.marker(Layout.STARTED)) or {}
+    spec = _spec(directory)
+    stamp = _marker(layout.marker(Layout.SUBMITTED)) or _marker(layout.marker(Layout.STARTED)) or {}
     if not spec and not stamp:
         record = read_run(directory)  # a run's record cut short says so
         if record is not None and "mapping" in record:
@@ -190,6 +205,8 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
             if time.monotonic() >= grace_until:
                 return current
         if deadline is not None and time.monotonic() >= deadline:
+            if current.terminal:  # inferred, and no marker came in time to say otherwise
+                return current
             raise D4pHpcError(f"job {job.job_id} is still {current.state} after {timeout:g} s")
         time.sleep(poll)
 
@@ -202,7 +219,27 @@ def log_files(job: Job) -> list[Path]:
     return [*schedulers.get(job.scheduler).log_files(job.directory, job.job_id), *logs]
 
 
+def unfinished(jobs: list[Job]) -> list[Job]:
+    """The jobs and runs whose end nothing has recorded: a job without its finished marker, a run
+    whose ``run.json`` says RUNNING (alive, or gone without recording its end)."""
+    def open_(job: Job) -> bool:
+        if job.scheduler != RUN:
+            return job.marker(Layout.FINISHED) is None
+        decided = _decide_run(job)
+        return not decided.terminal or decided.inferred
+
+    return [j for j in jobs if open_(j)]
+
+
 def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStatus:
+    decided = _decide_markers(job, said, error)
+    unreadable = job.unreadable(Layout.FINISHED)
+    if unreadable:  # decided as if it were missing: say why first
+        return dataclasses.replace(decided, reason=f"{unreadable}; without it: {decided.reason}")
+    return decided
+
+
+def _decide_markers(job: Job, said: SchedulerState | None, error: str | None) -> JobStatus:
     submitted, started, finished = (job.marker(m) or {} for m in (Layout.SUBMITTED, Layout.STARTED, Layout.FINISHED))
     times: _Times = {"submitted": submitted.get("epoch"), "started": started.get("epoch"),
                      "ended": finished.get("epoch")}
@@ -234,7 +271,10 @@ def _decide(job: Job, said: SchedulerState | None, error: str | None) -> JobStat
 
 def _decide_run(job: Job) -> JobStatus:
     """The state of a ``d4p-hpc run`` from its run.json, telling a dead run from a live one."""
-    record = _read_run(job)
+    try:
+        record = read_run(job.directory) or {}
+    except ResultsError as err:
+        return JobStatus(job, "FAILED", str(err), inferred=True)
     times: _Times = {"started": units.epoch(record.get("started")), "ended": units.epoch(record.get("ended"))}
     state = record.get("state") or "FAILED"
     if state == "RUNNING":
@@ -263,7 +303,8 @@ def _run_error(job: Job) -> str:
     if not isinstance(error, dict):
         return ""
     last = (error.get("traceback") or "").strip().splitlines()[-1:] or [""]
-    return f"PE {error['pe']} raised {last[0]}".strip() if error.get("pe") else last[0]
+    pe = error.get("pe")
+    return f"PE {pe} raised {last[0]}".strip() if pe and not last[0].startswith(f"PE {pe}") else last[0]
 
 
 def _first_error_line(job: Job) -> str:
@@ -279,13 +320,21 @@ def _first_error_line(job: Job) -> str:
     return ""
 
 
-def _read_json(path: Path) -> dict | None:
-    """A marker or record, or None when it is missing or unreadable: the markers are written by
-    shell scripts that a kill can cut short, and the state is then told by the scheduler."""
+def _marker(path: Path) -> Marker | None:
     try:
-        return read_json(path, dict)
+        return read_marker(path)
     except ResultsError:
         return None
+
+
+def _spec(directory: Path) -> SpecFields:
+    """What ``spec.json`` says of the job; {} when it is missing or cannot be read (a job is then
+    told by its markers and its directory's name)."""
+    try:
+        found = read_spec(directory)
+    except ResultsError:
+        return {}
+    return found["spec"] if found else {}
 
 
 def _read_run(job: Job) -> RunRecord:

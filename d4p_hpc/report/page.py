@@ -2,38 +2,40 @@
 
 It reads only the results directory (``run.json``, ``metrics.json``, ``timeseries/``,
 ``outputs/``, and for a job ``spec.json`` and ``state/``), plus the scheduler's accounting
-for the efficiency figures. The page has no script and loads nothing: its plots are
-inline SVG (:mod:`d4p_hpc.report.svg`), and a Content-Security-Policy of ``default-src 'none'``
-makes a browser refuse any network resource. ``--png`` also renders every plot to a PNG
-with headless Chromium (``chromium``, ``chromium-browser`` or ``google-chrome`` on PATH).
+for the efficiency figures (gathered by :mod:`d4p_hpc.report.run`). A run resumed in its
+directory is shown whole: totals over every segment, its segments in a table, and the time
+charts with each segment end to end and the boundaries drawn. Every chart has one sentence
+under it on how to read it and what to do about what it shows. The page has no script and
+loads nothing: its plots are inline SVG (:mod:`d4p_hpc.report.svg`), and a
+Content-Security-Policy of ``default-src 'none'`` makes a browser refuse any network resource.
+``--png`` also renders every plot to a PNG with headless Chromium (``chromium``,
+``chromium-browser`` or ``google-chrome`` on PATH).
 """
 
 from __future__ import annotations
 
-import bisect
 import shutil
 import subprocess
 import tempfile
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from d4p_hpc import results, units
 from d4p_hpc.errors import D4pHpcError, UsageError
-from d4p_hpc.jobs.efficiency import Efficiency, measure
 from d4p_hpc.report import svg
+from d4p_hpc.report.run import IN, OUT, Run
 
-# bins of the throughput plot, and points of a line: enough to see a trend, few enough to keep
-# the page small however long the run and however many processes
+# bins of the throughput plot: enough to see a trend, few enough to keep the page small
 MAX_BINS = 200
-MAX_POINTS = 400
-TIMELINE_CELLS = 100
 MIN_PNG_HEIGHT = 150
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 STYLE = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1000px}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 td.n{text-align:right}th{background:#f4f4f4}h2{margin-top:28px;border-bottom:1px solid #ddd}
-.note{color:#666}.state-COMPLETED{color:#2a7d2a}.state-FAILED,.state-TIMEOUT,.state-CANCELLED{color:#b00}
+.note{color:#666}.how{color:#444;max-width:760px;margin:4px 0 16px}
+.state-COMPLETED{color:#2a7d2a}.state-FAILED,.state-TIMEOUT,.state-CANCELLED{color:#b00}
 pre{background:#f8f8f8;padding:8px;overflow:auto}"""
 
 
@@ -53,104 +55,11 @@ def browser_argv(profile: str) -> list[str]:
             "--hide-scrollbars", f"--user-data-dir={profile}"]
 
 
-def _at(times: list[float], values: list[float], t: float) -> float:
-    """The cumulative counter at ``t``: the last sample at or before it (0 before the first)."""
-    i = bisect.bisect_right(times, t)
-    return values[i - 1] if i else 0.0
-
-
-def _thin(samples: list, most: int = MAX_POINTS) -> list:
-    """At most about ``most`` samples, the last kept (counters are cumulative: rates stay right)."""
-    step = -(-len(samples) // most)
-    return samples if step <= 1 else samples[:-1:step] + samples[-1:]
-
-
-class Run:
-    """What the report shows, gathered from a results directory."""
-
-    def __init__(self, directory: Path, job=None) -> None:
-        self.directory = Path(directory)
-        self.job = job
-        self.run: results.RunRecord = results.read_run(self.directory) or {}
-        self.metrics: results.Metrics = results.read_metrics(self.directory) or {}
-        self.graph = results.read_graph(self.directory)
-        self.series = {p: (head, _thin(samples)) for p, (head, samples) in results.read_series(self.directory).items()}
-        firsts = [s[0]["t"] for _, s in self.series.values() if s]
-        self.t0 = units.epoch(self.run.get("started")) or (min(firsts) if firsts else 0.0)
-        lasts = [s[-1]["t"] for _, s in self.series.values() if s]
-        self.span = max([t - self.t0 for t in lasts] + [self.metrics.get("wall_seconds") or 0.0])
-        self.efficiency: Efficiency = measure(self.directory, job.scheduler if job else None,
-                                              job.job_id if job else None)
-
-    def counter(self, pe: str, column: int) -> dict[int, tuple[list[float], list[float]]]:
-        """Per process: sample times and the cumulative ``column`` (2 in, 3 out, 4 busy) of ``pe``."""
-        found = {}
-        for proc, (_head, samples) in self.series.items():
-            times, values = [], []
-            for s in samples:
-                times.append(s["t"])
-                values.append(sum(row[column] for row in s.get("i", []) if row[0] == pe))
-            found[proc] = (times, values)
-        return found
-
-    def throughput(self) -> dict[str, list[tuple[float, float]]]:
-        """Items in per second per PE, on a common time grid over every process."""
-        if self.span <= 0 or not self.series:
-            return {}
-        bins = max(1, min(MAX_BINS, int(self.span / self._interval())))
-        width = self.span / bins
-        grid = [self.t0 + width * i for i in range(bins + 1)]
-        lines = {}
-        for pe in self.pe_names():
-            per_proc = self.counter(pe, 2).values()
-            total = [sum(_at(times, values, t) for times, values in per_proc) for t in grid]
-            lines[pe] = [(round(grid[i + 1] - self.t0, 2), max(0.0, (total[i + 1] - total[i]) / width))
-                         for i in range(bins)]
-        return lines
-
-    def _interval(self) -> float:
-        return max([head.get("interval", 1.0) for head, _ in self.series.values()] + [0.05])
-
-    def pe_names(self) -> list[str]:
-        names = [pe["name"] for pe in self.graph.get("pes", [])]
-        return names or list(self.metrics.get("pes", {}))
-
-    def gauge(self, name: str) -> list[tuple[float, float]]:
-        """A gauge (``backlog``, ``pool``, ``workers``) over time, from the processes that report it."""
-        return [(round(s["t"] - self.t0, 2), s[name]) for _, samples in self.series.values()
-                for s in samples if name in s]
-
-    def rss(self) -> dict[str, list[tuple[float, float]]]:
-        return {self.label(proc, head): [(round(s["t"] - self.t0, 2), s["rss"]) for s in samples]
-                for proc, (head, samples) in self.series.items() if samples}
-
-    @staticmethod
-    def label(proc: int, head: dict) -> str:
-        return f"process {proc} ({head.get('host', '?')})"
-
-    def timeline(self) -> list[tuple[str, list[tuple[float, float, float]]]]:
-        rows = []
-        for proc, (head, samples) in self.series.items():
-            cells: list[tuple[float, float, float]] = []
-            # from when the process began sampling, at CPU 0 s
-            samples = _thin(samples, TIMELINE_CELLS)
-            starts = [{"t": head.get("t", samples[0]["t"] if samples else 0), "cpu": 0.0}, *samples]
-            for a, b in zip(starts, samples, strict=False):  # consecutive pairs
-                dt = b["t"] - a["t"]
-                if dt <= 0:
-                    continue
-                use = round(max(0.0, (b["cpu"] - a["cpu"]) / dt), 1)  # in tenths, so that steady spans merge
-                if cells and cells[-1][2] == use:
-                    cells[-1] = (cells[-1][0], b["t"] - self.t0, use)
-                else:
-                    cells.append((a["t"] - self.t0, b["t"] - self.t0, use))
-            rows.append((self.label(proc, head), cells))
-        return rows
-
-
-def _table(header: tuple, rows: list[tuple]) -> str:
+def _table(header: tuple, rows: list[tuple], numbers: tuple[int, ...] | None = None) -> str:
+    """A table whose ``numbers`` columns (default: all but the first) are right-aligned."""
+    right = set(range(1, len(header)) if numbers is None else numbers)
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="n">{escape(c)}</td>' if i else f"<td>{escape(c)}</td>"
+    body = "".join("<tr>" + "".join(f'<td class="n">{escape(c)}</td>' if i in right else f"<td>{escape(c)}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -158,47 +67,72 @@ def _table(header: tuple, rows: list[tuple]) -> str:
 def _summary(r: Run) -> str:
     run, m, eff = r.run, r.metrics, r.efficiency
     state = run.get("state", "unknown")
+    first = r.segments[0].record if r.segments else run
+    wall = m.get("wall_seconds", run.get("wall_seconds")) or 0
+    several = len(r.segments) > 1
     rows = [("state", f'<b class="state-{escape(state)}">{escape(state)}</b>')]
     if r.job is not None:
         rows.append(("job", escape(f"{r.job.job_id} ({r.job.scheduler}, {r.job.name})")))
-    rows += [("mapping", escape(f"{run.get('mapping', '?')}, {run.get('processes', '?')} processes")),
+    rows += [("mapping", escape(f"{run.get('mapping', '?')}, {units.plural(run.get('processes') or 0, 'process')}")),
              ("graph", escape(str(run.get("graph", "?")))),
-             ("started", escape(str(run.get("started") or "-"))), ("ended", escape(str(run.get("ended") or "-"))),
-             ("wall time", escape(f"{m.get('wall_seconds', run.get('wall_seconds')) or 0:.2f} s")),
+             ("started", escape(str(first.get("started") or "-"))), ("ended", escape(str(run.get("ended") or "-"))),
+             ("wall time", escape(f"{wall:.2f} s" + (f" over {len(r.segments)} segments (the time between them "
+                                                     "not counted)" if several else ""))),
              ("items", escape(f"{m.get('items', 0):,}")),
-             ("items/s", escape(f"{m.get('items_per_second') or 0:,.0f}"))]
-    for segment in run.get("segments") or []:
-        rows.append(("segment", escape(", ".join(f"{k} {v}" for k, v in segment.items())) if isinstance(segment, dict)
-                     else escape(str(segment))))
-    rows.append(("efficiency", escape(eff.line())))
+             ("items/s", escape(f"{m.get('items_per_second') or 0:,.0f}")),
+             ("efficiency", escape(eff.line()))]
     if eff.cores and eff.wall_seconds:
         rows.append(("CPU", escape(f"{eff.cpu_seconds or 0:,.1f} core-seconds used ({eff.cpu_source}) of "
-                                   f"{eff.cores * eff.wall_seconds:,.1f} allocated = {eff.cores} cores x "
-                                   f"{eff.wall_seconds:,.1f} s")))
+                                   f"{eff.cores * eff.wall_seconds:,.1f} allocated = {units.plural(eff.cores, 'core')} "
+                                   f"x {eff.wall_seconds:,.1f} s")))
     if eff.memory_mb is not None:
         rows.append(("memory", escape(f"peak {eff.memory_mb:,.1f} MB on one node ({eff.memory_source})"
                                       + (f" of {eff.memory_limit_mb:,.0f} MB (--mem)" if eff.memory_limit_mb else ""))))
     html = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    if several:
+        html += _segments(r)
     if err := run.get("error"):
         html += f"<p>PE <b>{escape(str(err.get('pe')))}</b> failed (process {escape(str(err.get('process')))}):</p>" \
                 f"<pre>{escape(err.get('traceback') or '')}</pre>"
     for notice in run.get("notices") or []:
         html += f'<p class="note">notice: {escape(notice)}</p>'
+    for note in r.notes:
+        html += f'<p class="note">left out: {escape(note)}</p>'
     return html
+
+
+def _segments(r: Run) -> str:
+    """The run's segments: each one's job, how it ended, and its own figures."""
+    entries = {e.get("segment"): e for e in r.metrics.get("segments") or [] if isinstance(e, dict)}
+    rows = []
+    for seg in r.segments:
+        e: Any = entries.get(seg.number) or {}
+        wall, items = e.get("wall_seconds", seg.record.get("wall_seconds")), e.get("items", seg.record.get("items"))
+        rate = e.get("items_per_second")
+        # a segment killed before it could write its metrics is known by its last samples
+        source = {"samples": "last samples", results.Layout.METRICS: results.Layout.METRICS}.get(e.get("source"),
+                                                                                            results.Layout.RUN)
+        rows.append((str(seg.number), str(seg.record.get("job_id") or "-"),
+                     str(e.get("state") or seg.record.get("state") or "-"), str(seg.record.get("started") or "-"),
+                     f"{wall:.2f} s" if wall is not None else "-", f"{items:,}" if items is not None else "-",
+                     f"{rate:,.0f}" if rate else "-", source))
+    return "<h3>Segments</h3>" + _table(("segment", "job", "state", "started", "wall time", "items", "items/s",
+                                         "figures from"), rows, numbers=(0, 4, 5, 6))
 
 
 def _graph(r: Run) -> str:
     pes = r.metrics.get("pes", {})
     hosts = {p.get("process"): p.get("host") for p in r.metrics.get("process_list", [])}
     nodes = []
-    for pe in r.graph.get("pes") or [{"name": n, "instances": len(v.get("instances", []))} for n, v in pes.items()]:
+    listed = r.graph.get("pes") or [{"name": n, "instances": len(v.get("instances", []))} for n, v in pes.items()]
+    for pe in listed:
         ran = pes[pe["name"]]["instances"] if pe["name"] in pes else []
         procs = sorted({i.get("process") for i in ran})
         where = sorted({str(hosts.get(p)) for p in procs if hosts.get(p)})
         # dynamic mappings run a copy of a stateless PE in each worker that met it: count what ran
-        count = max(pe["instances"], len(ran))
+        count = max(pe.get("instances") or 0, len(ran))
         nodes.append({"name": pe["name"], "lines": [
-            f"x{count} instance{'s' * (count != 1)}" + (" (root)" if pe.get("root") else ""),
+            "x" + units.plural(count, "instance") + (" (root)" if pe.get("root") else ""),
             "process " + ",".join(str(p) for p in procs) if procs else "no instance ran",
             "on " + ",".join(where) if where else ""]})
     edges = [{"src": e["src"], "dst": e["dst"], "short": "" if e["grouping"] is None else f"group {e['grouping']}",
@@ -207,25 +141,69 @@ def _graph(r: Run) -> str:
     return svg.graph(nodes, edges) if nodes else '<p class="note">no PE ran</p>'
 
 
+def _throughput(r: Run) -> str:
+    """Items out of each PE per second (what a PE delivers shows the bottleneck; what it is sent does
+    not); a PE that writes nothing (a sink, or one that writes at its end) by the items it takes in."""
+    if r.span <= 0 or not r.series:
+        return ""
+    bins = max(1, min(MAX_BINS, int(r.span / r.interval())))
+    lines = {}
+    for pe in r.pe_names():
+        out = r.rates(pe, OUT, bins)
+        if any(rate for _, rate in out):
+            lines[pe] = out
+        else:
+            lines[f"{pe} (in)"] = r.rates(pe, IN, bins)
+    return svg.line_chart("Throughput per PE (items out per second)", lines, "items/s", marks=r.boundaries,
+                          span=r.span)
+
+
 def _busy(r: Run) -> str:
     wall = r.metrics.get("wall_seconds") or r.span
+    pes = r.metrics.get("pes", {})
     rows = []
-    for pe, m in r.metrics.get("pes", {}).items():
-        for inst in m.get("instances", []):
-            fraction = inst["busy_seconds"] / wall if wall else 0.0
-            rows.append((f"{pe}[{inst['instance']}] p{inst['process']}", fraction,
-                         f"{100 * fraction:.0f}% ({inst['busy_seconds']:.2f} s)"))
-    top = max((f for _, f, _ in rows), default=0)
-    # the bottleneck in red: every instance within a few percent of the busiest
-    return svg.bars("Busy fraction per instance (of the wall time)", rows, highlight=0.95 * top if top > 0 else None)
+    for pe in r.pe_names():
+        for inst in (pes.get(pe) or {}).get("instances", []):
+            busy, blocked = inst["busy_seconds"], inst.get("blocked_seconds") or 0.0
+            text = f"{100 * busy / wall:.0f}% ({busy:.2f} s)" if wall else f"{busy:.2f} s"
+            detail = f"busy {busy:.2f} s, blocked {blocked:.2f} s of {wall:.2f} s"
+            if blocked and wall:
+                text = f"{100 * busy / wall:.0f}% busy, {100 * blocked / wall:.0f}% blocked"
+            rows.append((f"{pe}[{inst['instance']}] p{inst['process']}", busy / wall if wall else 0.0,
+                         blocked / wall if wall else 0.0, text, detail))
+    top = max((row[1] for row in rows), default=0)
+    # the bottleneck in red: every instance within a few percent of the busiest (blocked time is not work)
+    return svg.bars("Busy and blocked share per instance (of the wall time)", rows,
+                    highlight=0.95 * top if top > 0 else None)
 
 
 def _pes(r: Run) -> str:
     wall = r.metrics.get("wall_seconds") or 0
+    pes = r.metrics.get("pes", {})
     rows = [(pe, str(len(m.get("instances", []))), f"{m['items_in']:,}", f"{m['items_out']:,}",
-             f"{m['busy_seconds']:.2f}", f"{m['items_in'] / wall:,.0f}" if wall else "-")
-            for pe, m in r.metrics.get("pes", {}).items()]
-    return _table(("PE", "instances", "items in", "items out", "busy s", "items in/s"), rows)
+             f"{m['busy_seconds']:.2f}", f"{m.get('blocked_seconds') or 0:.2f}",
+             f"{m['items_in'] / wall:,.0f}" if wall else "-", f"{m['items_out'] / wall:,.0f}" if wall else "-")
+            for pe in r.pe_names() if (m := pes.get(pe))]
+    return _table(("PE", "instances", "items in", "items out", "busy s", "blocked s", "items in/s", "items out/s"),
+                  rows)
+
+
+def _backlog(r: Run) -> str:
+    """The backlog as sampled; the limit the driver holds it to, and its peak, from metrics.json (the
+    driver's own figures: a sample once a second can miss the peak between two)."""
+    lines = {"backlog": r.gauge("backlog")}
+    if not lines["backlog"]:
+        return ""
+    if peaks := r.gauge("backlog_peak"):
+        lines["peak so far"] = peaks
+    sampled = max(y for pts in lines.values() for _, y in pts)
+    peak, limit = r.metrics.get("backlog_peak"), r.metrics.get("backlog_limit")
+    levels: list[svg.Level] = [(limit, f"back-pressure limit {limit:,}", "limit")] if limit else []
+    if peak and peak > sampled:
+        levels.append((peak, f"peak {peak:,} (between two samples)", "peak"))
+    title = f"Backlog (tasks queued, not finished): peak {peak or sampled:,.0f}" + \
+        (f", limit {limit:,}" if limit else "")
+    return svg.line_chart(title, lines, "tasks", marks=r.boundaries, levels=levels, span=r.span)
 
 
 def _outputs(r: Run) -> str:
@@ -242,25 +220,41 @@ def _outputs(r: Run) -> str:
 
 def plots(r: Run) -> dict[str, str]:
     """The report's SVG plots by file-name stem (empty strings where there is nothing to show)."""
-    pool = [(float(t), float(n)) for t, n in r.metrics.get("pool_size") or []] or r.gauge("pool")
-    workers, backlog = r.gauge("workers"), r.gauge("backlog")
+    pool, workers = r.pool(), r.gauge("workers")
     sizes = {k: v for k, v in (("pool", pool), ("live workers", workers)) if v}
     return {"graph": _graph(r),
-            "throughput": svg.line_chart("Throughput per PE (items in per second)", r.throughput(), "items/s"),
+            "throughput": _throughput(r),
             "busy": _busy(r),
-            "backlog": svg.line_chart("Backlog (tasks queued, not finished)", {"backlog": backlog}, "tasks")
-            if backlog else "",
-            "pool": svg.line_chart("Worker pool size", sizes, "workers", step=True) if sizes else "",
-            "rss": svg.line_chart("Resident memory per process", r.rss(), "MB"),
-            "timeline": svg.timeline("Processes over time", r.timeline(), r.span)}
+            "backlog": _backlog(r),
+            "pool": svg.line_chart("Worker pool size", sizes, "workers", step=True, marks=r.boundaries, span=r.span)
+            if sizes else "",
+            "rss": svg.line_chart("Resident memory per process", r.rss(), "MB", marks=r.boundaries, span=r.span),
+            "timeline": svg.timeline("Processes over time", r.timeline(), r.span, marks=r.boundaries)}
 
 
 WHY_EMPTY = {"backlog": "this mapping keeps no shared backlog (static mappings route straight to fixed instances)",
              "pool": "the pool is fixed for this mapping (dyn_auto_* resize it)",
              "throughput": "no samples (the run was shorter than one sample or sampling was off)",
              "rss": "no samples", "timeline": "no samples"}
-TITLES = {"graph": "The graph", "throughput": "Throughput", "busy": "Busy fraction per instance",
+TITLES = {"graph": "The graph", "throughput": "Throughput", "busy": "Busy and blocked time per instance",
           "backlog": "Backlog", "pool": "Worker pool", "rss": "Memory", "timeline": "Per-process timeline"}
+#: under each chart: how to read it, and what to do about what it shows
+HOW = {"graph": "Each box is a PE, in pipeline order from the roots on the left; hover over a box or an arrow for "
+                "where its instances ran and how the connection routes items.",
+       "throughput": "Items each PE writes per second (a PE that writes nothing: the items it takes in). The "
+                     "bottleneck is the PE whose rate stays flat while the one before it could write faster: give "
+                     "it more instances (numprocesses) or the run more processes (-n).",
+       "busy": "Each bar is one instance: solid is the share of the wall time it spent in its PE code, hatched the "
+               "time it waited for room downstream (back-pressure). The red bar is the busiest PE: give it more "
+               "processes (-n) or instances (numprocesses); a long hatched bar means the PEs after it cannot keep up.",
+       "backlog": "Tasks queued and not yet finished. At the dashed red limit the root waits for the workers "
+                  "(back-pressure): a backlog that sits at the limit means the workers are the bottleneck, so add "
+                  "processes (-n); one that stays near 0 means the root is.",
+       "pool": "Workers the autoscaler kept over time: a pool that stays at its largest wanted more, so raise -n.",
+       "rss": "Resident memory of each process: a line that keeps climbing is a PE keeping state (or leaking); for a "
+              "job, compare the peak with --mem.",
+       "timeline": "One row per process, darker where it used more CPU: pale stretches are waiting, for input or for "
+                   "room downstream; many pale rows mean fewer processes (-n) would do."}
 
 
 def page(r: Run, charts: dict[str, str]) -> str:
@@ -271,7 +265,8 @@ def page(r: Run, charts: dict[str, str]) -> str:
              "<h2>Summary</h2>", _summary(r)]
     for key, chart in charts.items():
         parts.append(f"<h2>{TITLES[key]}</h2>")
-        parts.append(chart or f'<p class="note">{WHY_EMPTY.get(key, "nothing to show")}</p>')
+        parts.append(f'{chart}<p class="how">{escape(HOW[key])}</p>' if chart else
+                     f'<p class="note">{WHY_EMPTY.get(key, "nothing to show")}</p>')
         if key == "busy":
             parts += ["<h2>PEs</h2>", _pes(r)]
     parts += ["<h2>Outputs</h2>", _outputs(r)]
@@ -310,6 +305,10 @@ def write(directory: Path, output: Path, job=None, png: bool = False) -> list[Pa
                           "report; try again once `d4p-hpc status` says RUNNING")
     r = Run(directory, job)
     charts = plots(r)
-    output.write_text(page(r, charts))
+    try:
+        output.write_text(page(r, charts))
+    except OSError as exc:  # a missing folder, a read-only place, a full disk
+        raise UsageError(f"cannot write the report to {output}: {exc.strerror or exc}; give -o a writable "
+                         "path") from None
     return [output, *(write_pngs(charts, output.with_suffix("")) if png else [])]
 

@@ -1,12 +1,16 @@
 """Hand-written SVG charts for the report: line charts, bars, a timeline and the workflow graph.
 
 Inline SVG needs no library and no script and opens offline in any browser; a chart is a
-few kilobytes. Hovering a point, bar or box shows its figures (SVG ``<title>``).
+few kilobytes. Hovering a point, bar or box shows its figures (SVG ``<title>``). The time
+charts of a run in several segments put them end to end and draw each boundary as a dashed
+vertical line (class ``segment-boundary``); a limit (the back-pressure limit of the backlog)
+is a dashed horizontal line (class ``limit-line``), a peak between samples a dotted one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from html import escape
 
 WIDTH = 760
@@ -38,14 +42,36 @@ def _frame(title: str, body: list[str], height: int = HEIGHT) -> str:
             + "".join(body) + "</svg>")
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label: str,
-               step: bool = False) -> str:
-    """Lines of ``(seconds since start, value)`` per name; ``step`` holds each value until the next."""
+#: one mark on a time axis, or one level on a value axis: (where, what it is)
+Mark = tuple[float, str]
+
+
+def _boundaries(marks: list[Mark], sx: Callable[[float], float], top: float, bottom: float) -> list[str]:
+    """Dashed vertical lines at ``marks`` (segment boundaries), labelled at the top with their first
+    words (``segment 2``; all of it when hovered)."""
+    return [f'<g class="segment-boundary"><title>{escape(label)}</title>'
+            f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{bottom}" stroke="#888" stroke-dasharray="4 3"/>'
+            f'<text x="{sx(x) + 3:.1f}" y="{top + 10}" font-size="9" fill="#666">'
+            f'{escape(" ".join(label.split()[:2]))}</text></g>' for x, label in marks]
+
+
+#: a level drawn across a line chart: value, label, and kind: "limit" (dashed red, class ``limit-line``)
+#: or "peak" (dotted grey, class ``peak-line``)
+Level = tuple[float, str, str]
+LEVEL_STYLE = {"limit": ("#d62728", "6 4"), "peak": ("#555", "2 3")}
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label: str, step: bool = False,
+               marks: list[Mark] | None = None, levels: list[Level] | None = None, span: float | None = None) -> str:
+    """Lines of ``(seconds since start, value)`` per name; ``step`` holds each value until the next.
+    ``marks``: segment boundaries (seconds); ``levels``: values drawn across; ``span``: the seconds
+    the axis shows (default: up to the last point)."""
     points = [p for pts in series.values() for p in pts]
     if not points:
         return ""
-    x_max = max(x for x, _ in points) or 1
-    y_max = max(y for _, y in points) or 1
+    levels = levels or []
+    x_max = max([span or 0.0] + [x for x, _ in points]) or 1
+    y_max = max([y for _, y in points] + [level for level, _, _ in levels]) or 1
     y_step = _nice_step(y_max)
     y_top = math.ceil(y_max / y_step) * y_step
     x_step = _nice_step(x_max, 6)
@@ -61,7 +87,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
             f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + h}" stroke="#444"/>',
             f'<text x="12" y="{TOP + h / 2}" transform="rotate(-90 12 {TOP + h / 2})" '
             f'text-anchor="middle">{escape(y_label)}</text>',
-            f'<text x="{LEFT + w / 2}" y="{HEIGHT - 4}" text-anchor="middle">seconds since start</text>']
+            f'<text x="{LEFT + w / 2}" y="{HEIGHT - 4}" text-anchor="middle">'
+            f'{"seconds of the run (its segments end to end)" if marks else "seconds since start"}</text>']
     for i in range(int(round(y_top / y_step)) + 1):
         y = i * y_step
         body.append(f'<line x1="{LEFT}" y1="{sy(y):.1f}" x2="{LEFT + w}" y2="{sy(y):.1f}" stroke="#eee"/>'
@@ -70,6 +97,13 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
     while x <= x_max * 1.0001:
         body.append(f'<text x="{sx(x):.1f}" y="{TOP + h + 14}" text-anchor="middle">{_fmt(x)}</text>')
         x += x_step
+    body += _boundaries(marks or [], sx, TOP, TOP + h)
+    for level, label, kind in levels:
+        colour, dashes = LEVEL_STYLE[kind]
+        body.append(f'<g class="{kind}-line"><title>{escape(label)}</title>'
+                    f'<line x1="{LEFT}" y1="{sy(level):.1f}" x2="{LEFT + w}" y2="{sy(level):.1f}" stroke="{colour}" '
+                    f'stroke-dasharray="{dashes}"/><text x="{LEFT + w - 4}" y="{sy(level) - 4:.1f}" '
+                    f'text-anchor="end" font-size="10" fill="{colour}">{escape(label)}</text></g>')
     for n, (name, pts) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
         coords = []
@@ -86,26 +120,50 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
     return _frame(title, body)
 
 
-def bars(title: str, rows: list[tuple[str, float, str]], highlight: float | None = None) -> str:
-    """Horizontal bars of ``(label, fraction 0..1, text)``; bars at ``highlight`` are drawn red."""
+#: a bar of the busy chart: label, busy share, blocked share (of the wall time), the figures as shown
+#: beside it, and in full when hovered
+Bar = tuple[str, float, float, str, str]
+BUSY_FILL, BOTTLENECK_FILL, BLOCKED_STROKE = "#1f77b4", "#d62728", "#9a9a9a"
+
+
+def bars(title: str, rows: list[Bar], highlight: float | None = None) -> str:
+    """Horizontal bars, each a busy share (solid; red at ``highlight`` or above: the bottleneck) and,
+    after it, a blocked share (hatched grey: waiting for room downstream, never red)."""
     if not rows:
         return ""
-    left, w = 220, WIDTH - 220 - 90
-    height = TOP + 18 * len(rows) + 12
-    body = []
-    for i, (label, fraction, text) in enumerate(rows):
+    left, w = 220, WIDTH - 220 - 150
+    height = TOP + 18 * len(rows) + 30
+    body = ['<defs><pattern id="blocked-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+            f'patternTransform="rotate(45)"><rect width="6" height="6" fill="#e4e4e4"/>'
+            f'<line x1="0" y1="0" x2="0" y2="6" stroke="{BLOCKED_STROKE}" stroke-width="3"/></pattern></defs>']
+    for i, (label, busy, blocked, text, detail) in enumerate(rows):
         y = TOP + 18 * i
-        colour = "#d62728" if highlight is not None and fraction >= highlight else "#1f77b4"
+        busy_w = w * min(1.0, busy)
+        blocked_w = max(0.0, min(w - busy_w, w * blocked))
+        colour = BOTTLENECK_FILL if highlight is not None and busy >= highlight else BUSY_FILL
         body.append(f'<text x="{left - 6}" y="{y + 12}" text-anchor="end">{escape(label)}</text>'
-                    f'<rect x="{left}" y="{y + 2}" width="{w}" height="13" fill="#f1f1f1"/>'
-                    f'<rect x="{left}" y="{y + 2}" width="{w * min(1.0, fraction):.1f}" height="13" fill="{colour}">'
-                    f'<title>{escape(label)}: {escape(text)}</title></rect>'
+                    f'<rect x="{left}" y="{y + 2}" width="{w}" height="13" fill="#f6f6f6"/>'
+                    f'<rect class="busy" x="{left}" y="{y + 2}" width="{busy_w:.1f}" height="13" fill="{colour}">'
+                    f'<title>{escape(label)}: {escape(detail)}</title></rect>'
+                    f'<rect class="blocked" x="{left + busy_w:.1f}" y="{y + 2}" width="{blocked_w:.1f}" height="13" '
+                    f'fill="url(#blocked-hatch)" stroke="{BLOCKED_STROKE}" stroke-width="0.5">'
+                    f'<title>{escape(label)}: {escape(detail)}</title></rect>'
                     f'<text x="{left + w + 6}" y="{y + 12}">{escape(text)}</text>')
+    y = TOP + 18 * len(rows) + 14
+    body.append(f'<rect x="{left}" y="{y - 9}" width="10" height="10" fill="{BUSY_FILL}"/>'
+                f'<text x="{left + 14}" y="{y}">busy (in its PE code)</text>'
+                f'<rect x="{left + 150}" y="{y - 9}" width="10" height="10" fill="{BOTTLENECK_FILL}"/>'
+                f'<text x="{left + 164}" y="{y}">busiest</text>'
+                f'<rect x="{left + 230}" y="{y - 9}" width="10" height="10" fill="url(#blocked-hatch)" '
+                f'stroke="{BLOCKED_STROKE}"/>'
+                f'<text x="{left + 244}" y="{y}">blocked (waiting for room downstream)</text>')
     return _frame(title, body, height)
 
 
-def timeline(title: str, rows: list[tuple[str, list[tuple[float, float, float]]]], span: float) -> str:
-    """One row per process of ``(start s, end s, CPU use 0..1)`` cells: darker is busier."""
+def timeline(title: str, rows: list[tuple[str, list[tuple[float, float, float]]]], span: float,
+             marks: list[Mark] | None = None) -> str:
+    """One row per process of ``(start s, end s, CPU use 0..1)`` cells: darker is busier;
+    ``marks``: segment boundaries."""
     if not rows or span <= 0:
         return ""
     left, w = 160, WIDTH - 160 - 20
@@ -120,6 +178,7 @@ def timeline(title: str, rows: list[tuple[str, list[tuple[float, float, float]]]
                         f'fill="#2ca02c" fill-opacity="{0.12 + 0.88 * min(1.0, use):.2f}">'
                         f'<title>{escape(label)} {start:.0f}-{end:.0f} s: CPU {100 * use:.0f}%</title></rect>')
     y = TOP + 20 * len(rows) + 14
+    body += _boundaries(marks or [], lambda x: left + w * x / span, TOP - 10, TOP + 20 * len(rows))
     body.append(f'<text x="{left}" y="{y}">0 s</text><text x="{left + w}" y="{y}" text-anchor="end">'
                 f'{span:.1f} s (shade: CPU use of the process)</text>')
     return _frame(title, body, height)

@@ -5,8 +5,8 @@ when it is imported, and importing the package imports them all: a new scheduler
 module here (or anywhere, registered by whoever imports it) plus its template. The spec,
 the launch step, the renderer, the configuration, the submission and the job commands find a
 scheduler's facts only through :func:`scheduler_class`, :func:`get`, :func:`classes`,
-:func:`names` and :func:`detect`. The registry knows no job spec: submitting one is
-:mod:`d4p_hpc.submission.submit`'s.
+:func:`names` and :func:`detect` (and :func:`detected_because`, which says why). The registry
+knows no job spec: submitting one is :mod:`d4p_hpc.submission.submit`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from d4p_hpc.errors import SpecError
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission
 
 __all__ = ["Scheduler", "SchedulerState", "Submission", "RUN", "register", "unregister", "classes", "names",
-           "scheduler_class", "get", "detect"]
+           "scheduler_class", "get", "detect", "detected_because"]
 
 #: what a results directory of a ``d4p-hpc run`` (no scheduler: its run.json tells all) gives as its
 #: scheduler (:attr:`d4p_hpc.jobs.state.Job.scheduler`); no scheduler may be called so
@@ -78,6 +78,21 @@ def get(name: str) -> Scheduler:
 def detect() -> str:
     """The name of the scheduler that jobs from this host go to: the first found, by priority."""
     return next(cls.name for cls in classes() if cls.detected())
+
+
+def detected_because(name: str) -> str:
+    """Why :func:`detect` gives ``name`` on this host: its command is on PATH and those of the
+    schedulers before it are not (``sbatch is on PATH``, ``neither sbatch nor qsub is on PATH``)."""
+    chosen = scheduler_class(name)
+    before = [cls.command for cls in classes() if cls.priority > chosen.priority and cls.command]
+    found = [f"{chosen.command} is on PATH"] if chosen.command else []
+    if len(before) > 1:
+        found.append(f"neither {', '.join(before[:-1])} nor {before[-1]} is")
+    elif before:
+        found.append(f"{before[0]} is not")
+    if found and not chosen.command:
+        found[-1] += " on PATH"
+    return " and ".join(found)
 
 
 # the package's own schedulers register themselves as they are imported

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 from d4p_hpc import liveness, supervisor
 from d4p_hpc.errors import CancelError, ResultsError
-from d4p_hpc.results import Layout, read_json, write_json
+from d4p_hpc.records import Marker
+from d4p_hpc.results import Layout, read_marker, write_json
 from d4p_hpc.schedulers import register
 from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission
 
@@ -83,9 +85,14 @@ class Local(Scheduler):
         earlier = _record(layout) if job.after else None
         if earlier and liveness.run_alive(earlier):
             env["D4P_AFTER_PID"] = str(earlier["pid"])  # its script waits for the job it continues
-        layout.script.write_text(script)
-        nodefile.write_text(f"{socket.gethostname()}\n" * job.tasks)
-        pid = start(layout.script, env, os.getcwd(), *layout.scheduler_logs)
+        try:
+            layout.script.write_text(script)
+            nodefile.write_text(f"{socket.gethostname()}\n" * job.tasks)
+            pid = start(layout.script, env, os.getcwd(), *layout.scheduler_logs)
+        except BaseException:
+            if not job.continues:  # a job that never started leaves no directory (a disk full, a bad cwd)
+                shutil.rmtree(layout.directory, ignore_errors=True)
+            raise
         # what tells the job's process from a later one given the same pid (see d4p_hpc.liveness)
         write_json(layout.marker(Layout.LOCAL), {"pid": pid, "host": liveness.host(),
                                                  "pid_token": liveness.token(pid)})
@@ -111,9 +118,9 @@ class Local(Scheduler):
             supervisor.stop_group(record["pid"], supervisor.GRACE_SECONDS)
 
 
-def _record(layout: Layout) -> dict | None:
+def _record(layout: Layout) -> Marker | None:
     """The job's process as ``submit`` recorded it (pid, host, pid_token), or None."""
     try:
-        return read_json(layout.marker(Layout.LOCAL), dict)
+        return read_marker(layout.marker(Layout.LOCAL))
     except ResultsError:
         return None

@@ -18,7 +18,9 @@ command line. In each file, top-level keys apply to every job and the table
 
 Keys are the field names of :class:`~d4p_hpc.submission.spec.JobSpec`. Relative paths in
 a file are relative to that file's folder. Values may be strings wherever they come from
-(:func:`coerce`): this is the one module that converts them.
+(:func:`coerce`): this is the one module that converts them. It also says why a job goes to its
+scheduler (:func:`scheduler_why`): a refusal that depends on the scheduler names it and why, since
+``sbatch`` on PATH sends a job to Slurm unasked.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pathlib import Path
 
 from d4p_hpc import schedulers
 from d4p_hpc.errors import SpecError
-from d4p_hpc.submission.spec import DEFAULT_RESULTS_ROOT, FIELDS, JobSpec, check_type, field_type
+from d4p_hpc.submission.spec import DEFAULT_RESULTS_ROOT, FIELDS, JobSpec, SchedulerMismatchError, check_type, \
+    field_type
 
 PROJECT_FILE = "d4p-hpc.toml"
 ENV_PREFIX = "D4P_HPC_"
@@ -51,7 +54,29 @@ class Resolved:
 
     def spec(self) -> JobSpec:
         """Build (and so validate) the job spec from the merged values."""
-        return JobSpec(**self.values)
+        try:
+            return JobSpec(**self.values)
+        except SchedulerMismatchError as err:
+            raise SchedulerMismatchError(f"{err} (scheduler {self.values['scheduler']}: "
+                                         f"{scheduler_why(self.values['scheduler'], self.sources)})") from None
+
+
+def scheduler_why(name: str, sources: dict) -> str:
+    """Why a job goes to scheduler ``name``, given where each value came from (:attr:`Resolved.sources`):
+    ``sbatch is on PATH; use --scheduler local to run here``, or ``from the command line``."""
+    source = sources.get("scheduler", BUILT_IN)
+    if source == "environment":
+        return f"from ${ENV_PREFIX}SCHEDULER"
+    if source != BUILT_IN:
+        return f"from the {source}"
+    here = next((cls.name for cls in schedulers.classes() if cls.on_this_host), None)
+    advice = f"; use --scheduler {here} to run here" if here and here != name else ""
+    return schedulers.detected_because(name) + advice
+
+
+def scheduler_origin(name: str, sources: dict) -> str:
+    """`` (why)`` of :func:`scheduler_why` for a line naming the scheduler, unless the command line chose it."""
+    return "" if sources.get("scheduler") == "command line" else f" ({scheduler_why(name, sources)})"
 
 
 def user_file(environ=None) -> Path:

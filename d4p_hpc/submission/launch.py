@@ -101,13 +101,38 @@ def plan(spec: JobSpec) -> LaunchPlan:
         mpiexec=prefix[0] in ("mpiexec", MPIEXEC), placed=prefix[0] == MPIEXEC)
 
 
-def python(spec: JobSpec) -> tuple:
-    """The interpreter, inside the container image when there is one."""
+def python(spec: JobSpec, check: bool = False) -> tuple:
+    """The interpreter, inside the container image when there is one.
+
+    ``check``: for :func:`check`, which runs before the results root exists, so it binds only
+    what the check reads (the graph, the inputs, the run it continues).
+    """
     if not spec.container:
         return (spec.python,)
-    binds = dict.fromkeys([spec.results_root, os.path.dirname(spec.graph)]
+    results = [spec.continues] if check and spec.continues else [] if check else [spec.results_root]
+    binds = dict.fromkeys(results + [os.path.dirname(spec.graph)]
                           + ([os.path.dirname(spec.input_file)] if spec.input_file else []))
     return (CONTAINER, "exec", *(a for path in binds for a in ("--bind", path)), spec.container, spec.python)
+
+
+def check(spec: JobSpec) -> tuple:
+    """``d4p-hpc run --check`` as the job would run it: its interpreter, graph, inputs and size.
+
+    It loads the graph, checks the inputs and the mapping, and what the mapping needs
+    (:meth:`d4p_hpc.mappings.Mapping.check`: told :func:`launcher`), and runs nothing.
+    """
+    command = (*python(spec, check=True), *SAFE_MODULE, "d4p_hpc", "run", spec.graph, "-m", spec.mapping,
+               "-n", str(spec.total_tasks), *run_options(spec), "--check")
+    # the checkpoint must fit the graph and inputs: refused before the queue, not in it
+    return (*command, "--results", spec.continues) if spec.continues else command
+
+
+def launcher(spec: JobSpec) -> str:
+    """The program the job starts its ranks or workers with; empty when it forks them (or starts none)."""
+    if spec.launch_kind == "single":
+        return ""
+    first = spread(spec, mpi=spec.launch_kind == "mpi")[0]
+    return {FORK: "", MPIEXEC: "mpiexec"}.get(first, first)
 
 
 def spread(spec: JobSpec, mpi: bool) -> tuple:

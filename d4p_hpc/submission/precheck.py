@@ -1,60 +1,102 @@
 """What ``submit`` and ``render`` check on the submit host before a job is queued.
 
 A job that can only fail should fail here, in a second, not after hours in the queue: the graph
-must load (syntax, imports, ``--attr``), the inputs must fit it, the mapping must accept it,
-and the environment the script activates (venv, conda env, container image, modules) must
-exist where that can be seen from here. ``--no-check`` skips the graph part, for graphs that
-only import on the compute nodes (a module of theirs, a GPU library).
+must load (syntax, imports, ``--attr``), the inputs must fit it, the mapping must accept it and
+find what it needs (:meth:`d4p_hpc.mappings.Mapping.check`: mpi4py and the launcher for ``mpi``,
+redis-py and ``redis-server`` for the Redis mappings), and the environment the script activates
+(venv, conda env, container image, modules) must exist where that can be seen from here.
 
-The graph is loaded by ``d4p-hpc run --check`` in a child process, so that the user's code
-(and numpy, mpi4py or redis with it) never runs inside the submitting command.
+All but the last are checked in the job's own environment: a small script rendered from the job
+script's own environment set-up (``templates/common/check.sh.j2``: modules, venv, conda, the
+container, the ``--setup`` lines, run here with bash) runs ``d4p-hpc run --check`` with the job's
+interpreter, so the user's code (and numpy, mpi4py or redis with it) never runs inside the
+submitting command, and a missing piece is named with how to install it. The setup lines run on
+this host too, in a private scratch directory that stands in for the results directory.
+
+What this host cannot show: a module, a conda env or a path that exists only on the compute
+nodes (the set-up fails here: the message says so), an mpi4py that finds its package but not
+the MPI library it was built against on the nodes, and a ``redis-server`` on the first node that
+is not on this one. ``--no-check`` skips the check in the job's environment, for such jobs and for
+graphs that only import on the compute nodes (a module of theirs, a GPU library).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
-from d4p_hpc import schedulers
+from d4p_hpc import schedulers, settings
 from d4p_hpc.errors import GraphError, SpecError
+from d4p_hpc.submission import launch, render
+from d4p_hpc.submission.config import scheduler_why
 from d4p_hpc.submission.spec import JobSpec
 
-# a graph that takes longer than this to import is surely doing work at import time
+# a graph that takes longer than this to import (with the environment's set-up) is surely doing
+# work at import time
 LOAD_TIMEOUT = 120
+#: what the check script writes to stderr once the job's environment is set up
+READY = "d4p-hpc: the job's environment is set up; checking the job in it"
+# the variables of d4p-hpc's own that the job sees too (the others are for this command, or job keys)
+_PASSED = ("D4P_HPC_REDIS_SERVER",)
 
 
-def check(spec: JobSpec, graph: bool = True) -> None:
-    """Raise a one-line UsageError for what would make the job fail at its start."""
+def check(spec: JobSpec, graph: bool = True, sources: dict | None = None) -> list[str]:
+    """Raise a one-line UsageError for what would make the job fail at its start; return the
+    notices of its plan (an instance count scaled down, processes shared), for the user.
+
+    ``graph``: also check the job in its own environment (``--no-check`` turns it off).
+    ``sources``: where each value came from (:attr:`~d4p_hpc.submission.config.Resolved.sources`),
+    for saying why the job's scheduler was chosen when its launcher is what is missing.
+    """
     _check_environment(spec)
-    if graph:
-        _check_graph(spec)
+    return _check_in_environment(spec, sources or {}) if graph else []
 
 
-def _check_graph(spec: JobSpec) -> None:
-    from d4p_hpc.submission.launch import run_options
-    from d4p_hpc.supervisor import SAFE_MODULE
-
-    argv = [sys.executable, *SAFE_MODULE, "d4p_hpc", "run", spec.graph, "-m", spec.mapping,
-            "-n", str(spec.total_tasks), *run_options(spec), "--check"]
-    if spec.continues:  # the checkpoint must fit the graph and inputs: refused here, not in the queue
-        argv += ["--results", spec.continues]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("D4P_HPC_")}
-    if not schedulers.scheduler_class(spec.scheduler).on_this_host:  # they start on compute nodes, not here
+def _check_in_environment(spec: JobSpec, sources: dict) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D4P_HPC_") or k in _PASSED}
+    scheduler = schedulers.scheduler_class(spec.scheduler)
+    if not scheduler.on_this_host:  # they start on compute nodes, not here
         env["D4P_HPC_MAX_PROCESSES"] = str(spec.total_tasks)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=LOAD_TIMEOUT, env=env,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise GraphError(f"loading {spec.graph} took over {LOAD_TIMEOUT} s here; if it only loads on the "
-                         "compute nodes, submit with --no-check") from None
-    if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
-        message = errors[0][len("Error: "):] if errors else (done.stderr.strip().splitlines() or ["?"])[-1]
-        raise GraphError(f"{message} (checked before submitting; --no-check skips this)")
+    elif os.environ.get(settings.MAX_PROCESSES):  # the job runs here, with what this command has
+        env[settings.MAX_PROCESSES] = os.environ[settings.MAX_PROCESSES]
+    with tempfile.TemporaryDirectory(prefix="d4p-check-") as scratch:
+        script = Path(scratch) / "check.sh"
+        # inside a job (resuming it at its walltime stop) its environment is set up already
+        script.write_text(render.render_check(spec, scratch, READY, set_up=settings.job_id() is None))
+        try:
+            done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=LOAD_TIMEOUT,
+                                  env=env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise GraphError(f"setting up the job's environment and loading {spec.graph} took over "
+                             f"{LOAD_TIMEOUT} s here; if it only loads on the compute nodes, submit with "
+                             "--no-check") from None
+    if done.returncode == 0:
+        return [line[len("notice: "):] for line in done.stderr.splitlines() if line.startswith("notice: ")]
+    # bash names the script in its messages ("/tmp/.../check.sh: line 9: module: command not found")
+    lines = [re.sub(rf"^{re.escape(str(script))}: (line \d+: )?", "", line) for line in done.stderr.splitlines()]
+    if READY not in lines:
+        said = _last(lines) or _last(done.stdout.splitlines()) or f"exit code {done.returncode}"
+        raise SpecError(f"the job's environment cannot be set up on this host: {said}; fix the --module/--venv/"
+                        "--conda/--container/--setup values, or if it exists only on the compute nodes, submit "
+                        "with --no-check")
+    after = lines[lines.index(READY) + 1:]
+    errors = [line[len("Error: "):] for line in after if line.startswith("Error: ")]
+    message = errors[0] if errors else _last(after) or f"exit code {done.returncode}"
+    if not errors and done.returncode in (126, 127):  # bash could not run the interpreter
+        message = f"the job's python {spec.python} cannot be run in its environment: {message}"
+    started_by = launch.launcher(spec)
+    if started_by and f"needs {started_by} " in message:
+        message += f" (scheduler {spec.scheduler}: {scheduler_why(spec.scheduler, sources)})"
+    raise GraphError(f"{message} (checked in the job's environment before submitting; --no-check skips this)")
+
+
+def _last(lines: list[str]) -> str:
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def _check_environment(spec: JobSpec) -> None:

@@ -23,7 +23,7 @@ import signal
 import subprocess
 from importlib import resources
 
-from d4p_hpc import schedulers, supervisor, units
+from d4p_hpc import mappings, schedulers, supervisor, units
 from d4p_hpc.errors import RenderError
 from d4p_hpc.results import Layout
 from d4p_hpc.submission import launch
@@ -60,6 +60,24 @@ def render_script(spec: JobSpec, sources: dict | None = None) -> str:
         return _environment(scheduler.template_path).get_template(scheduler.template).render(context)
     except jinja2.TemplateError as err:
         raise RenderError(f"cannot render the {spec.scheduler} job script: {err}") from None
+
+
+def render_check(spec: JobSpec, scratch: str, ready: str, set_up: bool = True) -> str:
+    """The script that checks ``spec`` in the job's own environment, on this host (``templates/common/check.sh.j2``).
+
+    ``scratch`` stands in for the results directory the setup lines may name; ``ready`` is the line
+    it writes to stderr once the environment is set up, before the check itself runs; without
+    ``set_up`` the environment is this process's own (inside the job).
+    """
+    import jinja2
+
+    context = {"spec": spec, "plan": launch.plan(spec), "command": launch.check(spec), "scratch": scratch,
+               "ready": ready, "set_up": set_up, "launcher": launch.launcher(spec),
+               "launcher_env": mappings.LAUNCHER_ENV}
+    try:
+        return _environment().get_template("common/check.sh.j2").render(context)
+    except jinja2.TemplateError as err:
+        raise RenderError(f"cannot render the check of the {spec.scheduler} job: {err}") from None
 
 
 def check_syntax(script: str) -> None:

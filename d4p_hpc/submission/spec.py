@@ -4,7 +4,9 @@ Every value is checked when a :class:`JobSpec` is built, before anything is
 rendered, and a bad value raises :class:`~d4p_hpc.errors.SpecError` naming what
 is valid. Values that end up in ``#SBATCH``/``#PBS`` lines are parsed by the
 scheduler, not by a shell, so they are validated strictly here and never
-quoted; everything a shell reads is quoted by the renderer.
+quoted; everything a shell reads is quoted by the renderer. Every value has an upper bound
+(:data:`MAX_CHARS`, :data:`LIMITS`), far above any real job: a number a node file, a
+scheduler or a command line cannot hold is refused here, in one line, before anything is made.
 
 The fields and their help texts are the single source of the valid keys of
 profiles (:mod:`d4p_hpc.submission.config`, which also turns strings into the
@@ -22,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d4p_hpc import schedulers, units
+from d4p_hpc import schedulers, settings, units
 from d4p_hpc.errors import SpecError
 
 from d4p_hpc.mappings import MAPPINGS as _RUNTIME_MAPPINGS  # a name table only: no mapping module is imported
@@ -40,6 +42,27 @@ _GRES = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=+-]*")
 _ROOT = re.compile(r"/[A-Za-z0-9_./+@,~=-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*")
+
+#: the longest value of each text field, in characters (per item for lists): the names batch systems
+#: keep (Slurm's and PBS's are shorter than 64), a host name (253), PATH_MAX for paths and shell
+#: lines; ``data`` is one word of the run's command line, which Linux caps at 128 KiB
+MAX_CHARS = {"partition": 64, "account": 64, "qos": 64, "job_name": 64, "after": 255, "launcher": 64,
+             "mapping": 64, "scheduler": 64, "attr": 255, "redis_bind": 253, "memory": 32, "walltime": 32,
+             "data": 100_000}
+_MAX_TEXT = 4096
+#: the largest value of each whole-number field; ``checkpoint_every`` is the run's own range
+LIMITS = {"nodes": 100_000, "tasks_per_node": 10_000, "cpus_per_task": 10_000, "gpus_per_node": 1_024,
+          "iterations": 10**12, "requeue": 1_000, "checkpoint_every": int(settings.CHECKPOINT_EVERY_RANGE[1]),
+          "signal_seconds": 366 * 86400}
+#: ranks or workers in one job, and the longest walltime and memory per node
+MAX_TASKS = 1_000_000
+MAX_WALLTIME_DAYS = 366
+MAX_MEMORY_MB = 1024 ** 3  # 1024T
+
+
+class SchedulerMismatchError(SpecError):
+    """A value the job's scheduler does not take; :meth:`d4p_hpc.submission.config.Resolved.spec`
+    adds which scheduler it is and why it was chosen."""
 
 
 def _opt(help_text: str, *flags: str, default=None, request: bool = False):
@@ -127,6 +150,7 @@ class JobSpec:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, check_type(f.name, getattr(self, f.name)))
+        _validate_sizes(self)
         if self.job_name is None:
             object.__setattr__(self, "job_name", default_job_name(self.graph))
         if self.results_root is None:
@@ -228,9 +252,9 @@ def default_job_name(graph: str) -> str:
     return stem if stem[:1].isalpha() else ("j" + stem)[:64]
 
 
-def _one_of(what: str, value: str, valid) -> None:
+def _one_of(what: str, value: str, valid, error: type[SpecError] = SpecError) -> None:
     if value not in valid:
-        raise SpecError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+        raise error(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def _pattern(name: str, value: str | None, pattern: re.Pattern, allowed: str) -> None:
@@ -242,7 +266,7 @@ def _validate(spec: JobSpec) -> None:
     _one_of("mapping", spec.mapping, MAPPINGS)
     scheduler = schedulers.scheduler_class(spec.scheduler)
     if spec.launcher is not None:
-        _one_of(f"launcher for {spec.scheduler}", spec.launcher, scheduler.launchers)
+        _one_of(f"launcher for {spec.scheduler}", spec.launcher, scheduler.launchers, SchedulerMismatchError)
     if not spec.graph or not Path(spec.graph).is_absolute():
         raise SpecError(f"graph must be an absolute path, not {spec.graph!r}")
     _pattern("results_root", spec.results_root, _ROOT,
@@ -251,9 +275,40 @@ def _validate(spec: JobSpec) -> None:
     for name in ("nodes", "tasks_per_node", "cpus_per_task"):
         if getattr(spec, name) < 1:
             raise SpecError(f"{name} must be at least 1, not {getattr(spec, name)}")
+    if spec.total_tasks > MAX_TASKS:
+        raise SpecError(f"{spec.nodes} nodes x {spec.tasks_per_node} tasks per node is {spec.total_tasks:,} "
+                        f"tasks; the limit is {MAX_TASKS:,}")
+    if scheduler.on_this_host and spec.total_tasks > (limit := settings.max_processes()):
+        raise SchedulerMismatchError(
+            f"{spec.total_tasks} tasks would be {spec.total_tasks} processes on this host; the limit is {limit}: "
+            f"set {settings.MAX_PROCESSES}={spec.total_tasks} to allow it, or submit to a cluster's scheduler")
     _validate_inputs(spec)
     _validate_resources(spec, scheduler)
     _validate_text(spec)
+
+
+def _validate_sizes(spec: JobSpec) -> None:
+    """Refuse a value over its bound (:data:`MAX_CHARS`, :data:`LIMITS`), naming the bound, before
+    any other check reads it (a 5,000-digit walltime is not a number Python converts)."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        limit = LIMITS.get(f.name) if field_type(f.name) is int else MAX_CHARS.get(f.name, _MAX_TEXT)
+        if limit is None or value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if value > limit:
+                raise SpecError(f"{f.name} {value} is too large: the limit is {limit:,}")
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if len(item) > limit:
+                hint = ": give larger inputs as a JSON file with -f" if f.name == "data" else ""
+                raise SpecError(f"{f.name} {_shown(item)} is {len(item):,} characters long; the limit is "
+                                f"{limit:,}{hint}")
+
+
+def _shown(value: str) -> str:
+    """``value`` for a message: its start, quoted, when it is long."""
+    return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
 
 
 def _validate_inputs(spec: JobSpec) -> None:
@@ -276,10 +331,14 @@ def _validate_resources(spec: JobSpec, scheduler: type[schedulers.Scheduler]) ->
     seconds = units.walltime_seconds(spec.walltime)
     if seconds < 60:
         raise SpecError(f"walltime {spec.walltime!r} is under a minute")
+    if seconds > MAX_WALLTIME_DAYS * 86400:
+        raise SpecError(f"walltime {spec.walltime!r} is over {MAX_WALLTIME_DAYS} days")
+    if spec.memory is not None and (units.memory_mb(spec.memory) or 0) > MAX_MEMORY_MB:
+        raise SpecError(f"memory {spec.memory} per node is over the limit of {MAX_MEMORY_MB // 1024 ** 2}T")
     if spec.signal_seconds is not None and not 0 < spec.signal_seconds < seconds:
         raise SpecError(f"signal_seconds must be above 0 and below the walltime ({seconds} s), "
                         f"not {spec.signal_seconds}")
-    if spec.checkpoint_every is not None and spec.checkpoint_every < 1:
+    if spec.checkpoint_every is not None and spec.checkpoint_every < settings.CHECKPOINT_EVERY_RANGE[0]:
         raise SpecError(f"checkpoint_every must be at least 1 second, not {spec.checkpoint_every}")
     if spec.requeue < 0:
         raise SpecError(f"requeue must be 0 or more, not {spec.requeue}")
@@ -287,15 +346,16 @@ def _validate_resources(spec: JobSpec, scheduler: type[schedulers.Scheduler]) ->
         raise SpecError(f"gpus_per_node must be 0 or more, not {spec.gpus_per_node}")
     if spec.launch_kind == "single" and spec.nodes > 1 and not scheduler.on_this_host:
         multi_node = ", ".join(m for m, kind in MAPPINGS.items() if kind != "single")
-        raise SpecError(f"mapping {spec.mapping} runs on one node; with --nodes {spec.nodes} use one of: "
-                        f"{multi_node}")
+        raise SchedulerMismatchError(f"mapping {spec.mapping} runs on one node; with --nodes {spec.nodes} use "
+                                     f"one of: {multi_node}")
     _validate_requests(spec, scheduler)
     directive = scheduler.directive
     for line in spec.extra_directives:
         if directive is None:
-            raise SpecError(f"the {spec.scheduler} scheduler reads no directives; remove {line!r}")
+            raise SchedulerMismatchError(f"the {spec.scheduler} scheduler reads no directives; remove {line!r}")
         if not line.startswith(directive + " ") or "\n" in line or "\r" in line:
-            raise SpecError(f"extra directive {line!r} must be one line starting with '{directive} '")
+            raise SchedulerMismatchError(f"extra directive {line!r} must be one line starting with "
+                                         f"'{directive} '")
 
 
 def _validate_requests(spec: JobSpec, scheduler: type[schedulers.Scheduler]) -> None:
@@ -308,7 +368,8 @@ def _validate_requests(spec: JobSpec, scheduler: type[schedulers.Scheduler]) -> 
         what = f"a {' and '.join(owners)} option" if owners else "a request"
         remedy = f"write it as a raw directive, e.g. --directive '{scheduler.directive} ...'" if scheduler.directive \
             else "leave it out"
-        raise SpecError(f"{name} is {what} that the {scheduler.title} scheduler does not support; {remedy}")
+        raise SchedulerMismatchError(f"{name} is {what} that the {scheduler.title} scheduler does not support; "
+                                     f"{remedy}")
 
 
 def _validate_text(spec: JobSpec) -> None:

@@ -6,14 +6,16 @@ spec: a scheduler is given the script and a :class:`~d4p_hpc.schedulers.Submissi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
 from d4p_hpc import schedulers
-from d4p_hpc.errors import SpecError
+from d4p_hpc.errors import SchedulerError, SpecError
 from d4p_hpc.results import Layout, now, write_json
+from d4p_hpc.submission.config import scheduler_why
 from d4p_hpc.submission.render import check_syntax
 from d4p_hpc.submission.spec import JobSpec
 
@@ -33,14 +35,31 @@ def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str
     be found and inspected; ``job.sh`` and ``spec.json`` are written too.
     """
     check_syntax(script)
+    try:
+        return _submit(spec, script, sources)
+    except SchedulerError as err:  # a newcomer's job may have gone to Slurm unasked: say why it went there
+        why = scheduler_why(spec.scheduler, sources or {})
+        raise type(err)(f"{err} (scheduler {spec.scheduler}: {why})", err.cmd, err.returncode, err.stdout,
+                        err.stderr) from None
+
+
+def _submit(spec: JobSpec, script: str, sources: dict | None) -> tuple[str, Path]:
     assert spec.results_root is not None, "a resolved spec always has a results root"
-    Path(spec.results_root).mkdir(parents=True, exist_ok=True)
+    root = Path(spec.results_root)
+    made = [p for p in (root, *root.parents) if not p.exists()]
+    root.mkdir(parents=True, exist_ok=True)  # Slurm and PBS open the job's log files there
     job = schedulers.Submission(results_dir=spec.results_dir, continues=spec.continues is not None,
                                 after=spec.after, tasks=spec.total_tasks)
     # a job's directory, its script and its logs are the user's alone, as the script's own files are
     umask = os.umask(0o077)
     try:
-        job_id = schedulers.get(spec.scheduler).submit(script, job)
+        try:
+            job_id = schedulers.get(spec.scheduler).submit(script, job)
+        except BaseException:
+            for directory in made:  # a job refused leaves nothing (the scheduler removes what it made)
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
         layout = Layout(spec.results_dir(job_id))
         layout.state.mkdir(parents=True, exist_ok=True)
         if not layout.script.exists():

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc.errors import D4pHpcError, UsageError
+from d4p_hpc.units import plural
 
 #: the output file types ``write`` knows, by suffix; ``dot``/``gv`` are the DOT text itself
 FORMATS = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png"}
 #: what an instance is called under the mappings with a fixed placement
 _FIXED = {"simple": "process", "multi": "process", "mpi": "rank"}
 _COMPOSITE = 2  # WorkflowNode.WORKFLOW_NODE_CP, in dispel4py and in d4p_hpc.workflow
+#: ranges of processes a label lists before it says how many more there are: Graphviz refuses a
+#: label over 16,384 characters (mpi -n 4096 would list 4,095 ranks)
+_RANGES = 20
 
 
 class DrawingError(D4pHpcError):
@@ -51,21 +55,31 @@ def _where(plan: Any, mapping: str, node: Any) -> str:
     """Where the instances of ``node`` run under ``mapping``."""
     count = node.count
     if mapping in _FIXED:
-        word = _FIXED[mapping]
-        places = [str(plan.placement[gid]) for gid in node.gids]
-        if count == 1:
-            return f"1 instance: {word} {places[0]}"
-        return f"{count} instances: {word}s {', '.join(places)}"
+        places = sorted({plan.placement[gid] for gid in node.gids})
+        return f"{plural(count, 'instance')}: {plural(len(places), _FIXED[mapping], number=False)} {_ranges(places)}"
     if node.index in {root.index for root in plan.roots()}:
         return "run by the driver"
     if mapping == "hybrid_redis" and plan.stateful(node):
-        return f"{count} instance{'s' if count > 1 else ''}, each on one worker"
+        return f"{plural(count, 'instance')}, each on one worker"
     return "any worker"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``0-3, 5, 7-9`` of sorted ``numbers``; past :data:`_RANGES` ranges, how many more."""
+    ranges: list[list[int]] = []
+    for n in numbers:
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges[:_RANGES])
+    return text + (f", ... (+{len(ranges) - _RANGES} more)" if len(ranges) > _RANGES else "")
 
 
 def dot_source(plan: Any, mapping: str | None = None, title: str | None = None) -> str:
     """The DOT text of ``plan``; with ``mapping``, each PE also says where its instances run."""
-    notices = plan.notices if mapping not in (None, "simple") else []  # as run shows them
+    notices = plan.notices if mapping else []  # as run shows them; a few, for Graphviz's label limit
+    notices = notices[:_RANGES] + ([f"(+{len(notices) - _RANGES} more notices)"] if len(notices) > _RANGES else [])
     lines = ["digraph workflow {",
              "  graph [rankdir=LR, fontname=Helvetica, labelloc=t"
              + (f", label={_label([title, *notices])}" if title else "") + "];",

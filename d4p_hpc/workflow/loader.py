@@ -156,10 +156,10 @@ def resolve_feeds(plan: Any, raw: int | dict) -> dict[int, int | list]:
     return feeds
 
 
-def default_results(source: str, mapping: str) -> Path:
-    """``./d4p-results/<graph>-<mapping>-<time>``: a new directory per run, never an old one."""
+def default_results(source: str, mapping: str, root: Path) -> Path:
+    """``<root>/<graph>-<mapping>-<time>``: a new directory per run, never an old one."""
     import datetime
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     stem = Path(source).stem if source.endswith(".py") else source.rsplit(".", 1)[-1]
-    return Path(os.getcwd()) / "d4p-results" / f"{stem}-{mapping}-{stamp}"
+    return root / f"{stem}-{mapping}-{stamp}"

@@ -4,6 +4,7 @@ restored into a fresh copy of the PE on resume."""
 from __future__ import annotations
 
 import pickle
+import traceback
 from typing import Any
 
 from d4p_hpc.errors import D4pHpcError
@@ -13,14 +14,23 @@ WIRED = frozenset({"inputconnections", "outputconnections", "log", "rank", "pick
 
 
 class CheckpointFailed(D4pHpcError):
-    """A PE's state cannot be saved."""
+    """The state of PE ``pe`` cannot be saved; ``traceback``: where its ``checkpoint()`` raised, if it did."""
+
+    def __init__(self, message: str, pe: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.pe = pe
+        self.traceback = traceback
 
 
 def capture(key: str, pe: Any) -> bytes:
     """The pickled state of PE object ``pe`` (named ``key`` in messages)."""
     hook = getattr(pe, "checkpoint", None)
     if callable(hook):
-        state: tuple = ("hook", hook())
+        try:
+            state: tuple = ("hook", hook())
+        except Exception as exc:
+            raise CheckpointFailed(f"PE {key}: its checkpoint() raised {type(exc).__name__}: {exc}", key,
+                                   traceback.format_exc()) from None
     else:
         ignore = WIRED | set(getattr(pe, "pickleIgnore", None) or ())
         state = ("dict", {k: v for k, v in vars(pe).items() if k not in ignore})
@@ -32,7 +42,7 @@ def capture(key: str, pe: Any) -> bytes:
         what = f"attribute {culprit!r}" if culprit else "its state"
         raise CheckpointFailed(f"PE {key}: {what} cannot be saved ({type(exc).__name__}: {exc}); list it in "
                                "the PE's pickleIgnore, or give the PE checkpoint() and restore(state) "
-                               "methods") from None
+                               "methods", key) from None
 
 
 def _picklable(value: Any) -> bool:

@@ -6,6 +6,10 @@ who began it, writing its part, completing it); :class:`ChandyLamport` is what t
 its channels, reading ahead so that a marker is always in reach, its local snapshot, and staying,
 once finished, until every other process has finished too, so that a checkpoint begun late still
 reaches every process.
+
+A local snapshot is taken at a clean point (no PE call under way) or at a write point of a long
+root call (see :mod:`~d4p_hpc.mappings.runtime.replay`): the root's call is then replayed on
+resume, and every item it wrote so far is processed here or recorded on its way to a peer.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from d4p_hpc.mappings.checkpoint.pe_state import capture
 from d4p_hpc.mappings.checkpoint.store import (directory, is_complete, parts_written, read_part, write_manifest,
                                                write_part)
 from d4p_hpc.mappings.runtime.core import BATCH_ITEMS, Runtime
+from d4p_hpc.mappings.runtime.replay import PART_FIELD, calls_under_way, saved_state
 from d4p_hpc.results import write_bytes
 from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
 
@@ -249,10 +253,11 @@ class ChandyLamport:
         for gid, inst in runtime.local.items():
             saved: dict = {"eos_left": inst.eos_left, "done": inst.done}
             if not inst.done:
-                saved["state"] = capture(inst.node.key, inst.pe)
+                saved["state"] = saved_state(inst)
             instances[gid] = saved
         snap.part = {"instances": instances, "fed": dict(runtime.fed), "parts": runtime.sink.checkpoint_sizes(),
-                     "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox]}
+                     "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox],
+                     PART_FIELD: calls_under_way(runtime.local.values())}
         for peer in snap.peers:
             self._send_control(peer, MARKER, seq)
         if first_from is not None:
@@ -289,6 +294,14 @@ class ChandyLamport:
         if self.halted and snap.written:
             snap.wait_complete(lambda: self.drain(block=False))
             raise Interrupted(STOPS[WALLTIME], WALLTIME)
+
+    def at_write_point(self) -> None:
+        """Inside a long root call, at one of its writes: see the markers that have come (now
+        and then: every write would cost a look), then as at a clean point."""
+        if self.runtime.transport is not None and time.monotonic() - self._read_at > READ_SECONDS:
+            self.read_ahead()
+        if self.halted or self.snapshots.due():  # (cheap, unlike a clean point's look at every instance)
+            self.at_clean_point()
 
     def stay_for_peers(self) -> None:
         """Once every local instance has finished: a peer may still begin (or be in) a checkpoint, so

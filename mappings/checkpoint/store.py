@@ -1,9 +1,20 @@
 """Checkpoints on disk: their format, writing and reading them, and what a resume must match.
 
 A checkpoint is ``DIR/checkpoints/<seq>/``: one ``part-<process>.pkl`` per process of the run and,
-once all of them are written, ``complete.json``, its manifest (what the checkpoint is of, its size
-and the time it took). Every file is written to a temporary name and renamed (0600): a checkpoint
-either is complete or is not used. The two newest complete ones are kept.
+once all of them are written, ``complete.json``, its manifest: what the checkpoint is of, its
+size and the time it took, and the size and sha256 of every part. Every file is written through
+:mod:`d4p_hpc.durable` (a temporary name, fsync, rename, fsync of the directory), and a process
+makes its outputs durable up to the sizes its part records before it writes its part (see
+:meth:`~d4p_hpc.mappings.runtime.sink.Sink.checkpoint_sizes`): a crash at any step leaves the
+previous complete checkpoint whole. The two newest complete ones are kept.
+
+A resume uses the newest complete checkpoint that is whole (:func:`load`): every part its manifest
+names is there, private (:mod:`d4p_hpc.trust`), of its size and sha256, loads, and is the part of
+that checkpoint and process it says; and no output file is shorter than the checkpoint records (a
+crash lost what had not reached the disk). One that is not is skipped, saying why on stderr; with
+none left, the resume is refused and nothing is changed. Its run then removes what is newer than the
+checkpoint it continues, and cuts the outputs back to it (:func:`cut_back`, which a crash may
+interrupt: the next resume does it again, from the same checkpoint).
 
 A part holds, for the PE instances of its process: the state of each (see :mod:`.pe_state`),
 whether it has finished, how many end-of-stream markers it still expects, how many inputs each
@@ -12,19 +23,23 @@ root has consumed, the items *in flight* to it, and the size of every output par
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
-import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from d4p_hpc import durable, settings
+from d4p_hpc.errors import ResumeError, UntrustedFileError
 from d4p_hpc.results import Layout, now, write_bytes
-from d4p_hpc.errors import ResumeError
+from d4p_hpc.trust import open_private
 
-#: Version of the format of parts and manifests: a resume refuses another one.
-FORMAT = 1
+#: Version of the format of parts and manifests: a resume refuses another one (2: the manifest
+#: lists every part with its size and sha256).
+FORMAT = 2
 COMPLETE = "complete.json"
 KEEP = 2
 
@@ -55,17 +70,22 @@ def write_manifest(results: Path, seq: int, manifest: dict) -> None:
     or a worker that has left) are written by nobody now: their sizes are recorded here, so that a
     resume keeps them."""
     d = directory(results, seq)
-    parts = sorted(d.glob("part-*.pkl"))
-    size = sum(p.stat().st_size for p in parts)
-    procs = {f"part-{p.name[5:10]}." for p in parts}
+    parts = {p.name: _digest(p) for p in sorted(d.glob("part-*.pkl"))}
+    procs = {f"part-{name[5:10]}." for name in parts}
     dormant = {str(p.relative_to(results)): p.stat().st_size for p in Layout(results).outputs.glob("*/part-*")
                if p.name[:11] not in procs}
-    manifest = {"format": FORMAT, "seq": seq, "time": now(), "bytes": size, "dormant": dormant, **manifest}
+    manifest = {"format": FORMAT, "seq": seq, "time": now(), "bytes": sum(p["bytes"] for p in parts.values()),
+                "parts": parts, "dormant": dormant, **manifest}
     write_bytes(d / COMPLETE, (json.dumps(manifest, indent=1) + "\n").encode(), sync=True)
     done = complete_seqs(results)
     for old in sorted(p for p in Layout(results).checkpoints.iterdir() if p.name.isdigit()):
         if int(old.name) < seq and (int(old.name) not in done[-KEEP:]):
-            shutil.rmtree(old, ignore_errors=True)
+            durable.remove_tree(old)
+
+
+def _digest(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def is_complete(results: Path, seq: int) -> bool:
@@ -81,13 +101,30 @@ def complete_seqs(results: Path) -> list[int]:
 
 
 def read_manifest(results: Path, seq: int) -> dict:
-    return json.loads((directory(results, seq) / COMPLETE).read_text())
+    """The manifest of checkpoint ``seq``; :class:`~d4p_hpc.errors.UntrustedFileError`, OSError or
+    ValueError (not JSON) if it cannot be read."""
+    with open_private(directory(results, seq) / COMPLETE, "checkpoint manifest") as fh:
+        found = json.load(fh)
+    if not isinstance(found, dict):
+        raise ValueError(f"it holds a JSON {type(found).__name__}, not an object")
+    return found
+
+
+def _manifests(results: Path) -> list[dict]:
+    """The manifests of the complete checkpoints that can be read, oldest first."""
+    found = []
+    for seq in complete_seqs(results):
+        try:
+            found.append(read_manifest(results, seq))
+        except (OSError, ValueError, UntrustedFileError):
+            continue
+    return found
 
 
 def latest(results: Path) -> dict | None:
-    """The manifest of the newest complete checkpoint, or None."""
-    done = complete_seqs(results)
-    return read_manifest(results, done[-1]) if done else None
+    """The newest manifest that can be read, or None."""
+    found = _manifests(results)
+    return found[-1] if found else None
 
 
 #: a run's own stop after its last checkpoint, and the submission of its successor
@@ -98,7 +135,7 @@ def signal_seconds_needed(results: Path | None) -> float:
     """How long before the walltime the signal must come for the run to take its checkpoint, stop
     and (``--requeue``) submit its successor: twice the longest checkpoint measured in ``results``
     (None: none measured yet), plus :data:`STOP_SECONDS`."""
-    measured = [read_manifest(results, seq).get("seconds", 0.0) for seq in complete_seqs(results)] if results else []
+    measured = [m.get("seconds", 0.0) for m in _manifests(results)] if results else []
     return STOP_SECONDS + 2 * max(measured, default=0.0)
 
 
@@ -141,21 +178,98 @@ class Restored:
 
 
 def load(results: Path, seq: int | None = None) -> Restored:
-    """The newest complete checkpoint of ``results`` (or number ``seq``)."""
+    """The newest complete checkpoint of ``results`` that is whole (see the module docstring),
+    saying on stderr which newer ones it skips and why; or checkpoint ``seq``, which must be whole
+    (a Redis worker loads the one its driver chose). Reads only: a
+    :class:`~d4p_hpc.errors.ResumeError` leaves everything as it was."""
     done = complete_seqs(results)
     if not done:
         raise ResumeError(f"{results} has no complete checkpoint to resume from: run with --checkpoint-every "
                           "SECONDS (or submit with --requeue N) to take them")
-    seq = done[-1] if seq is None else seq
-    found = read_manifest(results, seq)
-    if found.get("format") != FORMAT:
-        raise ResumeError(f"checkpoint {seq} of {results} has format {found.get('format')}; this d4p-hpc reads "
-                          f"format {FORMAT}: resume with the d4p-hpc version that wrote it")
-    return Restored(seq, found, [read_part(path) for path in sorted(directory(results, seq).glob("part-*.pkl"))])
+    if seq is not None:
+        found = _whole(results, seq) if seq in done else "it is not complete"
+        if isinstance(found, str):
+            raise ResumeError(f"checkpoint {seq} of {results} cannot be used: {found}")
+        return found
+    skipped: list[tuple[int, str]] = []
+    for seq in reversed(done):
+        found = _whole(results, seq)
+        if isinstance(found, Restored):
+            if not settings.quiet():
+                for newer, why in skipped:
+                    print(f"checkpoint {newer} of {results} is not used ({why}): resuming from checkpoint {seq}",
+                          file=sys.stderr)
+            return found
+        skipped.append((seq, found))
+    raise ResumeError(f"no checkpoint of {results} can be resumed from ("
+                      + "; ".join(f"checkpoint {newer}: {why}" for newer, why in skipped)
+                      + "); nothing was changed: start a new run")
+
+
+def _whole(results: Path, seq: int) -> Restored | str:
+    """Checkpoint ``seq`` loaded, or why it cannot be used (one clause)."""
+    d = directory(results, seq)
+    try:
+        manifest = read_manifest(results, seq)
+    except UntrustedFileError as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        return f"{COMPLETE} cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    if manifest.get("format") != FORMAT:
+        raise ResumeError(f"checkpoint {seq} of {results} has format {manifest.get('format')}; this d4p-hpc reads "
+                          f"format {FORMAT}: resume with the d4p-hpc version that wrote it, or start a new run")
+    listed = manifest.get("parts")
+    if not isinstance(listed, dict) or not listed:
+        return f"its {COMPLETE} lists no parts"
+    on_disk = {p.name for p in d.glob("part-*.pkl")}
+    for name in sorted(set(listed) ^ on_disk):
+        return f"{name} is missing" if name in listed else f"{name} is not in its {COMPLETE}"
+    parts = []
+    for name, recorded in sorted(listed.items()):
+        part = _part(d / name, seq, recorded)
+        if isinstance(part, str):
+            return part
+        parts.append(part)
+    restored = Restored(seq, manifest, parts)
+    workers = manifest.get("workers")  # the dynamic mappings: the driver's part and one per worker
+    if workers is not None and {p["proc"] for p in parts} != {0, *workers}:
+        return f"its parts are not those of the driver and workers {workers}"
+    for rel, size in sorted(restored.sizes().items()):
+        where = Path(rel)
+        if where.is_absolute() or ".." in where.parts or where.parts[:1] != (Layout.OUTPUTS,):
+            return f"it names {rel}, which is not an output part file"
+        have = (results / where).stat().st_size if (results / where).exists() else 0
+        if have < size:
+            return (f"{rel} has {have} bytes and the checkpoint records {size}: what had not reached the disk "
+                    "was lost in a crash")
+    return restored
+
+
+def _part(path: Path, seq: int, recorded: Any) -> dict | str:
+    """The part at ``path`` of checkpoint ``seq``, or why it cannot be used."""
+    try:
+        with open_private(path, "checkpoint part") as fh:
+            data = fh.read()
+    except UntrustedFileError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path.name} cannot be read: {exc.strerror}"
+    digest = hashlib.sha256(data).hexdigest()
+    if not isinstance(recorded, dict) or (len(data), digest) != (recorded.get("bytes"), recorded.get("sha256")):
+        return (f"{path.name} has {len(data)} bytes (sha256 {digest[:12]}), not those its {COMPLETE} records: "
+                "it was cut short or changed")
+    try:
+        part = pickle.loads(data)
+    except Exception as exc:  # anything may be raised by a pickle that is not one
+        return f"{path.name} does not load ({type(exc).__name__}: {exc})"
+    if not isinstance(part, dict) or (part.get("format"), part.get("seq"), part.get("proc")) != \
+            (FORMAT, seq, int(path.name[5:10])):
+        return f"{path.name} is not the part of process {int(path.name[5:10])} of checkpoint {seq} in format {FORMAT}"
+    return part
 
 
 def read_part(path: Path) -> dict:
-    with open(path, "rb") as fh:
+    with open_private(path, "checkpoint part") as fh:
         return pickle.load(fh)
 
 
@@ -191,18 +305,26 @@ def _short(value: Any) -> str:
 
 
 def cut_back(results: Path, restored: Restored) -> int:
-    """Cut every output part file back to its size in the checkpoint (removing parts it does not
-    know): what a segment wrote after its last checkpoint is written again by the next one.
-    Returns the number of bytes cut."""
+    """Continue from checkpoint ``restored``: remove every checkpoint newer than it (unfinished,
+    or not whole) and what killed writers left, then cut every output part file back to its size in
+    the checkpoint (removing parts it does not know): what a segment wrote after its last
+    checkpoint is written again by the next one. Every step is durable and may be done again: a
+    crash in the middle leaves the same checkpoint to resume from. Returns the number of bytes cut."""
+    layout = Layout(results)
+    for where in (results, results / Layout.PARTS, layout.checkpoints):
+        durable.remove_leftovers(where)
+    for d in sorted(layout.checkpoints.iterdir()) if layout.checkpoints.is_dir() else []:
+        if d.name.isdigit() and int(d.name) > restored.seq:
+            durable.remove_tree(d)
     sizes = restored.sizes()
     cut = 0
-    for path in sorted(Layout(results).outputs.glob("*/part-*")):
+    for path in sorted(layout.outputs.glob("*/part-*")):
         keep = sizes.get(str(path.relative_to(results)), 0)
         size = path.stat().st_size
         if size > keep:
             cut += size - keep
             if keep:
-                os.truncate(path, keep)
+                durable.truncate(path, keep)
             else:
-                path.unlink()
+                durable.unlink(path)
     return cut

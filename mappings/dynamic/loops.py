@@ -16,16 +16,16 @@ timeout is involved, so a PE that takes minutes per item cannot end the run earl
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from d4p_hpc import supervisor
+from d4p_hpc import settings, supervisor
 from d4p_hpc.mappings.checkpoint import store
 from d4p_hpc.mappings.dynamic.autoscale import TICK, Autoscaler
+from d4p_hpc.mappings.runtime import replay
 from d4p_hpc.mappings.runtime.core import root_feed
 from d4p_hpc.mappings.runtime.process import Aborted
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, death, read_parts
@@ -49,8 +49,7 @@ QUIESCE_TASKS = 4
 
 def max_backlog(workers: int) -> int:
     """Tasks the driver lets wait before it pauses feeding (``$D4P_HPC_MAX_BACKLOG`` overrides)."""
-    configured = os.environ.get("D4P_HPC_MAX_BACKLOG")
-    return int(configured) if configured else 2 * READ_COUNT * ENTRY_TASKS * max(1, workers)
+    return settings.max_backlog() or 2 * READ_COUNT * ENTRY_TASKS * max(1, workers)
 
 
 @dataclass
@@ -207,19 +206,22 @@ class Driver:
 
     def run(self) -> None:
         """Feed and close every root, then supervise until the run completes; raise if it stops."""
-        # from inside write(): a root that writes a whole file in one call is shipped as it goes
+        # from inside write(): a root that writes a whole file in one call is shipped as it goes,
+        # and may be checkpointed there (see the replay module)
         self.runtime.on_queued = self._ship
+        if self.ctx.checkpoints:
+            self.runtime.on_write = self._write_point
         restored = self.ctx.restored
         for root in self.ctx.plan.roots():
             inst = self.runtime.copy_of(root.index)
             gid = root.first_gid
             self.fed[gid] = restored.fed(gid) if restored is not None else 0
+            inst.replay = replay.pending(restored, gid) if restored is not None else None
             for item in root_feed(self.ctx.feeds.get(root.index, 0), self.fed[gid]):
                 self.runtime.feed(inst, item)
                 self.fed[gid] += 1
                 self._ship()  # also for calls that write nothing: the watch and the autoscaler tick
-                if self.ctx.checkpoints and (self.stop_signal or time.monotonic() >= self.next_checkpoint):
-                    self._checkpoint(final=self.stop_signal is not None)
+                self._write_point()
             self.runtime.finish(inst)
             self.closing = True
             self._send(close=root.index)
@@ -233,18 +235,25 @@ class Driver:
                 time.monotonic() - self._last_send > FLUSH_SECONDS:
             self._send()
 
+    def _write_point(self) -> None:
+        """Between root calls, or at a write of a recorded one: take a checkpoint if one is due."""
+        if self.ctx.checkpoints and (self.stop_signal or time.monotonic() >= self.next_checkpoint):
+            self._checkpoint(final=self.stop_signal is not None)
+
     def _send(self, close: int | None = None) -> None:
         backlog = self.broker.commit(None, self.runtime.take_outbox(), {}, 0.0, close=close)
         self._last_send = time.monotonic()
         self.peak = max(self.peak, backlog)
         self._check()
-        # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small
+        # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small; the
+        # root's call is blocked then, not busy
         delay = 0.002
         limit = self._limit()
-        while backlog > limit and self._check():
-            time.sleep(delay)
-            delay = min(0.05, delay * 2)
-            backlog = self.broker.backlog()
+        with self.runtime.blocked():
+            while backlog > limit and self._check():
+                time.sleep(delay)
+                delay = min(0.05, delay * 2)
+                backlog = self.broker.backlog()
 
     def _limit(self) -> int:
         """The backlog limit; with checkpoints on, no more than the pool does in
@@ -264,8 +273,9 @@ class Driver:
         part, write ours, complete the checkpoint; after one taken at the walltime signal, stop."""
         started = time.monotonic()
         self._send()
-        while self.broker.backlog() > 0 and self._check():
-            time.sleep(QUIESCE_POLL)
+        with self.runtime.blocked():
+            while self.broker.backlog() > 0 and self._check():
+                time.sleep(QUIESCE_POLL)
         self.seq += 1
         workers = self.broker.request_checkpoint(self.seq)
         deadline = time.monotonic() + PART_WAIT

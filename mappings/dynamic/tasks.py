@@ -26,7 +26,9 @@ from typing import Any
 
 from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.checkpoint import pe_state, store
-from d4p_hpc.mappings.runtime.core import Instance, Runtime
+from d4p_hpc.mappings.runtime import replay
+from d4p_hpc.mappings.runtime.core import Runtime
+from d4p_hpc.mappings.runtime.hosting import Instance, pe_copy
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.runtime.plan import Plan
 
@@ -57,7 +59,8 @@ def keep_notices(plan: Plan) -> None:
     """Drop the plan's notices about instance counts and placement, except for stateful PEs:
     other PEs have no fixed instances under the dynamic mappings."""
     keys = [plan.pes[i].key for i in plan.stateful_indices()]
-    plan.notices = [n for n in plan.notices if any(n.startswith(f"PE {key} ") for key in keys)]
+    plan.notices = [n for n in plan.notices if n.startswith("root PE ") or any(n.startswith(f"PE {key} ")
+                                                                              for key in keys)]
 
 
 def chunk(tasks: list, workers: int) -> list[list]:
@@ -117,6 +120,8 @@ class TaskRuntime(Runtime):
         #: called after each task put in the outbox: the driver ships them while a root's call still
         #: writes (and waits there while the backlog is too long), so one call cannot fill memory
         self.on_queued: Callable[[], None] | None = None
+        #: the driver with checkpoints on: called at each write point of a recorded root call
+        self.on_write: Callable[[], None] | None = None
         self._budget = 0
         self.restored = restored
 
@@ -144,15 +149,24 @@ class TaskRuntime(Runtime):
 
     def saved(self) -> dict:
         """This process's part of a checkpoint (taken while the run is quiesced): the state of its
-        copies, by PE index, and of the stateful instances it owns, and its output sizes."""
-        return {"copies": {index: pe_state.capture(inst.node.key, inst.pe) for index, inst in self.copies.items()},
+        copies, by PE index (a root inside a recorded call: as the call began), and of the stateful
+        instances it owns, the root calls to replay, and its output sizes."""
+        return {"copies": {index: replay.saved_state(inst) for index, inst in self.copies.items()},
                 "instances": {gid: {"state": pe_state.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
                               for gid, inst in self.owned.items()},
+                replay.PART_FIELD: replay.calls_under_way(self.copies.values()),
                 "parts": self.sink.checkpoint_sizes()}
+
+    def _checkpointing(self) -> bool:
+        return self.on_write is not None
+
+    def _write_point(self) -> None:
+        if self.on_write is not None:
+            self.on_write()
 
     def _host(self, gid: int, label: int | None) -> Instance:
         node = self.node_of[gid]
-        inst = Instance(gid, node, self.copy_pe(node.pe), 0)
+        inst = Instance(gid, node, pe_copy(node, self.copy_pe, "for a worker" if self.chain else "for the driver"), 0)
         if label is not None:
             inst.index = label  # a PE's copies are told apart by the process that ran them
         self._wire(inst)
@@ -177,10 +191,6 @@ class TaskRuntime(Runtime):
         for _gid, input_name, data in items:
             check()
             self._process(inst, {input_name: data})
-
-    def feed(self, inst: Instance, inputs: Any) -> None:
-        """Call a root PE once (the driver)."""
-        self._process(inst, inputs)
 
     def finish(self, inst: Instance) -> None:
         """Run ``postprocess`` of ``inst``; what it writes goes to the outbox as usual."""
@@ -212,7 +222,7 @@ class TaskRuntime(Runtime):
             self.unsent.setdefault(gid, []).append((gid, input_name, data))
         elif self._budget > 0:
             self._budget -= 1
-            self._process(self.copy_of(node.index), {input_name: data})
+            self._local(self.copy_of(node.index), input_name, data)
             return
         else:
             self.unsent.setdefault(SHARED_QUEUE, []).append((gid, input_name, data))

@@ -33,13 +33,12 @@ import socket
 import threading
 import time
 
+from d4p_hpc import settings
 from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, SLOW_UNIT, Unit
 from d4p_hpc.mappings.dynamic.accounting import commit_fields
 from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, TaskRuntime, chunk, truncate_parts
 from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, stateful_gids, stop_run
 
-#: Default seconds before a dead worker's tasks are taken over (``$D4P_HPC_CLAIM_IDLE``).
-CLAIM_IDLE = 10.0
 #: Heartbeats per claim idle time (the liveness key's time to live): three can be missed.
 BEATS = 4
 #: Longest time between two heartbeats in an autoscaled run: how soon a worker parks or resumes.
@@ -54,7 +53,7 @@ OWN_GRACE = 3.0
 
 def claim_idle() -> float:
     """The configured claim idle time in seconds."""
-    return float(os.environ.get("D4P_HPC_CLAIM_IDLE") or CLAIM_IDLE)
+    return settings.claim_idle()
 
 
 class RedisBroker:

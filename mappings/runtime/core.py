@@ -3,9 +3,13 @@
 One :class:`Runtime` runs in each process (or MPI rank) and hosts the PE
 instances the plan places there. Data for an instance in the same process is
 handed over by a direct call (depth first, so memory stays bounded however
-many items one ``process`` call writes); data for another process is put in a
-per-destination outbox and sent as one pickled batch (protocol 5) when the
-box is full, or before the process would wait for input.
+many items one ``process`` call writes; past :data:`MAX_DEPTH` nested
+deliveries, a long chain of PEs, what a call writes is delivered as soon as
+the call returns instead, so the stack stays bounded too); data for another
+process is put in a per-destination outbox and sent as one pickled batch
+(protocol 5) when the box is full, or before the process would wait for input.
+Time spent waiting for room there (backpressure) is charged to the writing
+instance as blocked, not busy.
 
 Termination is end-of-stream accounting, never an idle timeout: when an
 instance has finished (roots: after their last input; others: after
@@ -16,7 +20,9 @@ instances.
 
 With checkpoints on, the Runtime delegates receiving, and its part in taking
 them, to its :class:`Checkpoints` (the static mappings':
-:class:`~d4p_hpc.mappings.checkpoint.snapshots.ChandyLamport`).
+:class:`~d4p_hpc.mappings.checkpoint.snapshots.ChandyLamport`), which may
+also take one inside a long root call, at one of its writes (see
+:mod:`~d4p_hpc.mappings.runtime.replay`).
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ import pickle
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from d4p_hpc.mappings.checkpoint.pe_state import restore
 from d4p_hpc.mappings.checkpoint.store import Restored
-from d4p_hpc.mappings.runtime.plan import Plan, PENode, group_key, stable_hash
+from d4p_hpc.mappings.runtime import hosting, replay
+from d4p_hpc.mappings.runtime.hosting import Instance, Route, Writer, make_logger, pe_copy
+from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.process import Aborted, PEFailed
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.supervisor import Interrupted
@@ -40,62 +49,9 @@ BATCH_ITEMS = 256
 BATCH_BYTES = 4 << 20
 # a partly filled batch leaves after this long, so slow PEs do not hold their outputs back
 BATCH_SECONDS = 0.2
-
-
-class Instance:
-    """One PE instance in this process, with its counters."""
-
-    __slots__ = ("gid", "node", "index", "pe", "routes", "eos_left", "done",
-                 "items_in", "items_out", "busy")
-
-    def __init__(self, gid: int, node: PENode, pe: Any, eos: int) -> None:
-        self.gid = gid
-        self.node = node
-        self.index = gid - node.first_gid
-        self.pe = pe
-        self.routes: dict[str, list[Route]] = {}
-        self.eos_left = eos
-        self.done = False
-        self.items_in = 0
-        self.items_out = 0
-        self.busy = 0.0
-
-    def stats(self, proc: int) -> dict:
-        return {"pe": self.node.key, "instance": self.index, "process": proc, "items_in": self.items_in,
-                "items_out": self.items_out, "busy_seconds": round(self.busy, 6)}
-
-
-class Route:
-    """Picks the destination instances of one item on one connection, from one sender instance."""
-
-    __slots__ = ("input", "gids", "mode", "fields", "next")
-
-    def __init__(self, input_name: str, gids: range, grouping: Any, sender: int) -> None:
-        self.input = input_name
-        self.gids = tuple(gids)
-        self.fields: list = grouping if isinstance(grouping, list) else []  # the group-by fields (mode "key")
-        if grouping == "all":
-            self.mode = "all"
-        elif grouping == "global" or len(self.gids) == 1:
-            self.mode = "one"
-        elif isinstance(grouping, list):
-            self.mode = "key"
-        else:
-            self.mode = "shuffle"
-        # senders start at different instances, so several senders do not all hit instance 0 first
-        self.next = sender % len(self.gids)
-
-    def targets(self, data: Any) -> tuple:
-        mode = self.mode
-        if mode == "one":
-            return self.gids[:1]
-        if mode == "all":
-            return self.gids
-        if mode == "key":
-            return (self.gids[stable_hash(group_key(data, self.fields)) % len(self.gids)],)
-        i = self.next
-        self.next = (i + 1) % len(self.gids)
-        return (self.gids[i],)
+#: nested local deliveries (PE calls) before what a call writes waits for the call to return: each
+#: costs ~8 Python frames, and Python allows 1000
+MAX_DEPTH = 40
 
 
 class Transport(Protocol):
@@ -129,27 +85,12 @@ class Checkpoints(Protocol):
     def at_clean_point(self) -> None:
         """No PE call is under way: begin a checkpoint that is due, or stop after the last one."""
 
+    def at_write_point(self) -> None:
+        """Only a recorded root call is under way, and everything its writes so far reached
+        here has been processed: as :meth:`at_clean_point`, and see what has arrived."""
+
     def stay_for_peers(self) -> None:
         """Every local instance has finished: take part in the checkpoints others begin until all have."""
-
-
-class _Writer:
-    __slots__ = ("runtime", "inst", "output")
-
-    def __init__(self, runtime: Runtime, inst: Instance, output: str) -> None:
-        self.runtime = runtime
-        self.inst = inst
-        self.output = output
-
-    def write(self, data: Any) -> None:
-        self.runtime.emit(self.inst, self.output, data)
-
-
-def make_logger(pe: Any, label: str) -> Callable[[str], None]:
-    """The ``pe.log`` mappings install: a line tagged with PE id and process."""
-    def log(msg: str) -> None:
-        print(f"{pe.id} ({label}): {msg}")
-    return log
 
 
 def root_feed(spec: int | list, consumed: int = 0) -> Iterable[Any]:
@@ -179,18 +120,20 @@ class Runtime:
         self.local: dict[int, Instance] = {}
         self.outbox: dict[int, list] = {}
         self.outbytes: dict[int, int] = {}
-        self._owner: Instance | None = None
+        #: the instance whose call is under way (the innermost)
+        self.owner: Instance | None = None
+        hosting.runtime_here = self
         self._t = time.perf_counter()
         self._oldest = 0.0  # when the oldest item now in an outbox was put there
+        self._depth = 0  # nested PE calls (process, postprocess) under way
+        #: local deliveries waiting for the call at MAX_DEPTH that wrote them to return
+        self._deferred: deque[tuple[Instance, str | None, Any]] = deque()
         seen: set[int] = set()
         for gid in plan.local_gids(proc) if gids is None else gids:
             node = plan.pe_of(gid)
             # the plan's PE object is a template: a second instance in the same process needs its own copy
-            try:
-                pe = copy_pe(node.pe) if node.index in seen else node.pe
-            except Exception:
-                raise PEFailed(node.key, "a second instance of this PE shares the process and the PE cannot be "
-                                         f"copied; give the run more processes\n{traceback.format_exc()}") from None
+            pe = pe_copy(node, copy_pe, "for a second instance in one process", "; or give the run more processes") \
+                if node.index in seen else node.pe
             seen.add(node.index)
             self.local[gid] = Instance(gid, node, pe, plan.expected_eos(node.index))
         for inst in self.local.values():
@@ -199,7 +142,7 @@ class Runtime:
     def _wire(self, inst: Instance) -> None:
         pe = inst.pe
         for output in inst.node.outputs:
-            pe.outputconnections[output][WRITER] = _Writer(self, inst, output)
+            pe.outputconnections[output][WRITER] = Writer(self, inst, output)
             inst.routes[output] = [Route(c.input, self.plan.pes[c.dst].gids, c.grouping, inst.index)
                                    for c in self.plan.outgoing(inst.node.index, output)]
         pe.log = make_logger(pe, f"process {self.proc}")
@@ -209,10 +152,10 @@ class Runtime:
     def _call(self, inst: Instance, fn: Callable, *args: Any) -> Any:
         # busy time is charged to the innermost PE: a local delivery runs inside its sender's call
         now = time.perf_counter()
-        prev = self._owner
+        prev = self.owner
         if prev is not None:
             prev.busy += now - self._t
-        self._owner = inst
+        self.owner = inst
         self._t = now
         try:
             return fn(*args)
@@ -223,38 +166,103 @@ class Runtime:
         finally:
             now = time.perf_counter()
             inst.busy += now - self._t
-            self._owner = prev
+            self.owner = prev
             self._t = now
+
+    @contextmanager
+    def blocked(self) -> Iterator[None]:
+        """Time in here, waiting for room downstream (backpressure), is blocked time of the
+        instance whose call writes, not busy time."""
+        start = time.perf_counter()
+        owner = self.owner
+        if owner is not None:
+            owner.busy += start - self._t
+        try:
+            yield
+        finally:
+            self._t = time.perf_counter()
+            if owner is not None:
+                owner.blocked_seconds += self._t - start
+
+    def feed(self, inst: Instance, inputs: Any) -> None:
+        """Call root ``inst`` once. With checkpoints on, a long call is recorded, so that one may
+        be taken at its writes (see :mod:`~d4p_hpc.mappings.runtime.replay`); a resumed run
+        replays first the call it was taken inside."""
+        todo, inst.replay = inst.replay, None
+        if todo is not None or (inst.long_calls and self._checkpointing() and self.plan.deterministic(inst.node)):
+            inst.call = replay.Call.begin(inst.node.key, inst.pe, todo)
+        started = time.perf_counter()
+        try:
+            self._process(inst, inputs)
+            if inst.call is not None:
+                inst.call.ended()
+        finally:
+            inst.call = None
+        inst.long_calls = time.perf_counter() - started >= replay.LONG_CALL
+
+    def _checkpointing(self) -> bool:
+        """Whether this process takes checkpoints (then long root calls are recorded)."""
+        return self.checkpoints is not None
+
+    def _write_point(self) -> None:
+        """A recorded root call has written, and all that write reached here has been processed."""
+        if self.checkpoints is not None:
+            self.checkpoints.at_write_point()
 
     def _process(self, inst: Instance, inputs: Any) -> None:
         inst.items_in += 1
-        result = self._call(inst, inst.pe.process, inputs)
-        if result:
-            if not isinstance(result, dict):
-                raise PEFailed(inst.node.key, f"{type(inst.pe).__name__}.process returned a "
-                               f"{type(result).__name__} ({result!r:.60}); return a dict "
-                               "{output name: item} or None, or call self.write(output, item)")
-            for output, data in result.items():
-                self.emit(inst, output, data)
+        self._depth += 1
+        try:
+            result = self._call(inst, inst.pe.process, inputs)
+            if result:
+                if not isinstance(result, dict):
+                    raise PEFailed(inst.node.key, f"{type(inst.pe).__name__}.process returned a "
+                                   f"{type(result).__name__} ({result!r:.60}); return a dict "
+                                   "{output name: item} or None, or call self.write(output, item)")
+                for output, data in result.items():
+                    self.emit(inst, output, data)
+        finally:
+            self._depth -= 1
         if self.outbox and self._t - self._oldest > BATCH_SECONDS:
             self.flush_all()
 
     def emit(self, inst: Instance, output: str, data: Any) -> None:
         """Route one item written by ``inst`` to ``output``."""
+        call = inst.call
+        if call is not None and call.wrote(output, data):
+            return  # a replayed call's write the checkpoint holds already
         inst.items_out += 1
         routes = inst.routes.get(output)
         if routes is None:
             raise KeyError(f"PE {inst.node.key} wrote to unknown output {output!r}")
         if not routes:
             self.sink.write(inst.node.key, output, data)
-            return
         for route in routes:
             for gid in route.targets(data):
                 target = self.local.get(gid)
-                if target is not None:
+                if target is None:
+                    self._enqueue(gid, route.input, data)
+                elif self._depth < MAX_DEPTH and not self._deferred:  # (the usual case, inlined)
                     self._process(target, {route.input: data})
                 else:
-                    self._enqueue(gid, route.input, data)
+                    self._local(target, route.input, data)
+        if call is not None and call.state is not None:
+            self._write_point()
+
+    def _local(self, target: Instance, input_name: str | None, data: Any) -> None:
+        """Deliver an item (``input_name`` None: an end-of-stream marker) to a local instance now,
+        depth first; past :data:`MAX_DEPTH` nested calls, once the call that wrote it has returned,
+        in the order written: the call one level up delivers them, before it goes on."""
+        deferred = self._deferred
+        deferred.append((target, input_name, data))
+        if self._depth >= MAX_DEPTH:
+            return
+        while deferred:
+            target, input_name, data = deferred.popleft()
+            if input_name is None:
+                self._end_of_stream(target.gid)
+            else:
+                self._process(target, {input_name: data})
 
     def _enqueue(self, gid: int, input_name: str | None, data: Any) -> None:
         proc = self.plan.placement[gid]
@@ -271,12 +279,14 @@ class Runtime:
         box = self.outbox.pop(proc, None)
         self.outbytes.pop(proc, None)
         if box:
-            if self.checkpoints is not None:
-                self.checkpoints.send_controls(proc, block=True)  # (they go first: they were sent first)
+            # the sender travels along: a checkpoint records what is in flight per channel
+            payload = pickle.dumps((self.proc, box), protocol=5)
             # items are queued only for another process, so a run that has one has a transport
             assert self.transport is not None
-            # the sender travels along: a checkpoint records what is in flight per channel
-            self.transport.send(proc, pickle.dumps((self.proc, box), protocol=5))
+            with self.blocked():
+                if self.checkpoints is not None:
+                    self.checkpoints.send_controls(proc, block=True)  # (they go first: they were sent first)
+                self.transport.send(proc, payload)
 
     def flush_all(self) -> None:
         """Send every partly filled batch (before waiting for input, and at the end)."""
@@ -307,6 +317,7 @@ class Runtime:
             if not inst.done:
                 self._call(inst, restore, inst.pe, saved["state"])
             self.fed[gid] = restored.fed(gid)
+            inst.replay = replay.pending(restored, gid)
         # processed as if just read ahead: with checkpoint points and reads in between (the items a slow
         # PE had queued may take minutes), and in flight again should a checkpoint come first
         checkpoints.inbox.extend(restored.in_flight(set(self.local)))
@@ -319,14 +330,19 @@ class Runtime:
             self._finish(inst)
 
     def _finish(self, inst: Instance) -> None:
-        self._call(inst, inst.pe.postprocess)
-        inst.done = True
-        for conn in self.plan.outgoing(inst.node.index):
-            for gid in self.plan.pes[conn.dst].gids:
-                if gid in self.local:
-                    self._end_of_stream(gid)
-                else:
-                    self._enqueue(gid, None, None)
+        self._depth += 1
+        try:
+            self._call(inst, inst.pe.postprocess)
+            inst.done = True
+            for conn in self.plan.outgoing(inst.node.index):
+                for gid in self.plan.pes[conn.dst].gids:
+                    target = self.local.get(gid)
+                    if target is not None:
+                        self._local(target, None, None)
+                    else:
+                        self._enqueue(gid, None, None)
+        finally:
+            self._depth -= 1
 
     def finished(self) -> bool:
         return all(inst.done for inst in self.local.values())
@@ -346,7 +362,7 @@ class Runtime:
                 inst, feed = entry
                 # a slice of each root at a time, then look at the inbox: co-located PEs keep up
                 for n, item in enumerate(feed, 1):
-                    self._process(inst, item)
+                    self.feed(inst, item)
                     self.fed[inst.gid] = self.fed.get(inst.gid, 0) + 1
                     if n == 64 or (checkpoints is not None and checkpoints.due()):
                         break

@@ -34,6 +34,7 @@ from typing import Any
 from collections.abc import Iterable
 
 from d4p_hpc.errors import GraphError
+from d4p_hpc.units import plural
 from d4p_hpc.workflow import GROUPING
 
 
@@ -118,6 +119,12 @@ class Plan:
             return True
         return any(c.grouping is not None for c in self.incoming(node.index))
 
+    @staticmethod
+    def deterministic(node: PENode) -> bool:
+        """Whether a root PE's calls may be replayed from its state (see
+        :mod:`~d4p_hpc.mappings.runtime.replay`): unless it says ``deterministic = False``."""
+        return getattr(node.pe, "deterministic", True) is not False
+
     def stateful_indices(self) -> set[int]:
         """Indices of the non-root PEs that keep state: the ones the dynamic mappings cannot spread
         over their workers (roots run in the driver anyway)."""
@@ -199,6 +206,9 @@ def build_plan(graph: Any, processes: int) -> Plan:
     plan = Plan(pes, conns, processes)
     _assign_counts(plan)
     _place(plan)
+    plan.notices += [f"root PE {node.key} has deterministic = False: a checkpoint waits for each of its process() "
+                     "calls to end (one that writes its whole stream gets none until it ends)"
+                     for node in plan.roots() if not plan.deterministic(node)]
     return plan
 
 
@@ -236,7 +246,7 @@ def _assign_counts(plan: Plan) -> None:
         node.count = count
         if count < want:
             plan.notices.append(f"PE {node.key} asks for {want} instances; it gets {count} "
-                                f"({plan.processes} processes)")
+                                f"({plural(plan.processes, 'process')})")
     gid = 0
     for node in plan.pes:
         node.first_gid = gid
@@ -257,7 +267,7 @@ def _place(plan: Plan) -> None:
         placement.append(min(used - 1, int((start + weight / 2) * used / whole)))  # by its middle
         start += weight
     plan.placement = placement
-    plan.notices.append(f"{total} PE instances share {plan.processes} processes")
+    plan.notices.append(f"{total} PE instances share {plural(plan.processes, 'process')}")
 
 
 def _requested(node: PENode) -> int:
@@ -309,11 +319,17 @@ def _encode(o: Any, out: list[bytes]) -> None:
         out.append(b"p" + pickle.dumps(o, protocol=5))
 
 
+def stable_bytes(value: Any) -> bytes:
+    """An encoding of ``value`` that is the same in every process and on every host, and the same
+    for values Python considers equal."""
+    out: list[bytes] = []
+    _encode(value, out)
+    return b"".join(out)
+
+
 def stable_hash(key: Any) -> int:
     """A hash of ``key`` that is the same in every process and on every host."""
-    out: list[bytes] = []
-    _encode(key, out)
-    return zlib.crc32(b"".join(out))
+    return zlib.crc32(stable_bytes(key))
 
 
 def group_key(value: Any, fields: list) -> tuple:

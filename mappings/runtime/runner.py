@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from d4p_hpc import __version__, liveness
+from d4p_hpc import __version__, liveness, settings
 from d4p_hpc import results as rd
 from d4p_hpc.errors import UsageError
 from d4p_hpc.mappings import MAPPINGS
@@ -28,6 +28,7 @@ from d4p_hpc.mappings.runtime.process import Aborted, PEFailed, redirect_output
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc import supervisor
 from d4p_hpc.supervisor import IO_FAILED, STOPPED, Interrupted, ignore_signals, raise_on_signals
+from d4p_hpc.mappings.runtime import totals
 from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.sampler import sampling
 
@@ -134,7 +135,7 @@ def _record(ctx: RunContext) -> dict:
             "pe_ids": {node.key: str(getattr(node.pe, "id", node.key)) for node in ctx.plan.pes},
             # `status` tells a run whose processes are gone from a live one by these
             "host": liveness.host(), "pid": os.getpid(), "pid_token": liveness.token(os.getpid()),
-            "job_id": os.environ.get("D4P_HPC_JOB_ID"),
+            "job_id": settings.job_id(),
             "checkpoint_every": ctx.options.get("checkpoint_every"), "checkpoints": ctx.checkpoints}
 
 
@@ -148,8 +149,8 @@ def _segments(ctx: RunContext) -> list[dict]:
         return []
     previous: dict = dict(rd.read_run(ctx.results) or {})
     last = {k: previous.get(k) for k in SEGMENT_FIELDS}
-    if last["state"] == "RUNNING":  # it was killed before it could record its end
-        last["state"] = "KILLED"
+    if last["state"] == "RUNNING":  # as `status` says of a job gone without recording its end
+        last.update({"state": "FAILED", "reason": "killed before it could record its end"})
     return [*previous.get("segments", []), last]
 
 
@@ -203,22 +204,22 @@ def combine(outcomes: list[Outcome]) -> Outcome:
 
 
 def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None) -> dict:
-    """Merge the per-process metrics, write ``metrics.json`` and the final ``run.json``; return the latter."""
+    """Merge the per-process metrics, write ``metrics.json`` (this segment's figures, the earlier
+    segments', and the run's totals over them all: :mod:`~d4p_hpc.mappings.runtime.totals`) and the
+    final ``run.json``; return the latter."""
     wall = time.time() - t0
     parts = read_parts(ctx)
     instances = [inst for part in parts for inst in part.get("instances", [])]
-    pes: dict[str, dict] = {}
-    for inst in sorted(instances, key=lambda i: (i["pe"], i["instance"])):
-        pe = pes.setdefault(inst["pe"], {"instances": [], "items_in": 0, "items_out": 0, "busy_seconds": 0.0})
-        pe["instances"].append(inst)
-        for k in ("items_in", "items_out", "busy_seconds"):
-            pe[k] += inst[k]
-    items = sum(p["items_in"] for p in pes.values())
-    metrics = {"mapping": ctx.mapping, "processes": ctx.processes, "wall_seconds": round(wall, 6),
-               "items": items, "items_per_second": round(items / wall, 2) if wall > 0 else None, "pes": pes,
-               "process_list": [{k: part.get(k) for k in ("process", "host", "pid", "max_rss_mb", "state")}
-                                for part in parts]}
-    metrics.update(extra or {})
+    record = dict(rd.read_run(ctx.results) or _record(ctx))
+    earlier = record.get("segments") or []
+    process_list = [{k: part.get(k) for k in ("process", "host", "pid", "max_rss_mb", "state")} for part in parts]
+    segments = [*totals.earlier(ctx.results, earlier),
+                totals.entry(len(earlier) + 1, {**record, "state": outcome.state}, wall, instances, process_list,
+                             extra or {})]
+    order = [node.key for node in ctx.plan.pes]
+    items = sum(inst["items_in"] for inst in instances)
+    metrics = {"mapping": ctx.mapping, "processes": ctx.processes, "process_list": process_list,
+               **totals.combine(segments, order), "segments": segments}
     reserve = ctx.results / rd.Layout.PARTS / RESERVE
     try:
         rd.write_json(ctx.results / rd.Layout.METRICS, metrics)
@@ -227,7 +228,6 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
         if outcome.state == "COMPLETED" or outcome.error is None:
             outcome = Outcome("FAILED", None, {"pe": None, "process": None, "traceback": _io_error(ctx, exc)})
     outcome = dataclasses.replace(outcome, unrecorded=False)  # the run's record is written below
-    record = dict(rd.read_run(ctx.results) or _record(ctx))
     record.update({"ended": rd.now(), "state": outcome.state, "exit_code": outcome.exit_code,
                    "error": outcome.error, "wall_seconds": round(wall, 6), "items": items,
                    "checkpoint": latest(ctx.results) if ctx.checkpoints else None})
@@ -275,7 +275,8 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
             with sampling(ctx, proc, sink, runtime):
                 runtime.run()
         except CheckpointFailed as failed:
-            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": str(failed)})
+            outcome = Outcome("FAILED", None, {"pe": failed.pe, "process": proc,
+                                               "traceback": failed.traceback or str(failed)})
             _say(f"checkpoint failed: {failed}")
         except PEFailed as failed:
             outcome = Outcome("FAILED", None, {"pe": failed.pe, "process": proc, "traceback": failed.traceback})

@@ -2,29 +2,39 @@
 
 Every process of a run (each ``run_process``) starts one daemon thread that,
 about once a second, reads the counters the runtime keeps anyway for
-``metrics.json`` (items in and out and busy seconds per PE instance, items
-written to the sinks), this process's CPU seconds and resident memory, and
-what the driver of a dynamic mapping knows besides (backlog, pool size, live
-workers), and appends them as one JSON line to
-``timeseries/<process>.jsonl``. Counters are cumulative, so a reader gets
-rates from differences and dropping a line loses resolution, never items.
+``metrics.json`` (per PE instance: items in and out, busy seconds, seconds
+blocked on back-pressure, whether it has finished; items written to the
+sinks), this process's CPU seconds and resident memory, and what the driver
+of a dynamic mapping knows besides (backlog, its peak, pool size, live
+workers), and appends them as one JSON line to ``timeseries/<process>.jsonl``.
+Counters are cumulative within a segment, so a reader gets rates from
+differences and dropping a line loses resolution, never items.
 
-Size stays bounded for runs of any length: when a file holds more than
-:data:`MAX_LINES` samples, every other one is dropped (2:1) and the interval
-doubles. At one line a second that is the first 30 minutes at full
-resolution, then 2 s for the next hour, 4 s for two more, and so on; a file
-never exceeds ``MAX_LINES`` samples (about 0.2 MB for a process with a few
-PE instances).
+A run resumed in the same directory (a later *segment*: ``--resume``,
+``--requeue``, ``d4p-hpc resume``) appends to the same files: each line
+carries its segment number, and its counters and CPU seconds start again from
+0, so a reader sums the last sample of every segment.
 
-Line format: a header ``{"process", "host", "pid", "interval", "t"}`` (``t``:
-when sampling began, epoch seconds) each time a process starts sampling; then ``{"t": epoch seconds,
-"cpu": CPU seconds, "rss": MB,
-"sink": items written to outputs, "i": [[PE, instance, items in, items out,
-busy seconds], ...]}``, plus ``"backlog"``, ``"pool"`` and ``"workers"``
-where the process knows them. Process 0 also writes ``timeseries/graph.json``
-(PEs, instance counts, connections, root inputs), which the report draws and
-the progress line uses for its ETA. The readers of both are in :mod:`d4p_hpc.results`,
-so that the inspection side imports no runtime module.
+Size stays bounded for runs of any length: when a segment holds more than
+:data:`MAX_LINES` samples, every other one of that segment is dropped (2:1)
+and the interval doubles. At one line a second that is the first 30 minutes at
+full resolution, then 2 s for the next hour, 4 s for two more, and so on; a
+segment never exceeds ``MAX_LINES`` samples (about 0.2 MB for a process with a
+few PE instances).
+
+Line format: a header ``{"process", "host", "pid", "interval", "t", "segment",
+"cpu0"}`` (``t``: when sampling began, epoch seconds; ``cpu0``: the CPU seconds
+the process had used by then, start-up and imports) each time a process starts
+sampling; then ``{"t": epoch seconds, "seg": segment, "cpu": CPU seconds since
+the header, "rss": MB, "sink": items written to outputs, "i": [[PE, instance,
+items in, items out, busy seconds, blocked seconds, done], ...]}`` (``done``:
+true once the instance has finished, null where the runtime does not say; files
+of 0.2 have neither ``seg`` nor the last two numbers), plus ``"backlog"``,
+``"backlog_peak"``, ``"pool"`` and ``"workers"`` where the process knows them.
+Process 0 also writes ``timeseries/graph.json`` (PEs in pipeline order,
+instance counts, connections, root inputs), which the report draws and the
+progress line uses for its ETA. The readers of both are in
+:mod:`d4p_hpc.results`, so that the inspection side imports no runtime module.
 
 ``$D4P_HPC_SAMPLE_SECONDS`` sets the interval; ``0`` turns sampling off.
 """
@@ -40,18 +50,16 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
 
-from d4p_hpc import liveness
-from d4p_hpc.results import Layout, make_private_dir, write_bytes, write_json
+from d4p_hpc import liveness, settings
+from d4p_hpc.errors import ResultsError
+from d4p_hpc.results import Layout, make_private_dir, read_json, write_bytes, write_json
 
-INTERVAL_ENV = "D4P_HPC_SAMPLE_SECONDS"
-DEFAULT_INTERVAL = 1.0
 MAX_LINES = 1800
 
 
 def interval() -> float:
     """The configured sampling interval in seconds (0: off)."""
-    value = os.environ.get(INTERVAL_ENV)
-    return float(value) if value else DEFAULT_INTERVAL
+    return settings.sample_seconds()
 
 
 def graph_record(ctx: Any) -> dict:
@@ -72,19 +80,28 @@ def graph_record(ctx: Any) -> dict:
 
 class Sampler:
     """Appends samples of ``runtime`` (anything with ``stats()``, optionally ``gauges()``) and ``sink``
-    to ``path`` from a daemon thread."""
+    to ``path`` from a daemon thread, as segment ``segment`` of the run."""
 
-    def __init__(self, path: Path, proc: int, runtime: Any, sink: Any, every: float) -> None:
+    def __init__(self, path: Path, proc: int, runtime: Any, sink: Any, every: float, segment: int = 1) -> None:
         self.path = path
         self.runtime = runtime
         self.sink = sink
         self.every = every
+        self.segment = segment
         self.lines = 0
         self._stop = threading.Event()
-        # appended to: a run resumed in the same directory (a later segment) adds to its samples
-        self._fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
+        # CPU from here on: the wall time it is set against starts with the run, not with the interpreter
+        self._cpu0 = time.process_time()
+        # appended to: a run resumed in the same directory (a later segment) adds to its samples,
+        # and thinning keeps what the earlier segments wrote (everything before this offset)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._own = os.fstat(fd).st_size
+        self._fh = os.fdopen(fd, "a")
+        if self._own and os.pread(fd, 1, self._own - 1) != b"\n":
+            self._fh.write("\n")  # a segment killed in the middle of a line: ours start on a line of their own
+            self._own += 1
         self._write({"process": proc, "host": liveness.host(), "pid": os.getpid(), "interval": every,
-                     "t": round(time.time(), 2)})
+                     "t": round(time.time(), 2), "segment": segment, "cpu0": round(self._cpu0, 3)})
         self._thread = threading.Thread(target=self._loop, name="d4p-sampler", daemon=True)
 
     def _write(self, record: dict) -> None:
@@ -92,10 +109,11 @@ class Sampler:
         self._fh.flush()
 
     def sample(self) -> None:
-        times = os.times()
-        record = {"t": round(time.time(), 2), "cpu": round(times.user + times.system, 2), "rss": liveness.rss_mb(),
+        record = {"t": round(time.time(), 2), "seg": self.segment,
+                  "cpu": round(time.process_time() - self._cpu0, 3), "rss": liveness.rss_mb(),
                   "sink": self.sink.written,
-                  "i": [[s["pe"], s["instance"], s["items_in"], s["items_out"], round(s["busy_seconds"], 3)]
+                  "i": [[s["pe"], s["instance"], s["items_in"], s["items_out"], round(s["busy_seconds"], 3),
+                         round(s.get("blocked_seconds", 0.0), 3), s.get("done")]
                         for s in self.runtime.stats()]}
         gauges = getattr(self.runtime, "gauges", None)
         if gauges is not None:
@@ -106,11 +124,13 @@ class Sampler:
             self._halve()
 
     def _halve(self) -> None:
-        """Keep the header, every other sample and the last one; sample half as often from now on."""
+        """Keep this segment's header, every other sample and the last one (and every line of the
+        segments before); sample half as often from now on."""
         self._fh.close()
-        head, *samples = self.path.read_text().splitlines()
+        data = self.path.read_bytes()
+        head, *samples = data[self._own:].decode(errors="replace").splitlines()
         kept = samples[::2] if len(samples) % 2 else samples[::2] + samples[-1:]
-        write_bytes(self.path, ("\n".join([head, *kept]) + "\n").encode())
+        write_bytes(self.path, data[:self._own] + ("\n".join([head, *kept]) + "\n").encode())
         self._fh = open(self.path, "a")
         self.lines = len(kept)
         self.every *= 2
@@ -136,6 +156,17 @@ class Sampler:
         self._fh.close()
 
 
+def segment(results: Path) -> int:
+    """The number of the run's segment now running: one more than the earlier ones ``run.json`` lists
+    (written before any process of the run samples). Read as plain JSON: a field this version does
+    not know must not make a resumed run's samples count as its first segment's."""
+    try:
+        earlier = (read_json(Layout(results).run, dict) or {}).get("segments")
+    except ResultsError:  # the run's own record, cut short: the samples still count, as segment 1
+        return 1
+    return len(earlier) + 1 if isinstance(earlier, list) else 1
+
+
 @contextmanager
 def sampling(ctx: Any, proc: int, sink: Any, runtime: Any) -> Iterator[None]:
     """Sample ``runtime`` of process ``proc`` while the body runs (nothing if sampling is off)."""
@@ -147,7 +178,7 @@ def sampling(ctx: Any, proc: int, sink: Any, runtime: Any) -> Iterator[None]:
     directory = make_private_dir(layout.timeseries)
     if proc == 0:
         write_json(layout.graph, graph_record(ctx))
-    sampler = Sampler(directory / f"{proc:05d}.jsonl", proc, runtime, sink, every)
+    sampler = Sampler(directory / f"{proc:05d}.jsonl", proc, runtime, sink, every, segment(ctx.results))
     sampler.start()
     try:
         yield

@@ -1,5 +1,5 @@
-"""The output sink: the items of unconnected outputs, in this process's part files, and cutting a
-part back to its last whole item when a write failed."""
+"""The output sink: the items of unconnected outputs, in this process's part files, made durable up
+to what a checkpoint records, and cutting a part back to its last whole item when a write failed."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from d4p_hpc import durable
 from d4p_hpc.results import Layout, make_private_dir, output_dir
 
 #: how long buffered items may wait for a flush to the part files while items keep coming
@@ -40,6 +41,10 @@ class Sink:
         self._files: dict[tuple[str, str, str], Any] = {}
         # bytes of each part known to be on disk: where a write that failed (a full disk) is cut back to
         self._durable: dict[tuple[str, str, str], int] = {}
+        # parts created since the last checkpoint (their directory entries are not on disk yet), and
+        # the size of each at its last fsync
+        self._unsynced: set[tuple[str, str, str]] = set()
+        self._synced: dict[str, int] = {}
         self._last_flush = time.monotonic()
         self._writes = 0
 
@@ -50,6 +55,7 @@ class Sink:
             fd = os.open(self._path((pe, output, kind)), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fh = os.fdopen(fd, "a" if kind == "jsonl" else "ab")
             self._files[(pe, output, kind)] = fh
+            self._unsynced.add((pe, output, kind))
         return fh
 
     def _path(self, key: tuple[str, str, str]) -> Path:
@@ -94,9 +100,20 @@ class Sink:
                 for key, fh in self._files.items()}
 
     def checkpoint_sizes(self) -> dict[str, int]:
-        """:meth:`sizes`, and the size of this process's part files it has not written to in this run:
-        those of an earlier segment, which nobody else writes (a part file has one process number)."""
+        """:meth:`sizes`, on disk (fsynced: a checkpoint must never record bytes a crash can lose), and
+        the size of this process's part files it has not written to in this run: those of an earlier
+        segment, which nobody else writes (a part file has one process number)."""
         sizes = self.sizes()
+        for key, fh in self._files.items():
+            rel = str(self._path(key).relative_to(self.results))
+            if self._synced.get(rel) != sizes[rel]:
+                durable.fsync(fh.fileno(), self._path(key))
+                self._synced[rel] = sizes[rel]
+        for directory in sorted({self._path(key).parent for key in self._unsynced}):
+            durable.sync_dir(directory)
+        if self._unsynced:
+            durable.sync_dir(Layout(self.results).outputs)
+            self._unsynced.clear()
         for path in Layout(self.results).outputs.glob(f"*/part-{self.proc:05d}.*"):
             sizes.setdefault(str(path.relative_to(self.results)), path.stat().st_size)
         return sizes

@@ -22,6 +22,7 @@ from typing import Any
 from d4p_hpc import results as rd
 from d4p_hpc import supervisor
 from d4p_hpc.errors import RunFailed, UsageError
+from d4p_hpc.mappings.runtime.prepare import lock
 from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, combine, end, run_process
 
@@ -31,6 +32,8 @@ MAX_IN_FLIGHT = 8
 MAX_BACKOFF = 0.002
 # how long the launcher waits, once mpiexec has ended, for rank 0 to finish writing run.json
 RECORD_WAIT = 10.0
+#: the pid of the process that started mpiexec (self_launch) and holds the run's lock, for rank 0
+LAUNCHER = "D4P_HPC_MPI_LAUNCHER"
 
 
 def launcher_argv(n: int) -> list[str]:
@@ -68,7 +71,8 @@ def _relaunch_argv(ctx: RunContext) -> list[str]:
     else:
         argv += ["-i", str(ctx.raw_inputs)]
     if ctx.options.get("checkpoint_every"):
-        argv += ["--checkpoint-every", str(ctx.options["checkpoint_every"])]
+        # (below 1 s only by D4P_HPC_CHECKPOINT_EVERY_TEST, which the ranks read too)
+        argv += ["--checkpoint-every", str(max(1.0, ctx.options["checkpoint_every"]))]
     if ctx.options.get("checkpoint"):
         argv.append("--checkpoint")
     if ctx.restored is not None:
@@ -88,7 +92,8 @@ def self_launch(ctx: RunContext) -> dict:
     from d4p_hpc.supervisor import SAFE_MODULE
 
     results_dir = str(ctx.results)
-    env = dict(os.environ, D4P_HPC_QUIET="1")
+    # this process holds the run's lock (taken in prepare) for its ranks
+    env = dict(os.environ, D4P_HPC_QUIET="1", **{LAUNCHER: str(os.getpid())})
     launcher = subprocess.Popen(launcher_argv(ctx.processes) + [sys.executable, *SAFE_MODULE, "d4p_hpc"]
                                 + _relaunch_argv(ctx), env=env)
     stops: list[int] = []
@@ -214,12 +219,12 @@ def run(ctx: RunContext) -> dict:
     die_with_parent(os.getppid())
     # ranks started without --results each made up a default directory: rank 0's wins
     ctx.results = Path(comm.bcast(str(ctx.results), root=0))
-    # rank 0 alone creates the directory; if it cannot, every rank must learn it, not wait for ever
+    # rank 0 alone locks and creates the directory; if it cannot, every rank must learn it, not wait for ever
     t0, refused = 0.0, None
     if rank == 0:
         try:
-            if ctx.restored is None:
-                rd.check_new(ctx.results)
+            launcher = os.environ.get(LAUNCHER)
+            lock(ctx.results, ctx.restored is not None, int(launcher) if launcher else None)
             t0 = begin(ctx)
         except UsageError as err:
             refused = str(err)

@@ -2,8 +2,11 @@
 
 Each process has one bounded inbox queue; a full inbox blocks its senders,
 which is the backpressure that keeps memory bounded. The parent hosts no PE:
-it supervises. When a process fails, or the parent is signalled, the others
-get SIGTERM, flush their outputs and write their metrics before exiting.
+it supervises (``simple`` too: one process, with no queue). When a process
+fails, or the parent is signalled, the others get SIGTERM, flush their outputs
+and write their metrics before exiting. A process that ends without a word
+(``os._exit`` in a PE, a crash in native code, the OOM killer) fails the run,
+naming the PE that called ``os._exit`` (see :func:`~d4p_hpc.mappings.runtime.hosting.show_calls`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import os
 import queue
 import sys
 import time
+from typing import Any
 
 from d4p_hpc import supervisor
 from d4p_hpc.mappings.checkpoint.snapshots import FINAL_WAIT
+from d4p_hpc.mappings.runtime.hosting import show_calls
 from d4p_hpc.mappings.runtime.process import die_with_parent
 from d4p_hpc.mappings.runtime.runner import (Outcome, RunContext, begin, combine, death, end, read_parts, run_process)
 
@@ -55,9 +60,10 @@ class QueueTransport:
                     return None
 
 
-def _child(ctx: RunContext, proc: int, queues: list, parent: int) -> None:
+def _child(ctx: RunContext, proc: int, queues: list | None, parent: int, exits: Any) -> None:
     die_with_parent(parent)
-    outcome = run_process(ctx, proc, QueueTransport(queues, proc))
+    show_calls(exits)
+    outcome = run_process(ctx, proc, QueueTransport(queues, proc) if queues else None)
     if outcome.state != "COMPLETED":
         # outputs and metrics are written. A peer may never read what is left in our queues, and
         # a signal may have cut a queue operation short: leave without multiprocessing's exit
@@ -73,8 +79,10 @@ def run(ctx: RunContext) -> dict:
     t0 = begin(ctx)
     used = max(ctx.plan.placement) + 1
     mp = multiprocessing.get_context("fork")
-    queues = [mp.Queue(maxsize=INBOX_BATCHES) for _ in range(used)]
-    children = [mp.Process(target=_child, args=(ctx, p, queues, os.getpid()), name=f"d4p-{p}") for p in range(used)]
+    queues = [mp.Queue(maxsize=INBOX_BATCHES) for _ in range(used)] if used > 1 else None
+    exits = [mp.RawValue("i", -1) for _ in range(used)]  # the PE that ended each with os._exit
+    children = [mp.Process(target=_child, args=(ctx, p, queues, os.getpid(), exits[p]), name=f"d4p-{p}")
+                for p in range(used)]
     stopped = None
     passed_on: int | None = None  # the stop signal the children still have to get from us
 
@@ -98,7 +106,7 @@ def run(ctx: RunContext) -> dict:
         # after it is killed (what it flushed is kept), as none may outlive the run
         supervisor.stop(children, signum=passed_on)
         supervisor.restore_signals()
-    return end(ctx, t0, _outcome(ctx, children, stopped))
+    return end(ctx, t0, _outcome(ctx, children, stopped, [cell.value for cell in exits]))
 
 
 def _supervise(children: list, checkpoints: bool) -> Outcome | None:
@@ -124,7 +132,9 @@ def _supervise(children: list, checkpoints: bool) -> Outcome | None:
     return None
 
 
-def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcome:
+def _outcome(ctx: RunContext, children: list, stopped: Outcome | None, running: list[int]) -> Outcome:
+    """The run's outcome, from the processes' parts and exit codes (``running``: the index of the PE
+    that ended each with ``os._exit``, -1 for none)."""
     parts = {p["process"]: p for p in read_parts(ctx)}
     outcomes = [Outcome(p["state"], p.get("signum"), p.get("error")) for p in parts.values()]
     if stopped is not None:
@@ -140,6 +150,9 @@ def _outcome(ctx: RunContext, children: list, stopped: Outcome | None) -> Outcom
             outcomes.append(Outcome(state, signum))
             continue
         why = why or f"process {proc} (pid {child.pid}) exited with code {child.exitcode} without recording how"
-        outcomes.append(Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": why}))
+        pe = ctx.plan.pes[running[proc]].key if running[proc] >= 0 else None
+        if pe is not None:
+            why += f": PE {pe} called os._exit"
+        outcomes.append(Outcome("FAILED", None, {"pe": pe, "process": proc, "traceback": why}))
     # children stopped by our own SIGTERM after a peer failed report CANCELLED: the failure is the cause
     return combine(outcomes)

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from helpers.clusters import SLEEP, TIMEOUT, finished, job_logs
+from helpers.dynamic import needs_redis
 from helpers.runs import items, processes_mentioning, wait_for
 
 from d4p_hpc.jobs import state as jobs
@@ -54,6 +55,7 @@ SHAPES = {"mpi 2x1": ("mpi", 1, 1), "mpi 2x2": ("mpi", 2, 1), "mpi 2x1 -c 2": ("
           "dyn_redis 2x1": ("dyn_redis", 1, 1), "hybrid_redis 2x1": ("hybrid_redis", 1, 1)}
 
 
+@needs_redis
 def test_ranks_and_workers_are_placed_on_every_node(cluster, submit):
     submitted = {shape: submit(mapping=mapping, tasks_per_node=tasks, cpus_per_task=cpus, iterations=60,
                                setup=[SLEEP] if mapping != "mpi" else [])
@@ -84,6 +86,7 @@ def test_status_goes_pending_with_the_schedulers_reason_then_running_completed(c
         assert seen[0][1].startswith("Not Running"), seen
 
 
+@needs_redis
 def test_cancel_a_queued_and_a_running_job(cli, cluster, submit):
     cluster.blocker(3)
     queued = submit(mapping="mpi", tasks_per_node=1)
@@ -107,6 +110,7 @@ def test_cancel_a_queued_and_a_running_job(cli, cluster, submit):
     assert "Traceback" not in job_logs(running)
 
 
+@pytest.mark.slow
 def test_walltime_ends_timeout_with_partial_outputs(submit):
     # Slurm sends --signal up to its 30 s time-limit check early: 60 s before a 2-minute limit
     # comes after the run has started
@@ -157,6 +161,7 @@ def test_logs_follow_shows_the_jobs_stdout_while_it_runs(cluster, submit):
     assert follow.returncode == 0 and "COMPLETED" in rest, rest
 
 
+@needs_redis
 def test_workers_that_cannot_reach_redis_fail_the_job_at_once(cluster, submit):
     # Redis on loopback: the worker on the second node cannot reach it
     job = submit(mapping="dyn_redis", tasks_per_node=1, iterations=5000, redis_bind="127.0.0.1", setup=[SLEEP])
@@ -168,6 +173,7 @@ def test_workers_that_cannot_reach_redis_fail_the_job_at_once(cluster, submit):
     wait_for(lambda: not processes_mentioning(str(job.directory)), timeout=60)
 
 
+@needs_redis
 def test_every_worker_gone_fails_the_job_and_one_gone_is_redone(cluster, submit):
     claim = "export D4P_HPC_CLAIM_IDLE=2"  # a dead worker's tasks are taken over after 2 s
     all_gone = submit(mapping="dyn_redis", tasks_per_node=1, iterations=5000, setup=[SLEEP])

@@ -22,7 +22,7 @@ import pytest
 
 from helpers.runs import REPO, explain, independent_word_counts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("first_hour")]  # one worker builds the venv
 README = (REPO / "README.md").read_text()
 # a module that must never be imported: the job fails loudly if it is
 HOSTILE = "raise SystemExit('the submit directory shadowed a module: {name}')\n"
@@ -38,15 +38,16 @@ def readme_quick_start() -> str:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """What a fresh clone of this working tree holds."""
+    """What a fresh clone of this working tree holds (its committed links, d4p_hpc/mappings and
+    d4p_hpc/templates, as links)."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                             capture_output=True, check=True).stdout.decode().split("\0")
     target = tmp_path_factory.mktemp("clone") / "d4p-hpc"
     for name in filter(None, listed):
         source = REPO / name
-        if source.is_file():
+        if source.is_symlink() or source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+            shutil.copy2(source, target / name, follow_symlinks=False)
     return target
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from helpers.runs import EXAMPLES, REPO, cli, explain, independent_word_counts, raw_items, read_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]  # one worker builds the dists
 
 SKIP_DIRS = {".git", "build", "dist", "d4p-results", "__pycache__", ".pytest_cache", "tests", "benchmarks"}
 

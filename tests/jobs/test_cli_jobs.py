@@ -2,15 +2,21 @@
 
 import json
 import os
+import pty
+import re
+import select
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import click
-from helpers.runs import wait_pid
+from helpers.runs import cli as run_cli
+from helpers.runs import d4p_hpc_cmd, explain, kill_group, processes_mentioning, wait_for, wait_pid
 
 from d4p_hpc.cli import COMMANDS, main
+from d4p_hpc.jobs import state
 from d4p_hpc.schedulers import local
 
 NAMES = ["submit", "render", "status", "logs", "results", "cancel", "wait", "list", "resume"]
@@ -160,3 +166,140 @@ def test_the_submission_side_imports_no_runtime(isolated_config, where_graph):
             "or m.startswith('d4p_hpc.mappings.')]\nprint('HEAVY', heavy)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def started(argv, cwd, out: Path, timeout=60):
+    """``d4p-hpc ARGV`` in a session of its own, its stdout and stderr into ``out``.out/.err."""
+    return subprocess.Popen(d4p_hpc_cmd() + [str(a) for a in argv], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=open(f"{out}.out", "w"), stderr=open(f"{out}.err", "w"), start_new_session=True)
+
+
+def interrupt(proc) -> int:
+    """Ctrl-C, as a terminal sends it: SIGINT to the foreground process group; the exit code."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        kill_group(proc.pid)
+
+
+def in_a_terminal(argv, cwd, until, timeout=60) -> tuple[int, str]:
+    """Run ``d4p-hpc ARGV`` in a pseudo-terminal, press Ctrl-C once ``until(what it has shown)`` is true;
+    return the exit code and everything it wrote there."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(d4p_hpc_cmd() + [str(a) for a in argv], cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    shown, deadline = b"", time.monotonic() + timeout
+
+    def read(wait: float) -> bool:
+        try:
+            chunk = os.read(master, 65536) if select.select([master], [], [], wait)[0] else b""
+        except OSError:  # EIO: the program has ended
+            chunk = b""
+        nonlocal shown
+        shown += chunk
+        return bool(chunk)
+
+    try:
+        while not until(shown.decode(errors="replace")):
+            assert time.monotonic() < deadline and proc.poll() is None, shown.decode(errors="replace")
+            read(0.1)
+        code = interrupt(proc)
+        while read(0.5):
+            pass
+    finally:
+        os.close(master)
+        kill_group(proc.pid)
+    return code, shown.decode(errors="replace")
+
+
+def test_ctrl_c_stops_following_not_the_job(cli, isolated_config, where_graph, tmp_path):
+    """#18 item 11: Ctrl-C on submit --wait, wait and status --watch says the job goes on, and how to
+    follow or cancel it, in one line; exit 130; the job still runs until it is cancelled."""
+    notice = "notice: PE Where asks for 4 instances; it gets 1 (1 process)"  # from the run record
+    code, shown = in_a_terminal(["submit", where_graph, "--scheduler", "local", "-i", "2000", "--setup",
+                                 "export D4P_TEST_SLEEP=0.05", "--wait"], isolated_config,
+                                until=lambda shown: "RUNNING" in shown.partition(notice)[2])
+    job_id = re.search(r"job (local-\w+)", shown)[1]
+    said = (f"stopped following job {job_id}; it is still RUNNING: d4p-hpc wait {job_id} follows it again, "
+            f"d4p-hpc cancel {job_id} stops it")
+    assert code == 130 and said in shown and "Aborted" not in shown, shown
+    assert "RUNNING" in cli("status", job_id).output
+    for argv, name in ((["wait", job_id], "wait"), (["status", "--watch", job_id], "watch")):
+        proc = started(argv, isolated_config, tmp_path / name)
+        wait_for(lambda name=name: "RUNNING" in (tmp_path / f"{name}.out").read_text()
+                 + (tmp_path / f"{name}.err").read_text())
+        assert interrupt(proc) == 130
+        err = (tmp_path / f"{name}.err").read_text()
+        lines = [line for line in err.splitlines() if line.startswith("stopped")]
+        what = "following" if name == "wait" else "watching"
+        assert lines == [said.replace("following", what)] and "Aborted" not in err, err
+    directory = state.find(job_id, isolated_config / "d4p-results").directory
+    assert "RUNNING" in cli("status", job_id).output
+    assert cli("cancel", job_id).exit_code == 0
+    assert "CANCELLED" in cli("wait", job_id).output
+    wait_for(lambda: not processes_mentioning(str(directory)))
+
+
+def test_tables_fit_the_terminal_and_wide_shows_the_rest(cli, isolated_config, tmp_path):
+    """#18 item 12: a long reason is cut to the width; -l/--wide gives it whole, with the directory."""
+    graph = tmp_path / "long_reason.py"
+    graph.write_text(LONG_REASON)
+    proc = run_cli("run", graph, cwd=isolated_config)
+    assert proc.returncode == 1, explain(proc)
+    table = cli("list", env={"COLUMNS": "100"}).output.splitlines()
+    assert len(table) == 2 and all(len(line) <= 100 for line in table), table
+    assert table[1].endswith("...") and "FAILED  00:00:00  PE Bad raised Value" in table[1], table
+    wide = cli("list", "--wide", env={"COLUMNS": "100"}).output.splitlines()
+    directory = next((isolated_config / "d4p-results").iterdir())
+    assert wide[0].split() == ["JOB", "NAME", "STATE", "ELAPSED", "DIRECTORY", "REASON"], wide
+    assert str(directory) in wide[1] and wide[1].endswith("too long " * 19 + "too long"), wide
+    assert cli("status", "-l", directory).output.splitlines() == wide
+
+
+LONG_REASON = '''
+from dispel4py.base import IterativePE, ProducerPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+class Source(ProducerPE):
+    def _process(self, inputs):
+        return 1
+
+class Bad(IterativePE):
+    def _process(self, data):
+        raise ValueError(" ".join(["too long"] * 20))
+
+graph = WorkflowGraph()
+graph.connect(Source(), "output", Bad(), "input")
+'''
+
+
+def test_export_makes_its_folder_and_says_in_one_line_what_it_cannot(cli, isolated_config, where_graph):
+    directory = submitted(cli, where_graph, "-i", "3", "--wait")
+    result = cli("results", directory, "--export", "Where.output", "new/folder/out.jsonl")
+    assert result.exit_code == 0 and len((isolated_config / "new/folder/out.jsonl").read_text().splitlines()) == 3
+    (isolated_config / "file").write_text("")
+    result = cli("results", directory, "--export", "Where.output", "file/out.jsonl")
+    assert result.exit_code == 2 and result.output.startswith("Error: cannot write file/out.jsonl: "), result.output
+    assert len(result.output.splitlines()) == 1, result.output
+
+
+def test_render_to_an_unwritable_place_leaves_no_results_root(cli, isolated_config, where_graph):
+    result = cli("render", where_graph, "--scheduler", "local", "--results-root", "rroot", "-o", "nowhere/job.sh")
+    assert result.exit_code == 2 and "cannot write the job script to nowhere/job.sh" in result.output
+    assert not (isolated_config / "rroot").exists()
+
+
+def test_submit_says_the_plan_notices_before_the_queue(cli, isolated_config, where_graph):
+    """#18 item 7: the notice that explains a slow run, from the check before submitting; once."""
+    notice = "notice: PE Where asks for 4 instances; it gets 1 (2 processes)"
+    for command in (["submit", "--dry-run"], ["render"], ["submit", "--wait"]):
+        result = cli(*command, where_graph, "--scheduler", "local", "--nodes", "2", "-i", "2")
+        assert result.exit_code == 0 and result.output.count(notice) == 1, (command, result.output)
+    # without the check, --wait says it once the run has started, from its record
+    result = cli("submit", where_graph, "--scheduler", "local", "--nodes", "2", "-i", "2", "--no-check", "--wait")
+    assert result.exit_code == 0 and result.output.count(notice) == 1, result.output
+    assert result.output.index(notice) < result.output.index("COMPLETED")
+    result = cli("submit", where_graph, "--scheduler", "slurm", "-N", "1", "-m", "mpi", "--dry-run", "--no-check")
+    assert "mapping mpi, 1 node x 1 task x 1 CPU, walltime" in result.output, result.output

@@ -21,13 +21,16 @@ import time
 import pytest
 
 from helpers.clusters import connect
+from helpers.dynamic import needs_redis
 from helpers.runs import EXAMPLES, cli, diff, explain, outputs, processes_mentioning, run_simple
 
 from d4p_hpc.jobs import state as jobs, resume
-import d4p_hpc.submission.submit
 from d4p_hpc import results as rd
 from d4p_hpc.submission.render import render_script
 from d4p_hpc.submission.spec import JobSpec
+from d4p_hpc.submission.submit import submit
+
+pytestmark = [pytest.mark.slurm, needs_redis, pytest.mark.slow]
 
 GRAPH = EXAMPLES / "long_count.py"
 # lines per scheduler: ~3 minutes of work on the local scheduler; ~2 on Slurm, which sends the --signal
@@ -61,12 +64,13 @@ def reference(tmp_path_factory):
         del os.environ["LONG_COUNT_SECONDS"]
 
 
-def submit(scheduler: str, mapping: str, root, **extra) -> jobs.Job:
+def long_job(scheduler: str, mapping: str, root, **extra) -> jobs.Job:
+    """The long stream of ``CASES[mapping]`` submitted to ``scheduler``, its results under ``root``."""
     attr, nodes, tasks, seconds = CASES[mapping]
     spec = JobSpec(graph=str(GRAPH), attr=attr, iterations=LINES[scheduler], mapping=mapping,
                    scheduler=scheduler, nodes=nodes, tasks_per_node=tasks, python=sys.executable,
                    results_root=str(root), setup=[f"export LONG_COUNT_SECONDS={seconds}"], **extra)
-    _, directory = d4p_hpc.submission.submit.submit(spec, render_script(spec))
+    _, directory = submit(spec, render_script(spec))
     return jobs.open_job(directory)
 
 
@@ -84,12 +88,12 @@ def cancelled_at_the_end():
 def test_long_runs_continue_across_walltimes_and_kills_exactly_once(tmp_path, reference, isolated_config,
                                                                    cancelled_at_the_end):
     slurm = connect("slurm")
-    requeued = [(scheduler, mapping, submit(scheduler, mapping, tmp_path / scheduler, walltime="1",
+    requeued = [(scheduler, mapping, long_job(scheduler, mapping, tmp_path / scheduler, walltime="1",
                                             signal_seconds=SIGNAL_SECONDS[scheduler], requeue=5,
                                             checkpoint_every=10))
                 for scheduler in ("local", slurm.name) for mapping in CASES]
     rng = random.Random(11)
-    killed = [(mapping, submit("local", mapping, tmp_path / "killed", walltime="10", checkpoint_every=10),
+    killed = [(mapping, long_job("local", mapping, tmp_path / "killed", walltime="10", checkpoint_every=10),
                25 + 8 * k + rng.uniform(0, 6)) for k, mapping in enumerate(CASES)]
     started = time.monotonic()
     cancelled_at_the_end.extend([job for *_, job in requeued] + [job for _, job, _ in killed])

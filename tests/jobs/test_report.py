@@ -134,7 +134,6 @@ def _sacct(job_id):
     return int(row[1]), h * 3600 + m * 60 + s
 
 
-@pytest.mark.slurm
 @pytest.mark.parametrize("mapping", ["mpi", "hybrid_redis"])
 def test_report_and_efficiency_of_a_cluster_job(cluster, submit, tmp_path, mapping):
     # in the job's own environment: qsub, unlike sbatch, passes none of the submitter's

@@ -146,7 +146,7 @@ KEYS = (["the", "fox", "", "naïve", "日本", "a" * 300] + [f"word-{i}" for i i
 @pytest.mark.mpi
 def test_stable_hash_and_routing_agree_on_every_rank():
     """The group-by hash of string keys (salted per process by Python's hash) is the same on every rank."""
-    from d4p_hpc.mappings.runtime.core import Route
+    from d4p_hpc.mappings.runtime.hosting import Route
     from d4p_hpc.mappings.runtime.plan import stable_hash
 
     errors: list[str] = []

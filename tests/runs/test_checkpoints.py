@@ -22,6 +22,7 @@ import pytest
 from helpers.runs import (EXAMPLES, cli, d4p_hpc_cmd, diff, every_mapping, explain, kill_group, outputs,
                           processes_mentioning, read_json, run_simple, wait_for)
 
+pytestmark = pytest.mark.xdist_group("checkpoints")  # one worker: the reference runs take 30 s
 GRAPH = EXAMPLES / "long_count.py"
 ITEMS = 300
 #: the slow stage's delay: 300 lines take ~3 s on one process, and on a pool of three workers
@@ -136,11 +137,11 @@ def test_checkpoint_files_are_private_atomic_and_only_the_newest_two_are_kept(tm
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
     manifest = manifests(results)[-1]
-    assert manifest["format"] == 1 and manifest["bytes"] > 0 and manifest["seconds"] >= 0
+    assert manifest["format"] == 2 and manifest["bytes"] > 0 and manifest["seconds"] >= 0
     assert manifest["identity"]["mapping"] == "multi"
     parts = sorted((root / kept[-1]).glob("part-*.pkl"))
     assert len(parts) == 4  # one per process
-    assert all(pickle.loads(p.read_bytes())["format"] == 1 for p in parts)
+    assert all(pickle.loads(p.read_bytes())["format"] == 2 for p in parts)
     assert read_json(results / "run.json")["checkpoint"]["seq"] == manifest["seq"]
 
 
@@ -202,7 +203,7 @@ def test_resume_refuses_a_completed_run_a_run_without_checkpoints_and_another_fo
     newest = sorted((stopped / "checkpoints").glob("*/complete.json"))[-1]
     newest.write_text(json.dumps({**json.loads(newest.read_text()), "format": 99}))
     refused("run", GRAPH, "-a", "graph", "-i", ITEMS, "--results", stopped, "--resume",
-            needle="has format 99; this d4p-hpc reads format 1")
+            needle="has format 99; this d4p-hpc reads format 2")
 
 
 HOOKS = '''

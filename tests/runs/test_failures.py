@@ -1,6 +1,7 @@
 """Runs that fail: a PE that raises (in process, preprocess or postprocess), a process killed
-outright, items that cannot travel between processes. The run ends FAILED, saying where and why,
-keeps what was written before, and leaves nothing running."""
+outright or ended by a PE without a word, items that cannot travel between processes, a PE that
+cannot be copied. The run ends FAILED, saying where and why, keeps what was written before, and
+leaves nothing running. And one that must not fail: a chain of 500 PEs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 
 import pytest
 
+from helpers.dynamic import needs_redis
 from helpers.runs import DATA, cli, every_mapping, explain, instances_of, processes_mentioning, raw_items, read_json
 
 
@@ -63,6 +65,48 @@ def test_a_killed_process_fails_the_run(mapping, n, tmp_path):
     assert record["state"] == "FAILED" and record["exit_code"] == proc.returncode and record["ended"], record
     assert record["error"] and record["error"].get("traceback"), "the record does not say what went wrong"
     assert not left, left
+
+
+@pytest.mark.parametrize("mapping,n", [("simple", 1), ("multi", 2)], ids=["simple", "multi-n2"])
+def test_a_pe_that_ends_its_process_without_a_word_fails_the_run_naming_it(mapping, n, tmp_path):
+    """os._exit in a PE (or a crash in native code): the run's own process supervises the one that
+    ran it, so the run ends FAILED (exit code 1) naming the PE, not RUNNING with no word."""
+    results = tmp_path / "results"
+    proc = cli("run", DATA / "g_exit.py", "-m", mapping, "-n", n, "-i", 20, "--results", results, timeout=60)
+    assert proc.returncode == 1, explain(proc)
+    record = read_json(results / "run.json")
+    assert (record["state"], record["exit_code"]) == ("FAILED", 1) and record["ended"], record
+    assert record["error"]["pe"] == "Die", record["error"]
+    why = record["error"]["traceback"]
+    assert "\n" not in why and "exit code 3" in why and "PE Die called os._exit" in why, why
+    assert "PE Die failed" in proc.stdout + proc.stderr and "exit code 3" in proc.stdout + proc.stderr, explain(proc)
+    assert not processes_mentioning(str(results))
+
+
+@pytest.mark.parametrize("mapping", ["dyn_multi", pytest.param("hybrid_redis", marks=needs_redis)])
+def test_a_pe_that_cannot_be_copied_to_the_workers_fails_in_one_line_naming_it(mapping, tmp_path):
+    """The dynamic mappings give every worker a copy of a stateless PE: one holding a lock cannot be
+    copied. One line names the PE and the attribute, and says to create it in preprocess()."""
+    results = tmp_path / "results"
+    proc = cli("run", DATA / "g_uncopyable.py", "-m", mapping, "-n", 2, "-i", 20, "--results", results, timeout=60)
+    assert proc.returncode == 1, explain(proc)
+    record = read_json(results / "run.json")
+    assert record["state"] == "FAILED" and record["error"]["pe"] == "Locked", record["error"]
+    why = record["error"]["traceback"]
+    assert "\n" not in why and "Traceback" not in why, why
+    assert "PE Locked cannot be copied for a worker: its attribute 'lock'" in why and "preprocess()" in why, why
+    assert "Traceback" not in proc.stdout + proc.stderr, explain(proc)
+    assert not processes_mentioning(str(results))
+
+
+@pytest.mark.parametrize("mapping,n", [("simple", 1), ("multi", 3), ("mpi", 2)])
+def test_a_chain_of_500_pes_runs_and_keeps_the_order_of_its_items(mapping, n, tmp_path):
+    """Local deliveries go depth first, and past a depth once the writing call returns: no
+    RecursionError, and the PE at the end sees the items in the order they were written."""
+    results = tmp_path / "results"
+    proc = cli("run", DATA / "g_chain.py", "-m", mapping, "-n", n, "-i", 30, "--results", results, timeout=120)
+    assert proc.returncode == 0, explain(proc)
+    assert raw_items(results, "Order", "output") == [list(range(501, 531))]
 
 
 @pytest.mark.parametrize("mapping,n", [("multi", 2), ("mpi", 2)], ids=["multi-n2", "mpi-n2"])

@@ -37,6 +37,17 @@ def edges(dot: str) -> list[tuple[int, int, list[str]]]:
     return [(int(a), int(b), text.split("\\n")) for a, b, text in EDGE.findall(dot)]
 
 
+def placed(line: str) -> tuple[int, str, set[int]]:
+    """``4,095 instances: ranks 1-4095`` -> (4095, "ranks", {1, ..., 4095})."""
+    match = re.fullmatch(r"([\d,]+) instances?: (\w+) ([\d, -]+)", line)
+    assert match, line
+    numbers: set[int] = set()
+    for part in match[3].split(", "):
+        low, _, high = part.partition("-")
+        numbers.update(range(int(low), int(high or low) + 1))
+    return int(match[1].replace(",", "")), match[2], numbers
+
+
 def plan_of(graph, n):
     from d4p_hpc.workflow.loader import load_graph
     from d4p_hpc.mappings.runtime.plan import build_plan
@@ -81,19 +92,70 @@ def test_placement_is_the_plan(mapping, n, tmp_path):
     assert proc.returncode == 0, explain(proc)
     dot = out.read_text()
     assert f"split_merge.py: {mapping} -n {n}" in dot
-    word = "rank" if mapping == "mpi" else "process"
+    word, words = ("rank", "ranks") if mapping == "mpi" else ("process", "processes")
     plan = plan_of(graph, n)
     nodes = labels(dot)
     for p in plan.pes:
-        places = [plan.placement[g] for g in p.gids]
-        want = (f"1 instance: {word} {places[0]}" if p.count == 1
-                else f"{p.count} instances: {word}s {', '.join(map(str, places))}")
-        assert nodes[p.index][-1] == want, (p.key, nodes[p.index])
+        places = {plan.placement[g] for g in p.gids}
+        assert placed(nodes[p.index][-1]) == (p.count, word if len(places) == 1 else words, places), \
+            (p.key, nodes[p.index])
     if n == 7:  # HalveEven and TripleOdd get the 2 instances they ask for, each instance its own process
         assert [p.count for p in plan.pes if p.count > 1] == [2, 2]
         assert len(set(plan.placement)) == 7
     else:  # 5 instances share 2 processes
         assert set(plan.placement) == {0, 1}
+
+
+def test_instances_sharing_a_process_name_it_once(tmp_path):
+    proc, out = draw(tmp_path, EXAMPLES / "split_merge.py", "-m", "multi", "-n", 1)
+    assert proc.returncode == 0, explain(proc)
+    assert all(lines[-1].endswith(": process 0") for lines in labels(out.read_text()).values())
+
+
+CHAIN = """
+from dispel4py.base import IterativePE, ProducerPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+class Source(ProducerPE):
+    def _process(self, inputs):
+        return 1
+
+class Work(IterativePE):
+    numprocesses = 10000
+
+    def _process(self, data):
+        return data
+
+graph = WorkflowGraph()
+graph.connect(Source(), "output", Work(), "input")
+"""
+
+
+@needs_dot
+def test_thousands_of_ranks_fit_in_a_label(tmp_path):
+    # Graphviz refuses a label longer than 16,384 characters: 4,095 ranks listed one by one made 23,513
+    graph = tmp_path / "chain.py"
+    graph.write_text(CHAIN)
+    proc, out = draw(tmp_path, graph, "-m", "mpi", "-n", 4096)
+    assert proc.returncode == 0, explain(proc)
+    work = labels(out.read_text())[1]
+    assert work[-1] == "4,095 instances: ranks 1-4095", work
+    proc, svg = draw(tmp_path, graph, "-m", "mpi", "-n", 4096, name="g.svg")
+    assert proc.returncode == 0, explain(proc)
+    texts = {t.text for t in ET.parse(svg).iter("{http://www.w3.org/2000/svg}text")}
+    assert "4,095 instances: ranks 1&#45;4095" in texts or "4,095 instances: ranks 1-4095" in texts, texts
+
+
+def test_without_o_the_dot_text_goes_to_stdout(tmp_path):
+    proc = cli("graph", EXAMPLES / "word_count.py", "-m", "multi", "-n", 4, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", explain(proc)
+    assert proc.stdout.startswith("digraph workflow {") and proc.stdout.rstrip().endswith("}")
+    assert labels(proc.stdout)[2][-1] == "2 instances: processes 2-3"
+    # the plan's notices are in the title, as run prints them; under simple too
+    assert "PE CountWords asks for 3 instances; it gets 2 (4 processes)" in proc.stdout
+    simple = cli("graph", EXAMPLES / "word_count.py", "-m", "simple", cwd=tmp_path)
+    assert "it gets 1 (1 process)" in simple.stdout, explain(simple)
+    assert os.listdir(tmp_path) == []
 
 
 def test_dynamic_and_hybrid_mappings_say_any_worker(tmp_path):

@@ -30,7 +30,7 @@ from helpers.idle import WORKERS, idle_run, parked_run
 from helpers.runs import read_json
 
 pytest.importorskip("redis")
-pytestmark = [needs_redis, pytest.mark.slow]
+pytestmark = needs_redis
 
 #: wake-ups per idle second of an idle worker (the mean over the pool)
 IDLE_WAKEUPS = 5.0

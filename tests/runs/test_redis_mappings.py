@@ -364,7 +364,6 @@ def test_external_workers_need_a_redis(tmp_path):
     assert proc.returncode == 2 and "--redis-connection FILE" in proc.stderr, explain(proc)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mapping,source", [("dyn_redis", SLOW_GRAPH), ("hybrid_redis", MARKED_STATEFUL_GRAPH)],
                          ids=["dyn_redis", "hybrid_redis"])
 def test_backpressure_keeps_redis_and_processes_small(mapping, source, tmp_path):

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import shutil
 import json
 import os
 import signal
 import stat
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +25,13 @@ from helpers.runs import (DATA, EXAMPLES, alive, cli, d4p_hpc_cmd, every_mapping
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
-def start(tmp_path, *args) -> subprocess.Popen:
-    """A ``d4p-hpc run`` in its own session, as a user's terminal would start it."""
+def start(tmp_path, *args, tmpdir: Path | None = None) -> subprocess.Popen:
+    """A ``d4p-hpc run`` in its own session, as a user's terminal would start it (with its own
+    ``TMPDIR`` when given, so that what it leaves there is told apart from other runs')."""
     env = {k: v for k, v in os.environ.items() if k != "D4P_HPC_QUIET"}
     env.update(MPI_ENV)
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.Popen(d4p_hpc_cmd() + ["run", *map(str, args)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -214,8 +220,11 @@ def _gone(results, timeout) -> dict[int, list[str]]:
 @pytest.mark.parametrize("mapping", every_mapping())
 def test_sigkill_of_the_driver_leaves_a_dead_run_and_nothing_else(tmp_path, mapping):
     results = tmp_path / "r"
-    secrets_before = set(glob.glob("/tmp/d4p-redis-*/redis.conf"))
-    proc = start(tmp_path, DATA / "g_long.py", "-m", mapping, "-n", 2, "-i", 100000, "--results", results)
+    # a short private TMPDIR (MPI's socket paths live there too): other runs on the machine
+    # make and remove their own Redis configs meanwhile
+    private_tmp = Path(tempfile.mkdtemp(prefix="d4pt-"))
+    proc = start(tmp_path, DATA / "g_long.py", "-m", mapping, "-n", 2, "-i", 100000, "--results", results,
+                 tmpdir=private_tmp)
     try:
         wait_running(results)
         os.kill(json.loads((results / "run.json").read_text())["pid"], signal.SIGKILL)
@@ -228,7 +237,9 @@ def test_sigkill_of_the_driver_leaves_a_dead_run_and_nothing_else(tmp_path, mapp
     why = "mpiexec exited with code" if mapping == "mpi" else "gone without recording its end"
     assert "FAILED" in status.stdout and why in status.stdout, status.stdout
     assert not (results / "redis.json").exists(), "the connection file (with the password) outlived its Redis"
-    assert set(glob.glob("/tmp/d4p-redis-*/redis.conf")) <= secrets_before, "a Redis config (password) is left"
+    left_secrets = list(private_tmp.glob("d4p-redis-*/redis.conf"))
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    assert not left_secrets, f"a Redis config (password) is left: {left_secrets}"
 
 
 def _children(pid: int) -> list[tuple[int, str]]:

@@ -63,7 +63,6 @@ SIGNAL_RUNS = [(sig, state, m, n) for sig, state in [("SIGTERM", "CANCELLED"), (
                for m, n in [("simple", 1), ("multi", 3), ("mpi", 2)]] + [("SIGINT", "CANCELLED", "multi", 3)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("signame,state,mapping,n", SIGNAL_RUNS, ids=[f"{s}-{m}-n{n}" for s, _, m, n in SIGNAL_RUNS])
 def test_signal_stops_the_run_cleanly(signame, state, mapping, n, tmp_path):
     results = tmp_path / "results"

@@ -8,7 +8,8 @@ is a node of its own, so ``from d4p_hpc import schedulers`` depends on the regis
 scheduler. Only ``d4p_hpc.*`` modules are nodes; other packages are kept by their top-level name.
 
 Each rule below is one sentence of the README; its failure names the file, the line and the
-import that break it.
+import that break it. The base layer is the modules at the top of d4p_hpc/. The last test holds
+the README's tree of folders to the checkout, so the map is redrawn when the code moves.
 """
 
 from __future__ import annotations
@@ -28,15 +29,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "d4p_hpc"
 
-#: stdlib, click and each other: what every other part of d4p-hpc may import
-BASE = {"d4p_hpc", "d4p_hpc.errors", "d4p_hpc.supervisor", "d4p_hpc.liveness", "d4p_hpc.units",
-        "d4p_hpc.results"}
 #: the parts of d4p_hpc/ that only the commands use; the runtime never imports them
 SUBMISSION_ONLY = ("cli", "submission", "schedulers", "jobs", "report", "__main__")
 RUNTIME = "d4p_hpc.mappings"
 #: all the submission side (d4p_hpc/ outside mappings/) imports from the runtime, and why
 ALLOWED_FROM_RUNTIME = {
-    "d4p_hpc.mappings": "the registry: mapping names, launch kinds, process counts",
+    "d4p_hpc.mappings": "the registry: names, launch kinds, process counts, needs, the Redis entry points",
     "d4p_hpc.mappings.runtime.prepare": "`d4p-hpc run` and `graph`: load, plan and check a run",
     "d4p_hpc.mappings.runtime.plan": "drawing a graph with its plan",
     "d4p_hpc.mappings.checkpoint.store": "resume's check that a checkpoint can be continued",
@@ -192,6 +190,13 @@ def submodules(*packages: str) -> set[str]:
     return {m for m in graph() if within(m, *packages)}
 
 
+def base_layer() -> set[str]:
+    """The modules at the top of d4p_hpc/ (errors, supervisor, results, ...), which both sides use;
+    ``python -m d4p_hpc`` is the command line, not one of them."""
+    return {m for m in graph() if m.count(".") <= 1 and m != f"{PACKAGE}.__main__"
+            and module_files()[m].parent == REPO / PACKAGE}
+
+
 def submission_side() -> set[str]:
     """d4p_hpc/ outside mappings/: what the ``d4p-hpc`` commands import (the base layer too)."""
     return {m for m in graph() if not within(m, RUNTIME)}
@@ -289,10 +294,13 @@ def _cycle_in(component: list[str], edges: dict[str, list[str]]) -> list[str]:
 
 def test_the_base_layer_imports_only_the_base_layer():
     """Both sides use it, on login and compute nodes alike: the standard library and click only."""
-    bad = (f for f in imports(BASE & set(graph()))
-           if f.imported not in BASE and f.imported not in sys.stdlib_module_names and f.imported != "click")
-    failures(bad, f"the base layer ({', '.join(sorted(BASE))}) imports only itself, the standard library and "
-                  "click (README, Architecture)")
+    base = base_layer()
+    assert {"d4p_hpc.errors", "d4p_hpc.supervisor", "d4p_hpc.results"} <= base, sorted(base)
+    bad = (f for f in imports(base)
+           if f.imported not in base and f.imported not in sys.stdlib_module_names and f.imported != "click")
+    failures(bad, "the base layer (the modules at the top of d4p_hpc/: "
+                  f"{', '.join(m.rpartition('.')[2] for m in sorted(base) if m != PACKAGE)}) imports only itself, "
+                  "the standard library and click (README, Architecture)")
 
 
 def test_the_runtime_never_imports_the_submission_side():
@@ -307,7 +315,7 @@ def test_the_registries_import_only_the_base_layer():
     """``d4p_hpc.mappings`` and ``d4p_hpc.schedulers`` are read by everything: importing one must
     cost nothing and pull nothing in (the schedulers import themselves, by name)."""
     bad = (f for f in imports({RUNTIME, "d4p_hpc.schedulers"})
-           if within(f.imported, PACKAGE) and f.imported not in BASE | {"d4p_hpc.schedulers.base"})
+           if within(f.imported, PACKAGE) and f.imported not in base_layer() | {"d4p_hpc.schedulers.base"})
     failures(bad, "the registries d4p_hpc.mappings and d4p_hpc.schedulers import only the base layer "
                   "(and schedulers.base) (README, Architecture)")
 
@@ -315,7 +323,8 @@ def test_the_registries_import_only_the_base_layer():
 def test_schedulers_import_only_the_base_layer_and_each_other():
     """A scheduler knows nothing of specs, rendering or jobs: what it needs of a job is a Submission."""
     bad = (f for f in imports(submodules("d4p_hpc.schedulers"))
-           if within(f.imported, PACKAGE) and f.imported not in BASE and not within(f.imported, "d4p_hpc.schedulers"))
+           if within(f.imported, PACKAGE) and f.imported not in base_layer()
+           and not within(f.imported, "d4p_hpc.schedulers"))
     failures(bad, "d4p_hpc/schedulers/ imports only the base layer and itself, so the registry is a leaf that "
                   "the spec, the renderer and the commands can all ask (README, Architecture)")
 
@@ -377,3 +386,29 @@ def test_only_the_runtime_names_a_mapping():
            if f.imported in concrete and f.imported not in ALLOWED_FROM_RUNTIME)
     failures(bad, "only mappings/ names a module of mappings/{static,dynamic,redis}; the rest asks the registry "
                   "d4p_hpc.mappings (README, Architecture)")
+
+
+def test_the_readme_draws_every_folder_and_base_module_and_nothing_else():
+    """The tree in README.md ("Architecture") names every base module and every folder of d4p_hpc/
+    and mappings/, and names no file or folder that is not there; its rules list the allow-list."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Architecture\n"):]
+    section = section[:section.index("\n## ")]
+    tree = section.split("```\n")[1]
+    top = {REPO / name for name in (PACKAGE, "mappings", "templates", "tests")}
+
+    def inside(*bases: Path, pattern: str = "*") -> set[Path]:
+        return {p for base in bases for p in base.glob(pattern) if p.name != "__pycache__" and not p.is_symlink()}
+
+    # a new scheduler's or mapping's own files need no line of their own: "one folder per scheduler"
+    drawn = {p for p in inside(REPO / PACKAGE, REPO / "mappings") if p.is_dir() or p.stem[0] != "_"}
+    missing = sorted(f"{p.relative_to(REPO)}{'/' if p.is_dir() else ''}" for p in drawn
+                     if not re.search(rf"(?<![\w/.]){re.escape(p.name)}{'/' if p.is_dir() else ''}", tree))
+    there = {p.name for p in top | inside(*top) | inside(REPO / "templates", pattern="*/*")}
+    stale = sorted(n for n in set(re.findall(r"(?<![\w/.])([\w-]+(?:/|\.py\b))", tree)) if n.rstrip("/") not in there)
+    unlisted = sorted(m for m in ALLOWED_FROM_RUNTIME
+                      if f"`{m if m == RUNTIME else m.removeprefix(PACKAGE + '.')}`" not in section)
+    assert not (missing or stale or unlisted), (
+        "README.md, Architecture, no longer draws the code: update its tree and rules\n"
+        f"  not in the tree: {missing}\n  in the tree, not in the checkout: {stale}\n"
+        f"  allowed imports from the runtime the rules do not list: {unlisted}")

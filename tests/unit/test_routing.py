@@ -14,7 +14,7 @@ import pytest
 
 from helpers.runs import DATA, REPO, cli, explain, instances_of, raw_items
 
-from d4p_hpc.mappings.runtime.core import Route
+from d4p_hpc.mappings.runtime.hosting import Route
 from d4p_hpc.mappings.runtime.plan import build_plan, group_key, stable_hash
 from d4p_hpc.workflow import GenericPE, ProducerPE, WorkflowGraph
 

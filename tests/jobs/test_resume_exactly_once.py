@@ -1,0 +1,108 @@
+"""``d4p-hpc resume JOB`` exactly once, on the local scheduler.
+
+Two resumes of one cancelled job started together give one successor: the other says in one
+line that the run is being resumed or already continues in that job, and submits nothing. While
+the successor runs, ``status`` names it and no bogus segment; ``cancel`` stops it (and nothing of
+the run is left running); resumed again, the run completes with the outputs of one uninterrupted
+run, each item once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from helpers.runs import EXAMPLES, cli, d4p_hpc_cmd, diff, explain, outputs, processes_mentioning, wait_for
+
+from d4p_hpc.jobs import state as jobs
+from d4p_hpc.mappings.checkpoint import store
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume-exactly-once")]
+GRAPH = EXAMPLES / "long_count.py"
+ITEMS = 150
+ENV = {"LONG_COUNT_SECONDS": "0.02"}
+TRIES = 20
+CONTINUES = re.compile(r"^job (\S+) continues ")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    results = tmp_path_factory.mktemp("reference") / "r"
+    done = cli("run", GRAPH, "-a", "graph", "-i", ITEMS, "--results", results, env=ENV)
+    assert done.returncode == 0, explain(done)
+    return outputs(results)
+
+
+@pytest.fixture(scope="module")
+def cancelled(tmp_path_factory) -> Path:
+    """A local multi job cancelled after its first checkpoint: what every try copies."""
+    root = tmp_path_factory.mktemp("jobs")
+    done = cli("submit", GRAPH, "-a", "graph", "-m", "multi", "--tasks-per-node", 2, "-i", ITEMS, "--scheduler",
+               "local", "--checkpoint-every", 1, "--results-root", root,
+               env={**ENV, "D4P_HPC_CHECKPOINT_EVERY_TEST": "0.3"})  # (a checkpoint early in the 3 s of work)
+    assert done.returncode == 0, explain(done)
+    directory = Path(re.search(r"^results (.+)$", done.stdout + done.stderr, re.M).group(1))
+    wait_for(lambda: store.complete_seqs(directory), 60)
+    assert cli("cancel", directory).returncode == 0
+    assert jobs.wait(jobs.open_job(directory), poll=0.2, timeout=60).state == "CANCELLED"
+    wait_for(lambda: not processes_mentioning(str(directory)), 30)
+    return directory
+
+
+def resume_twice_at_once(directory: Path) -> tuple[str, subprocess.CompletedProcess]:
+    """Two ``d4p-hpc resume DIR`` started together: the successor's id, and how the other ended."""
+    argv = [*d4p_hpc_cmd(), "resume", str(directory)]
+    both = [subprocess.Popen(argv, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    ended = []
+    for proc in both:
+        out, err = proc.communicate(timeout=120)
+        ended.append(subprocess.CompletedProcess(argv, proc.returncode, out, err))
+    assert sorted(e.returncode for e in ended) == [0, 2], [explain(e) for e in ended]
+    winner, loser = sorted(ended, key=lambda e: e.returncode)
+    successor = CONTINUES.match(winner.stdout).group(1)
+    said = [line for line in loser.stderr.splitlines() if line.startswith("Error: ")]
+    assert "Traceback" not in loser.stderr and len(said) == 1, explain(loser)
+    assert f"job {successor} continues this run (" in said[0] or " is being resumed by d4p-hpc resume (pid " \
+        in said[0], said
+    return successor, loser
+
+
+def segments(directory: Path) -> list[str]:
+    return sorted(d.name for d in (directory / "state" / "segments").iterdir())
+
+
+def one_try(cancelled: Path, directory: Path, reference: dict, cancel: bool) -> None:
+    shutil.copytree(cancelled, directory, symlinks=True)
+    successor, _ = resume_twice_at_once(directory)
+    assert segments(directory) == ["001"]
+    shown = cli("status", directory)
+    assert shown.returncode == 0 and re.search(rf"^{successor} .* (PENDING|RUNNING|COMPLETED) ", shown.stdout, re.M), \
+        explain(shown)
+    assert "job None" not in shown.stdout and "FAILED" not in shown.stdout, explain(shown)
+    if cancel:
+        stopped = cli("cancel", directory)
+        if stopped.returncode == 0:  # (it may have completed already)
+            assert f"cancel requested for job {successor}" in stopped.stdout, explain(stopped)
+            assert jobs.wait(jobs.open_job(directory), poll=0.2, timeout=60).state == "CANCELLED"
+            wait_for(lambda: not processes_mentioning(str(directory)), 30)
+            again = cli("resume", directory, env=ENV)
+            assert again.returncode == 0, explain(again)
+            assert segments(directory) == ["001", "002"]
+    final = jobs.wait(jobs.open_job(directory), poll=0.2, timeout=120)
+    assert final.state == "COMPLETED", final
+    got = outputs(directory)
+    assert got == reference, f"{directory}: {diff(got, reference)}"
+
+
+def test_two_resumes_of_a_job_at_once_give_one_successor_that_status_and_cancel_follow(cancelled, tmp_path,
+                                                                                        reference):
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda k: one_try(cancelled, tmp_path / f"try-{k}", reference, cancel=k % 5 == 0),
+                      range(TRIES)))
