@@ -48,6 +48,7 @@ from pathlib import Path
 
 from d4p_hpc import liveness, settings
 from d4p_hpc.errors import BusyError, UsageError
+from d4p_hpc.supervisor import STOPS
 
 #: the lock file of a results directory
 LOCK = ".lock"
@@ -89,13 +90,19 @@ def step(kind: str, path: str | os.PathLike, size: int | None = None) -> None:
 def _crash() -> None:
     sys.stdout.flush()
     if _MODE == "node":
+        # a stop signal must not cut the killing short (a worker gets SIGTERM once its parent is killed)
+        with contextlib.suppress(ValueError):  # (not the main thread: the handlers run in the other)
+            for signum in STOPS:
+                signal.signal(signum, signal.SIG_IGN)
         me, session = os.getpid(), os.getsid(0)
-        for _ in range(3):  # a process forked meanwhile is found by the next pass
-            for pid in _session(session):
-                if pid != me:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-        os.kill(me, signal.SIGKILL)
+        try:
+            for _ in range(3):  # a process forked meanwhile is found by the next pass
+                for pid in _session(session):
+                    if pid != me:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+        finally:
+            os.kill(me, signal.SIGKILL)
     os._exit(CRASH_EXIT)
 
 

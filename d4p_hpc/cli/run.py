@@ -118,7 +118,8 @@ def _summary(results_dir: Path, record: dict) -> None:
         notices(record.get("notices", []))
     state = record["state"]
     rate = metrics.get("items_per_second")
-    click.echo(f"{state} in {record.get('wall_seconds', 0):.2f} s: {plural(metrics.get('items', 0), 'item')}"
+    click.echo(f"{state} in {metrics.get('wall_seconds', record.get('wall_seconds', 0)):.2f} s: "
+               f"{plural(metrics.get('items', 0), 'item')}"
                + (f", {rate:,.0f} items/s" if rate else "")
                + f" ({record['mapping']}, {plural(record['processes'], 'process')})")
     if record.get("error"):

@@ -129,7 +129,8 @@ def follow(job: state.Job, timeout: float | None = None, said: list[str] | None 
             notices(n for n in run.get("notices") or [] if n not in (said or []))
             told = True
         elapsed = clock(current.elapsed) if current.elapsed is not None else "--:--:--"
-        detail = progress.describe() if current.state == "RUNNING" else current.reason
+        room = display.room(len(f"{current.state:<9} {elapsed}  "))
+        detail = progress.describe(room) if current.state == "RUNNING" else current.reason
         changed, last = last is None or current.state != last.state, current  # before a Ctrl-C can see it
         display.show(f"{current.state:<9} {elapsed}  {detail}".rstrip(), force=changed)
 

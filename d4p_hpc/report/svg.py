@@ -100,9 +100,11 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
     body += _boundaries(marks or [], sx, TOP, TOP + h)
     for level, label, kind in levels:
         colour, dashes = LEVEL_STYLE[kind]
+        # a peak's label under its line: at the top of the chart, the title is above it
+        text_y = sy(level) + (11 if kind == "peak" else -4)
         body.append(f'<g class="{kind}-line"><title>{escape(label)}</title>'
                     f'<line x1="{LEFT}" y1="{sy(level):.1f}" x2="{LEFT + w}" y2="{sy(level):.1f}" stroke="{colour}" '
-                    f'stroke-dasharray="{dashes}"/><text x="{LEFT + w - 4}" y="{sy(level) - 4:.1f}" '
+                    f'stroke-dasharray="{dashes}"/><text x="{LEFT + w - 4}" y="{text_y:.1f}" '
                     f'text-anchor="end" font-size="10" fill="{colour}">{escape(label)}</text></g>')
     for n, (name, pts) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]

@@ -26,7 +26,8 @@ from typing import Any
 from d4p_hpc.mappings.checkpoint.store import (directory, is_complete, parts_written, read_part, write_manifest,
                                                write_part)
 from d4p_hpc.mappings.runtime.core import BATCH_ITEMS, Runtime
-from d4p_hpc.mappings.runtime.replay import PART_FIELD, calls_under_way, saved_state
+from d4p_hpc.mappings.runtime.hosting import calls_under_way
+from d4p_hpc.mappings.runtime.replay import PART_FIELD
 from d4p_hpc.results import write_bytes
 from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
 
@@ -253,7 +254,7 @@ class ChandyLamport:
         for gid, inst in runtime.local.items():
             saved: dict = {"eos_left": inst.eos_left, "done": inst.done}
             if not inst.done:
-                saved["state"] = saved_state(inst)
+                saved["state"] = inst.saved_state()
             instances[gid] = saved
         snap.part = {"instances": instances, "fed": dict(runtime.fed), "parts": runtime.sink.checkpoint_sizes(),
                      "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox],

@@ -316,6 +316,8 @@ def cut_back(results: Path, restored: Restored) -> int:
     for d in sorted(layout.checkpoints.iterdir()) if layout.checkpoints.is_dir() else []:
         if d.name.isdigit() and int(d.name) > restored.seq:
             durable.remove_tree(d)
+        elif d.name.isdigit():  # a second completer of it killed while it wrote the manifest
+            durable.remove_leftovers(d)
     sizes = restored.sizes()
     cut = 0
     for path in sorted(layout.outputs.glob("*/part-*")):

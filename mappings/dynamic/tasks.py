@@ -28,7 +28,7 @@ from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.checkpoint import pe_state, store
 from d4p_hpc.mappings.runtime import replay
 from d4p_hpc.mappings.runtime.core import Runtime
-from d4p_hpc.mappings.runtime.hosting import Instance, pe_copy
+from d4p_hpc.mappings.runtime.hosting import Instance, calls_under_way, pe_copy
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.runtime.plan import Plan
 
@@ -151,10 +151,10 @@ class TaskRuntime(Runtime):
         """This process's part of a checkpoint (taken while the run is quiesced): the state of its
         copies, by PE index (a root inside a recorded call: as the call began), and of the stateful
         instances it owns, the root calls to replay, and its output sizes."""
-        return {"copies": {index: replay.saved_state(inst) for index, inst in self.copies.items()},
+        return {"copies": {index: inst.saved_state() for index, inst in self.copies.items()},
                 "instances": {gid: {"state": pe_state.capture(inst.node.key, inst.pe), "eos_left": 0, "done": False}
                               for gid, inst in self.owned.items()},
-                replay.PART_FIELD: replay.calls_under_way(self.copies.values()),
+                replay.PART_FIELD: calls_under_way(self.copies.values()),
                 "parts": self.sink.checkpoint_sizes()}
 
     def _checkpointing(self) -> bool:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import copy
 import faulthandler
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, Protocol
 
+from d4p_hpc.mappings.checkpoint.pe_state import capture
 from d4p_hpc.mappings.runtime.plan import PENode, group_key, stable_hash
 from d4p_hpc.mappings.runtime.process import PEFailed
-
-if TYPE_CHECKING:
-    from d4p_hpc.mappings.runtime.core import Runtime
-    from d4p_hpc.mappings.runtime.replay import Call
+from d4p_hpc.mappings.runtime.replay import Call
 
 
 class Instance:
@@ -48,6 +46,17 @@ class Instance:
         return {"pe": self.node.key, "instance": self.index, "process": proc, "items_in": self.items_in,
                 "items_out": self.items_out, "busy_seconds": round(self.busy, 6),
                 "blocked_seconds": round(self.blocked_seconds, 6)}
+
+    def saved_state(self) -> bytes:
+        """The state a checkpoint keeps of this instance: for a root inside a recorded call, the one
+        it began with (the call is replayed on resume)."""
+        call = self.call
+        return call.state if call is not None and call.state is not None else capture(self.node.key, self.pe)
+
+
+def calls_under_way(instances: Iterable[Instance]) -> dict[int, dict]:
+    """The recorded root calls among ``instances``, for a checkpoint's part (``replay.PART_FIELD``)."""
+    return {inst.gid: inst.call.record() for inst in instances if inst.call is not None}
 
 
 class Route:
@@ -83,12 +92,22 @@ class Route:
         return (self.gids[i],)
 
 
+class Router(Protocol):
+    """What routes the items an instance writes (the process's runtime)."""
+
+    #: the instance whose call is under way (the innermost)
+    owner: Instance | None
+
+    def emit(self, inst: Instance, output: str, data: Any) -> None:
+        """Route one item written by ``inst`` to ``output``."""
+
+
 class Writer:
     """What ``write`` on a PE's output calls: the runtime routes the item."""
 
     __slots__ = ("runtime", "inst", "output")
 
-    def __init__(self, runtime: Runtime, inst: Instance, output: str) -> None:
+    def __init__(self, runtime: Router, inst: Instance, output: str) -> None:
         self.runtime = runtime
         self.inst = inst
         self.output = output
@@ -97,8 +116,8 @@ class Writer:
         self.runtime.emit(self.inst, self.output, data)
 
 
-#: this process's runtime (a process has one): what a PE that ends the process is found in
-runtime_here: Runtime | None = None
+#: this process's runtime (a process has one): where a PE that ends the process is found
+runtime_here: Router | None = None
 
 
 def show_calls(cell: Any) -> None:
@@ -116,7 +135,7 @@ def show_calls(cell: Any) -> None:
         leave(status)
 
     os._exit = exit_showing
-    faulthandler.enable()
+    faulthandler.enable(2)  # (a descriptor: sys.stderr may be a notebook's; the run sends 2 to its log)
 
 
 def pe_copy(node: PENode, copy_pe: Callable[[Any], Any], why: str, also: str = "") -> Any:

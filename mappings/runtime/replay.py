@@ -21,16 +21,12 @@ and a digest of each write, and a short call reaches a checkpoint between calls 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from d4p_hpc.mappings.checkpoint.pe_state import capture
 from d4p_hpc.mappings.checkpoint.store import Restored
 from d4p_hpc.mappings.runtime.plan import stable_bytes
 from d4p_hpc.mappings.runtime.process import PEFailed
-
-if TYPE_CHECKING:
-    from d4p_hpc.mappings.runtime.hosting import Instance
 
 #: seconds: a root call at least this long makes the root's next call recorded
 LONG_CALL = 0.05
@@ -99,14 +95,3 @@ def pending(restored: Restored, gid: int) -> dict | None:
             return found
     return None
 
-
-def saved_state(inst: Instance) -> bytes:
-    """The state a checkpoint keeps of ``inst``: for a root inside a recorded call, the one it began
-    with (the call is replayed on resume)."""
-    call = inst.call
-    return call.state if call is not None and call.state is not None else capture(inst.node.key, inst.pe)
-
-
-def calls_under_way(instances: Iterable[Instance]) -> dict[int, dict]:
-    """The recorded calls among ``instances``, for a checkpoint's part (:data:`PART_FIELD`)."""
-    return {inst.gid: inst.call.record() for inst in instances if inst.call is not None}

@@ -46,7 +46,7 @@ def test_helper_modules_import_in_a_slurm_job_over_two_nodes(tmp_path, mapping, 
     work = _workdir(tmp_path)
     proc = cli("submit", DATA / graph, "--scheduler", "slurm", "-m", mapping, "--nodes", 2, "--tasks-per-node", 2,
                "-i", N, "--time", 5, "--results-root", tmp_path / "results", "--wait", cwd=work, timeout=400,
-               env={"D4P_TEST_SLEEP": "0.05"})
+               env={"D4P_TEST_SLEEP": "0.5"})  # 6 s of work: the second node's workers start seconds late
     logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "results").glob("*/job.err"))
     assert proc.returncode == 0, explain(proc) + logs
     items = raw_items(next((tmp_path / "results").glob("g_helper_*-*")), "Scale", "output")
