@@ -6,8 +6,8 @@ resolves those names to this module (see :mod:`d4p_hpc.compat`). The data
 model is dispel4py's on purpose: ``inputconnections``/``outputconnections``
 dicts, a ``WorkflowGraph.graph`` whose edges carry ``DIRECTION`` and
 ``ALL_CONNECTIONS``, so the mappings read our graphs and real dispel4py graphs
-the same way. networkx is not needed: :class:`_Graph` implements the small
-part of its undirected ``Graph`` that dispel4py code uses.
+the same way. networkx is not needed: :class:`~d4p_hpc.workflow.netgraph.NetGraph` implements the
+small part of its undirected ``Graph`` that dispel4py code uses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from d4p_hpc.errors import GraphError
+from d4p_hpc.workflow.netgraph import NetGraph
 
 NAME = "name"
 TYPE = "type"
@@ -216,64 +217,6 @@ class WorkflowNode:
         return self.obj
 
 
-class _Graph:
-    """The subset of ``networkx.Graph`` (undirected, insertion-ordered) dispel4py uses."""
-
-    def __init__(self) -> None:
-        self._adj: dict[Any, dict[Any, dict]] = {}
-
-    def add_node(self, node: Any, **_: Any) -> None:
-        self._adj.setdefault(node, {})
-
-    def add_nodes_from(self, nodes: Any) -> None:
-        for node in nodes:
-            self.add_node(node[0] if isinstance(node, tuple) else node)
-
-    def add_edge(self, u: Any, v: Any, **data: Any) -> None:
-        self.add_node(u)
-        self.add_node(v)
-        attrs = self._adj[u].get(v, {})
-        attrs.update(data)
-        self._adj[u][v] = attrs
-        self._adj[v][u] = attrs
-
-    def add_edges_from(self, edges: Any) -> None:
-        for u, v, *rest in edges:
-            self.add_edge(u, v, **(rest[0] if rest else {}))
-
-    def has_edge(self, u: Any, v: Any) -> bool:
-        return v in self._adj.get(u, {})
-
-    def remove_nodes_from(self, nodes: Any) -> None:
-        for node in list(nodes):
-            for other in self._adj.pop(node, {}):
-                self._adj[other].pop(node, None)
-
-    def nodes(self, data: bool = False) -> list:
-        return [(n, {}) for n in self._adj] if data else list(self._adj)
-
-    def edges(self, nbunch: Any = None, data: bool = False) -> list:
-        seen: set[int] = set()
-        out = []
-        sources = self._adj if nbunch is None else [nbunch]
-        for u in sources:
-            for v, attrs in self._adj[u].items():
-                if id(attrs) in seen:
-                    continue
-                seen.add(id(attrs))
-                out.append((u, v, attrs) if data else (u, v))
-        return out
-
-    def __getitem__(self, node: Any) -> dict:
-        return self._adj[node]
-
-    def __contains__(self, node: Any) -> bool:
-        return node in self._adj
-
-    def __iter__(self):
-        return iter(self._adj)
-
-
 class WorkflowGraph:
     """A dataflow graph of PEs connected output → input."""
 
@@ -283,7 +226,7 @@ class WorkflowGraph:
     outputmappings: dict[str, tuple]
 
     def __init__(self) -> None:
-        self.graph = _Graph()
+        self.graph = NetGraph()
         self.objToNode: dict[Any, WorkflowNode] = {}
 
     def add(self, n: Any) -> WorkflowNode:
