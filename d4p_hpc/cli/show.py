@@ -35,7 +35,9 @@ def table(statuses: list[state.JobStatus], wide: bool = False) -> None:
     rows += [(s.job.job_id, s.job.name, s.state, clock(s.elapsed) if s.elapsed is not None else "-")
              + ((str(s.job.directory),) if wide else ()) + (" ".join(s.reason.split()) or "-",) for s in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    room = shutil.get_terminal_size((0, 0)).columns - sum(w + 2 for w in widths) - 1  # 0: not a terminal
+    # a pipe or a file gets whole lines (COLUMNS may be set where no terminal is)
+    columns = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else 0
+    room = columns - sum(w + 2 for w in widths) - 1
     for row in rows:
         # every column padded but the last
         line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]

@@ -211,9 +211,7 @@ def _whole(results: Path, seq: int) -> Restored | str:
     d = directory(results, seq)
     try:
         manifest = read_manifest(results, seq)
-    except UntrustedFileError as exc:
-        return str(exc)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # an UntrustedFileError is no damage: it refuses the resume
         return f"{COMPLETE} cannot be read: {getattr(exc, 'strerror', None) or exc}"
     if manifest.get("format") != FORMAT:
         raise ResumeError(f"checkpoint {seq} of {results} has format {manifest.get('format')}; this d4p-hpc reads "
@@ -250,9 +248,7 @@ def _part(path: Path, seq: int, recorded: Any) -> dict | str:
     try:
         with open_private(path, "checkpoint part") as fh:
             data = fh.read()
-    except UntrustedFileError as exc:
-        return str(exc)
-    except OSError as exc:
+    except OSError as exc:  # an UntrustedFileError is no damage: it refuses the resume, not falls back
         return f"{path.name} cannot be read: {exc.strerror}"
     digest = hashlib.sha256(data).hexdigest()
     if not isinstance(recorded, dict) or (len(data), digest) != (recorded.get("bytes"), recorded.get("sha256")):

@@ -182,6 +182,28 @@ def interrupt(proc) -> int:
         kill_group(proc.pid)
 
 
+def on_a_terminal(argv, cwd, columns: int) -> str:
+    """What ``d4p-hpc ARGV`` writes to a pseudo-terminal ``columns`` wide (a pipe gets whole lines)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(d4p_hpc_cmd() + [str(a) for a in argv], cwd=cwd, stdin=slave, stdout=slave,
+                            stderr=slave, env=dict(os.environ, COLUMNS=str(columns)))
+    os.close(slave)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536) if select.select([master], [], [], 30)[0] else b""
+            except OSError:  # EIO: the program has ended
+                chunk = b""
+            if not chunk:
+                break
+            shown += chunk
+        proc.wait(timeout=30)
+    finally:
+        os.close(master)
+    return shown.decode(errors="replace")
+
+
 def in_a_terminal(argv, cwd, until, timeout=60) -> tuple[int, str]:
     """Run ``d4p-hpc ARGV`` in a pseudo-terminal, press Ctrl-C once ``until(what it has shown)`` is true;
     return the exit code and everything it wrote there."""
@@ -247,7 +269,7 @@ def test_tables_fit_the_terminal_and_wide_shows_the_rest(cli, isolated_config, t
     graph.write_text(LONG_REASON)
     proc = run_cli("run", graph, cwd=isolated_config)
     assert proc.returncode == 1, explain(proc)
-    table = cli("list", env={"COLUMNS": "100"}).output.splitlines()
+    table = on_a_terminal(["list"], isolated_config, columns=100).splitlines()
     assert len(table) == 2 and all(len(line) <= 100 for line in table), table
     assert table[1].endswith("...") and "FAILED  00:00:00  PE Bad raised Value" in table[1], table
     wide = cli("list", "--wide", env={"COLUMNS": "100"}).output.splitlines()

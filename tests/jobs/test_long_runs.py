@@ -1,7 +1,7 @@
 """Runs longer than their walltime, as a user submits them: ``--requeue`` and ``d4p-hpc resume``.
 
 A stream whose work takes about 3 minutes (2 on Slurm, see LINES; a producer, a slow stateless
-stage and, but for the dyn_* variant, a grouped counter) is submitted with a 1-minute walltime and ``--requeue 5``, on
+stage and, but for the dyn_* variant, a grouped counter) is submitted with a 1-minute walltime and ``--requeue 9``, on
 the local scheduler and on the emulated Slurm, under simple, multi, mpi (2 nodes), dyn_redis
 (stateless) and hybrid_redis (2 nodes). Each job must end COMPLETED after 3 or more segments with
 the outputs of one uninterrupted simple run. Beside them, five jobs with ``--checkpoint-every 10``
@@ -45,6 +45,8 @@ CASES = {
     "hybrid_redis": ("graph", 2, 2, 0.4),    # four
 }
 DEADLINE = 15 * 60
+# 3 to 4 segments on a quiet machine; 6 and more while 4 xdist workers share its 2 cores
+REQUEUE = 9
 SIGNAL_SECONDS = {"local": 12, "slurm": 5}
 
 
@@ -89,7 +91,7 @@ def test_long_runs_continue_across_walltimes_and_kills_exactly_once(tmp_path, re
                                                                    cancelled_at_the_end):
     slurm = connect("slurm")
     requeued = [(scheduler, mapping, long_job(scheduler, mapping, tmp_path / scheduler, walltime="1",
-                                            signal_seconds=SIGNAL_SECONDS[scheduler], requeue=5,
+                                            signal_seconds=SIGNAL_SECONDS[scheduler], requeue=REQUEUE,
                                             checkpoint_every=10))
                 for scheduler in ("local", slurm.name) for mapping in CASES]
     rng = random.Random(11)

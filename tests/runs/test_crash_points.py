@@ -49,7 +49,7 @@ OFTEN = {"D4P_HPC_CHECKPOINT_EVERY_TEST": "0.2"}
 #: crash points after the resumed segment's first checkpoint: at most this many, evenly spread
 SAMPLED = 3
 #: every how many points a crash is also a lost process (see the module docstring)
-PROCESS_EVERY = {"multi": 2, "hybrid_redis": 2, "mpi": 4}
+PROCESS_EVERY = {"multi": 3, "hybrid_redis": 3, "mpi": 4}
 #: runs at once (each waits most of its time: LONG_COUNT_SECONDS, mpiexec starting)
 PARALLEL = 5
 
@@ -186,14 +186,13 @@ def crash_and_resume(mapping: str, start: Path, work: Path, n: int, mode: str, r
 
 
 def make_base(mapping: str, results: Path) -> None:
-    """A run stopped at the walltime signal, after a checkpoint of its own (the last of its segment)."""
+    """A run stopped at the walltime signal once it has a checkpoint (and, most often, after one more)."""
     argv = [*d4p_hpc_cmd(), "run", str(GRAPH), "-a", "graph", "-i", str(ITEMS), "-m", mapping,
             "-n", str(PROCESSES[mapping]), "--results", str(results), "--checkpoint"]
-    proc = subprocess.Popen(argv, env={**os.environ, **SLOW}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(argv, env={**os.environ, **SLOW, **OFTEN}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for(lambda: (read_json(results / "run.json") or {}).get("state") == "RUNNING", 60)
-        time.sleep(0.3)  # some of the work done, most of it left
+        wait_for(lambda: list((results / "checkpoints").glob("*/complete.json")), 60)
         proc.send_signal(signal.SIGUSR1)
         _, err = proc.communicate(timeout=60)
     finally:

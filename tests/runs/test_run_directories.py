@@ -36,6 +36,19 @@ def start(tmp_path, *args, tmpdir: Path | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def wait_for_handler(pid: int, signum: int, timeout: float = 60) -> None:
+    """Until process ``pid`` has installed a handler for ``signum`` (its SigCgt mask in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+            if caught >> (signum - 1) & 1:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} installed no handler for signal {signum} in {timeout} s")
+
+
 def state_of(results) -> str:
     try:
         return json.loads((results / "run.json").read_text())["state"]
@@ -112,7 +125,10 @@ def test_mpi_run_answers_a_signal_with_its_state_and_exit_code(tmp_path, signum,
     proc = start(tmp_path, DATA / "g_long.py", "-m", "mpi", "-n", 2, "-i", 100000, "--results", results)
     try:
         if early:
-            time.sleep(0.3)  # mpiexec is still starting the ranks
+            # as soon as d4p-hpc answers stop signals (SIGTERM: Python itself catches SIGINT from its
+            # start, before it can do anything with it): mpiexec is still starting the ranks. Waiting
+            # on the handler, not on a clock, keeps this early on a loaded machine.
+            wait_for_handler(proc.pid, signal.SIGTERM)
         else:
             wait_running(results)
         proc.send_signal(signum)
