@@ -10,8 +10,9 @@ usage (nothing ran); a run stopped by a signal exits 128 + signal.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import click
 from click.utils import make_default_short_help
@@ -54,13 +55,8 @@ class _LazyGroup(Command, click.Group):
         return super().get_command(ctx, cmd_name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:
-        try:
+        with word_order_hint(ctx, list(args)):
             return super().resolve_command(ctx, args)
-        except click.UsageError:
-            hint = word_order(args)
-            if hint is None:
-                raise
-            raise click.UsageError(hint, ctx) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List the commands as click would (each help cut to its first sentence), from the table."""
@@ -81,6 +77,18 @@ def notices(lines: Iterable[str]) -> None:
     each on stderr: ``run`` and ``run --check`` (whose lines ``submit`` relays), ``submit --wait``."""
     for line in lines:
         click.echo(f"notice: {line}", err=True)
+
+
+@contextlib.contextmanager
+def word_order_hint(ctx: click.Context, words: list[str]) -> Iterator[None]:
+    """A usage error in ``words`` that is dispel4py's word order (``simple g.py``) says what to type."""
+    try:
+        yield
+    except click.UsageError:
+        hint = word_order(words)
+        if hint is None:
+            raise
+        raise click.UsageError(hint, ctx) from None
 
 
 def word_order(words: list[str]) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from d4p_hpc import mappings, settings
-from d4p_hpc.cli import notices, word_order
+from d4p_hpc.cli import notices, word_order_hint
 from d4p_hpc.errors import Command, UsageError
 from d4p_hpc.jobs import progress
 from d4p_hpc.mappings.runtime.prepare import prepare
@@ -29,14 +29,8 @@ class _RunCommand(Command):
     """``run``, which knows dispel4py's word order (``dispel4py simple g.py``) and says what to type."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        words = list(args)  # click consumes the list it parses
-        try:
+        with word_order_hint(ctx, list(args)):  # a copy: click consumes the list it parses
             return super().parse_args(ctx, args)
-        except click.UsageError:
-            hint = word_order(words)
-            if hint is None:
-                raise
-            raise click.UsageError(hint, ctx) from None
 
 
 @click.command(cls=_RunCommand)

@@ -4,7 +4,7 @@ checkpoints or of its resume, then resumed, gives the outputs of one uninterrupt
 Every durable step (write and fsync of a temporary file, rename, fsync of a directory, link,
 unlink, truncate, removal of a tree) goes through :mod:`d4p_hpc.durable`, which counts the steps of
 all the processes of a run and crashes it at step N (``D4P_HPC_CRASH_AT``; see its docstring). For
-simple, multi, mpi and hybrid_redis, a run stopped at the walltime signal after one checkpoint (the
+simple, multi, mpi and hybrid_redis, a run lost with its node just after its first checkpoint (the
 base) is resumed with checkpoints every 0.2 s, crashed at N = 1, 2, ...: every step of the resume's
 own work (removing what is newer than its checkpoint, cutting the outputs back) and of its first
 checkpoint, then a sample of the later steps, and on until a run ends without reaching N. Every
@@ -185,21 +185,20 @@ def crash_and_resume(mapping: str, start: Path, work: Path, n: int, mode: str, r
     return ended.crashed
 
 
-def make_base(mapping: str, results: Path) -> None:
-    """A run stopped at the walltime signal once it has a checkpoint (and, most often, after one more)."""
-    argv = [*d4p_hpc_cmd(), "run", str(GRAPH), "-a", "graph", "-i", str(ITEMS), "-m", mapping,
-            "-n", str(PROCESSES[mapping]), "--results", str(results), "--checkpoint"]
-    proc = subprocess.Popen(argv, env={**os.environ, **SLOW, **OFTEN}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: list((results / "checkpoints").glob("*/complete.json")), 60)
-        proc.send_signal(signal.SIGUSR1)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 138, err
-    wait_for(lambda: not in_session(proc.pid), 30)
+def make_base(mapping: str, results: Path, tmp: Path) -> None:
+    """A run lost with its node just after its first checkpoint (most of its work left to resume):
+    crashed at the step after the one a first run completed its first checkpoint at, or a few later."""
+    probe = tmp / "probe"
+    assert run(mapping, probe, "--checkpoint", trace=tmp / "probe.trace").code == 0
+    first = completions(tmp / "probe.trace")[0]
+    for at in range(first + 1, first + 8):
+        shutil.rmtree(results, ignore_errors=True)
+        trace = tmp / f"base-{at}.trace"
+        if run(mapping, results, "--checkpoint", crash=(at, "node"), trace=trace).crashed and \
+                list((results / "checkpoints").glob("*/complete.json")):
+            lose_unsynced(results, trace, {})
+            return
+    raise AssertionError(f"no run of {mapping} was crashed after its first checkpoint")
 
 
 def sample(low: int, high: int, count: int) -> list[int]:
@@ -250,7 +249,7 @@ def test_a_crash_at_any_durable_step_then_resume_gives_the_outputs_once(mapping,
                                                                          record_property):
     started = time.monotonic()
     base = tmp_path / "base"
-    make_base(mapping, base)
+    make_base(mapping, base, tmp_path)
     # the resumed segment, uninterrupted: where its own work ends and its checkpoints complete
     calibration = tmp_path / "calibration"
     shutil.copytree(base, calibration, symlinks=True)

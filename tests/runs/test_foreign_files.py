@@ -99,13 +99,11 @@ def stranger():
         subprocess.run(["userdel", name], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory) -> Path:
-    """A run stopped at the walltime signal after a checkpoint: TIMEOUT, resumable."""
-    results = tmp_path_factory.mktemp("base") / "r"
+def stopped_after_a_checkpoint(results: Path, umask: int | None = None) -> None:
+    """A run of RUN into ``results``, stopped at the walltime signal once it has a checkpoint."""
     proc = subprocess.Popen([*d4p_hpc_cmd(), *map(str, RUN), "--checkpoint-every", "1", "--results", str(results)],
                             env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=None if umask is None else lambda: os.umask(umask))
     try:
         wait_for(lambda: list(results.glob("checkpoints/*/complete.json")) or proc.poll() is not None, 60)
         time.sleep(0.3)
@@ -113,6 +111,13 @@ def stopped_run(tmp_path_factory) -> Path:
         proc.communicate(timeout=60)
     finally:
         kill_group(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A run stopped at the walltime signal after a checkpoint: TIMEOUT, resumable."""
+    results = tmp_path_factory.mktemp("base") / "r"
+    stopped_after_a_checkpoint(results)
     assert json.loads((results / "run.json").read_text())["state"] == "TIMEOUT"
     return results
 
@@ -198,16 +203,7 @@ def test_a_run_in_a_setgid_group_writable_project_folder_resumes(tmp_path):
     project.mkdir()
     os.chmod(project, 0o2775)
     results = project / "runs" / "long"
-    proc = subprocess.Popen([*d4p_hpc_cmd(), *map(str, RUN), "--checkpoint-every", "1", "--results", str(results)],
-                            env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: os.umask(0o002))
-    try:
-        wait_for(lambda: list(results.glob("checkpoints/*/complete.json")) or proc.poll() is not None, 60)
-        time.sleep(0.3)
-        os.kill(proc.pid, signal.SIGUSR1)
-        proc.communicate(timeout=60)
-    finally:
-        kill_group(proc.pid)
+    stopped_after_a_checkpoint(results, umask=0o002)
     assert os.stat(project / "runs").st_mode & 0o2020 == 0o2020  # the group's, as the umask made it
     done = cli(*RUN, "--results", results, "--resume", env=ENV)
     assert done.returncode == 0, explain(done)
