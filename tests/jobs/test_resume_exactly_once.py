@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,7 +76,10 @@ def resume_twice_at_once(directory: Path) -> tuple[str, subprocess.CompletedProc
 
 
 def segments(directory: Path) -> list[str]:
-    return sorted(d.name for d in (directory / "state" / "segments").iterdir())
+    """The archived segments of the run in ``directory``, which are private like everything else there."""
+    root = directory / "state" / "segments"
+    assert all(stat.S_IMODE(d.stat().st_mode) == 0o700 for d in [root, *root.iterdir()])
+    return sorted(d.name for d in root.iterdir())
 
 
 def one_try(cancelled: Path, directory: Path, reference: dict, cancel: bool) -> None:
