@@ -318,13 +318,15 @@ def _finish(ctx: RunContext, broker: RedisDriverBroker, client) -> dict:
     exited = {int(p): s.decode() for p, s in client.hgetall(keys.exited).items()}
     sizes = {k.decode(): int(v) for k, v in client.hgetall(keys.sizes).items()}
     workers = sorted(int(p) for p in client.hkeys(keys.workers))
+    # what earlier segments wrote is the checkpoint's: a worker dead before its first commit keeps it
+    kept = ctx.restored.sizes() if ctx.restored is not None else {}
     cut = 0
     for proc in workers:
         # a killed or signalled worker's last unit was (or would have been) redone elsewhere; after a
         # failure nothing is redone, so the results written so far stay
         if exited.get(proc) not in ("COMPLETED", "FAILED"):
             parts = [str(p.relative_to(ctx.results)) for p in ctx.results.glob(f"outputs/*/part-{proc:05d}.*")]
-            cut += truncate_parts(ctx.results, {rel: sizes.get(rel, 0) for rel in parts})
+            cut += truncate_parts(ctx.results, {rel: max(sizes.get(rel, 0), kept.get(rel, 0)) for rel in parts})
     return {"workers": len(workers), "redeliveries": int(client.get(keys.redeliveries) or 0),
             "truncated_parts": cut,
             "redis_used_memory_peak_mb": round(client.info("memory")["used_memory_peak"] / 2 ** 20, 2)}
