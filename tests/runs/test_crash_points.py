@@ -235,6 +235,30 @@ def modes(mapping: str, n: int) -> tuple[str, ...]:
     return ("node", "process") if mapping in PROCESS_EVERY and n % PROCESS_EVERY[mapping] == 1 else ("node",)
 
 
+def crashed_resume(mapping: str, base: Path, tmp: Path, done: list[int]) -> tuple[Path, int]:
+    """``base`` resumed and crashed as a lost node in the middle of its second checkpoint (or of its
+    first), and the number of steps the next resume takes before its own first checkpoint. A
+    process's outputs reach the disk at times that vary from run to run, so a step number may land
+    just after a checkpoint completed, which leaves the next resume nothing to do: the next
+    candidate is tried then."""
+    middles = [(done[0] + done[1]) // 2 + 1] if len(done) > 1 else []
+    for at in [*middles, done[0] - 3, done[0] - 2, done[0] - 1]:
+        crashed = tmp / f"crashed-{at}"
+        shutil.copytree(base, crashed, symlinks=True)
+        before = sizes(crashed)
+        trace = tmp / f"crashed-{at}.trace"
+        if not run(mapping, crashed, "--resume", crash=(at, "node"), trace=trace).crashed:
+            continue
+        lose_unsynced(crashed, trace, before)
+        calibration = tmp / f"calibration-{at}"
+        shutil.copytree(crashed, calibration, symlinks=True)
+        assert run(mapping, calibration, "--resume", trace=tmp / f"calibration-{at}.trace").code == 0
+        own = first_own_checkpoint_step(tmp / f"calibration-{at}.trace") - 1
+        if own >= 1:
+            return crashed, own
+    raise AssertionError(f"no crash of a resume of {mapping} left the next resume work of its own")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The outputs of one uninterrupted simple run."""
@@ -262,24 +286,9 @@ def test_a_crash_at_any_durable_step_then_resume_gives_the_outputs_once(mapping,
     sampled = sample(done[0] + 1, ended.steps, SAMPLED)
     points = sweep(mapping, base, tmp_path, exhaustive + sampled, reference, beyond=ended.steps + 1)
 
-    # the resume crashed too, from a segment killed in the middle of its second checkpoint (or of its
-    # first, when it took one only): a checkpoint to remove, outputs to cut back
-    middles = [(done[0] + done[1]) // 2 + 1] if len(done) > 1 else []
-    for at in [*middles, done[0] - 3]:
-        crashed = tmp_path / f"crashed-{at}"
-        shutil.copytree(base, crashed, symlinks=True)
-        before = sizes(crashed)
-        trace = tmp_path / f"crashed-{at}.trace"
-        if run(mapping, crashed, "--resume", crash=(at, "node"), trace=trace).crashed:
-            break
-    else:
-        raise AssertionError(f"no run reached step {done[0] - 3}")
-    lose_unsynced(crashed, trace, before)
-    calibration = tmp_path / "calibration2"
-    shutil.copytree(crashed, calibration, symlinks=True)
-    assert run(mapping, calibration, "--resume", trace=tmp_path / "calibration2.trace").code == 0
-    own = first_own_checkpoint_step(tmp_path / "calibration2.trace") - 1
-    assert own >= 1, "the resume had nothing of its own to do"
+    # the resume crashed too, from a segment killed in the middle of a checkpoint: a checkpoint to
+    # remove, outputs to cut back
+    crashed, own = crashed_resume(mapping, base, tmp_path, done)
     (tmp_path / "again").mkdir()
     resumes = sweep(mapping, crashed, tmp_path / "again", list(range(1, own + 2)), reference, beyond=None)
 
