@@ -250,7 +250,8 @@ def lock(directory: str | os.PathLike, what: str, *, holder: int | None = None) 
     """Take the lock of results directory ``directory`` for this process's life; ``what`` says
     who takes it (``d4p-hpc run --resume``). Raises :class:`~d4p_hpc.errors.BusyError`, whose one
     line says who holds it, when another process does; a lock held by ``d4p-hpc resume`` is waited
-    for (up to :data:`RESUME_WAIT` s): it is submitting the job that asks. ``holder``: the pid
+    for (up to :data:`RESUME_WAIT` s): it is submitting the job that asks. A lock file that cannot
+    be created or written (a full disk) raises a one-line :class:`~d4p_hpc.errors.UsageError`. ``holder``: the pid
     of a process of this host that took the lock for this one (the launcher of an mpi run).
 
     Returns False when it holds no lock: taken by ``holder``, or a file system without locks
@@ -290,8 +291,13 @@ def lock(directory: str | os.PathLike, what: str, *, holder: int | None = None) 
             return False
     record = {"what": what, "host": liveness.host(), "pid": os.getpid(), "job_id": settings.job_id(),
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError as exc:  # a full disk, a quota: nothing could be run or resumed here
+        os.close(fd)
+        raise UsageError(f"cannot write the results directory {directory}: {exc.strerror or exc}; give a writable "
+                         "--results directory (or --results-root)") from None
     _HELD[directory] = fd
     return True
 

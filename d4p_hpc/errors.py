@@ -7,6 +7,9 @@ nothing ran), 1 for a failure while doing the work.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import click
 
 
@@ -103,11 +106,27 @@ class RunFailed(D4pHpcError):
     """A workflow run ended FAILED, CANCELLED or TIMEOUT; ``run.json`` holds the details."""
 
 
+class JobFailed(RunFailed):
+    """A job (or run) of the Python API ended FAILED, CANCELLED or TIMEOUT: ``job``, ``state``,
+    ``reason``, the failing ``pe`` (if one raised), its ``error`` line and the ``log_tail``."""
+
+    def __init__(self, job: object, state: str, reason: str, pe: str | None, error: str, log_tail: str) -> None:
+        self.job, self.state, self.reason, self.pe, self.error, self.log_tail = job, state, reason, pe, error, log_tail
+        where = f"PE {pe} raised " if pe and not error.startswith(f"PE {pe}") else ""
+        said = f": {where}{error}" if error else (f": {reason}" if reason else "")
+        super().__init__(f"job {getattr(job, 'id', job)} ended {state}{said}"
+                         + (f"\n--- the end of its logs ---\n{log_tail}" if log_tail else ""))
+
+
 class Command(click.Command):
     """Turns every D4pHpcError into ``Error: message`` and its exit code, in one place: for the
     ``d4p-hpc`` group and for the in-job entry points (``python -m d4p_hpc.mappings.redis.worker``,
     ``python -m d4p_hpc.mappings.redis.server``), which are commands of their own. It lives here,
     beside the hierarchy it renders, so that those entry points import no part of the CLI."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with one_line_usage(ctx):
+            return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -116,3 +135,15 @@ class Command(click.Command):
             exc = click.ClickException(str(err))
             exc.exit_code = err.exit_code
             raise exc from None
+
+
+@contextlib.contextmanager
+def one_line_usage(ctx: click.Context) -> Iterator[None]:
+    """A usage error (an unknown option or command, a bad value) as one ``Error:`` line naming the
+    help to read, exit code 2, instead of click's usage block, hint and blank line."""
+    try:
+        yield
+    except click.UsageError as err:
+        if err.ctx is None:  # one line already
+            raise
+        raise click.UsageError(f"{err.format_message()} (see `{ctx.command_path} --help`)") from None

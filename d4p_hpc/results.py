@@ -181,6 +181,27 @@ def make_private_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def new_private_dir(path: str | os.PathLike) -> list[Path]:
+    """:func:`make_private_dir`, returning the directories it created, outermost first ([] when
+    ``path`` was there): what :func:`remove_created` takes away from a run refused at its start."""
+    p = Path(path).absolute()
+    missing = [d for d in (p, *p.parents) if not os.path.lexists(d)]
+    make_private_dir(p)
+    return missing[::-1]
+
+
+def remove_created(paths: list[Path]) -> None:
+    """Remove what a run created before it was refused at its start (:func:`new_private_dir`'s
+    directories, the files it wrote), last first. A directory is removed only if it is empty, and
+    nothing that cannot be removed stops the rest: the refusal is what the user must see."""
+    for path in reversed(paths):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+
+
 def check_new(results: str | os.PathLike) -> None:
     """Refuse a results directory that holds a run, or files that are not a job's.
 

@@ -39,6 +39,8 @@ MAX_BACKLOG = "D4P_HPC_MAX_BACKLOG"
 QUIET = "D4P_HPC_QUIET"
 JOB_ID = "D4P_HPC_JOB_ID"
 
+#: the most inputs a root PE may be fed (-i N, or {"PE": N}): far above any run, below what a counter holds
+MAX_COUNT = 10**12
 #: ``--checkpoint-every``'s range in seconds: checkpoints more often than every second would cost
 #: more than the work between them; 30 days is longer than any walltime
 CHECKPOINT_EVERY_RANGE = (1.0, 30 * 86400.0)

@@ -22,6 +22,14 @@ user's pickle parts with an unpickler that builds only plain data and refuses an
 (:mod:`d4p_hpc.results`). Another user's checkpoint is never loaded: copy the results you trust
 into a directory of your own (``cp -r`` makes you the owner) and resume that copy.
 
+A run that takes checkpoints unpickles them itself (the first checkpoint reads its parts back),
+so its results directory must pass the rule before it starts: :func:`require_checkpoint_dir`
+refuses, in one line and before anything is written, a new run's ``--results`` directory that is
+writable by group or others (a setgid project folder given as ``--results`` itself) or is another
+user's; a resume is refused as it loads its checkpoint, before anything runs. Checkpoints are not
+written there in the hope that nobody swaps them: ``--results DIR/run`` (which d4p-hpc creates
+0700) or a directory only you can write is what the refusal asks for.
+
 The check and the use are one step: :func:`open_private` walks down from the results directory
 through directory descriptors, never following a link, checks each opened descriptor (``fstat``)
 and returns the file it checked, so nothing renamed or linked into place in between can win.
@@ -77,6 +85,44 @@ def open_private(path: str | os.PathLike, what: str, *, root: str | os.PathLike 
     except BaseException:
         os.close(found)
         raise
+
+
+def require_checkpoint_dir(results: str | os.PathLike) -> None:
+    """Refuse (:class:`UntrustedFileError`, one line, exit code 2) a new run that would take
+    checkpoints in ``results`` when :func:`open_private` would refuse to load them: the directory
+    exists and is another user's, or is writable by group or others. A directory that does not
+    exist yet passes: the run creates it 0700.
+
+    Checked before the run starts, not at its first checkpoint: a run that takes checkpoints reads
+    them back (the first one, to complete it), and a checkpoint it could not load would end the
+    run after it had worked for nothing. The rule is not relaxed for the run's own directory:
+    anyone who may write the results directory may replace ``checkpoints/`` in it, so the files
+    below it are only as safe as the directory itself. What to do instead goes with the refusal:
+    a private directory below the shared one (``--results DIR/run``, created 0700), or
+    ``chmod go-w`` if nobody else should write it. (A resume needs no such check: the checkpoint
+    it continues from is loaded, through :func:`open_private`, before anything runs.)
+    """
+    results = Path(os.path.abspath(results))
+    try:
+        st = os.stat(results)  # the results directory may be reached through a link, as in open_private
+    except OSError:
+        return  # missing (it is created private), or it cannot be read: the run's own checks say so
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    mode = f"mode {stat.S_IMODE(st.st_mode):04o}"
+    mine = st.st_uid == os.geteuid()
+    if not mine:
+        why = f"is a directory of user {_user(st.st_uid)} ({mode})"
+    elif st.st_mode & _OTHERS_WRITE:
+        who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit)
+        why = f"is writable by {who} ({mode})"
+    else:
+        return
+    chmod = f", or chmod go-w {results} (share results read-only: chmod -R g+rX)" if mine else ""
+    raise UntrustedFileError(f"refusing to take checkpoints in {results}: it {why}, so another user could replace "
+                             "them, and d4p-hpc never loads a checkpoint another user could have written; give a "
+                             f"results directory only you can write, e.g. --results {results / 'run'} (d4p-hpc "
+                             f"creates it private){chmod}", why)
 
 
 def require_private(path: str | os.PathLike, what: str) -> None:

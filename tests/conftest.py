@@ -10,6 +10,8 @@ run one after another on one worker.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,17 @@ from helpers.runs import WHERE_GRAPH, FakeInterpreter
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite tests/golden/<scheduler>/<mapping>.sh from the templates")
+
+
+def pytest_configure(config):
+    """The user's index of jobs (d4p_hpc.jobs.index) of this session: a folder of its own, so that no
+    test reads or writes the real one, and removed at the end."""
+    config._d4p_state = tempfile.mkdtemp(prefix="d4p-test-state-")
+    os.environ["XDG_STATE_HOME"] = config._d4p_state
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_d4p_state", ""), ignore_errors=True)
 
 
 def pytest_itemcollected(item):

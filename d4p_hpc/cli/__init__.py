@@ -18,7 +18,7 @@ import click
 from click.utils import make_default_short_help
 
 from d4p_hpc import __version__
-from d4p_hpc.errors import Command
+from d4p_hpc.errors import Command, one_line_usage
 
 #: command name: (module in this package, the command in it, the first paragraph of its help,
 #: which ``d4p-hpc --help`` lists without importing the module)
@@ -55,7 +55,7 @@ class _LazyGroup(Command, click.Group):
         return super().get_command(ctx, cmd_name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:
-        with word_order_hint(ctx, list(args)):
+        with one_line_usage(ctx), word_order_hint(ctx, list(args)):
             return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -88,7 +88,7 @@ def word_order_hint(ctx: click.Context, words: list[str]) -> Iterator[None]:
         hint = word_order(words)
         if hint is None:
             raise
-        raise click.UsageError(hint, ctx) from None
+        raise click.UsageError(hint) from None  # (no context: the hint says what to type, in one line)
 
 
 def word_order(words: list[str]) -> str | None:

@@ -2,8 +2,9 @@
 
 JOB arguments are a results directory or a job id looked up under the results root
 (:mod:`d4p_hpc.cli.common`); :mod:`d4p_hpc.cli.show` prints what these commands find.
-The options of ``submit``/``render`` are made from the fields of
-:class:`~d4p_hpc.submission.spec.JobSpec`, so a new field is a new option.
+The options of ``submit``/``render`` are made from the fields of the job spec (the keywords of
+:func:`d4p_hpc.submit`), so a new field is a new option. Every decision is the Python API's
+(:mod:`d4p_hpc.api`): these commands parse, call it and print.
 """
 
 from __future__ import annotations
@@ -16,28 +17,20 @@ from typing import Any
 
 import click
 
-from d4p_hpc import schedulers
+from d4p_hpc import api
+from d4p_hpc.api import options as planning
+from d4p_hpc.api.job import attach, find_root, list_jobs, resume, statuses, unfinished
 from d4p_hpc.cli import notices, show
-from d4p_hpc.cli.common import PROFILE_HELP, find, root, root_options
-from d4p_hpc.errors import UsageError
-from d4p_hpc.jobs import state
-from d4p_hpc.jobs.resume import resume, signal_warning
-from d4p_hpc.submission import config, precheck
-from d4p_hpc.submission.render import check_syntax, render_script
-from d4p_hpc.submission.spec import FIELDS, JobSpec, field_type
-from d4p_hpc.submission.submit import check_files, submit
-from d4p_hpc.units import clock, plural
+from d4p_hpc.cli.common import PROFILE_HELP, root_options
+from d4p_hpc.errors import Command, UsageError
+from d4p_hpc.units import plural
 
 WATCH_SECONDS = 2.0
 
 
 def _spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate ``command`` with GRAPH, --profile and an option per job spec field."""
-    for name, fld in reversed(FIELDS.items()):
-        flags, help_text = fld.metadata.get("flags"), fld.metadata.get("help")
-        if not flags:
-            continue
-        typ = field_type(name)
+    for name, flags, help_text, typ in reversed(planning.spec_options()):
         if typ is tuple:
             command = click.option(*flags, name, multiple=True, help=help_text)(command)
         else:
@@ -51,85 +44,53 @@ _no_check = click.option("--no-check", is_flag=True,
                          help="Do not load the graph here (for a graph that only loads on the compute nodes).")
 
 
-def _build(graph: str, profile: str | None, options: dict) -> tuple[JobSpec, config.Resolved, list[str]]:
-    """The job's spec and where its values came from, checked; and the notices of its plan."""
+def _plan(graph: str, profile: str | None, options: dict) -> planning.Plan:
     no_check = options.pop("no_check")
-    values = {k: v for k, v in options.items() if v is not None and v != ()}
-    resolved = config.resolve({**values, "graph": graph}, profile=profile)
-    spec = resolved.spec()
-    check_files(spec)
-    return spec, resolved, precheck.check(spec, graph=not no_check, sources=resolved.sources)
+    return planning.plan(graph, options, profile=profile, check=not no_check, given=planning.COMMAND_LINE)
 
 
-def _make_root(directory: str) -> None:
-    try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the results root {directory}: {exc.strerror}; give --results-root a "
-                         "writable directory") from None
-
-
-def _describe(spec: JobSpec, sources: dict) -> str:
-    """One line on the job's size, with a loud note when the walltime is nobody's choice."""
-    origin = "" if sources.get("walltime") != config.BUILT_IN else \
-        " (built-in default: set --time or walltime in a profile)"
-    return (f"{spec.scheduler}{config.scheduler_origin(spec.scheduler, sources)} job {spec.job_name}: "
-            f"mapping {spec.mapping}, {plural(spec.nodes, 'node')} x "
-            f"{plural(spec.tasks_per_node, 'task')} x {plural(spec.cpus_per_task, 'CPU')}, walltime "
-            f"{clock(spec.walltime_seconds)}{origin}")
-
-
-@click.command(name="submit")
+@click.command(cls=Command, name="submit")
 @_spec_options
 @_no_check
 @click.option("--dry-run", is_flag=True, help="Print the job script and submit nothing.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end, showing its progress.")
 def submit_(graph, profile, dry_run, wait_, **options):
     """Submit GRAPH as a batch job; print its job id and results directory."""
-    spec, resolved, plan_notices = _build(graph, profile, options)
-    script = render_script(spec, resolved.sources)
-    click.echo(_describe(spec, resolved.sources), err=True)
-    notices(plan_notices)
-    if warning := signal_warning(spec):
+    planned = _plan(graph, profile, options)
+    click.echo(planned.description, err=True)
+    notices(planned.notices)
+    if warning := planned.warning:
         click.echo(f"warning: {warning}", err=True)
     if dry_run:
-        click.echo(script, nl=False)
+        click.echo(planned.script, nl=False)
         return
-    job_id, directory = submit(spec, script, resolved.sources)
-    click.echo(f"job {job_id}\nresults {directory}")
+    job = api.enqueue(planned)
+    click.echo(f"job {job.id}\nresults {job.directory}")
     if wait_:
-        show.follow(state.open_job(directory), said=plan_notices)
+        show.follow(job, said=planned.notices)
 
 
-@click.command()
+@click.command(cls=Command)
 @_spec_options
 @_no_check
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the script here [default: stdout].")
 def render(graph, profile, output, **options):
     """Write the job script of GRAPH, to submit by hand (sbatch job.sh / qsub job.sh)."""
-    spec, resolved, plan_notices = _build(graph, profile, options)
-    script = render_script(spec, resolved.sources)
-    check_syntax(script)
-    notices(plan_notices)
+    planned = _plan(graph, profile, options)
+    notices(planned.notices)
     if output is not None:  # first: a script that cannot be written leaves no results root behind
-        try:
-            Path(output).write_text(script)
-            Path(output).chmod(0o755)
-        except OSError as exc:
-            raise UsageError(f"cannot write the job script to {output}: {exc.strerror}; give -o a writable "
-                             "path") from None
-    # the scheduler opens its log files in the results root before the job starts
-    _make_root(spec.results_root)
+        planned.write(output)
+    planned.make_root()
     if output is None:
-        click.echo(script, nl=False)
+        click.echo(planned.script, nl=False)
         return
-    click.echo(f"{_describe(spec, resolved.sources)}\nwrote {output}", err=True)
+    click.echo(f"{planned.description}\nwrote {output}", err=True)
 
 
 _wide = click.option("-l", "--wide", is_flag=True, help="Whole reasons, and each job's directory.")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("job", nargs=-1)
 @click.option("--watch", is_flag=True, help=f"Refresh the table every {WATCH_SECONDS:g} s until every job shown "
                                             "has ended (Ctrl-C stops watching; the jobs go on).")
@@ -137,24 +98,23 @@ _wide = click.option("-l", "--wide", is_flag=True, help="Whole reasons, and each
 @root_options
 def status(job: tuple[str, ...], watch: bool, wide: bool, results_root: str | None, profile: str | None) -> None:
     """State of JOBs (ids or results directories); without JOB, of the unfinished jobs."""
-    under = root(results_root, profile)
-    selected = [state.find(j, under) for j in job] or \
-        state.unfinished(state.list_jobs(under))
-    current: list[state.JobStatus] = []
+    under = find_root(results_root, profile)
+    selected = [attach(j, under) for j in job] or unfinished(list_jobs(under))
+    current: list[api.Status] = []
     try:
         while True:
-            current = state.status(selected)
+            current = statuses(selected)
             if watch and sys.stdout.isatty():
                 click.echo("\033[H\033[J", nl=False)  # redraw the table in place
             show.table(current, wide)
             show.segments(current)
-            if not watch or all(s.terminal for s in current):
+            if not watch or all(s.done for s in current):
                 return
             time.sleep(WATCH_SECONDS)
             if not sys.stdout.isatty():
                 click.echo()
     except KeyboardInterrupt:
-        going = [s for s in current if not s.terminal]
+        going = [s for s in current if not s.done]
         if len(going) == 1:
             show.interrupted(going[0], going[0].job, "watching")
         click.echo("stopped watching" + (f"; {plural(len(going), 'job')} still queued or running: d4p-hpc cancel "
@@ -162,36 +122,33 @@ def status(job: tuple[str, ...], watch: bool, wide: bool, results_root: str | No
         raise click.exceptions.Exit(show.INTERRUPTED) from None
 
 
-@click.command(name="list")
+@click.command(cls=Command, name="list")
 @_wide
 @root_options
 def list_(wide: bool, results_root: str | None, profile: str | None) -> None:
     """All jobs under the results root, oldest first."""
     unreadable: list[str] = []
-    show.table(state.status(state.list_jobs(root(results_root, profile), unreadable)), wide)
+    show.table(statuses(list_jobs(results_root, profile=profile, unreadable=unreadable)), wide)
     for reason in unreadable:
         click.echo(f"warning: {reason}", err=True)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what the job writes until it ends.")
 @root_options
 def logs(job: str, follow: bool, results_root: str | None, profile: str | None) -> None:
     """The scheduler's stdout/stderr of JOB, then its per-process logs."""
-    found = find(job, results_root, profile)
+    found = attach(job, results_root, profile)
     offsets: dict[Path, int] = {}
     # the scheduler's stdout and stderr are expected: one that is missing is named once, not skipped
-    expected = {} if found.scheduler == state.RUN else {
-        path: f"{schedulers.scheduler_class(found.scheduler).title} {what}" for path, what in
-        zip(schedulers.get(found.scheduler).log_files(found.directory, found.job_id), ("stdout", "stderr"),
-            strict=True)}
-    current: list[state.JobStatus] = []
+    expected = found.scheduler_logs()
+    current: api.Status | None = None
     try:
         while True:
-            current = state.status([found]) if follow else []
-            ended = not current or current[0].terminal
-            for path in state.log_files(found):
+            current = found.status() if follow else None
+            ended = current is None or current.done
+            for path in found.log_files():
                 if path in expected and not path.is_file():
                     click.echo(f"(no {expected.pop(path)}{'' if ended else ' yet'}: {path})")
                 if path.is_file() and path.stat().st_size > offsets.get(path, 0):
@@ -204,10 +161,10 @@ def logs(job: str, follow: bool, results_root: str | None, profile: str | None) 
                 return
             time.sleep(1.0)
     except KeyboardInterrupt:
-        show.interrupted(current[0] if current else None, found, "following the logs of")
+        show.interrupted(current, found, "following the logs of")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("job")
 @click.option("--show", "show_", metavar="PE.OUTPUT", help="Print the items of one output, one JSON value a line.")
 @click.option("--export", nargs=2, metavar="PE.OUTPUT FILE", help="Write the items of one output to FILE (JSON lines).")
@@ -215,24 +172,25 @@ def logs(job: str, follow: bool, results_root: str | None, profile: str | None) 
 @root_options
 def results(job, show_, export, limit, results_root, profile):
     """State, wall time, items/s per PE and outputs of JOB."""
-    found = find(job, results_root, profile)
+    found = attach(job, results_root, profile)
     if show_ or export:
-        show.dump(found.directory, *(export or (show_, None)), limit=limit)
+        show.dump(found, *(export or (show_, None)), limit=limit)
     else:
         show.results(found)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("job")
 @root_options
 def cancel(job, results_root, profile):
     """Cancel JOB, pending or running."""
-    found = find(job, results_root, profile)
-    state.cancel(found)
-    click.echo(f"cancel requested for job {found.job_id}")
+    found = attach(job, results_root, profile)
+    if not found.cancel():
+        raise UsageError(f"job {found.id} has already ended: {found.state}")
+    click.echo(f"cancel requested for job {found.id}")
 
 
-@click.command(name="resume")
+@click.command(cls=Command, name="resume")
 @click.argument("job")
 @click.option("--requeue", type=click.IntRange(min=0),
               help="Automatic resubmissions the continued run may still make [default: as the job had].")
@@ -241,17 +199,17 @@ def cancel(job, results_root, profile):
 @root_options
 def resume_(job, requeue, exit_code, from_job, results_root, profile):
     """Continue JOB (TIMEOUT, CANCELLED or FAILED) from its last checkpoint, as a new job in its directory."""
-    found = state.open_job(job) if from_job else find(job, results_root, profile)
-    new_id, warning = resume(found, exit_code if from_job else None, requeue)
+    found = attach(job) if from_job else attach(job, results_root, profile)
+    successor, warning = resume(found, exit_code if from_job else None, {"requeue": requeue})
     if warning:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"job {new_id} continues {found.directory}")
+    click.echo(f"job {successor.id} continues {found.directory}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("job")
 @click.option("--timeout", type=float, help="Give up after this many seconds.")
 @root_options
 def wait(job, timeout, results_root, profile):
     """Wait for JOB to end; exit 0 if it COMPLETED, 1 otherwise."""
-    show.follow(find(job, results_root, profile), timeout)
+    show.follow(attach(job, results_root, profile), timeout)

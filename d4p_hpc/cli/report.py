@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from d4p_hpc.cli.common import find, root_options
-from d4p_hpc.jobs import state
-from d4p_hpc.report import page
+from d4p_hpc.api.job import attach
+from d4p_hpc.cli.common import root_options
+from d4p_hpc.errors import Command
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("job")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Where to write the page [default: report.html in the results directory].")
@@ -20,7 +20,6 @@ from d4p_hpc.report import page
 def report(job, output, png, results_root, profile):
     """Write one self-contained HTML page of what JOB (a job id or results directory) did:
     summary, efficiency, the graph, throughput, busy time, backlog, pool size, memory, outputs."""
-    found = find(job, results_root, profile)
-    target = Path(output) if output else found.directory / "report.html"
-    for path in page.write(found.directory, target, None if found.scheduler == state.RUN else found, png):
+    written = attach(job, results_root, profile).report(Path(output) if output else None, png)
+    for path in written.files:
         click.echo(f"wrote {path}")

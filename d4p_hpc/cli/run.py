@@ -1,23 +1,16 @@
-"""``d4p-hpc run``: run a graph here, with no scheduler, through the mappings' front door
-(:func:`~d4p_hpc.mappings.runtime.prepare.prepare`, then the mapping's ``run``), and print a summary."""
+"""``d4p-hpc run``: run a graph here, with no scheduler (:func:`d4p_hpc.api.local.run_here`), and
+print a summary."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import click
 
 from d4p_hpc import mappings, settings
+from d4p_hpc.api.job import attach
+from d4p_hpc.api.local import run_here
 from d4p_hpc.cli import notices, word_order_hint
-from d4p_hpc.errors import Command, UsageError
-from d4p_hpc.jobs import progress
-from d4p_hpc.mappings.runtime.prepare import prepare
-from d4p_hpc.results import Layout, check_new, count_items, list_outputs, read_metrics
-from d4p_hpc.submission import config
-from d4p_hpc.supervisor import inside_mpi_world
+from d4p_hpc.errors import Command
 from d4p_hpc.units import plural
-from d4p_hpc.workflow.loader import default_results, parse_inputs
 
 _NAMES = list(mappings.MAPPINGS)
 #: a failure's traceback longer than this is not printed, only its last line (a RecursionError's
@@ -40,7 +33,8 @@ class _RunCommand(Command):
 @click.option("-n", "--processes", type=click.IntRange(min=1),
               help="Processes, MPI ranks or workers [default: 1 for simple, else the number of cores].")
 @click.option("-a", "--attr", help="Name of the graph variable in GRAPH (default: its only WorkflowGraph).")
-@click.option("-i", "--iterations", type=click.IntRange(min=0), help="Feed each root PE N times [default: 1].")
+@click.option("-i", "--iterations", type=click.IntRange(min=0, max=settings.MAX_COUNT),
+              help="Feed each root PE N times [default: 1].")
 @click.option("-d", "--data", help='Inputs as JSON: {"PE": [{"input": ...}, ...]} or {"PE": N}.')
 @click.option("-f", "--file", "data_file", type=click.Path(dir_okay=False), help="Inputs as a JSON file.")
 @click.option("--results", type=click.Path(file_okay=False),
@@ -64,52 +58,22 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
         redis_connection: str | None, external_workers: bool, redis_server: str | None, check: bool,
         checkpoint_every: float | None, checkpoint_on: bool, resume: bool) -> None:
     """Run GRAPH here, with no scheduler, and write a results directory."""
-    chosen = mappings.get(mapping)
-    raw = parse_inputs(iterations, data, data_file)
-    options = {"redis_url": redis_url, "redis_connection": redis_connection,
-               "external_workers": external_workers, "redis_server": redis_server, "inputs_file": data_file,
-               "checkpoint_every": checkpoint_every, "checkpoint": checkpoint_on}
-    if resume and not results:
-        raise UsageError("--resume needs --results DIR: the results directory of the run to continue")
-    results_dir = results or default_results(graph, mapping, config.results_root())
-    settings.check()
-    _check_local_processes(chosen, processes, external_workers)
-    chosen.check(options)
-    if not check and not resume and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
-        check_new(results_dir)
-    ctx = prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume, not check)
-    if check or not (inside_mpi_world() or settings.quiet()):
-        # before the run, so that a slow run explains itself (an MPI rank: in rank 0's summary)
-        notices(ctx.plan.notices)
+    ended = run_here(graph, mapping, processes, attr, iterations, data, data_file, results, redis_url,
+                     redis_connection, external_workers, redis_server, check, checkpoint_every, checkpoint_on,
+                     resume, notices)
     if check:
-        click.echo(f"ok: {plural(len(ctx.plan.pes), 'PE')}, {plural(ctx.plan.instances, 'instance')} under "
-                   f"{mapping} with {plural(ctx.processes, 'process')}")
+        click.echo(ended.checked)
         return
-    with progress.live(ctx.results):
-        record = chosen.run(ctx)
-    if not record.get("secondary") and not settings.quiet():
-        _summary(ctx.results, record)
-    chosen.exit(record["exit_code"])
+    if not ended.said_by_another and not settings.quiet():
+        notices(ended.late_notices)
+        _summary(ended.results, ended.record)
+    ended.exit()
 
 
-def _check_local_processes(chosen: mappings.Mapping, processes: int | None, external: bool) -> None:
-    """Refuse a ``-n`` that would fork more processes on this host than it could ever run well
-    (the Redis mappings fork theirs too, unless a job script starts the workers on its nodes)."""
-    if processes is None or not chosen.forks or external or inside_mpi_world():
-        return
-    cores = os.cpu_count() or 1
-    limit = settings.max_processes()
-    if processes > limit:
-        raise UsageError(f"-n {processes} would start {processes} processes on this host "
-                         f"({plural(cores, 'core')}); the limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} "
-                         "to allow it, or submit a job (d4p-hpc submit) to use more nodes")
-
-
-def _summary(results_dir: Path, record: dict) -> None:
+def _summary(results_dir, record: dict) -> None:
     """The run's state, rate, failure and outputs, after it ended."""
-    metrics = read_metrics(results_dir) or {}
-    if inside_mpi_world():  # the other runs said them at their start
-        notices(record.get("notices", []))
+    job = attach(results_dir)
+    metrics = job.metrics()
     state = record["state"]
     rate = metrics.get("items_per_second")
     click.echo(f"{state} in {metrics.get('wall_seconds', record.get('wall_seconds', 0)):.2f} s: "
@@ -117,14 +81,14 @@ def _summary(results_dir: Path, record: dict) -> None:
                + (f", {rate:,.0f} items/s" if rate else "")
                + f" ({record['mapping']}, {plural(record['processes'], 'process')})")
     if record.get("error"):
-        click.echo(_failure(record["error"]), err=True)
+        click.echo(_failure(record["error"], job.record_file.name), err=True)
     click.echo(f"results: {results_dir}")
-    for pe, output in list_outputs(results_dir):
-        click.echo(f"  {pe}.{output}: {plural(count_items(results_dir, pe, output), 'item')}")
-    click.echo(f"logs: {results_dir}/{Layout.LOGS}/")
+    for name, (count, _folder) in job.counts().items():
+        click.echo(f"  {name}: {plural(count, 'item')}")
+    click.echo(f"logs: {job.log_directory}/")
 
 
-def _failure(error: dict) -> str:
+def _failure(error: dict, record: str) -> str:
     """Who failed where, and the traceback: whole, or its last line when it is too long to read."""
     who = f"PE {error['pe']}" if error.get("pe") else "the run"
     where = f" (process {error['process']})" if error.get("process") is not None else ""
@@ -133,5 +97,5 @@ def _failure(error: dict) -> str:
         return f"{who} failed{where}; its log may say why"
     if len(lines) > TRACEBACK_LINES:
         return (f"{who} failed{where}: {lines[-1]} (the whole traceback, {plural(len(lines), 'line')}, is in "
-                f"{Layout.RUN} and the logs)")
+                f"{record} and the logs)")
     return f"{who} failed{where}:\n" + "\n".join(lines)

@@ -35,13 +35,24 @@ from d4p_hpc.results import Layout, make_private_dir, now, read_json, read_run, 
 from d4p_hpc.schedulers import RUN
 
 
-def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = None) -> tuple[str, str | None]:
+#: what a successor may change of its job: its time and where it is charged, never what it computes
+#: (graph, inputs, mapping and size are the checkpoint's; ``run --check --resume`` holds them)
+CHANGEABLE = ("walltime", "signal_seconds", "checkpoint_every", "requeue", "memory", "partition", "account", "qos")
+
+
+def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = None,
+           changes: dict | None = None) -> tuple[str, str | None]:
     """Submit the successor of ``job``; return its job id and a warning about its signal time, if any.
 
     ``exit_code`` is given by a job that resubmits itself at its walltime stop (``--requeue``): it is
     still running, and its segment ends TIMEOUT with that code. ``requeue`` replaces the number of
     automatic resubmissions left (default: the job's own, one less for a job resubmitting itself).
+    ``changes``: new values of some of :data:`CHANGEABLE` for the successor (a longer walltime).
     """
+    unknown = sorted(set(changes or {}) - set(CHANGEABLE))
+    if unknown:
+        raise ResumeError(f"a resumed job cannot change {', '.join(unknown)} (its checkpoint holds what it computes); "
+                          f"it may change: {', '.join(CHANGEABLE)}")
     from d4p_hpc.submission import precheck
     from d4p_hpc.submission.render import render_script
     from d4p_hpc.submission.spec import JobSpec
@@ -65,7 +76,7 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
         left = data.get("requeue", 0)
         if requeue is None:
             requeue = max(0, left - 1) if from_job else left
-        spec = JobSpec.from_dict({**data, "continues": str(job.directory),
+        spec = JobSpec.from_dict({**data, **(changes or {}), "continues": str(job.directory),
                                   "after": job.job_id if from_job else None, "requeue": requeue})
         precheck.check(spec)
         script = render_script(spec, saved.get("sources"))
@@ -199,7 +210,8 @@ def describe(current: jobs.JobStatus) -> list[str]:
     archived = segments(job)
     record = read_run(job.directory) or {}
     if job.scheduler == RUN:  # `d4p-hpc run --resume`: its record alone knows the segments
-        runs = [*record.get("segments", []), record] if record.get("segments") else []
+        # (the last is the run as it is now: its record says RUNNING until it ends, even once it is gone)
+        runs = [*record.get("segments", []), {**record, "state": current.state}] if record.get("segments") else []
         return [f"segment {k}: {s.get('state')}, started {s.get('started')}"
                 + (f", {s['items']:,} items" if s.get("items") is not None else "") for k, s in enumerate(runs, 1)]
     if not archived:

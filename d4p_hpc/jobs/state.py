@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TypedDict
 
 from d4p_hpc import liveness, schedulers, units
-from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError
+from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError, UsageError
+from d4p_hpc.jobs import index
 from d4p_hpc.records import Ended, Marker, RunRecord, SpecFields
 from d4p_hpc.results import Layout, read_marker, read_run, read_spec, write_json
 from d4p_hpc.schedulers import RUN
@@ -118,18 +119,28 @@ def open_job(directory: str | Path) -> Job:
 
 
 def find(job: str, root: Path) -> Job:
-    """The job ``job``: a results directory, or a job id looked up under ``root``."""
+    """The job ``job``: a results directory, or a job id looked up under ``root``, else in the
+    user's index of submitted jobs (:mod:`d4p_hpc.jobs.index`)."""
     for directory in (Path(job), Path(root) / job):
         if directory.is_dir():
             return open_job(directory)
     matches = [Path(p) for p in glob.glob(str(Path(root) / f"*-{glob.escape(job)}")) if Path(p).is_dir()]
     if len(matches) == 1:
         return open_job(matches[0])
+    gone: list[Path] = []
+    if not matches:  # submitted with another results root: the user's index of jobs knows where
+        matches, gone = index.lookup(job)
+        if len(matches) == 1:
+            return open_job(matches[0])
     if matches:
         raise JobNotFoundError(f"job id {job} matches several directories; give one: "
                                + ", ".join(str(m) for m in matches))
-    raise JobNotFoundError(f"no job {job}: not a directory, and no <name>-{job}/ under {root} "
-                           f"(see `d4p-hpc list`; set --results-root or a profile for another root)")
+    if gone:
+        raise JobNotFoundError(f"job {job} was in {', '.join(map(str, gone))}, which is gone (deleted, or on a file "
+                               "system not mounted here)")
+    raise JobNotFoundError(f"no job {job}: not a directory, no <name>-{job}/ under {root}, and not in the index "
+                           f"of your jobs ({index.folder()}): see `d4p-hpc list`, or give the job's results "
+                           "directory")
 
 
 def list_jobs(root: Path, unreadable: list[str] | None = None) -> list[Job]:
@@ -175,7 +186,7 @@ def cancel(job: Job) -> None:
     """Ask the scheduler to cancel ``job``, noting the request in ``state/cancel_requested``."""
     current = status([job])[0]
     if current.terminal and not current.inferred:
-        raise D4pHpcError(f"job {job.job_id} has already ended: {current.state}")
+        raise UsageError(f"job {job.job_id} has already ended: {current.state}")
     if job.scheduler == RUN:
         _stop_run(job, current)
         return
@@ -187,7 +198,8 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
     """Poll until ``job`` ends; ``on_poll(status)`` is called after each poll.
 
     A job the scheduler says has ended but whose ``finished`` marker is missing
-    is polled for :data:`MARKER_GRACE_SECONDS` more before its inferred state is
+    is polled for :data:`MARKER_GRACE_SECONDS` more (none on a scheduler of this host, whose
+    markers have no shared file system to cross) before its inferred state is
     accepted.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -201,7 +213,8 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
         if current.terminal and not current.inferred:
             return current
         if current.terminal:  # inferred: the finished marker may still be on its way
-            grace_until = grace_until or time.monotonic() + MARKER_GRACE_SECONDS
+            here = job.scheduler != RUN and schedulers.scheduler_class(job.scheduler).on_this_host
+            grace_until = grace_until or time.monotonic() + (0.0 if here else MARKER_GRACE_SECONDS)
             if time.monotonic() >= grace_until:
                 return current
         if deadline is not None and time.monotonic() >= deadline:
@@ -247,6 +260,8 @@ def _decide_markers(job: Job, said: SchedulerState | None, error: str | None) ->
         state, reason = finished.get("state", "FAILED"), finished.get("reason", "")
         if state == "CANCELLED" and said and said.state == "TIMEOUT":  # Slurm's SIGTERM at the limit
             state, reason = "TIMEOUT", "killed at the walltime"
+        if state == "COMPLETED" and (unrun := _unrecorded(job)):
+            state, reason = "FAILED", unrun
         if state == "FAILED":
             reason = "; ".join(r for r in (reason, _run_error(job) or _first_error_line(job)) if r)
         return JobStatus(job, state, reason, exit_code=finished.get("exit_code"), **times)
@@ -267,6 +282,20 @@ def _decide_markers(job: Job, said: SchedulerState | None, error: str | None) ->
                          "trap ran (out of memory, node failure, SIGKILL?)", inferred=True, **times)
     return JobStatus(job, "FAILED", f"the {job.scheduler} scheduler has no record of job {job.job_id} and it "
                      "never started", inferred=True, **times)
+
+
+def _unrecorded(job: Job) -> str:
+    """Why a job whose finished marker says COMPLETED did not complete ("" when it did): the marker
+    says only that the job's run command exited 0, and a command that ends with 0 before its run
+    recorded itself (a graph file calling ``os._exit(0)`` as it is imported) ran nothing; nor
+    did a run whose ``run.json`` still says RUNNING finish."""
+    if not job.layout.run.exists():
+        return (f"the job's run command exited 0, but the run never recorded itself (no {Layout.RUN}): it ended "
+                "before the run started (a graph file that calls os._exit at import?)")
+    if _read_run(job).get("state") == "RUNNING":
+        return (f"the job's run command exited 0, but {Layout.RUN} says RUNNING: the run ended without recording "
+                "its end")
+    return ""
 
 
 def _decide_run(job: Job) -> JobStatus:

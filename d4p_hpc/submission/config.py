@@ -41,6 +41,9 @@ ENV_PREFIX = "D4P_HPC_"
 PROFILE_ENV = ENV_PREFIX + "PROFILE"
 PATH_FIELDS = ("graph", "input_file", "results_root", "venv", "container")
 BUILT_IN = "built-in default"
+#: where a value given to the job itself came from: ``submit``'s options, or the Python API's keywords
+COMMAND_LINE = "command line"
+KEYWORD = "keyword argument"
 _FILE_KEYS = ("profile", "profiles")
 
 
@@ -76,7 +79,7 @@ def scheduler_why(name: str, sources: dict) -> str:
 
 def scheduler_origin(name: str, sources: dict) -> str:
     """`` (why)`` of :func:`scheduler_why` for a line naming the scheduler, unless the command line chose it."""
-    return "" if sources.get("scheduler") == "command line" else f" ({scheduler_why(name, sources)})"
+    return "" if sources.get("scheduler") in (COMMAND_LINE, KEYWORD) else f" ({scheduler_why(name, sources)})"
 
 
 def user_file(environ=None) -> Path:
@@ -87,13 +90,14 @@ def user_file(environ=None) -> Path:
 
 
 def resolve(cli: dict | None = None, profile: str | None = None, cwd: str | os.PathLike | None = None,
-            environ=None) -> Resolved:
+            environ=None, given: str = COMMAND_LINE) -> Resolved:
     """Merge built-in defaults, the two files, the environment and ``cli`` (field -> value).
 
     Parameters
     ----------
     cli
-        Values given on the command line; None values count as not given.
+        Values given on the command line (or as keyword arguments: ``given`` says which, for the
+        sources); None values count as not given.
     profile
         Profile name from ``--profile``; overrides ``$D4P_HPC_PROFILE`` and the files.
     cwd
@@ -127,7 +131,7 @@ def resolve(cli: dict | None = None, profile: str | None = None, cwd: str | os.P
         raise SpecError(f"no profile {profile!r} in {' or '.join(str(p) for _, p, _ in files)}; "
                         f"profiles found: {', '.join(known) or 'none'}")
     layers.append(("environment", cwd, _from_env(environ)))
-    layers.append(("command line", cwd, {k: v for k, v in (cli or {}).items() if v is not None}))
+    layers.append((given, cwd, {k: v for k, v in (cli or {}).items() if v is not None}))
     values, sources = {}, {}
     for label, base, layer in layers:
         for key, value in layer.items():
@@ -165,7 +169,7 @@ def coerce(name: str, value, source: str = "") -> object:
             try:
                 value = int(value)
             except ValueError:
-                raise SpecError(f"{name}{where} must be a whole number, not {value!r}") from None
+                raise SpecError(f"{name}{where} must be a whole number, not {value!r:.80}") from None
     return check_type(name, value, source)
 
 

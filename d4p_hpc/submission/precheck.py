@@ -92,7 +92,10 @@ def _check_in_environment(spec: JobSpec, sources: dict) -> list[str]:
     started_by = launch.launcher(spec)
     if started_by and f"needs {started_by} " in message:
         message += f" (scheduler {spec.scheduler}: {scheduler_why(spec.scheduler, sources)})"
-    raise GraphError(f"{message} (checked in the job's environment before submitting; --no-check skips this)")
+    # skipping the check helps only a graph that loads on the compute nodes alone (their modules)
+    hint = "; if it loads only on the compute nodes, --no-check (check=False in Python) skips this" \
+        if any(word in message for word in ("No module named", "ImportError", "cannot be run")) else ""
+    raise GraphError(f"{message} (checked in the job's environment before submitting{hint})")
 
 
 def _last(lines: list[str]) -> str:

@@ -52,8 +52,8 @@ MAX_CHARS = {"partition": 64, "account": 64, "qos": 64, "job_name": 64, "after":
 _MAX_TEXT = 4096
 #: the largest value of each whole-number field; ``checkpoint_every`` is the run's own range
 LIMITS = {"nodes": 100_000, "tasks_per_node": 10_000, "cpus_per_task": 10_000, "gpus_per_node": 1_024,
-          "iterations": 10**12, "requeue": 1_000, "checkpoint_every": int(settings.CHECKPOINT_EVERY_RANGE[1]),
-          "signal_seconds": 366 * 86400}
+          "iterations": settings.MAX_COUNT, "requeue": 1_000,
+          "checkpoint_every": int(settings.CHECKPOINT_EVERY_RANGE[1]), "signal_seconds": 366 * 86400}
 #: ranks or workers in one job, and the longest walltime and memory per node
 MAX_TASKS = 1_000_000
 MAX_WALLTIME_DAYS = 366
@@ -235,14 +235,14 @@ def check_type(name: str, value, source: str = "") -> object:
     where = f" (from {source})" if source else ""
     if typ is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise SpecError(f"{name}{where} must be a list of strings, not {value!r}")
+            raise SpecError(f"{name}{where} must be a list of strings, not {value!r:.80}")
         return tuple(value)
     if typ is bool and not isinstance(value, bool):
-        raise SpecError(f"{name}{where} must be true or false, not {value!r}")
+        raise SpecError(f"{name}{where} must be true or false, not {value!r:.80}")
     if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise SpecError(f"{name}{where} must be a whole number, not {value!r}")
+        raise SpecError(f"{name}{where} must be a whole number, not {value!r:.80}")
     if typ is str and not isinstance(value, str):
-        raise SpecError(f"{name}{where} must be a string, not {value!r}")
+        raise SpecError(f"{name}{where} must be a string, not {value!r:.80}")
     return value
 
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from d4p_hpc import schedulers
-from d4p_hpc.errors import SchedulerError, SpecError
+from d4p_hpc.errors import SchedulerError, SpecError, UsageError
+from d4p_hpc.jobs import index
 from d4p_hpc.results import Layout, now, write_json
 from d4p_hpc.submission.config import scheduler_why
 from d4p_hpc.submission.render import check_syntax
@@ -23,6 +24,8 @@ from d4p_hpc.submission.spec import JobSpec
 def check_files(spec: JobSpec) -> None:
     """Refuse a spec whose graph or input file does not exist here (the nodes could not read it either)."""
     for what, path in (("graph file", spec.graph), ("input file", spec.input_file)):
+        if path is not None and os.path.isdir(path):
+            raise SpecError(f"{what} {path} is a directory; give a file")
         if path is not None and not os.path.isfile(path):
             raise SpecError(f"{what} {path} does not exist")
 
@@ -47,7 +50,14 @@ def _submit(spec: JobSpec, script: str, sources: dict | None) -> tuple[str, Path
     assert spec.results_root is not None, "a resolved spec always has a results root"
     root = Path(spec.results_root)
     made = [p for p in (root, *root.parents) if not p.exists()]
-    root.mkdir(parents=True, exist_ok=True)  # Slurm and PBS open the job's log files there
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # Slurm and PBS open the job's log files there
+    except OSError as exc:  # under /proc, a read-only mount, a file in the way: nothing is left of the attempt
+        for directory in made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise UsageError(f"cannot create the results directory {root}: {exc.strerror or exc}; give --results-root a "
+                         "writable directory") from None
     job = schedulers.Submission(results_dir=spec.results_dir, continues=spec.continues is not None,
                                 after=spec.after, tasks=spec.total_tasks)
     # a job's directory, its script and its logs are the user's alone, as the script's own files are
@@ -71,4 +81,6 @@ def _submit(spec: JobSpec, script: str, sources: dict | None) -> tuple[str, Path
                                                      "cwd": os.getcwd()})
     finally:
         os.umask(umask)
+    if problem := index.record(job_id, layout.directory):
+        print(f"warning: {problem}", file=sys.stderr)
     return job_id, layout.directory

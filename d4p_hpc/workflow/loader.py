@@ -18,8 +18,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from d4p_hpc import settings
 from d4p_hpc.compat import ensure_dispel4py
 from d4p_hpc.errors import GraphError, InputsError
+
+
+#: the sources being imported by :func:`_import` (see :func:`loading`)
+_LOADING: list[str] = []
 
 
 def _is_graph(obj: Any) -> bool:
@@ -50,16 +55,19 @@ def _import(source: str) -> Any:
             if path.is_dir():
                 raise GraphError(f"{source} is a directory; give the graph's .py file")
             if not path.is_file():
-                raise GraphError(f"graph file {source} does not exist")
+                raise GraphError(f"graph file {source} is not a regular file; give the graph's .py file"
+                                 if path.exists() else f"graph file {source} does not exist")
             _add_helper_dirs(path.resolve().parent)
             spec = importlib.util.spec_from_file_location(path.stem, path)
             if spec is None or spec.loader is None:  # a suffix no loader takes (.txt, .json)
                 raise GraphError(f"{source} is not a Python file; give the graph's .py file")
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
+            _LOADING.append(source)
             spec.loader.exec_module(module)
             return module
         _add_helper_dirs(Path.cwd())
+        _LOADING.append(source)
         return importlib.import_module(source)
     except GraphError:
         raise
@@ -72,9 +80,22 @@ def _import(source: str) -> Any:
             where = f"{exc.filename}:{exc.lineno}"
             exc = SyntaxError(exc.msg)
         else:
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            frames = traceback.extract_tb(exc.__traceback__)
+            # an error of d4p-hpc's own (a graph file calling d4p_hpc.submit) is told at the user's line
+            ours = str(Path(__file__).resolve().parents[1])
+            frame = next((f for f in reversed(frames) if not f.filename.startswith(ours)), frames[-1])
             where = f"{frame.filename}:{frame.lineno}"
         raise GraphError(f"loading {source} failed at {where}: {type(exc).__name__}: {exc}") from None
+    finally:
+        if _LOADING and _LOADING[-1] == source:
+            _LOADING.pop()
+
+
+def loading() -> str | None:
+    """The graph file or module being imported now, if any: a graph file that submits itself (a
+    script whose ``d4p_hpc.submit(...)`` is not under ``if __name__ == "__main__":``) is stopped
+    there, not run again on every node that loads it."""
+    return _LOADING[-1] if _LOADING else None
 
 
 def load_graph(source: str, attr: str | None = None) -> Any:
@@ -124,7 +145,9 @@ def parse_inputs(iterations: int | None, data: str | None, file: str | None) -> 
         raise InputsError('inputs must be a JSON object like {"PEName": [{"input": 1}, ...]} or {"PEName": 10}')
     for name, value in raw.items():
         if not (isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)):
-            raise InputsError(f"inputs for {name!r} must be a list of inputs or a count >= 0, got {value!r}")
+            raise InputsError(f"inputs for {name!r} must be a list of inputs or a count >= 0, got {value!r:.60}")
+        if isinstance(value, int) and value > settings.MAX_COUNT:
+            raise InputsError(f"inputs for {name!r}: {value:,} is more than the limit, {settings.MAX_COUNT:,}")
     return raw
 
 

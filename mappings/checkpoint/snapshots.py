@@ -174,17 +174,24 @@ class ChandyLamport:
 
     def drain(self, block: bool) -> None:
         """The Runtime's drain, through the read-ahead inbox, which also ends the wait of a process
-        that has finished but stays for the others (it blocks only when idle)."""
+        that has finished but stays for the others (it blocks only when idle).
+
+        One process (simple, or multi -n 1) receives nothing, but its inbox holds, on resume, the items
+        in flight in the checkpoint (a multi or mpi one): they are processed here all the same."""
         transport = self.runtime.transport
-        if transport is None:  # one process: nothing comes in
-            return
-        self.read_ahead()
+        if transport is not None:
+            self.read_ahead()
         inbox = self.inbox
         while inbox and not self.halted:
             self.runtime.deliver((inbox.popleft(),))
             if time.monotonic() - self._read_at > READ_SECONDS:
-                self.read_ahead()
+                if transport is not None:
+                    self.read_ahead()
+                else:
+                    self._read_at = time.monotonic()
                 self.at_clean_point()
+        if transport is None:  # one process: nothing comes in
+            return
         if block and not self.inbox:
             self.runtime.flush_all()
             # not a receive that blocks for ever: a process must watch its clock and the walltime
@@ -256,9 +263,12 @@ class ChandyLamport:
             if not inst.done:
                 saved["state"] = inst.saved_state()
             instances[gid] = saved
+        # a resumed run processes the items in flight before its roots begin again: a root whose call it
+        # is to replay (see replay.py) has not begun it yet, and a checkpoint taken meanwhile passes it on
+        replays = {gid: inst.replay for gid, inst in runtime.local.items() if inst.replay is not None}
         snap.part = {"instances": instances, "fed": dict(runtime.fed), "parts": runtime.sink.checkpoint_sizes(),
                      "in_flight": [pickle.dumps(e, protocol=5) for e in self.inbox],
-                     PART_FIELD: calls_under_way(runtime.local.values())}
+                     PART_FIELD: {**replays, **calls_under_way(runtime.local.values())}}
         for peer in snap.peers:
             self._send_control(peer, MARKER, seq)
         if first_from is not None:

@@ -161,9 +161,13 @@ class Restored:
         return sum(part.get("fed", {}).get(gid, 0) for part in self.parts)
 
     def in_flight(self, gids: set[int] | None = None) -> list:
-        """The items in flight at the checkpoint, to instances ``gids`` (all if None), in channel order."""
+        """The items in flight at the checkpoint, to instances ``gids`` (all if None), in the order to
+        process them: an instance's in channel order, and those to a downstream instance first (gids
+        are in topological order). Processing one makes its instance send on, and what it sends comes
+        after the items already in flight to the receiver: a receiver in the same process (simple,
+        or a resume on fewer processes) has it at once, not behind them on a channel."""
         entries = (pickle.loads(e) for part in self.parts for e in part.get("in_flight", []))
-        return [e for e in entries if gids is None or e[0] in gids]
+        return sorted((e for e in entries if gids is None or e[0] in gids), key=lambda e: -e[0])
 
     def copies(self, proc: int) -> dict[int, bytes]:
         """Dynamic mappings: the states of the PE copies worker ``proc`` had, by PE index."""

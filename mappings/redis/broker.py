@@ -89,6 +89,8 @@ class RedisBroker:
         self.count = 1
         self.sizes: dict[str, int] = {}
         self._state = RUNNING
+        #: why Redis was found gone (the heartbeat's or the main loop's error), if it was
+        self.lost: Exception | None = None
         self._active = True
         self._closed = threading.Event()
         self._beat_lock = threading.Lock()
@@ -184,15 +186,18 @@ class RedisBroker:
                     self._closed.wait(self.beat)
                 self._beat(client)
         except Exception as exc:  # Redis gone: the main loop finds out and ends
+            self.lost = exc
             self._state = f"GONE ({exc})"
         finally:
             client.close()
 
-    def close(self) -> None:
-        """Stop the heartbeat; drop the liveness key so that our pending entries are claimed soon."""
+    def close(self, reachable: bool = True) -> None:
+        """Stop the heartbeat; drop the liveness key so that our pending entries are claimed soon
+        (not when Redis was found gone: each call would only retry for seconds)."""
         with self._beat_lock:
             self._closed.set()
-            self.client.delete(self.keys.alive(self.proc))
+            if reachable:
+                self.client.delete(self.keys.alive(self.proc))
 
     def state(self) -> str:
         """The state as the heartbeat last read it (or an ``end`` entry made it read)."""
@@ -261,7 +266,10 @@ class RedisBroker:
         claimed = [(ref, f) for ref, f in self.client.xclaim(self.keys.tasks, GROUP, self.consumer, idle_ms, ids)
                    if f]
         if claimed:
-            self.client.incrby(self.keys.redeliveries, len(claimed))
+            # the dead workers' results of these units are cut at the end (dyn_redis._finish): they are redone here
+            owners = {p["message_id"]: p["consumer"].decode()[1:] for p in pending}
+            self.client.pipeline(transaction=False).incrby(self.keys.redeliveries, len(claimed)) \
+                .hset(self.keys.taken, mapping={owners[ref]: 1 for ref, _ in claimed}).execute()
             print(f"took over {len(claimed)} entries of dead worker(s) {', '.join(sorted(dead))}", flush=True)
         return [Unit(SHARED_QUEUE, pickle.loads(f[b"b"]), ref.decode()) for ref, f in claimed]
 

@@ -13,6 +13,14 @@ it feeds the root PEs, with backpressure, and supervises: autoscaling
 job, the workers' launcher (:class:`Launcher`): a worker that could not join
 (it prints ``Error: worker on HOST: ...``) or the launcher ending while the run
 goes on (every worker is gone) fails the run within a tick, naming the cause.
+
+A stop (a signal, a failure) is told to every worker through Redis, which then
+has the final word: the driver waits for the workers' last commits (a cancel: at
+most :data:`CANCEL_WAIT`), collects how each ended, cuts results that were redone
+elsewhere, and only then forgets the run, which lets the per-job Redis stop
+(:meth:`~d4p_hpc.mappings.redis.server.RedisServer.release`). A cancelled job's
+workers on other nodes may get no signal of their own (PBS without TM support):
+this is how they stop, and are counted.
 """
 
 from __future__ import annotations
@@ -35,13 +43,17 @@ from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.dynamic.loops import RUNNING, Driver, died, driver_hold, final_outcome, join_workers
 from d4p_hpc.mappings.redis.broker import RedisBroker, claim_idle
-from d4p_hpc.mappings.redis.server import RedisServer
+from d4p_hpc.mappings.redis.server import RELEASE_TIMEOUT, RedisServer
 from d4p_hpc.mappings.redis.keys import Keys, forget, publish, stop_run
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
 from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, TaskRuntime, keep_notices, refuse_stateful, truncate_parts
 from d4p_hpc.mappings.redis.worker import ERROR_PREFIX
 
 NO_WORKER_NOTICE = 30.0
+#: how long the driver waits for workers started elsewhere to leave and write their metrics: after
+#: a cancel, within the time the per-job Redis is kept for it, the rest being for the accounting
+EXTERNAL_WAIT = 10.0
+CANCEL_WAIT = RELEASE_TIMEOUT - 2.0
 # set by the job script (templates/common/redis.sh.j2): the pid of the workers' launcher (srun,
 # mpiexec or the script's d4p_fork) on this node, and the file its stderr is copied to
 LAUNCHER_PID_ENV = "D4P_WORKERS_PID"
@@ -219,10 +231,12 @@ def run(ctx: RunContext) -> dict:
             try:
                 if lost:
                     raise redis.ConnectionError("Redis stopped with the job")
-                if broker.fresh_state() == RUNNING:
-                    broker.stop("CANCELLED")
+                state = broker.fresh_state()
+                if state == RUNNING:
+                    state = "CANCELLED"
+                    broker.stop(state)
                 join_workers(children)
-                _wait_external(broker)
+                _wait_external(broker, CANCEL_WAIT if state == "CANCELLED" else EXTERNAL_WAIT)
                 extra = {**_finish(ctx, broker, client), **(drivers[0].metrics() if drivers else {})}
                 error = client.get(keys.error)
                 errors = [json.loads(error)] if error else []
@@ -238,10 +252,11 @@ def run(ctx: RunContext) -> dict:
 
 
 def _tell_stop(broker: RedisDriverBroker, outcome: Outcome, redis, lost: list) -> None:
-    """Tell the workers the run stops. A job being cancelled stops its Redis too, maybe first:
-    then there is nobody left to tell, and the run's state is the stop's, not "lost the Redis".
-    Nothing more is asked of that Redis: redis-py's retries (seconds per call) would outlast the
-    scheduler's grace before SIGKILL, and the run would never record its end."""
+    """Tell the workers the run stops. The per-job Redis outlives a cancel until the driver is done
+    with it; one that is gone all the same (a Redis of the user's, stopped with the job) leaves
+    nobody to tell, and the run's state is the stop's, not "lost the Redis". Nothing more is asked
+    of that Redis: redis-py's retries (seconds per call) would outlast the scheduler's grace before
+    SIGKILL, and the run would never record its end."""
     state = "FAILED" if outcome.error else outcome.state
     if outcome.signum is None:
         broker.stop(state, outcome.error)
@@ -301,8 +316,8 @@ def _driver(ctx: RunContext, sink: Sink, broker: RedisDriverBroker, scaler: Auto
     return made[0]
 
 
-def _wait_external(broker: RedisDriverBroker, timeout: float = 10.0) -> None:
-    """Give live workers started elsewhere a moment to leave and write their metrics."""
+def _wait_external(broker: RedisDriverBroker, timeout: float) -> None:
+    """Give live workers started elsewhere ``timeout`` seconds to leave and write their metrics."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         exited = {int(p) for p in broker.client.hkeys(broker.keys.exited)}
@@ -312,9 +327,11 @@ def _wait_external(broker: RedisDriverBroker, timeout: float = 10.0) -> None:
 
 
 def _finish(ctx: RunContext, broker: RedisDriverBroker, client) -> dict:
-    """Cut the results of units that were never acknowledged and may have been redone; return the
+    """Cut the results of units that were never acknowledged and have been redone; return the
     mapping's metrics."""
     keys: Keys = broker.keys
+    completed = broker.fresh_state() == "COMPLETED"
+    taken = {int(p) for p in client.hkeys(keys.taken)}
     exited = {int(p): s.decode() for p, s in client.hgetall(keys.exited).items()}
     sizes = {k.decode(): int(v) for k, v in client.hgetall(keys.sizes).items()}
     workers = sorted(int(p) for p in client.hkeys(keys.workers))
@@ -322,9 +339,10 @@ def _finish(ctx: RunContext, broker: RedisDriverBroker, client) -> dict:
     kept = ctx.restored.sizes() if ctx.restored is not None else {}
     cut = 0
     for proc in workers:
-        # a killed or signalled worker's last unit was (or would have been) redone elsewhere; after a
-        # failure nothing is redone, so the results written so far stay
-        if exited.get(proc) not in ("COMPLETED", "FAILED"):
+        # a killed or signalled worker's last unit was redone elsewhere if the run completed or another
+        # worker took its entries over; else (the run stopped, or failed) nothing redid it, and what it
+        # wrote stays, as under every other mapping (its metrics, if it wrote them, count it)
+        if exited.get(proc) not in ("COMPLETED", "FAILED") and (completed or proc in taken):
             parts = [str(p.relative_to(ctx.results)) for p in ctx.results.glob(f"outputs/*/part-{proc:05d}.*")]
             cut += truncate_parts(ctx.results, {rel: max(sizes.get(rel, 0), kept.get(rel, 0)) for rel in parts})
     return {"workers": len(workers), "redeliveries": int(client.get(keys.redeliveries) or 0),

@@ -42,6 +42,7 @@ class Keys:
     sizes: str  # part file -> bytes written by acknowledged units
     work: str  # tasks done, busy seconds (for autoscaling)
     redeliveries: str  # entries taken over from dead workers
+    taken: str  # worker number -> 1 once another worker took entries over from it (its unit was redone)
     procs: str  # the last worker number given out
     workers: str  # worker number -> its record (host, pid); also alive:w<proc>, ctl:<proc>
     owners: str  # stateful instance -> the worker hosting it

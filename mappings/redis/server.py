@@ -4,7 +4,16 @@ The server listens on a free port of one address, requires a random password,
 keeps nothing on disk, and is described by a 0600 connection file (written and
 read by :mod:`d4p_hpc.mappings.redis.conn`). It is stopped when the context manager exits,
 on an exception, Ctrl-C or SIGTERM, and, as a last resort on Linux, by the
-kernel when the process that started it dies (``PR_SET_PDEATHSIG``).
+kernel when the process that started it dies (``PR_SET_PDEATHSIG``, SIGKILL).
+
+``redis-server`` itself ignores SIGTERM and SIGINT (it starts with them blocked): only we stop
+it, with SHUTDOWN, then SIGKILL. A cancelled job's stop signal reaches every process on the
+job's first node (Slurm: on every node; PBS without TM support: maybe none elsewhere), Redis
+too where the scheduler tracks processes by cgroup, yet the run's driver needs Redis after it:
+it tells the workers of other nodes to stop, waits for their last commit, collects their
+metrics and cuts results that count twice. So the supervisor, stopped by a signal, keeps Redis
+up until that is done (the driver forgets the run: no run is announced any more), nobody else
+is connected, or :data:`RELEASE_TIMEOUT` has passed (:meth:`RedisServer.release`).
 
 Supervisor entry point for job scripts::
 
@@ -39,7 +48,15 @@ from d4p_hpc.mappings.redis.conn import Connection, import_redis, write_connecti
 #: Environment variable naming the ``redis-server`` binary when none is given.
 BINARY_ENV = "D4P_HPC_REDIS_SERVER"
 START_TIMEOUT = 20.0
-STOP_TIMEOUT = supervisor.GRACE_SECONDS
+#: how long Redis has, once asked to SHUTDOWN, before SIGKILL (it holds nothing on disk)
+SHUTDOWN_WAIT = 2.0
+#: how long the supervisor, stopped by a signal, keeps Redis for the run's final accounting: well
+#: within the grace before the scheduler's SIGKILL (the driver waits less for its workers:
+#: dyn_redis.CANCEL_WAIT)
+RELEASE_TIMEOUT = supervisor.GRACE_SECONDS / 2
+#: what redis-server starts with blocked: it acts on them by shutting down at once, but a
+#: scheduler's cancel must leave it to us (see the module docstring)
+_BLOCKED = {signal.SIGTERM, signal.SIGINT}
 # not the walltime signal: the run needs its Redis to stop cleanly then
 _STOP_SIGNALS = supervisor.CANCELS
 
@@ -82,6 +99,13 @@ def _interface_ipv4(name: str) -> str:
 def _quote(path: Path) -> str:
     """``path`` as a double-quoted redis.conf string (paths may hold spaces)."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _redis_child(parent: int) -> None:  # pragma: no cover - runs in the child, seen by its effect
+    """In the forked child, before exec: block the stop signals (the mask survives exec, and
+    redis-server does not unblock them) and die with ``parent`` by SIGKILL, which no mask stops."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    die_with_parent(parent, signal.SIGKILL)
 
 
 def _free_port(address: str) -> int:
@@ -153,6 +177,8 @@ class RedisServer:
         self.binary = binary
         self.port = port
         self.connection: Connection | None = None
+        #: the same server, as this host reaches it (loopback when bound to every address)
+        self.local: Connection | None = None
         self.connection_file: Path | None = None
         self.log_file: Path | None = None
         self._proc: subprocess.Popen | None = None
@@ -246,9 +272,10 @@ class RedisServer:
             # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
             proc = self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
                                                  stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                                 preexec_fn=functools.partial(die_with_parent, os.getpid()))
+                                                 preexec_fn=functools.partial(_redis_child, os.getpid()))
         local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
-        error = self._wait_ready(Connection(local, port, password), port, proc, private, log_file)
+        self.local = Connection(local, port, password)
+        error = self._wait_ready(self.local, port, proc, private, log_file)
         if error is not None:
             self._terminate()
             return error
@@ -296,8 +323,31 @@ class RedisServer:
             raise RedisError("redis-server is not running: start it first")
         return self._proc.wait()
 
+    def release(self, timeout: float = RELEASE_TIMEOUT) -> None:
+        """Wait, after a stop signal, until the run using this Redis is done with it: no run is
+        announced (its driver forgets the run once its final accounting is done, or none began),
+        nobody but us is connected (the driver is gone, and every worker), Redis ended, or
+        ``timeout`` seconds have passed. Polls every 50 ms; returns at once if Redis does not answer."""
+        if self._proc is None or self.local is None:
+            return
+        from d4p_hpc.mappings.redis.keys import ANNOUNCE
+
+        redis = import_redis()
+        client = self.local.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                announced, clients = client.pipeline(transaction=False).exists(ANNOUNCE).info("clients").execute()
+                if not announced or clients["connected_clients"] <= 1:
+                    return
+                time.sleep(0.05)
+        except redis.RedisError:
+            pass  # it does not answer: there is nothing to keep it for
+        finally:
+            client.close()
+
     def stop(self) -> None:
-        """Stop Redis (SIGTERM, then SIGKILL), remove the connection file and private dir. Idempotent."""
+        """Stop Redis (SHUTDOWN, then SIGKILL), remove the connection file and private dir. Idempotent."""
         with supervisor.deferred():  # a second signal must not cut the cleanup short
             self._terminate()
             if self.connection_file is not None:
@@ -316,15 +366,14 @@ class RedisServer:
             return
         if proc.poll() is None:
             self._shutdown_now()
-            # SIGTERM: a no-op once SHUTDOWN has ended it; the way out if it could not be asked
-            supervisor.stop([proc], STOP_TIMEOUT)
+            # it ignores SIGTERM (blocked): SIGKILL is the way out if it could not be asked
+            supervisor.stop([proc], SHUTDOWN_WAIT, signum=None)
 
     def _shutdown_now(self) -> None:
-        """Ask Redis to stop at once: it acts on SIGTERM only at its next cron tick (about 0.1 s),
-        which a short run would count in its wall time."""
-        if self.connection is None:
+        """Ask Redis to stop at once, keeping nothing."""
+        if self.local is None:
             return
-        client = self.connection.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
+        client = self.local.client(no_retry=True, socket_timeout=1, socket_connect_timeout=1)
         try:
             client.shutdown(nosave=True)
         except import_redis().RedisError:
@@ -354,7 +403,14 @@ class _Stop(Exception):
 
 
 def _request_stop(signum, frame):
+    # one-shot: a job's supervisor often gets two (the scheduler's and the job script's at its end)
+    for other in (*_STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(other, _ignore)
     raise _Stop(signum)
+
+
+def _ignore(signum, frame):
+    """Not SIG_IGN: Python reports a signal already pending when its handler became SIG_IGN."""
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -365,7 +421,8 @@ def _request_stop(signum, frame):
 @click.option("--redis-server", "binary", help=f"redis-server binary [default: ${BINARY_ENV}, else from PATH].")
 @click.option("--port", type=click.IntRange(1, 65535), help="Fixed port [default: a free one].")
 def main(results: str, bind: str, advertise: str | None, binary: str | None, port: int | None) -> None:
-    """Run a private per-job redis-server until SIGTERM, SIGINT or SIGHUP, then stop it.
+    """Run a private per-job redis-server until SIGTERM, SIGINT or SIGHUP, then stop it once the
+    run using it is done with it (at most RELEASE_TIMEOUT seconds later).
 
     Exits 0 after a requested stop; 1, with one ``Error:`` line, if Redis could not start or
     died by itself.
@@ -377,9 +434,13 @@ def main(results: str, bind: str, advertise: str | None, binary: str | None, por
         with server as conn:
             click.echo(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
                        f"{server.connection_file}", err=True)
-            code = server.wait()
+            try:
+                code = server.wait()
+            except _Stop:
+                server.release()
+                return
             raise RedisError(f"redis-server exited by itself with code {code}; see {server.log_file}")
-    except _Stop:
+    except _Stop:  # while it was starting: it is stopped already
         return
 
 

@@ -4,12 +4,17 @@ It needs nothing but the connection file (or ``--redis URL``): it waits for the
 driver to announce a run in Redis (graph path, attribute, mapping, results
 directory, pool size), loads the same graph and plan, and runs tasks until
 the driver's run ends. The results directory must be the one the driver uses
-(a shared file system in a job). Exit codes: 0 when the run completed,
-1 after a PE failure or a lost Redis, 128 + signal when stopped by one.
+(a shared file system in a job). A worker hears of a stop through Redis, also
+one that got no signal of its own (a cancelled PBS job's other nodes), and one
+that finds its Redis gone stops too, saying so in one line: in a job that is the
+end of the job, not an error of the worker's. Exit codes: 0 when the run
+completed, 1 after a PE failure, a stop it was told of or a lost Redis,
+128 + signal when stopped by one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
@@ -25,6 +30,7 @@ from d4p_hpc.mappings.redis.broker import RedisBroker
 from d4p_hpc.mappings.redis.keys import Keys, read_announcement, stop_run
 from d4p_hpc.mappings.checkpoint import store
 from d4p_hpc.mappings.runtime.prepare import prepare
+from d4p_hpc.mappings.runtime.process import Aborted
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, run_process
 from d4p_hpc.mappings.dynamic.tasks import TaskRuntime
 
@@ -40,6 +46,34 @@ def wait_for_run(client) -> tuple[dict, str]:
         time.sleep(POLL)
 
 
+class _Loop(WorkerLoop):
+    """The worker's loop, which stops as told when Redis is gone: the per-job Redis stops once the
+    driver is done with it, and a worker the driver could not wait for then finds it gone."""
+
+    def __init__(self, make, broker: RedisBroker, conn: Connection) -> None:
+        self.redis_broker = broker
+        self.conn = conn
+        with self._guard():
+            super().__init__(make(), broker)
+
+    def run(self) -> None:
+        with self._guard():
+            super().run()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        redis = import_redis()
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.redis_broker.lost = exc
+            raise Aborted() from None
+        finally:
+            if self.redis_broker.lost is not None:
+                print(f"lost the Redis at {self.conn.display()} ({self.redis_broker.lost}): the run is over or "
+                      "its Redis stopped", flush=True)
+
+
 def serve(conn: Connection, run: dict, ctx: RunContext | None = None) -> Outcome:
     """Work for the announced ``run`` until it ends.
 
@@ -53,6 +87,7 @@ def serve(conn: Connection, run: dict, ctx: RunContext | None = None) -> Outcome
         The run's context when the driver forked this worker; else it is
         rebuilt from the announcement (same graph, same plan).
     """
+    redis = import_redis()
     keys = Keys(run["id"])
     client = conn.client()
     if ctx is None:
@@ -72,16 +107,26 @@ def serve(conn: Connection, run: dict, ctx: RunContext | None = None) -> Outcome
 
     def on_stop(outcome: Outcome) -> None:
         # a PE failure ends the run; a worker stopped by a signal is just gone (its tasks get claimed)
-        if outcome.error:
-            broker.stop("FAILED", outcome.error)
+        if outcome.error and broker.lost is None:
+            try:
+                broker.stop("FAILED", outcome.error)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                broker.lost = exc
 
     try:
         outcome = run_process(ctx, proc, None, on_stop=on_stop, hold=ctx.hold_for_driver,
-                              make_runtime=lambda sink: WorkerLoop(
-                                  broker.attach(TaskRuntime(ctx.plan, proc, sink, restored=ctx.restored)), broker))
-        client.hset(keys.exited, proc, outcome.state)
+                              make_runtime=lambda sink: _Loop(
+                                  lambda: broker.attach(TaskRuntime(ctx.plan, proc, sink, restored=ctx.restored)),
+                                  broker, conn))
+        if broker.lost is None:  # how it ended, for the driver's final accounting
+            try:
+                client.hset(keys.exited, proc, outcome.state)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                broker.lost = exc
     finally:
-        broker.close()
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # gone at the very end
+            broker.close(reachable=broker.lost is None)
+        client.close()
     return outcome
 
 

@@ -94,6 +94,14 @@ class Plan:
         fed = {c.dst for c in self.connections}
         return [p for p in self.pes if p.index not in fed]
 
+    def longest_chain(self) -> int:
+        """The most PEs on one path through the graph (its PEs are in topological order)."""
+        longest = {node.index: 1 for node in self.pes}
+        for node in self.pes:
+            for link in self.outgoing(node.index):
+                longest[link.dst] = max(longest[link.dst], longest[node.index] + 1)
+        return max(longest.values(), default=0)
+
     def incoming(self, index: int) -> list[Link]:
         return [c for c in self.connections if c.dst == index]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from d4p_hpc import __version__, liveness, settings
 from d4p_hpc import results as rd
-from d4p_hpc.errors import UsageError
+from d4p_hpc.errors import D4pHpcError, UsageError
 from d4p_hpc.mappings import MAPPINGS
 from d4p_hpc.mappings.checkpoint.pe_state import CheckpointFailed
 from d4p_hpc.mappings.checkpoint.snapshots import ChandyLamport, Snapshots
@@ -49,6 +49,9 @@ class RunContext:
     options: dict = field(default_factory=dict)
     #: the checkpoint this run resumes from
     restored: Restored | None = None
+    #: what this process created to start the run (its directory, the directory's lock file: see
+    #: :func:`d4p_hpc.mappings.runtime.prepare.lock`), removed if the run is refused at its start
+    created: list[Path] = field(default_factory=list)
 
     @property
     def checkpoints(self) -> bool:
@@ -159,23 +162,34 @@ RESERVE_BYTES = 256 * 1024
 
 
 def begin(ctx: RunContext) -> float:
-    """Create the results directory and record the run as RUNNING; return the start time."""
+    """Create the results directory and record the run as RUNNING; return the start time.
+
+    A directory that cannot be written (a full disk, a quota, a read-only mount) refuses the run in
+    one line, and leaves nothing of it behind: what this call wrote and what the run created to
+    start (``ctx.created``) are removed, and a resumed run keeps its ``run.json`` as it was (the
+    reserve is written first, and ``run.json`` is replaced whole or not at all)."""
+    made: list[Path] = []
     try:
         for sub in ("", rd.Layout.LOGS, rd.Layout.PARTS, rd.Layout.OUTPUTS):
-            rd.make_private_dir(ctx.results / sub)
+            made += rd.new_private_dir(ctx.results / sub)
         segments = _segments(ctx)
         if ctx.restored is not None:
             cut_back(ctx.results, ctx.restored)
             for stale in (ctx.results / rd.Layout.PARTS).glob("metrics-*.json"):
                 stale.unlink()
+        # room for the final records, should the outputs fill the disk (see end())
+        reserve = ctx.results / rd.Layout.PARTS / RESERVE
+        made.append(reserve)
+        with os.fdopen(os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            fh.write(bytes(RESERVE_BYTES))
+        if ctx.restored is None:
+            made.append(ctx.results / rd.Layout.RUN)  # a new run's directory holds no run.json (check_new)
         rd.write_json(ctx.results / rd.Layout.RUN, {**_record(ctx), "started": rd.now(), "ended": None,
                                                      "state": "RUNNING", "exit_code": None, "error": None,
                                                      "segments": segments,
                                                      "resumed_from": ctx.restored.seq if ctx.restored else None})
-        # room for the final records, should the outputs fill the disk (see end())
-        with os.fdopen(os.open(ctx.results / rd.Layout.PARTS / RESERVE, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
-            fh.write(bytes(RESERVE_BYTES))
     except OSError as exc:
+        rd.remove_created([*ctx.created, *made])
         raise UsageError(f"cannot write the results directory {ctx.results}: {exc.strerror or exc}; "
                          "give a writable --results directory (or --results-root)") from None
     return time.time()
@@ -288,6 +302,11 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
             outcome = Outcome("FAILED")
             on_stop = None  # the others know already
             _say("stopped: another process of the run failed or was stopped")
+        except D4pHpcError as refused:
+            # a refusal of ours in the middle of the run (a checkpoint part it may not load): its one
+            # line says what and what to do
+            outcome = Outcome("FAILED", None, {"pe": None, "process": proc, "traceback": str(refused)})
+            _say(f"process {proc} failed: {refused}")
         except OSError as exc:
             # the results directory failed under us (full disk, quota, lost mount): one line says so,
             # and the part a write broke off is cut back to whole items

@@ -108,6 +108,9 @@ def self_launch(ctx: RunContext) -> dict:
     record = _settled_record(results_dir)
     stop = stops[0] if stops else None
     if record is None:
+        rd.remove_created(ctx.created)  # nothing ran: a run refused at its start leaves nothing behind
+        if stop is None and code == 2:  # the ranks refused it, and said why in their one Error: line
+            raise SystemExit(2)
         if stop is None:
             raise RunFailed(f"mpiexec exited with {code} before the run started; see the messages above")
         stopped = RunFailed(f"{supervisor.STOPS[stop]} by signal {stop} before the run started: nothing ran")

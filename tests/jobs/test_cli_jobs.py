@@ -101,7 +101,7 @@ def test_inspection_of_a_finished_job(cli, isolated_config, where_graph):
     assert missing.exit_code == 2 and "outputs: Where.output" in missing.output
     assert cli("wait", job_id).exit_code == 0
     cancelled = cli("cancel", job_id)
-    assert cancelled.exit_code == 1 and "already ended" in cancelled.output
+    assert cancelled.exit_code == 2 and "already ended" in cancelled.output  # bad input: nothing to cancel
 
 
 def test_a_failed_job_fails_wait(cli, isolated_config, where_graph):
@@ -226,7 +226,14 @@ def in_a_terminal(argv, cwd, until, timeout=60) -> tuple[int, str]:
         while not until(shown.decode(errors="replace")):
             assert time.monotonic() < deadline and proc.poll() is None, shown.decode(errors="replace")
             read(0.1)
-        code = interrupt(proc)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        # the terminal is read while the command ends: one that could not write would never end
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, f"still running {timeout} s after Ctrl-C:\n" + shown.decode(
+                errors="replace")
+            read(0.1)
+        code = proc.returncode
         while read(0.5):
             pass
     finally:

@@ -114,7 +114,7 @@ def test_cancel_of_a_run_directory_ends_it_cancelled(tmp_path, mapping):
         kill_group(proc.pid)
     assert state_of(results) == "CANCELLED"
     again = cli("cancel", results)
-    assert again.returncode == 1 and "already ended: CANCELLED" in again.stderr, explain(again)
+    assert again.returncode == 2 and "already ended: CANCELLED" in again.stderr, explain(again)
 
 
 @pytest.mark.parametrize("signum, state, early", [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "d4p_hpc"
 
 #: the parts of d4p_hpc/ that only the commands use; the runtime never imports them
-SUBMISSION_ONLY = ("cli", "submission", "schedulers", "jobs", "report", "__main__")
+SUBMISSION_ONLY = ("cli", "api", "submission", "schedulers", "jobs", "report", "__main__")
 RUNTIME = "d4p_hpc.mappings"
 #: all the submission side (d4p_hpc/ outside mappings/) imports from the runtime, and why
 ALLOWED_FROM_RUNTIME = {
@@ -192,9 +193,27 @@ def submodules(*packages: str) -> set[str]:
 
 def base_layer() -> set[str]:
     """The modules at the top of d4p_hpc/ (errors, supervisor, results, ...), which both sides use;
-    ``python -m d4p_hpc`` is the command line, not one of them."""
-    return {m for m in graph() if m.count(".") <= 1 and m != f"{PACKAGE}.__main__"
+    ``python -m d4p_hpc`` is the command line, and ``d4p_hpc/__init__.py`` the public facade
+    (:data:`FACADE`), not among them."""
+    return {m for m in graph() if m.count(".") == 1 and m != f"{PACKAGE}.__main__"
             and module_files()[m].parent == REPO / PACKAGE}
+
+
+#: ``d4p_hpc/__init__.py``: ``__version__``, and the Python API's names, imported from
+#: ``d4p_hpc.api`` on their first use (PEP 562), never when ``d4p_hpc`` is imported
+FACADE = PACKAGE
+API = f"{PACKAGE}.api"
+#: what the CLI modules import of d4p_hpc, with what is inside these packages: the API, and helpers
+#: that take no decision about a job (errors and their exit codes, units for printing, the
+#: settings' option checks)
+CLI_MAY_IMPORT = (API, f"{PACKAGE}.cli", f"{PACKAGE}.errors", f"{PACKAGE}.units", f"{PACKAGE}.settings")
+#: ... and these modules alone: the registry of mapping names (help texts), the version
+CLI_MAY_ALSO_IMPORT = (RUNTIME, FACADE)
+
+
+def lazy(found: Import) -> bool:
+    """An import of the facade's that runs on first use of a name, not when d4p_hpc is imported."""
+    return found.importer == FACADE and within(found.imported, API)
 
 
 def submission_side() -> set[str]:
@@ -220,8 +239,8 @@ def test_the_graph_reads_the_whole_package():
 def test_no_import_cycle():
     """No module imports, however indirectly, a module that imports it (a package's __init__ is a
     module of its own). A cycle means two parts that cannot be read, tested or moved apart."""
-    edges = {m: sorted({f.imported for f in imports([m]) if f.imported in graph() and f.imported != m})
-             for m in graph()}
+    edges = {m: sorted({f.imported for f in imports([m]) if f.imported in graph() and f.imported != m
+                        and not lazy(f)}) for m in graph()}
     cycles = []
     for component in _strongly_connected(edges):
         if len(component) > 1:
@@ -301,6 +320,29 @@ def test_the_base_layer_imports_only_the_base_layer():
     failures(bad, "the base layer (the modules at the top of d4p_hpc/: "
                   f"{', '.join(m.rpartition('.')[2] for m in sorted(base) if m != PACKAGE)}) imports only itself, "
                   "the standard library and click (README, Architecture)")
+
+
+def test_the_facade_imports_the_api_only_when_a_name_of_it_is_used():
+    """``import d4p_hpc`` (every command, every process of a run) loads nothing more: the facade
+    imports only the standard library, and the API on first use (or for a type checker)."""
+    bad = (f for f in imports([FACADE])
+           if f.imported not in sys.stdlib_module_names and not within(f.imported, API))
+    failures(bad, "d4p_hpc/__init__.py imports only the standard library and, on first use, d4p_hpc.api "
+                  "(README, Architecture)")
+    loaded = subprocess.run([sys.executable, "-c", "import d4p_hpc, sys; print(sorted(m for m in sys.modules "
+                             "if m.startswith('d4p_hpc.')))"], capture_output=True, text=True, check=True,
+                            cwd=REPO).stdout.strip()
+    assert loaded == "[]", f"import d4p_hpc loaded {loaded}"
+
+
+def test_the_cli_is_a_layer_over_the_api():
+    """The commands take no decision of their own about a job or a run: what they print, they got
+    from d4p_hpc.api, so a command and the Python API always decide the same way."""
+    cli = submodules(f"{PACKAGE}.cli", f"{PACKAGE}.__main__")
+    bad = (f for f in imports(cli) if within(f.imported, PACKAGE)
+           and not within(f.imported, *CLI_MAY_IMPORT) and f.imported not in CLI_MAY_ALSO_IMPORT)
+    failures(bad, "the CLI modules (d4p_hpc/cli/) import of d4p_hpc only the API (d4p_hpc.api) and "
+                  "errors, units, settings, the mapping registry and the version (README, Architecture)")
 
 
 def test_the_runtime_never_imports_the_submission_side():

@@ -87,7 +87,9 @@ d4p_run_rc=    # exit code of the run, once it ended
 
 d4p_on_signal() {  # SIG: note the first stop signal; pass SIGUSR1 on to the run, which keeps its outputs
   [ -n "$d4p_signal" ] || d4p_signal=$1
-  # schedulers send SIGTERM to every process of the job themselves, but SIGUSR1 to this shell only
+  # a cancel's SIGTERM comes from the scheduler to every process of the job on this node (Slurm: on every
+  # node; PBS without TM support: maybe to none elsewhere, where the run stops its workers through Redis),
+  # but SIGUSR1 to this shell only
   [ "$1" != USR1 ] || [ -z "$d4p_child" ] || kill -s USR1 "$d4p_child" 2>/dev/null
 }
 trap 'd4p_on_signal TERM' TERM
