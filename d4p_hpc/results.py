@@ -407,6 +407,12 @@ def count_items(results: str | os.PathLike, pe: str, output: str) -> int:
 
 
 # --- the samples of a run (format: d4p_hpc.mappings.runtime.sampler) -----------------------------
+def output_counts(results: str | os.PathLike) -> dict[str, tuple[int, Path]]:
+    """``"PE.output"`` -> (its items, counted as :func:`count_items` counts them; the folder of its parts)."""
+    return {f"{pe}.{output}": (count_items(results, pe, output), output_dir(results, pe, output))
+            for pe, output in list_outputs(results)}
+
+
 def last_sample(path: Path) -> dict | None:
     """The newest sample of one process's file (reads only its end); None if it has none yet, or
     cannot be read (the progress line does without)."""

@@ -18,17 +18,29 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from d4p_hpc import settings
-from d4p_hpc.api import options as _options
-from d4p_hpc.api.job import Job, Report, Run, Status, as_completed, attach, list_jobs
+from d4p_hpc.api.checks import check_flag
 from d4p_hpc.errors import D4pHpcError, JobFailed, UsageError
-from d4p_hpc.results import check_new
-from d4p_hpc.submission import config
+
+if TYPE_CHECKING:
+    from d4p_hpc.api.job import Job, Report, Run, Status, as_completed, attach, list_jobs
+    from d4p_hpc.api.options import Plan
 
 __all__ = ["D4pHpcError", "Job", "JobFailed", "Report", "Run", "Status", "UsageError", "as_completed", "attach",
            "list_jobs", "load_graph", "run", "submit"]
+#: what :mod:`d4p_hpc.api.job` gives, imported on first use: a run (``d4p-hpc run``, each MPI rank)
+#: imports this package for :mod:`d4p_hpc.api.local` and needs none of the job machinery
+_FROM_JOB = ("Job", "Report", "Run", "Status", "as_completed", "attach", "list_jobs")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_JOB:
+        from d4p_hpc.api import job
+
+        return getattr(job, name)
+    raise AttributeError(f"module 'd4p_hpc.api' has no attribute {name!r}")
 
 
 def submit(graph: Any, *, profile: str | None = None, check: bool = True, **options: Any) -> Job:
@@ -40,13 +52,17 @@ def submit(graph: Any, *, profile: str | None = None, check: bool = True, **opti
     profile of the config files; ``check=False`` does not load the graph here first. Everything is
     checked before anything is queued: a bad value raises a :class:`UsageError` saying which.
     """
-    _options.refuse_while_loading("d4p_hpc.submit")
-    _options.check_flag("check", check, "submit")
-    return enqueue(_options.plan(graph, options, profile=profile, check=check))
+    from d4p_hpc.api import options as planning
+
+    planning.refuse_while_loading("d4p_hpc.submit")
+    check_flag("check", check, "submit")
+    return enqueue(planning.plan(graph, options, profile=profile, check=check))
 
 
-def enqueue(planned: _options.Plan) -> Job:
+def enqueue(planned: Plan) -> Job:
     """Submit a job planned (and checked) by :func:`d4p_hpc.api.options.plan`; ``submit`` is both."""
+    from d4p_hpc.api.job import attach
+
     _job_id, directory = planned.submit()
     return attach(directory)
 
@@ -72,10 +88,15 @@ def run(graph: Any, *, wait: bool = True, progress: bool = True, **options: Any)
     ``checkpoint``, ``resume``, ``redis_server`` -- the options of ``d4p-hpc run``. A run that
     failed does not raise here: :meth:`Run.result` does.
     """
-    _options.refuse_while_loading("d4p_hpc.run")
-    _options.check_flag("wait", wait, "run")
-    _options.check_flag("progress", progress, "run")
-    argv, directory = _options.run_argv(graph, dict(options), config.results_root())
+    from d4p_hpc.api import options as planning
+    from d4p_hpc.api.job import Run
+    from d4p_hpc.results import check_new
+    from d4p_hpc.submission import config
+
+    planning.refuse_while_loading("d4p_hpc.run")
+    check_flag("wait", wait, "run")
+    check_flag("progress", progress, "run")
+    argv, directory = planning.run_argv(graph, dict(options), config.results_root())
     if not options.get("resume"):
         check_new(directory)  # an earlier run there is refused, as the command refuses it
     env = {**os.environ, settings.QUIET: "1"}  # its summary is the Run's to give

@@ -21,13 +21,12 @@ from typing import IO, Any
 
 from d4p_hpc import schedulers, supervisor
 from d4p_hpc.api import display
-from d4p_hpc.api.options import SPEC_KEYWORDS, check_flag, check_keywords, check_timeout
+from d4p_hpc.api.checks import check_flag, check_keywords, check_timeout
 from d4p_hpc.errors import D4pHpcError, JobFailed, UsageError
 from d4p_hpc.jobs import efficiency as _efficiency
 from d4p_hpc.jobs import resume as _resume
 from d4p_hpc.jobs import state as _state
-from d4p_hpc.results import (Layout, count_items, list_outputs, output_dir, output_items, read_metrics,
-                             read_run)
+from d4p_hpc.results import Layout, list_outputs, output_counts, output_items, read_metrics, read_run
 from d4p_hpc.schedulers import RUN
 
 #: the lines of each log of a failed job that :class:`~d4p_hpc.errors.JobFailed` carries
@@ -210,8 +209,7 @@ class Job:
 
     def counts(self) -> dict[str, tuple[int, Path]]:
         """``"PE.output"`` -> (its items, counted without reading them; the folder of its parts)."""
-        return {f"{pe}.{output}": (count_items(self.directory, pe, output), output_dir(self.directory, pe, output))
-                for pe, output in list_outputs(self.directory)}
+        return output_counts(self.directory)
 
     def efficiency(self) -> _efficiency.Efficiency:
         """CPU and memory used against what was allocated (``.line()`` says it in one line)."""
@@ -389,6 +387,8 @@ def resume(job: Job, exit_code: int | None = None, changes: dict[str, Any] | Non
     """Submit the successor of ``job`` (``d4p-hpc resume`` and :meth:`Job.resume`); returns it and a
     warning about its signal time, if any. ``exit_code``: given by a job resubmitting itself at its
     walltime stop (see :func:`d4p_hpc.jobs.resume.resume`)."""
+    from d4p_hpc.api.options import SPEC_KEYWORDS
+
     changes = dict(changes or {})
     check_keywords(changes, SPEC_KEYWORDS, "resume")
     job._reopen()

@@ -15,11 +15,9 @@ from d4p_hpc import mappings, settings
 from d4p_hpc.errors import UsageError
 from d4p_hpc.jobs import index, progress
 from d4p_hpc.mappings.runtime.prepare import prepare
-from d4p_hpc.results import check_new
-from d4p_hpc.submission import config
+from d4p_hpc.results import Layout, check_new, output_counts, read_metrics
 from d4p_hpc.supervisor import inside_mpi_world
 from d4p_hpc.units import plural
-from d4p_hpc.workflow import drawing
 from d4p_hpc.workflow.loader import default_results, parse_inputs
 
 
@@ -44,6 +42,24 @@ class Ended:
         """Whether another process of the run (MPI rank 0) says how it ended."""
         return bool(self.record.get("secondary"))
 
+    @property
+    def log_directory(self) -> Path:
+        """Where each process of the run wrote its log."""
+        return Layout(self.results).logs
+
+    @property
+    def record_file(self) -> Path:
+        """The run's record (``run.json``)."""
+        return Layout(self.results).run
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's ``metrics.json``; {} if it wrote none."""
+        return dict(read_metrics(self.results) or {})
+
+    def counts(self) -> dict[str, tuple[int, Path]]:
+        """``"PE.output"`` -> (its items, the folder of its parts)."""
+        return output_counts(self.results)
+
     def exit(self) -> None:
         """Leave with the run's exit code, as its mapping leaves (an MPI rank finalises first)."""
         self.mapping.exit(self.record["exit_code"])
@@ -64,7 +80,12 @@ def run_here(graph: str, mapping: str = "simple", processes: int | None = None, 
                "checkpoint_every": checkpoint_every, "checkpoint": checkpoint}
     if resume and not results:
         raise UsageError("--resume needs --results DIR: the results directory of the run to continue")
-    results_dir = results or default_results(graph, mapping, config.results_root())
+    if results:
+        results_dir: str | Path = results
+    else:  # (the profiles are read only for this: a job's run, and each MPI rank, is given its directory)
+        from d4p_hpc.submission import config
+
+        results_dir = default_results(graph, mapping, config.results_root())
     settings.check()
     _check_local_processes(chosen, processes, external_workers)
     chosen.check(options)
@@ -103,6 +124,8 @@ def draw(graph: str, mapping: str | None = None, processes: int | None = None, a
          output: str | None = None) -> str:
     """The DOT text of ``graph`` (with ``mapping``: its plan's instances and processes, as ``run``
     would make them), written to ``output`` (.dot, .svg, .png) when given."""
+    from d4p_hpc.workflow import drawing
+
     if output is not None:
         drawing.output_format(output)  # a bad suffix fails before the graph is loaded
     if processes is not None and mapping is None:

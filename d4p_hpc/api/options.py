@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc import mappings
+from d4p_hpc.api.checks import check_flag, check_keywords
 from d4p_hpc.errors import GraphError, UsageError
 from d4p_hpc.jobs.resume import signal_warning
 from d4p_hpc.submission import config, precheck
@@ -49,14 +50,6 @@ def spec_options() -> list[tuple[str, tuple[str, ...], str, type]]:
     help, its type: int, bool, tuple of str, or str)."""
     return [(name, FIELDS[name].metadata["flags"], FIELDS[name].metadata["help"], field_type(name))
             for name in SPEC_KEYWORDS]
-
-
-def check_keywords(given: dict[str, Any], valid: tuple[str, ...] | list[str], what: str) -> None:
-    """Refuse, in one line, a keyword ``what`` does not take, listing those it does."""
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise UsageError(f"{what} got unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                         f"valid: {', '.join(sorted(valid))}")
 
 
 def data_text(data: Any) -> str | None:
@@ -110,21 +103,6 @@ def graph_source(graph: Any, what: str = "submit", module: bool = False) -> tupl
     raise GraphError(f"this graph object was built here (in a notebook, or in a function), and {where}: write its "
                      "PEs and the graph to a file (%%writefile graph.py in a notebook cell) and give that file: "
                      f"d4p_hpc.{what}('graph.py', ...)")
-
-
-def check_flag(name: str, value: Any, what: str) -> None:
-    """Refuse a flag that is not True or False (``"no"`` is true in Python)."""
-    if not isinstance(value, bool):
-        raise UsageError(f"{what}: {name} must be True or False, not {value!r:.60}")
-
-
-def check_timeout(timeout: Any) -> float | None:
-    """A timeout in seconds (None: none), refused in one line unless a number from 0 on."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:  # (NaN too)
-        raise UsageError(f"timeout must be a number of seconds from 0 on, or None, not {timeout!r:.60}")
-    return float(timeout)
 
 
 def refuse_while_loading(what: str) -> None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import click
 
 from d4p_hpc import mappings, settings
-from d4p_hpc.api.job import attach
-from d4p_hpc.api.local import run_here
+from d4p_hpc.api.local import Ended, run_here
 from d4p_hpc.cli import notices, word_order_hint
 from d4p_hpc.errors import Command
 from d4p_hpc.units import plural
@@ -66,14 +65,13 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
         return
     if not ended.said_by_another and not settings.quiet():
         notices(ended.late_notices)
-        _summary(ended.results, ended.record)
+        _summary(ended)
     ended.exit()
 
 
-def _summary(results_dir, record: dict) -> None:
+def _summary(ended: Ended) -> None:
     """The run's state, rate, failure and outputs, after it ended."""
-    job = attach(results_dir)
-    metrics = job.metrics()
+    record, metrics = ended.record, ended.metrics()
     state = record["state"]
     rate = metrics.get("items_per_second")
     click.echo(f"{state} in {metrics.get('wall_seconds', record.get('wall_seconds', 0)):.2f} s: "
@@ -81,11 +79,11 @@ def _summary(results_dir, record: dict) -> None:
                + (f", {rate:,.0f} items/s" if rate else "")
                + f" ({record['mapping']}, {plural(record['processes'], 'process')})")
     if record.get("error"):
-        click.echo(_failure(record["error"], job.record_file.name), err=True)
-    click.echo(f"results: {results_dir}")
-    for name, (count, _folder) in job.counts().items():
+        click.echo(_failure(record["error"], ended.record_file.name), err=True)
+    click.echo(f"results: {ended.results}")
+    for name, (count, _folder) in ended.counts().items():
         click.echo(f"  {name}: {plural(count, 'item')}")
-    click.echo(f"logs: {job.log_directory}/")
+    click.echo(f"logs: {ended.log_directory}/")
 
 
 def _failure(error: dict, record: str) -> str:

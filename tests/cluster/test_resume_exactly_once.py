@@ -2,10 +2,11 @@
 
 As tests/jobs/test_resume_exactly_once.py on the local scheduler: two resumes of one cancelled
 job started together give one successor (the other says in one line that the run is being resumed
-or continues in that job); ``status`` names the successor while it is queued or runs, and no bogus
-segment; ``cancel`` stops it; resumed again, the run completes with the outputs of one
-uninterrupted run. On Slurm two successors could run at once on two nodes (each would cut the
-outputs back and write them again): the lock held by ``resume`` is what prevents it.
+or continues in that job), 20 times; ``status`` names the successor while it is queued or runs, and
+no bogus segment; ``cancel`` stops it; resumed again, the run completes with the outputs of one
+uninterrupted run (followed to its end in the first tries; later ones cancel their successor).
+On Slurm two successors could run at once on two nodes (each would cut the outputs back and write
+them again): the lock held by ``resume`` is what prevents it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 GRAPH = EXAMPLES / "long_count.py"
 ITEMS = 300
 SECONDS_PER_LINE = 0.02
-TRIES = 5
+TRIES = 20
+#: the tries whose successor is followed to its end (outputs exact); the others' is cancelled once
+#: the race is decided: what is tested 20 times is that two resumes at once give one successor
+FOLLOWED = 3
 CONTINUES = re.compile(r"^job (\S+) continues ")
 
 
@@ -84,11 +88,13 @@ def test_two_resumes_of_a_slurm_job_at_once_give_one_successor(cancelled, tmp_pa
         shown = cli("status", directory)
         assert re.search(rf"^{successor} .* (PENDING|RUNNING|COMPLETED) ", shown.stdout, re.M), explain(shown)
         assert "job None" not in shown.stdout and "FAILED" not in shown.stdout, explain(shown)
-        if attempt == 0:
+        if attempt == 0 or attempt >= FOLLOWED:
             job = jobs.open_job(directory)
             assert job.job_id == successor
             jobs.cancel(job)
             assert jobs.wait(job, poll=0.5, timeout=TIMEOUT).state == "CANCELLED", job_logs(job)
+            if attempt >= FOLLOWED:
+                continue
             again = cli("resume", directory)
             assert again.returncode == 0, explain(again)
         final = jobs.wait(jobs.open_job(directory), poll=0.5, timeout=TIMEOUT)
