@@ -46,7 +46,7 @@ import os
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from d4p_hpc import durable, units
 from d4p_hpc.records import (JSON_KINDS, Graph, Marker, Metrics, RunRecord, Sample, SampleHeader, SpecFile,
@@ -407,6 +407,37 @@ def count_items(results: str | os.PathLike, pe: str, output: str) -> int:
 
 
 # --- the samples of a run (format: d4p_hpc.mappings.runtime.sampler) -----------------------------
+class ResultsView:
+    """What a job or a run of the Python API reads of its results directory (``directory``)."""
+
+    if TYPE_CHECKING:  # (a property of a job, a field of a run here: neither is this class's to set)
+        @property
+        def directory(self) -> Path: ...
+
+    @property
+    def log_directory(self) -> Path:
+        """Where each process of the run writes its log."""
+        return Layout(self.directory).logs
+
+    @property
+    def record_file(self) -> Path:
+        """The run's record (``run.json``): state, error and traceback, segments, notices."""
+        return Layout(self.directory).run
+
+    def record(self) -> dict[str, Any]:
+        """The run's record; {} before the run starts (one that cannot be read raises
+        :class:`~d4p_hpc.errors.ResultsError`, naming it)."""
+        return dict(read_run(self.directory) or {})
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's ``metrics.json`` (items, rates, per-PE counts and busy time); {} before it ends."""
+        return dict(read_metrics(self.directory) or {})
+
+    def counts(self) -> dict[str, tuple[int, Path]]:
+        """``"PE.output"`` -> (its items, counted without reading them; the folder of its parts)."""
+        return output_counts(self.directory)
+
+
 def output_counts(results: str | os.PathLike) -> dict[str, tuple[int, Path]]:
     """``"PE.output"`` -> (its items, counted as :func:`count_items` counts them; the folder of its parts)."""
     return {f"{pe}.{output}": (count_items(results, pe, output), output_dir(results, pe, output))

@@ -26,7 +26,7 @@ from d4p_hpc.errors import D4pHpcError, JobFailed, UsageError
 from d4p_hpc.jobs import efficiency as _efficiency
 from d4p_hpc.jobs import resume as _resume
 from d4p_hpc.jobs import state as _state
-from d4p_hpc.results import Layout, list_outputs, output_counts, output_items, read_metrics, read_run
+from d4p_hpc.results import Layout, ResultsView, list_outputs, output_items
 from d4p_hpc.schedulers import RUN
 
 #: the lines of each log of a failed job that :class:`~d4p_hpc.errors.JobFailed` carries
@@ -54,7 +54,7 @@ class Status:
         return self.state in _state.TERMINAL
 
 
-class Job:
+class Job(ResultsView):
     """A batch job (or a ``d4p-hpc run``) and its results directory."""
 
     def __init__(self, found: _state.Job) -> None:
@@ -174,25 +174,6 @@ class Job:
             parts.append(f"==> {path} <==\n" + "\n".join(lines if tail is None else lines[-tail:]))
         return "\n".join(parts)
 
-    @property
-    def log_directory(self) -> Path:
-        """Where each process of its run writes its log."""
-        return Layout(self.directory).logs
-
-    @property
-    def record_file(self) -> Path:
-        """Its run's record (``run.json``): state, error and traceback, segments, notices."""
-        return Layout(self.directory).run
-
-    def record(self) -> dict[str, Any]:
-        """Its run's record; {} before the run starts (one that cannot be read raises
-        :class:`~d4p_hpc.errors.ResultsError`, naming it)."""
-        return dict(read_run(self.directory) or {})
-
-    def metrics(self) -> dict[str, Any]:
-        """Its run's ``metrics.json`` (items, rates, per-PE counts and busy time); {} before it ends."""
-        return dict(read_metrics(self.directory) or {})
-
     def outputs(self) -> dict[str, Iterator[Any]]:
         """``"PE.output"`` -> a lazy iterator of its items, as stored (a pickled item is unpickled
         only from a file the user alone could write: see ``d4p_hpc.trust``)."""
@@ -206,10 +187,6 @@ class Job:
             known = ", ".join(f"{p}.{o}" for p, o in list_outputs(self.directory)) or "none yet"
             raise UsageError(f"no output {name} in {self.directory}; outputs: {known}")
         return _lazy(self.directory, pe, output)
-
-    def counts(self) -> dict[str, tuple[int, Path]]:
-        """``"PE.output"`` -> (its items, counted without reading them; the folder of its parts)."""
-        return output_counts(self.directory)
 
     def efficiency(self) -> _efficiency.Efficiency:
         """CPU and memory used against what was allocated (``.line()`` says it in one line)."""

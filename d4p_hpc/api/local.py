@@ -15,18 +15,18 @@ from d4p_hpc import mappings, settings
 from d4p_hpc.errors import UsageError
 from d4p_hpc.jobs import index, progress
 from d4p_hpc.mappings.runtime.prepare import prepare
-from d4p_hpc.results import Layout, check_new, output_counts, read_metrics
+from d4p_hpc.results import ResultsView, check_new
 from d4p_hpc.supervisor import inside_mpi_world
 from d4p_hpc.units import plural
 from d4p_hpc.workflow.loader import default_results, parse_inputs
 
 
 @dataclass(frozen=True)
-class Ended:
+class Ended(ResultsView):
     """How a run here ended: its results directory and its record, or (``check``) what was checked."""
 
-    results: Path
-    record: dict[str, Any]
+    directory: Path
+    final: dict[str, Any]
     mapping: mappings.Mapping
     #: with ``check``: the one line saying what would run
     checked: str = ""
@@ -35,34 +35,16 @@ class Ended:
     def late_notices(self) -> list[str]:
         """The plan's notices still to say after the run: an MPI rank 0's (the ranks said none at
         their start, lest each say them); the others said theirs before the run."""
-        return list(self.record.get("notices") or []) if inside_mpi_world() else []
+        return list(self.final.get("notices") or []) if inside_mpi_world() else []
 
     @property
     def said_by_another(self) -> bool:
         """Whether another process of the run (MPI rank 0) says how it ended."""
-        return bool(self.record.get("secondary"))
-
-    @property
-    def log_directory(self) -> Path:
-        """Where each process of the run wrote its log."""
-        return Layout(self.results).logs
-
-    @property
-    def record_file(self) -> Path:
-        """The run's record (``run.json``)."""
-        return Layout(self.results).run
-
-    def metrics(self) -> dict[str, Any]:
-        """The run's ``metrics.json``; {} if it wrote none."""
-        return dict(read_metrics(self.results) or {})
-
-    def counts(self) -> dict[str, tuple[int, Path]]:
-        """``"PE.output"`` -> (its items, the folder of its parts)."""
-        return output_counts(self.results)
+        return bool(self.final.get("secondary"))
 
     def exit(self) -> None:
         """Leave with the run's exit code, as its mapping leaves (an MPI rank finalises first)."""
-        self.mapping.exit(self.record["exit_code"])
+        self.mapping.exit(self.final["exit_code"])
 
 
 def run_here(graph: str, mapping: str = "simple", processes: int | None = None, attr: str | None = None,

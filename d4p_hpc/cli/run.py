@@ -71,7 +71,7 @@ def run(graph: str, mapping: str, processes: int | None, attr: str | None, itera
 
 def _summary(ended: Ended) -> None:
     """The run's state, rate, failure and outputs, after it ended."""
-    record, metrics = ended.record, ended.metrics()
+    record, metrics = ended.final, ended.metrics()
     state = record["state"]
     rate = metrics.get("items_per_second")
     click.echo(f"{state} in {metrics.get('wall_seconds', record.get('wall_seconds', 0)):.2f} s: "
@@ -80,7 +80,7 @@ def _summary(ended: Ended) -> None:
                + f" ({record['mapping']}, {plural(record['processes'], 'process')})")
     if record.get("error"):
         click.echo(_failure(record["error"], ended.record_file.name), err=True)
-    click.echo(f"results: {ended.results}")
+    click.echo(f"results: {ended.directory}")
     for name, (count, _folder) in ended.counts().items():
         click.echo(f"  {name}: {plural(count, 'item')}")
     click.echo(f"logs: {ended.log_directory}/")
