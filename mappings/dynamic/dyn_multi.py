@@ -18,6 +18,7 @@ import pickle
 import queue
 import select
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from d4p_hpc.mappings.dynamic.accounting import Accounting, commit_fields, topology
@@ -34,6 +35,8 @@ from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, SHARED_QUEUE, TaskRun
 #: The run's state, by Accounting's state code
 STATE_NAMES = (RUNNING, COMPLETED, "STOPPED")
 PARK_POLL = 0.1
+#: how long the driver waits for the accounting's lock before it asks whether a worker died holding it
+LOCK_WAIT = 1.0
 
 
 def validate(plan, mapping: str) -> None:
@@ -54,6 +57,8 @@ class LocalBroker:
     """
 
     def __init__(self, mp: Any, plan, workers: int) -> None:
+        #: in the driver: whether a worker has died (set once the workers are started; None in a worker)
+        self.gone: Callable[[], bool] | None = None
         self.workers = workers
         self.proc = 0
         self.node_of = {gid: node.index for node in plan.pes for gid in node.gids}
@@ -88,7 +93,7 @@ class LocalBroker:
         """Apply the commit to the accounting under the lock, then queue the tasks and close messages."""
         fields = commit_fields(unit, outbox, done, seconds, close, self.node_of.__getitem__, self.proc)
         with supervisor.deferred():
-            with self.lock:
+            with self._locked():
                 step = self.books.commit(**fields)
             if step is None:  # the run has ended: nothing more to queue
                 self._wake(ended=True)
@@ -125,10 +130,27 @@ class LocalBroker:
     def stop(self, state: str, error: dict | None = None) -> bool:
         """End a RUNNING run; ``state`` and ``error`` are not kept: every process records its own outcome."""
         with supervisor.deferred():
-            with self.lock:
+            try:
+                with self._locked():
+                    stopped = self.books.stop()
+            except Aborted:  # the lock died with a worker: the run ends all the same, and nobody else writes
                 stopped = self.books.stop()
             self._ended()
         return stopped
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The accounting's lock. A worker SIGKILLed while it held it never gives it back (a kill is the
+        one stop that cannot be held back): the driver, waiting, asks every :data:`LOCK_WAIT` seconds
+        whether a worker has died, and then raises :class:`Aborted` rather than wait for ever (the
+        workers left waiting are stopped by the driver's end)."""
+        while not self.lock.acquire(timeout=LOCK_WAIT):
+            if self.gone is not None and self.gone():
+                raise Aborted()
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def on_stop(self, outcome: Outcome) -> None:
         """``run_process``'s ``on_stop``: a process that stops, stops the run."""
@@ -190,8 +212,13 @@ def run(ctx: RunContext) -> dict:
     for child in children:
         child.start()
 
+    def gone() -> bool:
+        return any(c.exitcode not in (None, 0) for c in children)
+
+    broker.gone = gone
+
     def watch() -> None:
-        if any(c.exitcode not in (None, 0) for c in children):
+        if gone():
             raise Aborted()
 
     drivers = []
