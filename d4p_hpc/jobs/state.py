@@ -33,7 +33,8 @@ from d4p_hpc.schedulers.base import SchedulerState
 
 TERMINAL: tuple[str, ...] = typing.get_args(Ended)
 _FINISHED = f"{Layout.STATE}/{Layout.FINISHED}"  # as messages name it
-# a finished marker may reach a shared file system a little after the scheduler saw the job end
+# a finished marker may reach a shared file system a little after the scheduler saw the job end; and
+# while a resume moves a segment's markers aside, a job briefly has none (on any scheduler)
 MARKER_GRACE_SECONDS = 15.0
 
 
@@ -198,8 +199,7 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
     """Poll until ``job`` ends; ``on_poll(status)`` is called after each poll.
 
     A job the scheduler says has ended but whose ``finished`` marker is missing
-    is polled for :data:`MARKER_GRACE_SECONDS` more (none on a scheduler of this host, whose
-    markers have no shared file system to cross) before its inferred state is
+    is polled for :data:`MARKER_GRACE_SECONDS` more before its inferred state is
     accepted.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -213,8 +213,7 @@ def wait(job: Job, poll: float = 1.0, timeout: float | None = None, on_poll=None
         if current.terminal and not current.inferred:
             return current
         if current.terminal:  # inferred: the finished marker may still be on its way
-            here = job.scheduler != RUN and schedulers.scheduler_class(job.scheduler).on_this_host
-            grace_until = grace_until or time.monotonic() + (0.0 if here else MARKER_GRACE_SECONDS)
+            grace_until = grace_until or time.monotonic() + MARKER_GRACE_SECONDS
             if time.monotonic() >= grace_until:
                 return current
         if deadline is not None and time.monotonic() >= deadline:

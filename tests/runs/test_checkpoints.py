@@ -9,6 +9,7 @@ none twice. What must be refused is refused in one line, before anything runs.
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import pickle
 import signal
@@ -104,14 +105,17 @@ def test_walltime_stop_then_sigkill_then_resume_gives_the_outputs_once(mapping, 
     wait_for(lambda: {m["seq"] for m in manifests(results)} - seen or second.poll() is not None, 60)
     if second.poll() is None:
         time.sleep(0.3)
-        os.killpg(second.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(second.pid, signal.SIGKILL)
         second.communicate(timeout=30)
         wait_for(lambda: not processes_mentioning(str(results)), 15)
-        # killed: it could not say so (mpi: its ranks, whose launcher died, end CANCELLED)
-        assert read_json(results / "run.json")["state"] in ("RUNNING", "CANCELLED")
-        # segment 3 completes
-        done = resume(mapping, results)
-        assert "COMPLETED" in done.stdout, explain(done)
+        # killed: it could not say so (mpi: its ranks, whose launcher died, end CANCELLED); or, on a
+        # loaded machine, it had completed in those 0.3 s: nothing is left to resume then
+        killed = read_json(results / "run.json")["state"]
+        assert killed in ("RUNNING", "CANCELLED", "COMPLETED")
+        if killed != "COMPLETED":  # segment 3 completes
+            done = resume(mapping, results)
+            assert "COMPLETED" in done.stdout, explain(done)
     final = read_json(results / "run.json")
     assert final["state"] == "COMPLETED", final
     assert [s["state"] for s in final["segments"]][:1] == ["TIMEOUT"], final["segments"]

@@ -85,15 +85,16 @@ def test_auto_pool_grows_with_backlog_and_is_recorded(mapping, tmp_path):
     """The pool grows with the backlog, and the parked workers it takes in do resume work."""
     graph = write_graph(tmp_path, SLOW_GRAPH)
     results = tmp_path / "results"
-    proc = cli("run", graph, "-m", mapping, "-n", 3, "-i", 60, "--results", results,
+    # (120 tasks of 0.05 s: a backlog that lasts long enough for a loaded machine's driver to see it)
+    proc = cli("run", graph, "-m", mapping, "-n", 3, "-i", 120, "--results", results,
                env={"SLOW_DELAY": "0.05"})
     assert proc.returncode == 0, explain(proc)
     metrics = read_json(results / "metrics.json")
     sizes = [n for _t, n in metrics["pool_size"]]
-    assert sizes[0] == 1 and max(sizes) == 3 and metrics["pool_max"] == 3
+    assert sizes[0] == 1 and max(sizes) == 3 and metrics["pool_max"] == 3, metrics["pool_size"]
     times = [t for t, _n in metrics["pool_size"]]
     assert times == sorted(times) and times[-1] <= metrics["wall_seconds"] + 0.5
-    assert metrics["pes"]["Tag"]["items_in"] == 60
+    assert metrics["pes"]["Tag"]["items_in"] == 120
     assert len([i for i in metrics["pes"]["Slow"]["instances"] if i["items_in"]]) >= 2, metrics["pes"]["Slow"]
 
 
