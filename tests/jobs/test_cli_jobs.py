@@ -208,8 +208,9 @@ def in_a_terminal(argv, cwd, until, timeout=60) -> tuple[int, str]:
     """Run ``d4p-hpc ARGV`` in a pseudo-terminal, press Ctrl-C once ``until(what it has shown)`` is true;
     return the exit code and everything it wrote there."""
     master, slave = pty.openpty()
+    # (faulthandler: SIGABRT makes a command that never ends say where each thread is)
     proc = subprocess.Popen(d4p_hpc_cmd() + [str(a) for a in argv], cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     os.close(slave)
     shown, deadline = b"", time.monotonic() + timeout
 
@@ -230,8 +231,11 @@ def in_a_terminal(argv, cwd, until, timeout=60) -> tuple[int, str]:
         # the terminal is read while the command ends: one that could not write would never end
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
-            assert time.monotonic() < deadline, f"still running {timeout} s after Ctrl-C:\n" + shown.decode(
-                errors="replace")
+            if time.monotonic() >= deadline:
+                os.kill(proc.pid, signal.SIGABRT)  # its threads' stacks, on the terminal
+                while read(1.0):
+                    pass
+                raise AssertionError(f"still running {timeout} s after Ctrl-C:\n" + shown.decode(errors="replace"))
             read(0.1)
         code = proc.returncode
         while read(0.5):
