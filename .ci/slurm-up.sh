@@ -27,6 +27,7 @@
 #   D4P_SLURM_PREFIX     name prefix: bridge <p>0, netns <p>-nodeI, veth <p>-hI (default d4p)
 #   D4P_SLURM_CGROUP     auto (default) | 1 (proctrack/cgroup, v1 freezer required) | 0 (linuxproc)
 #   D4P_SLURM_KILLWAIT   KillWait seconds (default 5)
+#   D4P_SLURM_MAX_ARRAY_SIZE  MaxArraySize (default 4: a sweep's arrays are split, as on a real cluster)
 #   D4P_SLURM_LINK_ETC   1 (default) link /etc/slurm/slurm.conf; 0 = do not touch /etc
 #   D4P_SLURM_WARMUP     1 (default) run a warm-up job on all nodes (first job is then fast)
 #   D4P_SLURM_FIRST_JOB_ID  FirstJobId (default 1 for the default dir, else a number derived
@@ -227,6 +228,8 @@ OverTimeLimit=0
 InactiveLimit=0
 # finished jobs stay visible to squeue -t all / scontrol show job for 15 min
 MinJobAge=900
+# job arrays: indices 0..3 only, so that the tests see a sweep split into several arrays
+MaxArraySize=${D4P_SLURM_MAX_ARRAY_SIZE:-4}
 FirstJobId=$FIRST_JOB_ID
 # -- accounting: no slurmdbd; \`sacct -c\` reads the job completion file --
 AccountingStorageType=accounting_storage/none

@@ -171,6 +171,17 @@ def plan(graph: Any, options: dict[str, Any], profile: str | None = None, check:
     have their field's type already, and ``COMMAND_LINE`` for ``submit``, whose strings are converted.
     ``check``: also load the graph in the job's environment, as a node would.
     """
+    spec, sources = resolve(graph, options, profile, given)
+    notices = precheck.check(spec, graph=check, sources=sources)
+    script = render_script(spec, sources)
+    check_syntax(script)
+    return Plan(spec, sources, notices, script)
+
+
+def resolve(graph: Any, options: dict[str, Any], profile: str | None = None,
+            given: str = KEYWORD) -> tuple[JobSpec, dict]:
+    """The job spec of ``graph`` with ``options`` over the profile's values, and where each value came
+    from; its graph and input files checked to exist (as :func:`plan`, without the pre-check)."""
     check_keywords(options, SPEC_KEYWORDS, "submit")
     path, attr = graph_source(graph)
     values = {k: v for k, v in options.items() if v is not None and v != ()}
@@ -184,10 +195,7 @@ def plan(graph: Any, options: dict[str, Any], profile: str | None = None, check:
     resolved = config.resolve({**values, "graph": path}, profile=profile, given=given)
     spec = resolved.spec()
     check_files(spec)
-    notices = precheck.check(spec, graph=check, sources=resolved.sources)
-    script = render_script(spec, resolved.sources)
-    check_syntax(script)
-    return Plan(spec, resolved.sources, notices, script)
+    return spec, resolved.sources
 
 
 def run_argv(graph: Any, options: dict[str, Any], root: Path) -> tuple[list[str], Path]:

@@ -20,6 +20,11 @@ from d4p_hpc.errors import Command
 def report(job, output, png, results_root, profile):
     """Write one self-contained HTML page of what JOB (a job id or results directory) did:
     summary, efficiency, the graph, throughput, busy time, backlog, pool size, memory, outputs."""
-    written = attach(job, results_root, profile).report(Path(output) if output else None, png)
+    from d4p_hpc.cli import sweep as sweeping
+
+    if found := sweeping.found(job, results_root, profile):
+        written = found.report(Path(output) if output else None, png)
+    else:
+        written = attach(job, results_root, profile).report(Path(output) if output else None, png)
     for path in written.files:
         click.echo(f"wrote {path}")

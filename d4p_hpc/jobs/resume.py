@@ -35,6 +35,11 @@ from d4p_hpc.results import Layout, make_private_dir, now, read_json, read_run, 
 from d4p_hpc.schedulers import RUN
 
 
+#: in a segment: the files of a run that started again rather than continue (:func:`archive_segment`)
+ATTEMPT = "attempt"
+#: what stays in a results directory whose run starts again: the job's own files
+_KEPT = frozenset({Layout.SCRIPT, Layout.SPEC, Layout.STATE, Layout.STDOUT, Layout.STDERR, Layout.LOCK})
+
 #: what a successor may change of its job: its time and where it is charged, never what it computes
 #: (graph, inputs, mapping and size are the checkpoint's; ``run --check --resume`` holds them)
 CHANGEABLE = ("walltime", "signal_seconds", "checkpoint_every", "requeue", "memory", "partition", "account", "qos")
@@ -77,14 +82,14 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
         if requeue is None:
             requeue = max(0, left - 1) if from_job else left
         spec = JobSpec.from_dict({**data, **(changes or {}), "continues": str(job.directory),
-                                  "after": job.job_id if from_job else None, "requeue": requeue})
+                                  "directory": None, "after": job.job_id if from_job else None, "requeue": requeue})
         precheck.check(spec)
         script = render_script(spec, saved.get("sources"))
-        archive = _archive(job)
+        archive = archive_segment(job)
         try:
             new_id, _ = submit(spec, script, saved.get("sources"))
         except BaseException:
-            _unarchive(job, archive)
+            unarchive(job, archive)
             raise
         if from_job:
             write_json(archive / Layout.FINISHED, {"time": now(), "epoch": time.time(), "state": "TIMEOUT",
@@ -143,9 +148,13 @@ def _numbered(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
 
 
-def _archive(job: jobs.Job) -> Path:
+def archive_segment(job: jobs.Job, keep_outputs: bool = True) -> Path:
     """Archive the job's markers (and a copy of its scheduler logs) as the run's next segment: built
-    aside, renamed into place, and only then removed from ``state/`` (the logs emptied)."""
+    aside, renamed into place, and only then removed from ``state/`` (the logs emptied).
+
+    Without ``keep_outputs`` (a sweep's task that starts again, having no checkpoint to continue
+    from) the run's own files move into the segment's ``attempt/`` too, leaving the directory as a
+    job finds it before its run starts."""
     root = make_private_dir(job.layout.segments)
     os.chmod(root, 0o700)  # (earlier versions made it 0755)
     number = max((int(d.name) for d in _numbered(root)), default=0) + 1
@@ -153,6 +162,11 @@ def _archive(job: jobs.Job) -> Path:
     for src in [job.layout.marker(name) for name in Layout.ARCHIVED] + job.layout.scheduler_logs:
         if src.exists():
             write_bytes(building / src.name, src.read_bytes(), sync=True)
+    if not keep_outputs:
+        attempt = make_private_dir(building / ATTEMPT)
+        for entry in job.directory.iterdir():
+            if entry.name not in _KEPT:
+                durable.replace(entry, attempt / entry.name)
     archive = root / f"{number:03d}"
     durable.replace(building, archive)
     for name in Layout.ARCHIVED:
@@ -163,8 +177,12 @@ def _archive(job: jobs.Job) -> Path:
     return archive
 
 
-def _unarchive(job: jobs.Job, archive: Path) -> None:
-    """Undo :func:`_archive`: the markers back into ``state/``, the logs' lines before theirs."""
+def unarchive(job: jobs.Job, archive: Path) -> None:
+    """Undo :func:`archive_segment`: the markers back into ``state/``, the logs' lines before theirs,
+    a run's files back into place."""
+    if (archive / ATTEMPT).is_dir():
+        for entry in (archive / ATTEMPT).iterdir():
+            durable.replace(entry, job.directory / entry.name)
     for name in Layout.ARCHIVED:
         if (archive / name).exists():
             write_bytes(job.layout.marker(name), (archive / name).read_bytes(), sync=True)
@@ -194,7 +212,7 @@ def _recover(job: jobs.Job) -> None:
     if current is not None and current != mine:
         write_json(newest / Layout.SUCCESSOR, {"job_id": current, "time": now(), "recovered": True})
     else:
-        _unarchive(job, newest)
+        unarchive(job, newest)
 
 
 def _link(directory: Path, name: str, job_id: str) -> None:

@@ -16,10 +16,10 @@ import pkgutil
 from typing import TypeVar
 
 from d4p_hpc.errors import SpecError
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission
+from d4p_hpc.schedulers.base import ArrayLimits, ArraySubmission, Scheduler, SchedulerState, Submission
 
-__all__ = ["Scheduler", "SchedulerState", "Submission", "RUN", "register", "unregister", "classes", "names",
-           "scheduler_class", "get", "detect", "detected_because"]
+__all__ = ["ArrayLimits", "ArraySubmission", "Scheduler", "SchedulerState", "Submission", "RUN", "register",
+           "unregister", "classes", "names", "scheduler_class", "get", "detect", "detected_because"]
 
 #: what a results directory of a ``d4p-hpc run`` (no scheduler: its run.json tells all) gives as its
 #: scheduler (:attr:`d4p_hpc.jobs.state.Job.scheduler`); no scheduler may be called so

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypedDict
 
-from d4p_hpc.errors import SchedulerError
+from d4p_hpc.errors import SchedulerError, SubmitError
 from d4p_hpc.results import Layout
 
 # words in the error messages of a busy or restarting Slurm/PBS server: worth another try
@@ -70,6 +70,51 @@ class Submission:
     tasks: int = 1
 
 
+@dataclass(frozen=True)
+class ArraySubmission:
+    """A job array: one element per task of a sweep, each running its task's own job script.
+
+    Attributes
+    ----------
+    directories
+        The results directory of the task each array index runs (index 0 first).
+    tasks
+        Ranks or workers of each of them.
+    max_parallel
+        Elements running at once, at most; None: as many as the scheduler starts.
+    logs
+        The folder for the scheduler's logs of the elements (each element moves its own into its
+        results directory once it starts).
+    script
+        Where the array's script is kept (the local scheduler runs it from there).
+    """
+
+    directories: tuple[Path, ...]
+    tasks: tuple[int, ...]
+    max_parallel: int | None
+    logs: Path
+    script: Path
+
+
+@dataclass(frozen=True)
+class ArrayLimits:
+    """What a scheduler allows of job arrays (None: no limit known).
+
+    Attributes
+    ----------
+    max_index
+        The highest index of an array, plus one (Slurm's ``MaxArraySize``, PBS's ``max_array_size``).
+    max_jobs
+        Jobs the scheduler keeps at once (Slurm's ``MaxJobCount``), which no sweep may exceed.
+    source
+        Where these figures were read, and what the limit on the index is called there, for messages.
+    """
+
+    max_index: int | None = None
+    max_jobs: int | None = None
+    source: str = ""
+
+
 class Usage(TypedDict, total=False):
     """What a scheduler's accounting says a job used; ``source`` names the command that said it."""
 
@@ -108,6 +153,12 @@ class Scheduler(ABC):
     options: ClassVar[frozenset[str]] = frozenset()
     #: requests it accepts knowing they mean nothing to it (documented as ignored)
     ignored: ClassVar[frozenset[str]] = frozenset()
+    #: its job array template (extending :attr:`template`, with ``common/array.sh.j2`` as its body);
+    #: None: it runs no sweeps
+    array_template: ClassVar[str | None] = None
+    #: whether a job may wait for one element of an array (``after``): a sweep's task that requeues
+    #: itself at its walltime needs it
+    requeues_elements: ClassVar[bool] = True
     #: the command that submits its jobs; on PATH, it says that jobs from this host go to this scheduler
     command: ClassVar[str | None] = None
     #: where several are found on PATH, the highest wins; it also orders :func:`~d4p_hpc.schedulers.names`
@@ -135,6 +186,20 @@ class Scheduler(ABC):
     @abstractmethod
     def cancel(self, job_id: str, results_dir: Path) -> None:
         """Cancel a job, pending or running (:class:`~d4p_hpc.errors.CancelError` if it cannot)."""
+
+    def submit_array(self, script: str, array: ArraySubmission) -> list[str]:
+        """Submit the array ``script`` (``array.directories`` elements); return each element's job id,
+        as :meth:`query` and :meth:`cancel` take it."""
+        raise SubmitError(f"the {self.title} scheduler runs no job arrays: a sweep cannot be submitted to it")
+
+    def array_limits(self) -> ArrayLimits:
+        """What this cluster allows of job arrays (asked of the scheduler; no limits by default)."""
+        return ArrayLimits()
+
+    def array_of(self, element: str) -> str | None:
+        """The id of the array that element ``element`` belongs to, as a job's dependency (``after``)
+        names it; None where the scheduler runs an array's elements in order itself."""
+        return None
 
     def usage(self, job_id: str) -> Usage:
         """What the scheduler's accounting says the job used ({} where it keeps no figures).

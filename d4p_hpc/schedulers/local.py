@@ -7,6 +7,10 @@ bash in its own session (so its own process group), with ``D4P_JOB_ID`` and
 job outlives the command that submitted it. ``cancel`` stops the whole group
 (:func:`d4p_hpc.supervisor.stop_group`), as a batch system signals every
 process of a job. It is the default scheduler where no other is found.
+
+A job array (a sweep) is run by one detached process of its own (:func:`run_array`), which starts
+the elements as the jobs above, at most ``max_parallel`` at once, each with ``D4P_ARRAY_INDEX``
+set; until its turn an element's record names that process and says it is queued (PENDING).
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from d4p_hpc import liveness, supervisor
-from d4p_hpc.errors import CancelError, ResultsError
+from d4p_hpc.errors import CancelError, ResultsError, SubmitError
 from d4p_hpc.records import Marker
-from d4p_hpc.results import Layout, read_marker, write_json
+from d4p_hpc.results import Layout, now, read_json, read_marker, write_json
 from d4p_hpc.schedulers import register
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission
+from d4p_hpc.schedulers.base import ArraySubmission, Scheduler, SchedulerState, Submission
+
+#: the environment variable giving an array element its index
+ARRAY_INDEX = "D4P_ARRAY_INDEX"
+#: the reason of an element that waits for the array's runner to start it
+QUEUED = "waiting for a free slot (the sweep's --max-parallel)"
 
 
 def start(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: str | os.PathLike,
@@ -33,10 +43,14 @@ def start(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: 
     Tests use it to run any rendered script (PBS ones too) with the environment
     a scheduler would give it.
     """
+    return _spawn(script, env, cwd, stdout, stderr).pid
+
+
+def _spawn(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: str | os.PathLike,
+           stderr: str | os.PathLike) -> subprocess.Popen:
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
-        proc = subprocess.Popen(["bash", str(script)], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(["bash", str(script)], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, start_new_session=True, preexec_fn=_default_signals)
-    return proc.pid
 
 
 def _default_signals() -> None:
@@ -56,6 +70,7 @@ class Local(Scheduler):
     name = "local"
     title = "local"
     template = "local/job.sh.j2"
+    array_template = "local/array.sh.j2"
     nodefile = "D4P_NODEFILE"
     on_this_host = True
     # a cluster's requests mean nothing here; accepted, so that a profile written for the cluster
@@ -98,13 +113,39 @@ class Local(Scheduler):
                                                  "pid_token": liveness.token(pid)})
         return job_id
 
+    def submit_array(self, script: str, array: ArraySubmission) -> list[str]:
+        """Start the array's runner (:func:`run_array`) once it has recorded every element as queued;
+        the script is ``array.script``, written by the caller."""
+        ids = [f"local-{secrets.token_hex(4)}" for _ in array.directories]
+        record = array.script.with_suffix(".json")
+        write_json(record, {"script": str(array.script), "max_parallel": array.max_parallel, "cwd": os.getcwd(),
+                            "elements": [{"id": i, "directory": str(d), "tasks": t}
+                                         for i, d, t in zip(ids, array.directories, array.tasks, strict=False)]})
+        with open(array.logs / f"{array.script.stem}.runner.log", "ab") as log:
+            runner = subprocess.Popen([sys.executable, "-c", _RUNNER, str(record)], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                                      preexec_fn=_default_signals)
+        assert runner.stdout is not None
+        said = runner.stdout.readline()  # it says so once every element is recorded as queued
+        runner.stdout.close()
+        if said.strip() != b"ready":
+            runner.wait()
+            raise SubmitError(f"the local array runner did not start (see {log.name})")
+        return ids
+
     def query(self, jobs: dict[str, Path]) -> dict[str, SchedulerState]:
-        """RUNNING for the jobs whose script still runs; nothing for the others."""
+        """RUNNING for the jobs whose script still runs, PENDING for array elements waiting for their
+        turn; nothing for the others."""
         found = {}
         for job_id, directory in jobs.items():
-            record = _record(Layout(directory))
-            if record and liveness.run_alive(record):
+            layout = Layout(directory)
+            record = _record(layout)
+            if not record or not liveness.run_alive(record):
+                continue
+            if not record.get("queued"):
                 found[job_id] = SchedulerState("RUNNING", "", "running")
+            elif not layout.marker(Layout.CANCEL_REQUESTED).exists():
+                found[job_id] = SchedulerState("PENDING", QUEUED, "queued")
         return found
 
     def cancel(self, job_id: str, results_dir: Path) -> None:
@@ -114,8 +155,52 @@ class Local(Scheduler):
         if record is None:
             raise CancelError(f"{results_dir} was not started by the local scheduler "
                               f"(no {Layout.STATE}/{Layout.LOCAL})")
-        if liveness.run_alive(record):
+        if record.get("queued"):  # its runner skips it (and stops it if it was starting it just now)
+            if not layout.marker(Layout.FINISHED).exists():
+                write_json(layout.marker(Layout.FINISHED), {"time": now(), "state": "CANCELLED", "exit_code": None,
+                                                           "reason": "cancelled before it started"})
+        elif liveness.run_alive(record):
             supervisor.stop_group(record["pid"], supervisor.GRACE_SECONDS)
+
+
+_RUNNER = ("import sys;sys.path[:1]==['']and sys.path.pop(0);"
+           "from d4p_hpc.schedulers.local import run_array;run_array(sys.argv[1])")
+
+
+def run_array(record_path: str) -> None:
+    """Run the elements of the array recorded at ``record_path``, at most ``max_parallel`` at once,
+    each a local job (its own session and process group, its record in its ``state/``).
+
+    An element cancelled (or ended) before its turn is skipped; one cancelled while it was being
+    started is stopped at once. The runner ends with the last element.
+    """
+    record = read_json(record_path, dict)
+    elements = record["elements"]
+    me = {"pid": os.getpid(), "host": liveness.host(), "pid_token": liveness.token(os.getpid()), "queued": True}
+    for element in elements:
+        write_json(Layout(element["directory"]).marker(Layout.LOCAL), me)
+    sys.stdout.write("ready\n")
+    sys.stdout.close()
+    # (the processes are kept: one dropped could be reaped by the next Popen, unseen by os.wait)
+    running: dict[int, subprocess.Popen] = {}
+    for index, element in enumerate(elements):
+        while len(running) >= (record["max_parallel"] or len(elements)):
+            running.pop(os.wait()[0], None)
+        layout = Layout(element["directory"])
+        if layout.marker(Layout.CANCEL_REQUESTED).exists() or layout.marker(Layout.FINISHED).exists():
+            continue
+        nodefile = layout.marker(Layout.NODEFILE)
+        nodefile.write_text(f"{socket.gethostname()}\n" * element["tasks"])
+        env = dict(os.environ, D4P_JOB_ID=element["id"], D4P_NODEFILE=str(nodefile), **{ARRAY_INDEX: str(index)})
+        proc = _spawn(record["script"], env, record["cwd"], *layout.scheduler_logs)
+        pid = proc.pid
+        write_json(layout.marker(Layout.LOCAL), {"pid": pid, "host": liveness.host(), "pid_token": liveness.token(pid)})
+        running[pid] = proc
+        if layout.marker(Layout.CANCEL_REQUESTED).exists():  # cancelled while it was being started
+            supervisor.stop_group(pid, supervisor.GRACE_SECONDS)
+            running.pop(pid)
+    while running:
+        running.pop(os.wait()[0], None)
 
 
 def _record(layout: Layout) -> Marker | None:

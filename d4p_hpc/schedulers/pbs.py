@@ -16,7 +16,8 @@ from pathlib import Path
 from d4p_hpc import units
 from d4p_hpc.errors import CancelError, QueryError, SubmitError
 from d4p_hpc.schedulers import register
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission, Usage, run_command
+from d4p_hpc.schedulers.base import (ArrayLimits, ArraySubmission, Scheduler, SchedulerState, Submission, Usage,
+                                     run_command)
 
 PBS_STATES = {  # qstat job_state -> (our state, plain reason)
     "Q": ("PENDING", "queued"), "H": ("PENDING", "held"), "W": ("PENDING", "waiting for its start time"),
@@ -37,6 +38,8 @@ class Pbs(Scheduler):
     name = "pbs"
     title = "PBS"
     template = "pbs/job.sh.j2"
+    array_template = "pbs/array.sh.j2"
+    requeues_elements = False
     directive = "#PBS"
     nodefile = "PBS_NODEFILE"
     # partition is the queue (-q); qos, constraint and gres have no PBS equivalent of the same meaning
@@ -46,6 +49,30 @@ class Pbs(Scheduler):
 
     def submit(self, script: str, job: Submission) -> str:
         """``qsub`` with the script on standard input; returns the job id (``123.server``)."""
+        return self._qsub(script)
+
+    def submit_array(self, script: str, array: ArraySubmission) -> list[str]:
+        """``qsub`` of the array script (``123[].server``); element i is the subjob ``123[i].server``,
+        which ``qstat`` and ``qdel`` take (always as one word of their argv, never through a shell)."""
+        job_id = self._qsub(script)
+        if "[]" not in job_id:
+            raise SubmitError(f"qsub printed no job array id: {job_id!r}", ["qsub"], 0, job_id)
+        return [job_id.replace("[]", f"[{i}]", 1) for i in range(len(array.directories))]
+
+    def array_limits(self) -> ArrayLimits:
+        """The server's ``max_array_size`` (``qstat -Bf``; PBS's default is 10000)."""
+        out = run_command(["qstat", "-Bf"], retries=2, error=QueryError).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "max_array_size" and value.strip().isdigit():
+                return ArrayLimits(int(value.strip()), None, f"max_array_size={value.strip()} in qstat -Bf")
+        return ArrayLimits(10_000, None, "max_array_size=10000, PBS's default")
+
+    def array_of(self, element: str) -> str | None:
+        """``123[].server`` of ``123[4].server``: PBS takes a dependency on a whole array only."""
+        return element[:element.index("[") + 1] + element[element.index("]"):]
+
+    def _qsub(self, script: str) -> str:
         out = run_command(["qsub"], input=script, retries=2, error=SubmitError).stdout.strip()
         if not out or any(c.isspace() for c in out):
             raise SubmitError(f"qsub printed no job id: {out!r}", ["qsub"], 0, out)
@@ -58,6 +85,8 @@ class Pbs(Scheduler):
                 for key, record in records.items() if key.split(".")[0] == job_id.split(".")[0]}
 
     def _qstat(self, ids: list[str]) -> dict:
+        if len(ids) > 1:  # qstat -F json answers for the first id only (OpenPBS 23.06)
+            return {key: record for one in ids for key, record in self._qstat([one]).items()}
         result = run_command(["qstat", "-x", "-f", "-F", "json", *ids], retries=2, check=False)
         if result.stdout.strip():
             try:

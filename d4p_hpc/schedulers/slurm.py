@@ -14,7 +14,8 @@ from pathlib import Path
 from d4p_hpc import units
 from d4p_hpc.errors import CancelError, QueryError, SubmitError
 from d4p_hpc.schedulers import register
-from d4p_hpc.schedulers.base import Scheduler, SchedulerState, Submission, Usage, run_command
+from d4p_hpc.schedulers.base import (ArrayLimits, ArraySubmission, Scheduler, SchedulerState, Submission, Usage,
+                                     run_command)
 
 # Slurm job state -> (our state, plain reason); requeued and preempted jobs are not over
 SLURM_STATES = {
@@ -43,6 +44,7 @@ class Slurm(Scheduler):
     name = "slurm"
     title = "Slurm"
     template = "slurm/job.sh.j2"
+    array_template = "slurm/array.sh.j2"
     directive = "#SBATCH"
     launchers = ("srun", "mpiexec")
     options = frozenset({"memory", "partition", "account", "qos", "constraint", "gres", "gpus_per_node",
@@ -53,6 +55,31 @@ class Slurm(Scheduler):
 
     def submit(self, script: str, job: Submission) -> str:
         """``sbatch --parsable`` with the script on standard input; returns the job id."""
+        return self._sbatch(script)
+
+    def submit_array(self, script: str, array: ArraySubmission) -> list[str]:
+        """``sbatch`` of the array script; element i is ``<array job id>_<i>``, which ``squeue -r``,
+        ``sacct`` and ``scancel`` all take."""
+        job_id = self._sbatch(script)
+        return [f"{job_id}_{i}" for i in range(len(array.directories))]
+
+    def array_limits(self) -> ArrayLimits:
+        """``MaxArraySize`` (the highest index plus one: default 1001) and ``MaxJobCount`` of
+        ``scontrol show config``."""
+        out = run_command(["scontrol", "show", "config"], retries=2, error=QueryError).stdout
+        found = {}
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() in ("MaxArraySize", "MaxJobCount") and value.strip().isdigit():
+                found[key.strip()] = int(value.strip())
+        return ArrayLimits(found.get("MaxArraySize"), found.get("MaxJobCount"),
+                           f"MaxArraySize={found.get('MaxArraySize')} in scontrol show config")
+
+    def array_of(self, element: str) -> str | None:
+        """``123`` of ``123_4``."""
+        return element.rsplit("_", 1)[0]
+
+    def _sbatch(self, script: str) -> str:
         out = run_command(["sbatch", "--parsable"], input=script, retries=2, error=SubmitError).stdout.strip()
         job_id = out.splitlines()[-1].split(";")[0] if out else ""
         if not job_id.isdigit():
@@ -95,7 +122,8 @@ class Slurm(Scheduler):
         return {}
 
     def _squeue(self, ids: list[str]) -> dict[str, SchedulerState]:
-        result = run_command(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"],
+        # -r: an array's pending elements one per line (else one line, 123_[4-9%2], for them all)
+        result = run_command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"],
                              retries=2, check=False)
         if result.returncode and "Invalid job id" not in result.stderr:
             raise QueryError(f"squeue failed: {result.stderr.strip()}", result.args, result.returncode,

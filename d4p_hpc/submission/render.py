@@ -62,6 +62,23 @@ def render_script(spec: JobSpec, sources: dict | None = None) -> str:
         raise RenderError(f"cannot render the {spec.scheduler} job script: {err}") from None
 
 
+def render_array(spec: JobSpec, array) -> str:
+    """The job array script of a sweep (:class:`d4p_hpc.sweeps.submit.Array`): the directives of
+    ``spec`` (the job every task is) and a body that runs the job script of each element's task."""
+    import jinja2
+
+    from d4p_hpc.sweeps.sweep import SweepLayout
+
+    scheduler = schedulers.scheduler_class(spec.scheduler)
+    if scheduler.array_template is None:
+        raise RenderError(f"the {scheduler.title} scheduler runs no job arrays: a sweep cannot be submitted to it")
+    context = {"spec": spec, "layout": Layout, "sweep_layout": SweepLayout, "array": array}
+    try:
+        return _environment(scheduler.template_path).get_template(scheduler.array_template).render(context)
+    except jinja2.TemplateError as err:
+        raise RenderError(f"cannot render the {spec.scheduler} job array script: {err}") from None
+
+
 def render_check(spec: JobSpec, scratch: str, ready: str, set_up: bool = True) -> str:
     """The script that checks ``spec`` in the job's own environment, on this host (``templates/common/check.sh.j2``).
 

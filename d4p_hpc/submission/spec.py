@@ -41,6 +41,8 @@ _GRES = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,:=+-]*")
 # root (it appears in directives) is limited to plain path characters
 _ROOT = re.compile(r"/[A-Za-z0-9_./+@,~=-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# a job id, or PBS's id of a job array (123[].server)
+_JOB_ID = re.compile(r"[A-Za-z0-9_.+@][A-Za-z0-9_.,+@\[\]-]*")
 _HOST = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*")
 
 #: the longest value of each text field, in characters (per item for lists): the names batch systems
@@ -121,6 +123,10 @@ class JobSpec:
     #: set by ``d4p-hpc resume``: the results directory this job continues, and the job that must end first
     continues: str | None = _opt("Results directory of the run this job continues (set by d4p-hpc resume).")
     after: str | None = _opt("Job id that must end before this job starts (set by d4p-hpc resume).")
+    #: set for a task of a sweep: its results directory, made before the job has an id (it runs as an
+    #: element of a job array, :mod:`d4p_hpc.sweeps`)
+    directory: str | None = _opt("Results directory of this job, fixed before it is submitted (set for the "
+                                 "tasks of a sweep).")
     partition: str | None = _opt("Slurm partition or PBS queue.", "-p", "--partition", "-q", "--queue",
                                  request=True)
     account: str | None = _opt("Account (project) to charge.", "-A", "--account", request=True)
@@ -189,8 +195,8 @@ class JobSpec:
     def results_dir(self, job_id: str) -> Path:
         """The results directory of this job once it has id ``job_id`` (that of the run it continues)."""
         assert self.results_root is not None, "a resolved spec always has a results root"
-        if self.continues:
-            return Path(self.continues)
+        if self.continues or self.directory:
+            return Path(str(self.continues or self.directory))
         return Path(self.results_root) / f"{self.job_name}-{job_id}"
 
     def to_dict(self) -> dict:
@@ -381,8 +387,9 @@ def _validate_text(spec: JobSpec) -> None:
     _pattern("job_name", spec.job_name, _JOB_NAME,
              "start with a letter, then up to 63 letters, digits and _ . + -")
     _pattern("redis_bind", spec.redis_bind, _HOST, "use an IP address, host name or interface name")
-    _pattern("after", spec.after, _NAME, "a job id")
+    _pattern("after", spec.after, _JOB_ID, "a job id")
     _pattern("continues", spec.continues, _ROOT, "an absolute path of plain characters")
+    _pattern("directory", spec.directory, _ROOT, "an absolute path of plain characters")
     for name in ("python", "venv", "conda", "container"):
         value = getattr(spec, name)
         if value is not None and (not value or "\0" in value):

@@ -58,7 +58,7 @@ def _submit(spec: JobSpec, script: str, sources: dict | None) -> tuple[str, Path
                 directory.rmdir()
         raise UsageError(f"cannot create the results directory {root}: {exc.strerror or exc}; give --results-root a "
                          "writable directory") from None
-    job = schedulers.Submission(results_dir=spec.results_dir, continues=spec.continues is not None,
+    job = schedulers.Submission(results_dir=spec.results_dir, continues=bool(spec.continues or spec.directory),
                                 after=spec.after, tasks=spec.total_tasks)
     # a job's directory, its script and its logs are the user's alone, as the script's own files are
     umask = os.umask(0o077)

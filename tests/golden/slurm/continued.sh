@@ -45,6 +45,7 @@ printf '%s\n' '{
     "continues": "/scratch/user/d4p-results/word_count-1234",
     "cpus_per_task": 1,
     "data": null,
+    "directory": null,
     "exclusive": false,
     "extra_directives": [],
     "gpus_per_node": null,

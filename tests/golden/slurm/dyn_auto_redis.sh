@@ -43,6 +43,7 @@ printf '%s\n' '{
     "continues": null,
     "cpus_per_task": 1,
     "data": null,
+    "directory": null,
     "exclusive": false,
     "extra_directives": [],
     "gpus_per_node": null,

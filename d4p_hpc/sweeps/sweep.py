@@ -1,0 +1,244 @@
+"""A sweep as its directory: what was submitted, and the state of each task and of the whole.
+
+``<results root>/<name>-sweep-<hex>/``::
+
+    sweep.json        the sweep: its job, its tasks (index, line, values), its arrays (ids, tasks)
+    sweep-file.*      the sweep file as it was given
+    arrays/           each array's script (<n>.sh), and the logs of elements not yet started
+    tasks/<index>/    one complete results directory per task, which every job command reads
+
+Each task is a job of its own (its ``state/submitted`` names the array element's job id), so its
+state is decided exactly as a job's (:mod:`d4p_hpc.jobs.state`); a rerun of a task archives its
+earlier attempt as a segment, so its attempts are its segments plus one. The sweep's own state
+follows from its tasks' (:func:`overall`).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from d4p_hpc.errors import D4pHpcError, JobNotFoundError, UsageError
+from d4p_hpc.jobs import index, state
+from d4p_hpc.results import Layout, read_json
+from d4p_hpc.sweeps.tasks import Task
+
+#: how a sweep's id looks: ``sweep-`` and 8 hex digits
+SWEEP_ID = re.compile(r"sweep-[0-9a-f]{8}")
+#: the order in which the tasks' ends make the sweep's: the first one present wins
+_WORST = ("FAILED", "TIMEOUT", "CANCELLED")
+
+
+class SweepLayout:
+    """The names in a sweep directory (class attributes) and their paths under one."""
+
+    RECORD = "sweep.json"
+    FILE = "sweep-file"
+    ARRAYS = "arrays"
+    TASKS = "tasks"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def record(self) -> Path:
+        return self.directory / self.RECORD
+
+    @property
+    def arrays(self) -> Path:
+        return self.directory / self.ARRAYS
+
+    def task(self, index: int) -> Path:
+        """The results directory of task ``index``."""
+        return self.directory / self.TASKS / str(index)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep directory and its record."""
+
+    directory: Path
+    record: dict
+
+    @property
+    def layout(self) -> SweepLayout:
+        return SweepLayout(self.directory)
+
+    @property
+    def id(self) -> str:
+        return str(self.record["id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.record["name"])
+
+    @property
+    def scheduler(self) -> str:
+        return str(self.record["scheduler"])
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [Task(t["index"], t["line"], t["values"]) for t in self.record["tasks"]]
+
+    @property
+    def arrays(self) -> list[dict]:
+        """The arrays submitted, oldest first: number, scheduler id, tasks, time."""
+        return list(self.record.get("arrays", []))
+
+    def job(self, index: int) -> state.Job | None:
+        """Task ``index`` as a job; None while it has never been submitted."""
+        directory = self.layout.task(index)
+        if not Layout(directory).marker(Layout.SUBMITTED).exists():
+            return None
+        return state.open_job(directory)
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """A task's state: its job's, or NOT SUBMITTED."""
+
+    task: Task
+    status: state.JobStatus | None
+    attempts: int
+
+    @property
+    def state(self) -> str:
+        return self.status.state if self.status else "FAILED"
+
+    @property
+    def reason(self) -> str:
+        if self.status is None:
+            return "never submitted (its array was not accepted): d4p-hpc resume SWEEP --failed submits it"
+        return self.status.reason
+
+    @property
+    def terminal(self) -> bool:
+        return self.status is None or self.status.terminal
+
+    @property
+    def rerunnable(self) -> bool:
+        """Ended without completing (or never submitted): what ``resume --failed`` reruns."""
+        return self.terminal and self.state != "COMPLETED"
+
+
+def is_sweep(directory: str | Path) -> bool:
+    """Whether ``directory`` is a sweep's."""
+    return SweepLayout(directory).record.is_file()
+
+
+def open_sweep(directory: str | Path) -> Sweep:
+    """The sweep in ``directory``."""
+    directory = Path(directory).resolve()
+    record = read_json(SweepLayout(directory).record, dict)
+    if record is None:
+        raise JobNotFoundError(f"{directory} is not a sweep's directory (no {SweepLayout.RECORD})")
+    return Sweep(directory, record)
+
+
+def find(sweep: str, root: Path) -> Sweep | None:
+    """The sweep ``sweep`` (its directory, or its id under ``root`` or in the user's index); None
+    when ``sweep`` names no sweep (it may name a job)."""
+    for directory in (Path(sweep), Path(root) / sweep):
+        if directory.is_dir():
+            return open_sweep(directory) if is_sweep(directory) else None
+    if not SWEEP_ID.fullmatch(sweep):
+        return None
+    matches = [Path(p) for p in glob.glob(str(Path(root) / f"*-{sweep}")) if is_sweep(p)]
+    if not matches:
+        matches = [d for d in index.lookup(sweep)[0] if is_sweep(d)]
+    if len(matches) != 1:
+        raise JobNotFoundError(f"no sweep {sweep} under {root} nor in the index of your jobs: give its directory"
+                               if not matches else f"sweep id {sweep} matches several directories: "
+                               + ", ".join(map(str, matches)))
+    return open_sweep(matches[0])
+
+
+def status(sweep: Sweep, indices: list[int] | None = None) -> list[TaskStatus]:
+    """The state of each task (of ``indices``, else all), asking the scheduler once."""
+    tasks = [t for t in sweep.tasks if indices is None or t.index in indices]
+    jobs = {t.index: sweep.job(t.index) for t in tasks}
+    found = state.status([j for j in jobs.values() if j is not None])
+    decided = {s.job.directory: s for s in found}
+    return [TaskStatus(t, decided[j.directory] if (j := jobs[t.index]) else None, _attempts(sweep, t.index))
+            for t in tasks]
+
+
+def _attempts(sweep: Sweep, index: int) -> int:
+    segments = Layout(sweep.layout.task(index)).segments
+    return 1 + (sum(1 for d in segments.iterdir() if d.name.isdigit()) if segments.is_dir() else 0)
+
+
+def overall(tasks: list[TaskStatus]) -> str:
+    """The sweep's state: RUNNING or PENDING until every task has ended, then COMPLETED if each
+    did, else the worst of FAILED, TIMEOUT and CANCELLED among them."""
+    states = Counter(t.state for t in tasks)
+    if not all(t.terminal for t in tasks):
+        return "RUNNING" if states["RUNNING"] or states["COMPLETED"] or any(
+            t.terminal for t in tasks) else "PENDING"
+    return next((s for s in _WORST if states[s]), "COMPLETED")
+
+
+def counts(tasks: list[TaskStatus]) -> str:
+    """``5 COMPLETED, 1 FAILED``: the tasks per state."""
+    return ", ".join(f"{n} {s}" for s, n in sorted(Counter(t.state for t in tasks).items()))
+
+
+def select(sweep: Sweep, text: str | None) -> list[int] | None:
+    """The task indices of ``--tasks 3,5-7`` (None when not given), each one of the sweep's."""
+    if text is None:
+        return None
+    picked: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise UsageError(f"--tasks takes indices and ranges such as 3,5-7, not {text!r}") from None
+        picked += range(first, last + 1)
+    unknown = sorted(set(picked) - {t.index for t in sweep.tasks})
+    if unknown or not picked:
+        raise UsageError(f"sweep {sweep.id} has tasks 0-{len(sweep.tasks) - 1}; --tasks {text} names "
+                         + (", ".join(map(str, unknown[:10])) if unknown else "none"))
+    return sorted(set(picked))
+
+
+def cancel(sweep: Sweep, indices: list[int] | None = None) -> list[int]:
+    """Cancel the tasks (of ``indices``, else all) that have not ended; return those cancelled."""
+    done = []
+    for current in status(sweep, indices):
+        if current.terminal or current.status is None:
+            continue
+        try:
+            state.cancel(current.status.job)
+        except UsageError:  # it ended meanwhile
+            continue
+        done.append(current.task.index)
+    return done
+
+
+def wait(sweep: Sweep, poll: float = 2.0, timeout: float | None = None,
+         on_poll: Callable[[list[TaskStatus]], None] | None = None) -> list[TaskStatus]:
+    """Poll until every task has ended (a task's end inferred without its marker is given
+    :data:`~d4p_hpc.jobs.state.MARKER_GRACE_SECONDS` for it, as for a job)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    inferred_since: float | None = None
+    while True:
+        current = status(open_sweep(sweep.directory))
+        if on_poll:
+            on_poll(current)
+        if all(t.terminal for t in current):
+            if not any(t.status is not None and t.status.inferred for t in current):
+                return current
+            inferred_since = inferred_since or time.monotonic()
+            if time.monotonic() - inferred_since >= state.MARKER_GRACE_SECONDS:
+                return current
+        else:
+            inferred_since = None
+        if deadline is not None and time.monotonic() >= deadline:
+            raise D4pHpcError(f"sweep {sweep.id} has not ended after {timeout:g} s: {counts(current)}")
+        time.sleep(poll)
