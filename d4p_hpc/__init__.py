@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what a type checker and an editor see; at run time, __getattr__ below
-    from d4p_hpc.api import (D4pHpcError, Job, JobFailed, Report, Run, Status, UsageError, as_completed, attach,
-                             list_jobs, load_graph, run, submit)
+    from d4p_hpc.api import (D4pHpcError, Job, JobFailed, Report, Run, Status, Sweep, UsageError, as_completed,
+                             attach, attach_sweep, list_jobs, load_graph, run, submit, submit_sweep)
 
 __version__ = "0.2.0"
 
-__all__ = ["D4pHpcError", "Job", "JobFailed", "Report", "Run", "Status", "UsageError", "__version__",
-           "as_completed", "attach", "list_jobs", "load_graph", "run", "submit"]
+__all__ = ["D4pHpcError", "Job", "JobFailed", "Report", "Run", "Status", "Sweep", "UsageError", "__version__",
+           "as_completed", "attach", "attach_sweep", "list_jobs", "load_graph", "run", "submit", "submit_sweep"]
 
 
 def __getattr__(name: str) -> Any:

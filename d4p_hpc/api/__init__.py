@@ -27,12 +27,15 @@ from d4p_hpc.errors import D4pHpcError, JobFailed, UsageError
 if TYPE_CHECKING:
     from d4p_hpc.api.job import Job, Report, Run, Status, as_completed, attach, list_jobs
     from d4p_hpc.api.options import Plan
+    from d4p_hpc.api.sweep import Sweep, attach_sweep, submit_sweep
 
-__all__ = ["D4pHpcError", "Job", "JobFailed", "Report", "Run", "Status", "UsageError", "as_completed", "attach",
-           "list_jobs", "load_graph", "run", "submit"]
+__all__ = ["D4pHpcError", "Job", "JobFailed", "Report", "Run", "Status", "Sweep", "UsageError", "as_completed",
+           "attach", "attach_sweep", "list_jobs", "load_graph", "run", "submit", "submit_sweep"]
 #: what :mod:`d4p_hpc.api.job` gives, imported on first use: a run (``d4p-hpc run``, each MPI rank)
 #: imports this package for :mod:`d4p_hpc.api.local` and needs none of the job machinery
 _FROM_JOB = ("Job", "Report", "Run", "Status", "as_completed", "attach", "list_jobs")
+#: and :mod:`d4p_hpc.api.sweep`'s, the same way
+_FROM_SWEEP = ("Sweep", "attach_sweep", "submit_sweep")
 
 
 def __getattr__(name: str) -> Any:
@@ -40,6 +43,10 @@ def __getattr__(name: str) -> Any:
         from d4p_hpc.api import job
 
         return getattr(job, name)
+    if name in _FROM_SWEEP:
+        from d4p_hpc.api import sweep
+
+        return getattr(sweep, name)
     raise AttributeError(f"module 'd4p_hpc.api' has no attribute {name!r}")
 
 

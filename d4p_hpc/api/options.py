@@ -22,7 +22,7 @@ from d4p_hpc.jobs.resume import signal_warning
 from d4p_hpc.submission import config, precheck
 from d4p_hpc.submission.render import check_syntax, render_script
 from d4p_hpc.submission.spec import FIELDS, JobSpec, check_type, field_type
-from d4p_hpc.submission.submit import check_files, submit
+from d4p_hpc.submission.submit import check_files, make_root, submit
 from d4p_hpc.units import clock, plural
 from d4p_hpc.workflow import loader
 
@@ -151,11 +151,7 @@ class Plan:
 
     def make_root(self) -> None:
         """Make the results root, where the scheduler opens the job's log files before it starts."""
-        try:
-            Path(str(self.spec.results_root)).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create the results root {self.spec.results_root}: {exc.strerror}; give "
-                             "--results-root a writable directory") from None
+        make_root(Path(str(self.spec.results_root)))
 
     def submit(self) -> tuple[str, Path]:
         """Submit it: its job id and its results directory."""

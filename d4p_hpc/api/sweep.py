@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from d4p_hpc.api.checks import check_flag
-from d4p_hpc.api.job import Job, attach, find_root
+from d4p_hpc.api.job import Job, Report, attach, find_root
 from d4p_hpc.errors import JobNotFoundError, UsageError
 from d4p_hpc.sweeps import submit as sweeping
 from d4p_hpc.sweeps import sweep as sweeps
@@ -104,6 +104,15 @@ class Sweep:
         check_flag("check", check, "resume")
         found = self._reopen()
         return sweeping.rerun(found, sweeps.select(found, tasks), check=check)
+
+    def report(self, path: str | Path | None = None, png: bool = False) -> Report:
+        """Write the sweep's HTML page (default: ``report.html`` in its directory): a row a task with
+        its values, state, duration and throughput, plots against each varied value, links to each
+        task's own report; with ``png`` each plot as a PNG too (needs Chromium)."""
+        from d4p_hpc.report import sweep as sweep_page
+
+        target = Path(path) if path is not None else self.directory / "report.html"
+        return Report(target, tuple(sweep_page.write(self._reopen(), target, png)))
 
     def job(self, index: int) -> Job:
         """Task ``index`` as a job (its outputs, logs, report, efficiency)."""

@@ -23,22 +23,27 @@ from d4p_hpc.errors import Command, one_line_usage
 #: command name: (module in this package, the command in it, the first paragraph of its help,
 #: which ``d4p-hpc --help`` lists without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "cancel": ("jobs", "cancel", "Cancel JOB, pending or running."),
+    "cancel": ("jobs", "cancel", "Cancel JOB, pending or running (a SWEEP: its tasks that have not ended)."),
     "graph": ("graph", "graph",
               "Draw GRAPH: its PEs, connections and groupings, with -m the plan's instances and processes."),
-    "list": ("jobs", "list_", "All jobs under the results root, oldest first."),
-    "logs": ("jobs", "logs", "The scheduler's stdout/stderr of JOB, then its per-process logs."),
+    "list": ("jobs", "list_", "All jobs under the results root, oldest first, then a line per sweep."),
+    "logs": ("jobs", "logs",
+             "The scheduler's stdout/stderr of JOB (or of a SWEEP's task N), then its per-process logs."),
     "render": ("jobs", "render", "Write the job script of GRAPH, to submit by hand (sbatch job.sh / qsub job.sh)."),
     "report": ("report", "report",
-               "Write one self-contained HTML page of what JOB (a job id or results directory) did: summary, "
+               "Write one self-contained HTML page of what JOB (a job id or results directory) or SWEEP did: summary, "
                "efficiency, the graph, throughput, busy time, backlog, pool size, memory, outputs."),
-    "results": ("jobs", "results", "State, wall time, items/s per PE and outputs of JOB."),
+    "results": ("jobs", "results", "State, wall time, items/s per PE and outputs of JOB (of each task of a SWEEP)."),
     "resume": ("jobs", "resume_",
-               "Continue JOB (TIMEOUT, CANCELLED or FAILED) from its last checkpoint, as a new job in its directory."),
+               "Continue JOB (TIMEOUT, CANCELLED or FAILED) from its last checkpoint, as a new job in its directory; "
+               "rerun a SWEEP's failed tasks (--failed)."),
     "run": ("run", "run", "Run GRAPH here, with no scheduler, and write a results directory."),
-    "status": ("jobs", "status", "State of JOBs (ids or results directories); without JOB, of the unfinished jobs."),
-    "submit": ("jobs", "submit_", "Submit GRAPH as a batch job; print its job id and results directory."),
-    "wait": ("jobs", "wait", "Wait for JOB to end; exit 0 if it COMPLETED, 1 otherwise."),
+    "status": ("jobs", "status",
+               "State of JOBs (ids or results directories) or of a SWEEP; without JOB, of the unfinished jobs and sweeps."),
+    "submit": ("jobs", "submit_",
+               "Submit GRAPH as a batch job (with --sweep, one per line of a sweep file, as job arrays); print its job id "
+               "and results directory."),
+    "wait": ("jobs", "wait", "Wait for JOB (or every task of a SWEEP) to end; exit 0 if it COMPLETED, 1 otherwise."),
 }
 
 

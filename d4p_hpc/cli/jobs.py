@@ -60,7 +60,8 @@ def _plan(graph: str, profile: str | None, options: dict) -> planning.Plan:
                    "line sets what differs (data, iterations, input_file, attr, env, name, mapping, processes).")
 @click.option("--max-parallel", type=int, metavar="K", help="With --sweep: at most K tasks run at once.")
 def submit_(graph, profile, dry_run, wait_, sweep_file, max_parallel, **options):
-    """Submit GRAPH as a batch job; print its job id and results directory."""
+    """Submit GRAPH as a batch job (with --sweep, one per line of a sweep file, as job arrays); print its job id and
+    results directory."""
     if sweep_file is not None or max_parallel is not None:
         _submit_sweep(graph, profile, dry_run, wait_, sweep_file, max_parallel, options)
         return
@@ -129,7 +130,7 @@ _wide = click.option("-l", "--wide", is_flag=True, help="Whole reasons, and each
 @root_options
 def status(job: tuple[str, ...], watch: bool, wide: bool, tasks: bool, results_root: str | None,
            profile: str | None) -> None:
-    """State of JOBs (ids or results directories) or of a SWEEP; without JOB, of the unfinished jobs."""
+    """State of JOBs (ids or results directories) or of a SWEEP; without JOB, of the unfinished jobs and sweeps."""
     if len(job) == 1 and (sweep := sweeping.found(job[0], results_root, profile)):
         _watch_sweep(sweep, watch, tasks, wide)
         return
@@ -143,6 +144,8 @@ def status(job: tuple[str, ...], watch: bool, wide: bool, tasks: bool, results_r
                 click.echo("\033[H\033[J", nl=False)  # redraw the table in place
             show.table(current, wide)
             show.segments(current)
+            if not job:
+                sweeping.listing(results_root, profile, unfinished=True)
             if not watch or all(s.done for s in current):
                 return
             time.sleep(WATCH_SECONDS)
@@ -177,7 +180,7 @@ def _watch_sweep(sweep, watch: bool, tasks: bool, wide: bool) -> None:
 @_wide
 @root_options
 def list_(wide: bool, results_root: str | None, profile: str | None) -> None:
-    """All jobs under the results root, oldest first."""
+    """All jobs under the results root, oldest first, then a line per sweep."""
     unreadable: list[str] = []
     show.table(statuses(list_jobs(results_root, profile=profile, unreadable=unreadable)), wide)
     sweeping.listing(results_root, profile)

@@ -18,7 +18,7 @@ from d4p_hpc.errors import Command
 @click.option("--png", is_flag=True, help="Also write each plot as a PNG next to the page (needs Chromium).")
 @root_options
 def report(job, output, png, results_root, profile):
-    """Write one self-contained HTML page of what JOB (a job id or results directory) did:
+    """Write one self-contained HTML page of what JOB (a job id or results directory) or SWEEP did:
     summary, efficiency, the graph, throughput, busy time, backlog, pool size, memory, outputs."""
     from d4p_hpc.cli import sweep as sweeping
 

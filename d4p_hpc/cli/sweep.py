@@ -145,7 +145,9 @@ def show_items(sweep: Sweep, target: str, limit: int | None) -> None:
                                   "item": item}, default=repr) + "\n")
 
 
-def listing(results_root: str | None, profile: str | None) -> None:
-    """``list``'s line per sweep under the results root."""
+def listing(results_root: str | None, profile: str | None, unfinished: bool = False) -> None:
+    """A line per sweep under the results root (``list``), or per sweep not ended (``status``)."""
     for sweep in list_sweeps(results_root, profile):
-        click.echo(summary(sweep, sweep.status()))
+        current = sweep.status()
+        if not unfinished or not current.done:
+            click.echo(summary(sweep, current))

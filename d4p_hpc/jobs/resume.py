@@ -59,7 +59,7 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
         raise ResumeError(f"a resumed job cannot change {', '.join(unknown)} (its checkpoint holds what it computes); "
                           f"it may change: {', '.join(CHANGEABLE)}")
     from d4p_hpc.submission import precheck
-    from d4p_hpc.submission.render import render_script
+    from d4p_hpc.submission.render import check_syntax, render_script
     from d4p_hpc.submission.spec import JobSpec
     from d4p_hpc.submission.submit import submit
 
@@ -85,6 +85,7 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
                                   "directory": None, "after": job.job_id if from_job else None, "requeue": requeue})
         precheck.check(spec)
         script = render_script(spec, saved.get("sources"))
+        check_syntax(script)
         archive = archive_segment(job)
         try:
             new_id, _ = submit(spec, script, saved.get("sources"))

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from d4p_hpc import liveness, supervisor
@@ -157,7 +158,8 @@ class Local(Scheduler):
                               f"(no {Layout.STATE}/{Layout.LOCAL})")
         if record.get("queued"):  # its runner skips it (and stops it if it was starting it just now)
             if not layout.marker(Layout.FINISHED).exists():
-                write_json(layout.marker(Layout.FINISHED), {"time": now(), "state": "CANCELLED", "exit_code": None,
+                write_json(layout.marker(Layout.FINISHED), {"time": now(), "epoch": time.time(), "state": "CANCELLED",
+                                                           "exit_code": None,
                                                            "reason": "cancelled before it started"})
         elif liveness.run_alive(record):
             supervisor.stop_group(record["pid"], supervisor.GRACE_SECONDS)

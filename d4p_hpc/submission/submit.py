@@ -17,7 +17,6 @@ from d4p_hpc.errors import SchedulerError, SpecError, UsageError
 from d4p_hpc.jobs import index
 from d4p_hpc.results import Layout, now, write_json
 from d4p_hpc.submission.config import scheduler_why
-from d4p_hpc.submission.render import check_syntax
 from d4p_hpc.submission.spec import JobSpec
 
 
@@ -30,14 +29,29 @@ def check_files(spec: JobSpec) -> None:
             raise SpecError(f"{what} {path} does not exist")
 
 
+def make_root(root: Path) -> list[Path]:
+    """Make the results root ``root`` (and its missing parents, which are returned: a submission
+    refused removes them); one :class:`UsageError` line if it cannot be made, leaving nothing."""
+    made = [p for p in (root, *root.parents) if not p.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under /proc, a read-only mount, a file in the way: nothing is left of the attempt
+        for directory in made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise UsageError(f"cannot create the results directory {root}: {exc.strerror or exc}; give --results-root a "
+                         "writable directory") from None
+    return made
+
+
 def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str, Path]:
     """Submit the rendered ``script`` of ``spec``; returns the job id and its results directory.
 
     Besides what the script writes itself when it starts, ``state/submitted``
     (job id, scheduler, time) is written now, so that a job still pending can
-    be found and inspected; ``job.sh`` and ``spec.json`` are written too.
+    be found and inspected; ``job.sh`` and ``spec.json`` are written too. The script was checked
+    by whoever rendered it (:func:`~d4p_hpc.submission.render.check_syntax`).
     """
-    check_syntax(script)
     try:
         return _submit(spec, script, sources)
     except SchedulerError as err:  # a newcomer's job may have gone to Slurm unasked: say why it went there
@@ -48,16 +62,7 @@ def submit(spec: JobSpec, script: str, sources: dict | None = None) -> tuple[str
 
 def _submit(spec: JobSpec, script: str, sources: dict | None) -> tuple[str, Path]:
     assert spec.results_root is not None, "a resolved spec always has a results root"
-    root = Path(spec.results_root)
-    made = [p for p in (root, *root.parents) if not p.exists()]
-    try:
-        root.mkdir(parents=True, exist_ok=True)  # Slurm and PBS open the job's log files there
-    except OSError as exc:  # under /proc, a read-only mount, a file in the way: nothing is left of the attempt
-        for directory in made:
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        raise UsageError(f"cannot create the results directory {root}: {exc.strerror or exc}; give --results-root a "
-                         "writable directory") from None
+    made = make_root(Path(spec.results_root))  # Slurm and PBS open the job's log files there
     job = schedulers.Submission(results_dir=spec.results_dir, continues=bool(spec.continues or spec.directory),
                                 after=spec.after, tasks=spec.total_tasks)
     # a job's directory, its script and its logs are the user's alone, as the script's own files are

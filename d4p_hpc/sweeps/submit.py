@@ -37,6 +37,7 @@ from d4p_hpc.results import Layout, make_private_dir, now, read_json, write_byte
 from d4p_hpc.submission import precheck
 from d4p_hpc.submission.config import COMMAND_LINE, KEYWORD
 from d4p_hpc.submission.render import check_syntax, render_array, render_script
+from d4p_hpc.submission.submit import make_root
 from d4p_hpc.submission.spec import JobSpec
 from d4p_hpc.sweeps import sweep as sweeps
 from d4p_hpc.sweeps.sweep import Sweep, SweepLayout
@@ -179,11 +180,7 @@ def submit(planned: SweepPlan) -> Sweep:
     its arrays; return the sweep. An array refused leaves the ones before it queued and says so."""
     spec = planned.spec
     root = Path(str(spec.results_root))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the results directory {root}: {exc.strerror or exc}; give --results-root a "
-                         "writable directory") from None
+    make_root(root)
     while True:
         sweep_id = f"sweep-{secrets.token_hex(4)}"
         directory = root / f"{spec.job_name}-{sweep_id}"

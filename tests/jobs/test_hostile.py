@@ -27,7 +27,7 @@ HOSTILE = ["it's", 'say "hi"', "`touch pwned`", "$(touch pwned)", "; touch pwned
 CODE = {"setup"}
 # fields a hostile value cannot get through: checked before rendering
 VALIDATED = {"mapping", "attr", "scheduler", "memory", "walltime", "partition", "account", "qos", "constraint",
-             "gres", "job_name", "results_root", "launcher", "redis_bind", "continues", "after"}
+             "gres", "job_name", "results_root", "launcher", "redis_bind", "continues", "directory", "after"}
 # fields that are quoted but refuse some values: module names with spaces, directives with newlines
 PARTLY_VALIDATED = {"modules", "extra_directives"}
 # fields whose value is one word of the run's command line, seen by the fake interpreter
@@ -51,7 +51,7 @@ def make_spec(field: str, value: str, tmp: Path, fake: str) -> JobSpec:
         kw["input_file"] = str(path)
     elif field == "data":
         kw["data"] = json.dumps({"Words": [value]})
-    elif field in ("results_root", "continues"):
+    elif field in ("results_root", "continues", "directory"):
         kw[field] = str(tmp / value)
     elif field in ("venv", "container"):
         kw[field] = str(tmp / value)
