@@ -39,10 +39,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "rerun a SWEEP's failed tasks (--failed)."),
     "run": ("run", "run", "Run GRAPH here, with no scheduler, and write a results directory."),
     "status": ("jobs", "status",
-               "State of JOBs (ids or results directories) or of a SWEEP; without JOB, of the unfinished jobs and sweeps."),
+               "State of JOBs (ids or results directories) or of a SWEEP; without JOB, of the unfinished jobs and "
+               "sweeps."),
     "submit": ("jobs", "submit_",
-               "Submit GRAPH as a batch job (with --sweep, one per line of a sweep file, as job arrays); print its job id "
-               "and results directory."),
+               "Submit GRAPH as a batch job (with --sweep, one per line of a sweep file, as job arrays); print its "
+               "job id and results directory."),
     "wait": ("jobs", "wait", "Wait for JOB (or every task of a SWEEP) to end; exit 0 if it COMPLETED, 1 otherwise."),
 }
 
