@@ -90,7 +90,7 @@ class Layout:
     NODEFILE = "nodefile"
     #: in STATE: one directory per earlier segment of the run, holding its ARCHIVED markers and SUCCESSOR
     SEGMENTS = "segments"
-    ARCHIVED = (SUBMITTED, STARTED, FINISHED, LOCAL)
+    ARCHIVED = (SUBMITTED, STARTED, FINISHED, LOCAL, CANCEL_REQUESTED)
     SUCCESSOR = "successor"
     #: the lock its one writer holds (see :func:`d4p_hpc.durable.lock`)
     LOCK = durable.LOCK

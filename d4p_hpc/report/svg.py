@@ -20,13 +20,13 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf")
 
 
-def _nice_step(span: float, ticks: int = 5) -> float:
+def nice_step(span: float, ticks: int = 5) -> float:
     raw = span / ticks if span > 0 else 1
     power = 10 ** math.floor(math.log10(raw))
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
 
 
-def _fmt(v: float) -> str:
+def fmt(v: float) -> str:
     if abs(v) >= 1e6:
         return f"{v / 1e6:g}M"
     if abs(v) >= 1e4:
@@ -34,7 +34,7 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def _frame(title: str, body: list[str], height: int = HEIGHT) -> str:
+def frame(title: str, body: list[str], height: int = HEIGHT) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
             f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="11" role="img">'
             f'<title>{escape(title)}</title><rect width="100%" height="100%" fill="#fff"/>'
@@ -72,9 +72,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
     levels = levels or []
     x_max = max([span or 0.0] + [x for x, _ in points]) or 1
     y_max = max([y for _, y in points] + [level for level, _, _ in levels]) or 1
-    y_step = _nice_step(y_max)
+    y_step = nice_step(y_max)
     y_top = math.ceil(y_max / y_step) * y_step
-    x_step = _nice_step(x_max, 6)
+    x_step = nice_step(x_max, 6)
     w, h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def sx(x: float) -> float:
@@ -92,10 +92,10 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
     for i in range(int(round(y_top / y_step)) + 1):
         y = i * y_step
         body.append(f'<line x1="{LEFT}" y1="{sy(y):.1f}" x2="{LEFT + w}" y2="{sy(y):.1f}" stroke="#eee"/>'
-                    f'<text x="{LEFT - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
+                    f'<text x="{LEFT - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{fmt(y)}</text>')
     x = 0.0
     while x <= x_max * 1.0001:
-        body.append(f'<text x="{sx(x):.1f}" y="{TOP + h + 14}" text-anchor="middle">{_fmt(x)}</text>')
+        body.append(f'<text x="{sx(x):.1f}" y="{TOP + h + 14}" text-anchor="middle">{fmt(x)}</text>')
         x += x_step
     body += _boundaries(marks or [], sx, TOP, TOP + h)
     for level, label, kind in levels:
@@ -115,11 +115,11 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], y_label
             coords.append(f"{sx(px):.1f},{sy(py):.1f}")
         peak = max(y for _, y in pts) if pts else 0
         body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{" ".join(coords)}">'
-                    f'<title>{escape(name)}: peak {_fmt(round(peak, 2))}</title></polyline>')
+                    f'<title>{escape(name)}: peak {fmt(round(peak, 2))}</title></polyline>')
         ly = TOP + 6 + 15 * n
         body.append(f'<rect x="{LEFT + w + 12}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>'
                     f'<text x="{LEFT + w + 26}" y="{ly + 1}">{escape(name[:24])}</text>')
-    return _frame(title, body)
+    return frame(title, body)
 
 
 #: a bar of the busy chart: label, busy share, blocked share (of the wall time), the figures as shown
@@ -159,7 +159,7 @@ def bars(title: str, rows: list[Bar], highlight: float | None = None) -> str:
                 f'<rect x="{left + 230}" y="{y - 9}" width="10" height="10" fill="url(#blocked-hatch)" '
                 f'stroke="{BLOCKED_STROKE}"/>'
                 f'<text x="{left + 244}" y="{y}">blocked (waiting for room downstream)</text>')
-    return _frame(title, body, height)
+    return frame(title, body, height)
 
 
 def timeline(title: str, rows: list[tuple[str, list[tuple[float, float, float]]]], span: float,
@@ -183,7 +183,7 @@ def timeline(title: str, rows: list[tuple[str, list[tuple[float, float, float]]]
     body += _boundaries(marks or [], lambda x: left + w * x / span, TOP - 10, TOP + 20 * len(rows))
     body.append(f'<text x="{left}" y="{y}">0 s</text><text x="{left + w}" y="{y}" text-anchor="end">'
                 f'{span:.1f} s (shade: CPU use of the process)</text>')
-    return _frame(title, body, height)
+    return frame(title, body, height)
 
 
 def graph(nodes: list[dict], edges: list[dict]) -> str:

@@ -55,6 +55,8 @@ class Row:
     """What the page shows of one task."""
 
     task: Task
+    #: its results directory
+    directory: Path
     #: its state, else None when its files could not tell (``why`` says what failed)
     status: sweeps.TaskStatus | None
     why: str = ""
@@ -172,12 +174,11 @@ def _rows(sweep: sweeps.Sweep, tasks: list[Task]) -> list[Row]:
     for t in tasks:
         found = statuses.get(t.index, "its state cannot be read")
         current = found if isinstance(found, sweeps.TaskStatus) else None
-        row = Row(t, current, found if isinstance(found, str) else "")
+        row = Row(t, sweep.layout.task(t.index), current, found if isinstance(found, str) else "")
         if current is not None and current.state != "COMPLETED":
             row.why = current.reason
-        directory = sweep.layout.task(t.index)
-        _figures(row, directory)
-        row.report = _task_report(row, directory)
+        _figures(row, row.directory)
+        row.report = _task_report(row, row.directory)
         rows.append(row)
     return rows
 
@@ -187,6 +188,8 @@ def _rows(sweep: sweeps.Sweep, tasks: list[Task]) -> list[Row]:
 def _summary(sweep: sweeps.Sweep, rows: list[Row]) -> str:
     readable = [r.status for r in rows if r.status is not None]
     state = sweeps.overall(readable) if readable else "unknown"
+    if len(readable) < len(rows) and state not in ("RUNNING", "PENDING"):
+        state = "unknown"  # a task whose state cannot be read may not have ended
     counts = Counter(r.state for r in rows)
     spec = sweep.record.get("spec")
     spec = spec if isinstance(spec, dict) else {}
@@ -251,7 +254,8 @@ def _table(rows: list[Row], keys: list[str], output: Path) -> str:
         cells.append(f'<td class="n">{f"{r.rate:,.0f}" if r.rate is not None else "-"}</td>')
         cells.append(f'<td><a href="{escape(_link(r.report, output))}">report</a></td>' if r.report is not None
                      else "<td>-</td>")
-        note = "; ".join(p for p in (r.why, *r.problems) if p)
+        # the task's files by their names in its folder: the row says whose they are
+        note = "; ".join(p for p in (r.why, *r.problems) if p).replace(f"{r.directory}{os.sep}", "")
         cells.append(_cell(note, REASON_CHARS, "why") if note else "<td></td>")
         body.append(f'<tr id="task-{r.task.index}">{"".join(cells)}</tr>')
     return ("<table class=\"tasks\"><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"
@@ -293,7 +297,7 @@ def _xy_chart(title: str, x_label: str, y_label: str, series: dict[str, list[Poi
     if lo >= 0 > x_lo:  # no negative axis for counts
         x_lo = 0.0
     y_max = max(y for _, y, _ in points) or 1.0
-    y_step = svg._nice_step(y_max)
+    y_step = svg.nice_step(y_max)
     y_top = math.ceil(y_max / y_step) * y_step or 1.0
     w, h = svg.WIDTH - svg.LEFT - svg.RIGHT, svg.HEIGHT - svg.TOP - svg.BOTTOM
 
@@ -313,15 +317,15 @@ def _xy_chart(title: str, x_label: str, y_label: str, series: dict[str, list[Poi
     for i in range(int(round(y_top / y_step)) + 1):
         y = i * y_step
         body.append(f'<line x1="{svg.LEFT}" y1="{sy(y):.1f}" x2="{svg.LEFT + w}" y2="{sy(y):.1f}" stroke="#eee"/>'
-                    f'<text x="{svg.LEFT - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{svg._fmt(y)}</text>')
+                    f'<text x="{svg.LEFT - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{svg.fmt(y)}</text>')
     if len(xs) <= 16 and all(x == int(x) for x in xs):
         ticks = xs
     else:
-        step = svg._nice_step(hi - lo, 6)
+        step = svg.nice_step(hi - lo, 6)
         ticks = [k * step for k in range(math.ceil(x_lo / step), math.floor(x_hi / step) + 1)]
     for x in ticks:
         body.append(f'<line x1="{sx(x):.1f}" y1="{bottom}" x2="{sx(x):.1f}" y2="{bottom + 4}" stroke="#444"/>'
-                    f'<text x="{sx(x):.1f}" y="{bottom + 15}" text-anchor="middle">{svg._fmt(x)}</text>')
+                    f'<text x="{sx(x):.1f}" y="{bottom + 15}" text-anchor="middle">{svg.fmt(x)}</text>')
     for n, (name, pts) in enumerate(series.items()):
         colour = svg.COLOURS[n % len(svg.COLOURS)]
         at: dict[float, list[float]] = {}
@@ -343,7 +347,7 @@ def _xy_chart(title: str, x_label: str, y_label: str, series: dict[str, list[Poi
         ly = svg.TOP + 6 + 15 * LEGEND_ROWS
         body.append(f'<text x="{svg.LEFT + w + 12}" y="{ly + 1}" fill="#666">and {len(series) - LEGEND_ROWS} '
                     "more (hover a point)</text>")
-    return svg._frame(title, body)
+    return svg.frame(title, body)
 
 
 #: what each plot draws: its file-name stem, title words, y label, and a row's figure
@@ -436,8 +440,8 @@ def page(sweep: sweeps.Sweep, rows: list[Row], sections: list[Section], output: 
 
 def write(sweep: sweeps.Sweep, output: Path, png: bool = False) -> list[Path]:
     """Write the page of ``sweep`` to ``output`` and the report of each task whose run has started
-    (and with ``png`` each plot as ``<output stem>-<plot>.png``); return the files written: the
-    page, the PNGs, then the tasks' reports."""
+    (and with ``png`` each plot as ``<output stem>-<plot>.png``); return the page and the PNGs (the
+    tasks' reports are in their own directories, linked from the page)."""
     if png:
         job_page.browser()  # before anything is written
     output = Path(output)
@@ -451,4 +455,4 @@ def write(sweep: sweeps.Sweep, output: Path, png: bool = False) -> list[Path]:
                          "path") from None
     charts = {stem: chart for section in sections for stem, chart in section.charts.items()}
     pngs = job_page.write_pngs(charts, output.with_suffix("")) if png else []
-    return [output, *pngs, *(r.report for r in rows if r.report is not None)]
+    return [output, *pngs]

@@ -107,12 +107,15 @@ class ArrayLimits:
     max_jobs
         Jobs the scheduler keeps at once (Slurm's ``MaxJobCount``), which no sweep may exceed.
     source
-        Where these figures were read, and what the limit on the index is called there, for messages.
+        Where these figures were read, for messages.
+    index_name
+        What the scheduler calls the limit on the index.
     """
 
     max_index: int | None = None
     max_jobs: int | None = None
     source: str = ""
+    index_name: str = "the array size limit"
 
 
 class Usage(TypedDict, total=False):

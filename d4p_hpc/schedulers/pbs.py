@@ -65,8 +65,8 @@ class Pbs(Scheduler):
         for line in out.splitlines():
             key, _, value = line.partition("=")
             if key.strip() == "max_array_size" and value.strip().isdigit():
-                return ArrayLimits(int(value.strip()), None, f"max_array_size={value.strip()} in qstat -Bf")
-        return ArrayLimits(10_000, None, "max_array_size=10000, PBS's default")
+                return ArrayLimits(int(value.strip()), None, "qstat -Bf", "max_array_size")
+        return ArrayLimits(10_000, None, "PBS's default", "max_array_size")
 
     def array_of(self, element: str) -> str | None:
         """``123[].server`` of ``123[4].server``: PBS takes a dependency on a whole array only."""

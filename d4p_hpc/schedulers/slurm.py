@@ -72,8 +72,8 @@ class Slurm(Scheduler):
             key, _, value = line.partition("=")
             if key.strip() in ("MaxArraySize", "MaxJobCount") and value.strip().isdigit():
                 found[key.strip()] = int(value.strip())
-        return ArrayLimits(found.get("MaxArraySize"), found.get("MaxJobCount"),
-                           f"MaxArraySize={found.get('MaxArraySize')} in scontrol show config")
+        return ArrayLimits(found.get("MaxArraySize"), found.get("MaxJobCount"), "scontrol show config",
+                           "MaxArraySize")
 
     def array_of(self, element: str) -> str | None:
         """``123`` of ``123_4``."""

@@ -83,10 +83,11 @@ class SweepPlan:
 
     def array_scripts(self) -> list[str]:
         """The arrays' scripts as they would be submitted (``submit --sweep --dry-run``), the sweep's
-        directory written as ``SWEEP``."""
+        directory written as ``SWEEP`` and the id of the array before as ``ARRAY<n>``."""
         sweep = Path("SWEEP")
-        return [render_array(self.spec, Array(sweep, tuple(chunk), self.max_parallel, SweepLayout(sweep).arrays))
-                for chunk in self.chunks]
+        return [_array_script(self.spec, Array(sweep, tuple(chunk), self.max_parallel, SweepLayout(sweep).arrays),
+                              f"ARRAY{n}" if n else None)
+                for n, chunk in enumerate(self.chunks)]
 
     def description(self) -> str:
         spec = self.spec
@@ -95,6 +96,16 @@ class SweepPlan:
                 f"{plural(arrays, 'job array')}, each task a job of {plural(spec.nodes, 'node')} x "
                 f"{plural(spec.tasks_per_node, 'task')}"
                 + (f", at most {self.max_parallel} at once" if self.max_parallel else ""))
+
+
+def _array_script(spec: JobSpec, array: Array, before: str | None) -> str:
+    """The script of ``array``, with the directives of ``spec``; with ``--max-parallel`` it starts
+    once the array ``before`` has ended, so that the sweep never runs more than that at once."""
+    directives = JobSpec.from_dict({**spec.to_dict(), "after": before if array.max_parallel else None,
+                                    "directory": None, "continues": None})
+    script = render_array(directives, array)
+    check_syntax(script)
+    return script
 
 
 def _chunks(indices: list[int], size: int | None) -> list[list[int]]:
@@ -163,7 +174,8 @@ def plan(spec: JobSpec, sources: dict, tasks: list[Task], file: Path, max_parall
     chunk = limits.max_index
     result = SweepPlan(spec, sources, tasks, specs, file, max_parallel, chunk, notices)
     if chunk is not None and len(result.chunks) > 1:
-        notices.append(f"the {scheduler.title} cluster allows array indices up to {chunk - 1} ({limits.source}): "
+        notices.append(f"the {scheduler.title} cluster allows array indices up to {chunk - 1} "
+                       f"({limits.index_name}={chunk}, {limits.source}): "
                        f"the {len(tasks)} tasks are {len(result.chunks)} arrays of at most {chunk}"
                        + (", each waiting for the one before" if max_parallel else ""))
     return result
@@ -232,11 +244,7 @@ def _submit_arrays(sweep: Sweep, spec: JobSpec, chunks: list[list[int]], max_par
     before: str | None = None
     for k, chunk in enumerate(chunks):
         number = len(sweep.arrays) + 1
-        array = Array(sweep.directory, tuple(chunk), max_parallel, layout.arrays)
-        directives = JobSpec.from_dict({**spec.to_dict(), "after": before if max_parallel else None,
-                                        "directory": None, "continues": None})
-        script = render_array(directives, array)
-        check_syntax(script)
+        script = _array_script(spec, Array(sweep.directory, tuple(chunk), max_parallel, layout.arrays), before)
         path = layout.arrays / f"{number}.sh"
         write_bytes(path, script.encode())
         tasks = tuple(JobSpec.from_dict(read_json(Layout(layout.task(i)).spec, dict)["spec"]).total_tasks

@@ -210,7 +210,8 @@ def select(sweep: Sweep, text: str | None) -> list[int] | None:
 def cancel(sweep: Sweep, indices: list[int] | None = None) -> list[int]:
     """Cancel the tasks (of ``indices``, else all) that have not ended; return those cancelled."""
     done = []
-    for current in status(sweep, indices):
+    # the pending first: a slot freed by a running task's stop must not start a task about to be cancelled
+    for current in sorted(status(sweep, indices), key=lambda t: t.state == "RUNNING"):
         if current.terminal or current.status is None:
             continue
         try:
@@ -218,7 +219,7 @@ def cancel(sweep: Sweep, indices: list[int] | None = None) -> list[int]:
         except UsageError:  # it ended meanwhile
             continue
         done.append(current.task.index)
-    return done
+    return sorted(done)
 
 
 def wait(sweep: Sweep, poll: float = 2.0, timeout: float | None = None,

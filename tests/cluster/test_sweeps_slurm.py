@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,7 @@ def site(tmp_path_factory):
 def swept(site) -> dict:
     """The sweep followed from its submission to its end; what was seen at each step."""
     seen: dict = {}
+    plain_runs = ThreadPoolExecutor(1)
     gate = site["gate"]
     gate.touch()
     results = site["base"] / "results"
@@ -159,13 +161,8 @@ def swept(site) -> dict:
         seen["record"] = json.loads((directory / "sweep.json").read_text())
         seen["submitted"] = {i: json.loads((directory / "tasks" / str(i) / "state" / "submitted").read_text())
                              for i in range(TASKS)}
-        # the reference, while the cluster runs the sweep: a plain run of each task's parameters
-        seen["plain"] = {}
-        for iterations in sorted(set(ITERATIONS)):
-            plain = d4p("run", "gated_count.py", "-m", "mpi", "-n", "2", "-i", iterations,
-                        "--results", site["base"] / f"plain-{iterations}")
-            assert plain.returncode == 0, explain(plain)
-            seen["plain"][iterations] = outputs(site["base"] / f"plain-{iterations}")["CountWords.output"]
+        # the reference, made here while the cluster runs the sweep
+        reference = plain_runs.submit(plain, site["base"])
 
         # task 3 is inside its graph, held; arrays 2 and 3 wait for array 1, which it is part of
         last: list[str] = [""]
@@ -196,11 +193,26 @@ def swept(site) -> dict:
         seen["summary"] = d4p("status", sweep_id)
         seen["record after resume"] = json.loads((directory / "sweep.json").read_text())
         seen["items"] = d4p("results", sweep_id, "--show", "CountWords.output")
+        seen["plain"] = reference.result(timeout=TIMEOUT)
     except BaseException:
         gate.unlink(missing_ok=True)
         d4p("cancel", sweep_id)  # nothing of a failed fixture stays on the cluster
         raise
+    finally:
+        plain_runs.shutdown()
     return seen
+
+
+def plain(base: Path) -> dict[int, Counter]:
+    """iterations -> the outputs of a plain ``d4p-hpc run`` of the sweep's graph with them, as a task's
+    job runs it (mpi, 2 processes)."""
+    found = {}
+    for iterations in sorted(set(ITERATIONS)):
+        results = base / f"plain-{iterations}"
+        run = d4p("run", "gated_count.py", "-m", "mpi", "-n", "2", "-i", iterations, "--results", results)
+        assert run.returncode == 0, explain(run)
+        found[iterations] = outputs(results)["CountWords.output"]
+    return found
 
 
 @pytest.mark.slow
@@ -345,7 +357,8 @@ def test_a_dry_run_shows_that_each_array_waits_for_the_one_before(site):
     that ``_submit_arrays`` gives arrays 2 and 3 under ``--max-parallel`` is not shown."""
     scripts = dry_run(site).stdout.split("#!/bin/bash\n")[1:]
     waits = [bool(re.search(r"^#SBATCH --dependency=afterany:\S+$", s, re.M)) for s in scripts]
-    assert waits == [False, True, True], [re.findall(r"^#SBATCH .*$", s, re.M) for s in scripts]
+    assert waits == [False, True, True], [re.findall(r"^#SBATCH --(?:array|dependency)=.*$", s, re.M)
+                                          for s in scripts]
 
 
 def test_a_sweep_of_more_tasks_than_max_job_count_is_refused_in_one_line_before_anything_is_made(site):

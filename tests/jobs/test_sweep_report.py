@@ -173,8 +173,8 @@ def test_a_scaling_study_shows_a_row_a_task_items_per_second_against_processes_a
     assert made.returncode == 0 and made.stderr == "", explain(made)
     written = [Path(line.split(" ", 1)[1]) for line in made.stdout.splitlines()]
     pngs = [elsewhere / f"sweep-{plot}-processes.png" for plot in ("duration", "rate")]
-    assert written == [elsewhere / "sweep.html", *pngs, *(directory / "tasks" / str(i) / "report.html"
-                                                          for i in range(4))]
+    assert written == [elsewhere / "sweep.html", *pngs]  # (the tasks' reports are in their own folders)
+    assert all((directory / "tasks" / str(i) / "report.html").is_file() for i in range(4))
     assert sorted(p.name for p in elsewhere.iterdir()) == ["sweep-duration-processes.png", "sweep-rate-processes.png",
                                                           "sweep.html"]
     for png in pngs:
@@ -186,7 +186,7 @@ def test_a_scaling_study_shows_a_row_a_task_items_per_second_against_processes_a
     nothing_left_running(directory)
 
 
-def test_a_sweep_still_running_gives_a_page_with_dashes_for_what_has_not_ended(tmp_path, isolated_config):
+def test_a_sweep_still_running_and_a_task_that_never_ran_give_a_page_with_dashes(tmp_path, isolated_config):
     gate = tmp_path / "gate"
     graph = tmp_path / "gated.py"
     graph.write_text(GATED_GRAPH.format(gate=str(gate)))
@@ -220,21 +220,33 @@ def test_a_sweep_still_running_gives_a_page_with_dashes_for_what_has_not_ended(t
         # iterations vary, but no task has completed: the section says so instead of a plot
         against = " ".join(text(page.dom[page.dom.index("Against iterations"):]))
         assert "no task has completed with figures yet" in against and "2 tasks not drawn" in against
+        # the waiting task is cancelled before it ever runs; the running one goes on to its end
+        cancelled = cli("cancel", sweep_id, "--tasks", waiting, "--results-root", tmp_path / "results")
+        assert cancelled.returncode == 0, explain(cancelled)
     finally:
         gate.touch()
     waited = cli("wait", sweep_id, "--results-root", tmp_path / "results")
-    assert waited.returncode == 0, explain(waited)
+    assert waited.returncode == 1, explain(waited)
     nothing_left_running(directory)
-    # written again once both ended: both figures, both reports, the iterations plotted
+    # written again once both ended: the figures and report of the one that ran; dashes for the other
     page = opened(report(sweep_id, tmp_path))
+    summary = " ".join(text(page.dom[page.dom.index("Summary"):page.dom.index("Tasks")]))
+    assert "state CANCELLED" in summary and "1 CANCELLED, 1 COMPLETED (2 tasks)" in summary
     rows = task_rows(page.dom)
-    assert [rows[i][0][4] for i in (0, 1)] == ["COMPLETED", "COMPLETED"]
-    assert all(rows[i][1] == f"tasks/{i}/report.html" for i in (0, 1))
+    metrics = read_json(directory / "tasks" / str(running) / "metrics.json")
+    cells, href = rows[running]
+    assert cells[4:10] == ["COMPLETED", "1", f"{metrics['wall_seconds']:.2f} s", f"{metrics['items']:,}",
+                           f"{metrics['items_per_second']:,.0f}", "report"], cells
+    assert target(page_path, href) == directory / "tasks" / str(running) / "report.html"
+    cells, href = rows[waiting]
+    assert cells[4:10] == ["CANCELLED", "1", "-", "-", "-", "-"] and href is None, cells
+    assert not (directory / "tasks" / str(waiting) / "run.json").exists()
+    assert not (directory / "tasks" / str(waiting) / "report.html").exists()
     series, legend = chart(page.dom, "Items/s against iterations")
-    assert sorted(series) == sorted(legend) == sorted(
-        [f"env={json.dumps({'LABEL': hostile}, separators=(',', ':'))}", "env=unset"])
-    assert sorted(re.search(r"iterations=\d+", tip)[0] for points in series.values() for _, _, tip in points) == [
-        "iterations=1", "iterations=2"]
+    assert [tip for points in series.values() for _, _, tip in points] == [
+        f"task {running} ({names[running]}): {legend[0]}, iterations={running + 1}: "
+        f"{metrics['items_per_second']:,.0f} items/s"]
+    assert "1 task not drawn" in " ".join(text(page.dom))
 
 
 def test_a_task_whose_metrics_file_is_cut_short_gets_a_row_saying_so(tmp_path, isolated_config):
@@ -248,7 +260,9 @@ def test_a_task_whose_metrics_file_is_cut_short_gets_a_row_saying_so(tmp_path, i
     # its state is its job's; its figures and its report cannot be had, and the row says why
     assert cells[:9] == ["1", "1", "2", "COMPLETED", "1", "-", "-", "-", "-"], cells
     assert href is None
-    assert cells[9].startswith(f"{broken} is not valid JSON") and cells[9].endswith("; so no report"), cells[9]
+    # the task's files named as in its folder (the row says whose they are)
+    assert cells[9].startswith("metrics.json is not valid JSON (") and cells[9].endswith(
+        "it was cut short or changed by hand; move it away to read the rest of the directory; so no report"), cells[9]
     assert not (directory / "tasks" / "1" / "report.html").exists()
     assert broken.read_text() == '{"wall_seconds": 0.5, "ite', "the report changes no file of the task"
     # the other task is whole, and alone in the plot

@@ -23,7 +23,8 @@ What is proven, and how:
   while the others COMPLETE; ``cancel SWEEP`` of a running sweep (tasks held by a gate never opened)
   ends every task CANCELLED; in both, no process of the sweep is left (its tasks' and runner's pids,
   and any process naming its directory); the tasks still queued when a whole sweep is cancelled
-  must never start (that test fails: a product bug, see its docstring);
+  never start (the cancel marks the pending tasks before it stops the running ones, whose freed slots
+  the local runner would otherwise fill);
 * ``list`` shows a sweep in one line, ``results SWEEP --show PE.OUTPUT`` gives each item with its
   task's index, name and values, ``logs SWEEP --task 0`` prints the task's ``job.out``.
 
@@ -381,8 +382,9 @@ def test_cancel_of_a_running_sweep_ends_every_task_and_leaves_no_process(place):
 def test_cancel_of_a_sweep_never_starts_the_tasks_still_queued(place):
     """A task still waiting for a free slot when the whole sweep is cancelled must never start (as a
     batch system never starts a cancelled pending element): it ends CANCELLED "before it started",
-    with no ``state/started`` and no run. (Fails: the cancel stops the running tasks one by one, and
-    the local array runner starts a queued task in each slot so freed before the cancel reaches it.)"""
+    with no ``state/started`` and no run. (Found by this test: the cancel stopped the running tasks one
+    by one, and the local array runner started a queued task in each slot so freed before the cancel
+    reached it; the pending are now cancelled first.)"""
     sweep, directory = gated_sweep(place, 4, 2)
     proc = place.d4p("cancel", sweep)
     assert proc.returncode == 0, explain(proc)
