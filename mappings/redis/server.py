@@ -259,30 +259,31 @@ class RedisServer:
 
     def _launch(self, binary: str, address: str, port: int, password: str, private: Path,
                 log_file: Path) -> RedisError | None:
-        conf = private / "redis.conf"
-        # the password goes in a 0600 file in the 0700 dir, never on the command line (ps shows it)
+        # the config, password included, goes on Redis' standard input (``redis-server -``): never on
+        # the command line (ps shows it), never on disk, and never through a path, which Redis reads
+        # as a glob (a PBS subjob's TMPDIR is /var/tmp/pbs.12[0].server: its [0] would match no file,
+        # and Redis would start on its defaults, without a password)
         lines = [f"bind {address}", f"port {port}", f"requirepass {password}", "protected-mode yes",
                  'save ""', "appendonly no", f"dir {_quote(private)}", f"logfile {_quote(log_file)}",
                  "daemonize no", "databases 1"]
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
         # a file, not a pipe, for what Redis says before its log is open: a full pipe would block it
         with open(private / "stderr", "wb") as err:
             # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
-            proc = self._proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
+            proc = self._proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE,
                                                  stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
                                                  preexec_fn=functools.partial(_redis_child, os.getpid()))
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it exited at once: _wait_ready says why
+            with proc.stdin:
+                proc.stdin.write(("\n".join(lines) + "\n").encode())
         local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
         self.local = Connection(local, port, password)
         error = self._wait_ready(self.local, port, proc, private, log_file)
         if error is not None:
             self._terminate()
             return error
-        # Redis has read its config and writes nothing into its dir (no saves, no CONFIG REWRITE):
-        # the password must not wait on disk for a stop that a SIGKILL would skip. Its log is
-        # reopened for every line, so the dir stays while the log is in it.
-        conf.unlink()
+        # Redis writes nothing into its dir (no saves, no CONFIG REWRITE); its log is reopened for
+        # every line, so the dir stays while the log is in it
         if self.results is not None:
             shutil.rmtree(private, ignore_errors=True)
         return None

@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 
@@ -46,6 +47,27 @@ class TestServer:
         assert (conn.host, conn.port, conn.password) == (server.host, server.port, server.password)
         assert len(server.password) >= 32
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    def test_a_tmpdir_with_glob_characters_still_gives_its_config_and_password(self, tmp_path, monkeypatch):
+        """A PBS subjob's TMPDIR is /var/tmp/pbs.12[0].server; Redis reads a config file's path as a
+        glob, so a config there would match no file and Redis would start on its defaults (port 6379, no
+        password). The config goes on its standard input, and leaves nothing on disk."""
+        tmp = tmp_path / "pbs.12[0].server"
+        tmp.mkdir()
+        monkeypatch.setenv("TMPDIR", str(tmp))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # (read again from TMPDIR)
+        results = tmp_path / "r"
+        with RedisServer(results) as conn:
+            assert conn.port != 6379
+            client = connect(read_connection_file(Layout(results).redis))
+            assert client.config_get("requirepass")["requirepass"] == conn.password
+            assert client.config_get("save") == {"save": ""}
+            client.close()
+            anonymous = conn.client(password=None, no_retry=True)
+            with pytest.raises(redis.AuthenticationError):
+                anonymous.set("k", "v")
+            anonymous.close()
+            assert not [p for p in tmp.rglob("*") if p.is_file()], "a file with the config (password) is on disk"
 
     def test_client_without_or_with_wrong_password_is_refused(self, server):
         for password in (None, "wrong"):

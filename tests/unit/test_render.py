@@ -96,10 +96,48 @@ def test_shellcheck_is_clean_on_every_golden_script():
         reason = "shellcheck is not installed (apt-get install shellcheck; .ci/install.sh does)"
         pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
     scripts = sorted(str(p) for p in GOLDEN.glob("*/*.sh"))
-    assert len(scripts) == len(COMBINATIONS) + len(SCHEDULERS)  # + continued.sh each
+    assert len(scripts) == len(COMBINATIONS) + 4 * len(SCHEDULERS)  # + continued.sh and the 3 sweep scripts each
     result = subprocess.run(["shellcheck", "--shell=bash", "--severity=warning", *scripts],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+SWEEP = Path("/scratch/user/d4p-results/word_count-sweep-0123abcd")
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("case", ["array", "one", "task"])
+def test_golden_of_a_sweep(scheduler, case, update_golden):
+    """A sweep's scripts: an array of three tasks (the second array of the sweep: it waits for the
+    first, --max-parallel 2), an array of one (PBS refuses -J 0-0), and a task's own job script (its
+    directory fixed in advance, its job id the array element's)."""
+    from d4p_hpc.sweeps.submit import Array
+
+    spec = golden_spec(scheduler, "hybrid_redis")
+    if case == "task":
+        script = render.render_script(golden_spec(scheduler, "hybrid_redis", directory=str(SWEEP / "tasks" / "7"),
+                                                  setup=["export STATION='BH Z'"]))
+    else:
+        tasks = (4, 5, 7) if case == "array" else (3,)
+        after = {"slurm": "1234", "pbs": "1234[].server"}.get(scheduler) if case == "array" else None
+        array = Array(SWEEP, tasks, 2 if case == "array" else None, SWEEP / "arrays")
+        script = render.render_array(JobSpec.from_dict({**spec.to_dict(), "after": after}), array)
+    bash_n(script)
+    path = GOLDEN / scheduler / f"sweep-{case}.sh"
+    if update_golden:
+        path.write_text(script)
+        return
+    assert script == path.read_text(), f"{path} differs: run pytest tests/unit/test_render.py --update-golden"
+    if case == "task":
+        assert f"d4p_results={SWEEP}/tasks/7\n" in script
+        return
+    assert f"d4p_tasks=({' '.join(map(str, tasks))})" in script
+    assert 'exec bash "$d4p_dir/job.sh"' in script
+    directive = {("slurm", "array"): "#SBATCH --array=0-2%2", ("slurm", "one"): "#SBATCH --array=0-0\n",
+                 ("pbs", "array"): "#PBS -J 0-2%2", ("pbs", "one"): "#PBS -J 0-1:2\n"}.get((scheduler, case))
+    assert directive is None or directive in script
+    if after:
+        assert after in script
 
 
 @pytest.mark.parametrize("scheduler, mapping", COMBINATIONS)

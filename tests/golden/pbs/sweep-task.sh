@@ -1,0 +1,239 @@
+#!/bin/bash
+#PBS -N word_count
+#PBS -S /bin/bash
+#PBS -l select=2:ncpus=2:mpiprocs=2:mem=2gb
+#PBS -l place=scatter
+#PBS -l walltime=00:30:00
+#PBS -o /scratch/user/d4p-results/
+#PBS -e /scratch/user/d4p-results/
+#PBS -k oed
+#PBS -q workq
+#PBS -A proj1
+
+# d4p-hpc job word_count: mapping hybrid_redis, 2 node(s) x 2 task(s) x 1 CPU(s).
+# It writes <results root>/word_count-<job id>/ (job.sh, spec.json, state/, run.json,
+# metrics.json, outputs/, logs/), which `d4p-hpc status|logs|results DIR` read.
+# Made by `d4p-hpc render`/`submit`: change the job spec rather than this file.
+
+# results and the per-job Redis password are nobody else's business on a shared cluster
+umask 077
+d4p_job_id=${PBS_JOBID:?"this is a PBS job script: submit it with qsub"}
+# PBS starts jobs in the home directory: run where the job was submitted
+cd "${PBS_O_WORKDIR:-.}" || exit 1
+# a task of a sweep: its directory was made when the sweep was submitted
+d4p_results=/scratch/user/d4p-results/word_count-sweep-0123abcd/tasks/7
+# the run records which job each of its segments ran in
+export D4P_HPC_JOB_ID="$d4p_job_id"
+mkdir -p -- "$d4p_results/state" || exit 1
+# (a shell reading the script from stdin has no file to copy; submit wrote job.sh then)
+[ ! -f "$0" ] || [ "$0" -ef "$d4p_results/job.sh" ] || cp -- "$0" "$d4p_results/job.sh"
+printf '%s\n' '{
+  "sources": {},
+  "spec": {
+    "account": "proj1",
+    "after": null,
+    "attr": null,
+    "checkpoint_every": null,
+    "conda": null,
+    "constraint": null,
+    "container": null,
+    "continues": null,
+    "cpus_per_task": 1,
+    "data": null,
+    "directory": "/scratch/user/d4p-results/word_count-sweep-0123abcd/tasks/7",
+    "exclusive": false,
+    "extra_directives": [],
+    "gpus_per_node": null,
+    "graph": "/home/user/graphs/word_count.py",
+    "gres": null,
+    "input_file": null,
+    "iterations": 10,
+    "job_name": "word_count",
+    "launcher": null,
+    "launcher_args": [],
+    "mapping": "hybrid_redis",
+    "memory": "2G",
+    "modules": [],
+    "nodes": 2,
+    "partition": "workq",
+    "python": "python3",
+    "qos": null,
+    "redis_bind": null,
+    "requeue": 0,
+    "results_root": "/scratch/user/d4p-results",
+    "scheduler": "pbs",
+    "setup": [
+      "export STATION='"'"'BH Z'"'"'"
+    ],
+    "signal_seconds": null,
+    "tasks_per_node": 2,
+    "venv": null,
+    "walltime": "00:30:00"
+  }
+}' >"$d4p_results/spec.json"
+
+# --- state markers: state/started now, state/finished (state, exit code, reason) at exit ---
+d4p_mark() {  # NAME JSON-FIELDS: write state/NAME atomically
+  printf '{"time": "%s", "epoch": %s, %s}\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(date +%s)" "$2" \
+    >"$d4p_results/state/.$1" && mv -f -- "$d4p_results/state/.$1" "$d4p_results/state/$1"
+}
+d4p_mark started "\"job_id\": \"$d4p_job_id\", \"host\": \"$(hostname)\", \"pid\": $$"
+
+d4p_stage="environment set-up"
+d4p_child=     # the run, once started: SIGUSR1 is passed on to it
+d4p_signal=    # the first stop signal received (USR1: walltime is near)
+d4p_services=  # background processes, stopped at exit, latest first
+d4p_run_rc=    # exit code of the run, once it ended
+
+d4p_on_signal() {  # SIG: note the first stop signal; pass SIGUSR1 on to the run, which keeps its outputs
+  [ -n "$d4p_signal" ] || d4p_signal=$1
+  # a cancel's SIGTERM comes from the scheduler to every process of the job on this node (Slurm: on every
+  # node; PBS without TM support: maybe to none elsewhere, where the run stops its workers through Redis),
+  # but SIGUSR1 to this shell only
+  [ "$1" != USR1 ] || [ -z "$d4p_child" ] || kill -s USR1 "$d4p_child" 2>/dev/null
+}
+trap 'd4p_on_signal TERM' TERM
+trap 'd4p_on_signal INT' INT
+trap 'd4p_on_signal USR1' USR1
+
+d4p_wait() {  # PID: wait for it through trapped signals; return its exit code
+  local rc again
+  while :; do
+    wait "$1"; rc=$?
+    [ "$rc" -gt 128 ] || return "$rc"
+    kill -0 "$1" 2>/dev/null && continue
+    # the wait was cut short by a signal as the process ended: ask again for its real code
+    wait "$1" 2>/dev/null; again=$?
+    [ "$again" -eq 127 ] || rc=$again
+    return "$rc"
+  done
+}
+
+d4p_run() {  # run the workflow command "$@" in the foreground and keep its exit code
+  d4p_stage="run"
+  [ -z "$d4p_signal" ] || return 0
+  "$@" &
+  d4p_child=$!
+  # a signal that came while the run was being started has missed it
+  [ -z "$d4p_signal" ] || kill -s "$d4p_signal" "$d4p_child" 2>/dev/null
+  d4p_wait "$d4p_child"
+  d4p_run_rc=$?
+  d4p_child=
+}
+
+d4p_stop() {  # PID: SIGTERM, and SIGKILL if it is still there after 10 s
+  local i
+  kill -TERM "$1" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+}
+
+d4p_finish() {
+  local rc=$? state reason pid
+  trap '' TERM INT USR1
+  for pid in $d4p_services; do d4p_stop "$pid"; done
+  if [ -n "$d4p_run_rc" ]; then
+    rc=$d4p_run_rc
+    case $rc in
+      0) state=COMPLETED reason= ;;
+      130 | 143) state=CANCELLED reason="the run was stopped by a signal" ;;
+      138) state=TIMEOUT reason="the run stopped at the pre-walltime signal" ;;
+      *) state=FAILED reason="the run exited with code $rc" ;;
+    esac
+  else
+    state=FAILED reason="$d4p_stage failed (exit code $rc)"
+  fi
+  if [ "$state" != COMPLETED ] && [ -n "$d4p_signal" ]; then
+    case $d4p_signal in
+      USR1) state=TIMEOUT reason="walltime: stopped at the pre-walltime signal" rc=${d4p_run_rc:-138} ;;
+      *) state=CANCELLED reason="stopped by SIG$d4p_signal during the $d4p_stage" rc=${d4p_run_rc:-143} ;;
+    esac
+  fi
+  d4p_mark finished "\"state\": \"$state\", \"exit_code\": $rc, \"reason\": \"$reason\""
+  exit "$rc"
+}
+trap d4p_finish EXIT
+
+# --- walltime: the scheduler sends no warning, so a timer sends SIGUSR1 60 s before
+# the limit (the run keeps its outputs and stops) and, at it, SIGTERM to the job's processes ---
+(
+  trap 'kill "$d4p_sleep" 2>/dev/null; exit 0' TERM
+  sleep 1740 & d4p_sleep=$!
+  wait "$d4p_sleep" || exit 0
+  kill -USR1 $$
+  sleep 60 & d4p_sleep=$!
+  wait "$d4p_sleep" || exit 0
+  kill -TERM 0
+) &
+d4p_services="$! $d4p_services"
+
+# --- environment ---
+# (Open MPI starts remote ranks with the node's own environment: what is set up here is passed on)
+declare -A d4p_env0=()
+for d4p_var in $(compgen -e); do d4p_env0[$d4p_var]=${!d4p_var}; done
+# Open MPI refuses to run as root unless told (root jobs: containers, test clusters)
+[ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# setup lines of the job spec, as given
+export STATION='BH Z'
+
+# --- MPI placement: 2 rank(s) per node, 1 CPU(s) each, in the words of this job's mpiexec ---
+# (a node file alone does not place them: Open MPI >= 4 counts a line without slots= as all of the
+# node's cores and would fill the first node)
+d4p_mpi_version=$(mpiexec --version 2>&1 | head -n 5)
+# Workers are independent: one that exits or is killed must not make mpiexec kill the others (its
+# tasks are redone elsewhere), as srun does not (no --kill-on-bad-exit).
+case $d4p_mpi_version in
+  *"Open MPI"* | *OpenRTE*)
+    d4p_placement=(--map-by ppr:2:node:PE=1 --enable-recovery)
+    # remote ranks get only what is exported with -x: the search paths, and what the set-up changed
+    for d4p_var in $(compgen -e); do
+      case $d4p_var in
+        PATH | LD_LIBRARY_PATH | PYTHONPATH | PYTHONHOME | VIRTUAL_ENV | CONDA_PREFIX) ;;
+        *) [[ -v d4p_env0[$d4p_var] && ${d4p_env0[$d4p_var]} == "${!d4p_var}" ]] && continue ;;
+      esac
+      d4p_placement+=(-x "$d4p_var")
+    done
+    # a worker stopped by the job's cancel writes its outputs and metrics as it leaves: mpiexec,
+    # signalled too, passes the signal on and would SIGKILL it 1 s later, which a busy node can
+    # cut short; it gets half the job's grace instead
+    export OMPI_MCA_odls_base_sigkill_timeout=5
+    ;;
+  *"Intel(R) MPI"*)
+    d4p_placement=(-ppn 2) ;;
+  *HYDRA* | *MPICH*)
+    d4p_placement=(-ppn 2 -disable-auto-cleanup) ;;
+  *)
+    d4p_placement=()
+    echo "d4p-hpc: cannot tell which MPI this mpiexec is ($(command -v mpiexec)): ranks are placed as it" \
+      "likes; add the placement with --launcher-arg" >&2 ;;
+esac
+echo "d4p-hpc: MPI placement: mpiexec ${d4p_placement[*]} ($(printf '%s' "$d4p_mpi_version" | head -n 1))"
+# always started in the background, so in a subshell: exec makes mpiexec the process that the
+# script signals and waits for
+d4p_mpiexec() { exec mpiexec "${d4p_placement[@]}" "$@"; }
+
+# --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
+d4p_stage="Redis start-up"
+d4p_redis_conn="$d4p_results/redis.json"
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 0.0.0.0 &
+d4p_redis=$!
+d4p_services="$d4p_redis $d4p_services"
+# workers read the connection file, which the server writes once Redis answers
+until [ -s "$d4p_redis_conn" ]; do
+  kill -0 "$d4p_redis" 2>/dev/null || exit 1
+  [ -z "$d4p_signal" ] || exit 1
+  sleep 0.2
+done
+
+d4p_stage="worker start-up"
+# their stderr (and the launcher's) is copied to logs/workers.log: the driver watches it and the
+# launcher, and fails the run, naming the cause, if a worker cannot join or all of them are gone
+d4p_mpiexec -n 4 --hostfile "$PBS_NODEFILE" python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
+d4p_services="$! $d4p_services"
+export D4P_WORKERS_PID=$! D4P_WORKERS_LOG="$d4p_results/logs/workers.log"
+
+d4p_run python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc run /home/user/graphs/word_count.py -m hybrid_redis -n 4 -i 10 --redis-connection "$d4p_redis_conn" --external-workers --results "$d4p_results"
