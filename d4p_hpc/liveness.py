@@ -9,6 +9,7 @@ from here").
 
 from __future__ import annotations
 
+import glob
 import os
 import resource
 from collections.abc import Mapping
@@ -50,6 +51,24 @@ def alive(recorded_host: str | None, pid: int | None, recorded_token: str | None
 def run_alive(record: Mapping[str, Any]) -> bool | None:
     """Whether the process that wrote a run record (``run.json``: host, pid, pid_token) still runs."""
     return alive(record.get("host"), record.get("pid"), record.get("pid_token"))
+
+
+def session_alive(record: Mapping[str, Any]) -> bool:
+    """Whether a process of the session that the recorded process led (a local job's script, started in
+    a session of its own) still runs here: its script may have been killed while its run goes on.
+    (A session's id is never given to a new process while the session has members.)"""
+    sid = record.get("pid")
+    if not sid or record.get("host") != host():
+        return False
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def rss_mb() -> float:

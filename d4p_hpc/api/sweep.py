@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d4p_hpc.api.checks import check_flag
+from d4p_hpc.api.checks import check_flag, check_timeout
 from d4p_hpc.api.job import Job, Report, attach, find_root
 from d4p_hpc.errors import JobNotFoundError, UsageError
 from d4p_hpc.sweeps import submit as sweeping
@@ -77,8 +77,9 @@ class Sweep:
         self._sweep = sweeps.open_sweep(self.directory)
         return self._sweep
 
-    def status(self, tasks: str | None = None) -> SweepStatus:
-        """The state of the sweep and of its tasks (``tasks``: ``"3,5-7"``, else all)."""
+    def status(self, tasks: str | int | Iterable[int] | None = None) -> SweepStatus:
+        """The state of the sweep and of its tasks (``tasks``: ``"3,5-7"``, an index or a list of them;
+        else all)."""
         found = self._reopen()
         current = sweeps.status(found, sweeps.select(found, tasks))
         return SweepStatus(sweeps.overall(current), current)
@@ -91,14 +92,15 @@ class Sweep:
             if on_poll is not None:
                 on_poll(SweepStatus(sweeps.overall(current), current))
 
-        return sweeps.overall(sweeps.wait(self._reopen(), poll=poll, timeout=timeout, on_poll=polled))
+        return sweeps.overall(sweeps.wait(self._reopen(), poll=poll, timeout=check_timeout(timeout), on_poll=polled))
 
-    def cancel(self, tasks: str | None = None) -> list[int]:
-        """Cancel the tasks (``"3,5-7"``, else all) that have not ended; return those cancelled."""
+    def cancel(self, tasks: str | int | Iterable[int] | None = None) -> list[int]:
+        """Cancel the tasks (``"3,5-7"``, an index or a list of them; else all) that have not ended;
+        return those cancelled."""
         found = self._reopen()
         return sweeps.cancel(found, sweeps.select(found, tasks))
 
-    def resume(self, tasks: str | None = None, check: bool = True) -> list[int]:
+    def resume(self, tasks: str | int | Iterable[int] | None = None, check: bool = True) -> list[int]:
         """Rerun, as a new array, the tasks that FAILED, were CANCELLED, hit TIMEOUT or never ran (or
         those of ``tasks``); a task with a checkpoint continues from it. Returns the tasks rerun."""
         check_flag("check", check, "resume")
@@ -158,6 +160,8 @@ def enqueue_sweep(planned: sweeping.SweepPlan) -> Sweep:
 
 def attach_sweep(sweep: str | Path, results_root: str | Path | None = None, profile: str | None = None) -> Sweep:
     """The sweep with this id or directory."""
+    if not isinstance(sweep, (str, os.PathLike)):
+        raise UsageError(f"attach_sweep takes a sweep's id (sweep-<hex>) or its directory, not {sweep!r:.60}")
     found = find_sweep(os.fspath(sweep), results_root, profile)
     if found is None:
         raise JobNotFoundError(f"{sweep} is not a sweep (its id, sweep-<hex>, or its directory)")

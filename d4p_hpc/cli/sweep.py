@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from d4p_hpc.api.sweep import Sweep, SweepStatus, find_sweep, list_sweeps
-from d4p_hpc.errors import UsageError
+from d4p_hpc.errors import D4pHpcError, UsageError
 from d4p_hpc.units import clock, plural
 
 #: the sweep that a JOB argument names, or None
@@ -117,9 +117,14 @@ def results(sweep: Sweep) -> None:
     click.echo(summary(sweep, current) + f"\n{sweep.directory}")
     rows = [("TASK", "NAME", "STATE", "WALL S", "ITEMS", "ITEMS/S", "OUTPUTS")]
     for t in current.tasks:
-        job = sweep.job(t.task.index)
-        metrics = job.metrics() if job.record() else {}
-        outputs = ", ".join(f"{name}: {count:,}" for name, (count, _) in job.counts().items()) if job.record() else ""
+        try:
+            job = sweep.job(t.task.index)
+            metrics = job.metrics() if job.record() else {}
+            outputs = ", ".join(f"{name}: {count:,}" for name, (count, _) in job.counts().items()) \
+                if job.record() else ""
+        except D4pHpcError as err:  # one task's files damaged or gone: its row says so, the others are shown
+            rows.append((str(t.task.index), t.task.name, t.state, "-", "-", "-", str(err)))
+            continue
         rows.append((str(t.task.index), t.task.name, t.state, f"{metrics.get('wall_seconds') or 0:.2f}",
                      f"{metrics.get('items', 0):,}", f"{metrics.get('items_per_second') or 0:,.0f}", outputs or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -133,12 +138,12 @@ def show_items(sweep: Sweep, target: str, limit: int | None) -> None:
     task's index, name and values beside each item."""
     out = click.get_text_stream("stdout")
     for task in sweep.status().tasks:
-        job = sweep.job(task.task.index)
-        if not job.record():
-            continue
         try:
+            job = sweep.job(task.task.index)
+            if not job.record():
+                continue
             items = job.items(target)
-        except UsageError:  # this task's run has no such output (yet)
+        except D4pHpcError:  # this task's run has no such output (yet), or its files are gone
             continue
         for item in itertools.islice(items, limit):
             out.write(json.dumps({"task": task.task.index, "name": task.task.name, **task.task.varied(),

@@ -35,6 +35,9 @@ from d4p_hpc.schedulers.base import ArraySubmission, Scheduler, SchedulerState, 
 ARRAY_INDEX = "D4P_ARRAY_INDEX"
 #: the reason of an element that waits for the array's runner to start it
 QUEUED = "waiting for a free slot (the sweep's --max-parallel)"
+#: the reason of a job whose script is gone while processes it started still run
+ORPHANED = ("its job script is gone (killed?) but processes it started still run, so it has not ended: d4p-hpc "
+            "cancel stops them")
 
 
 def start(script: str | os.PathLike, env: dict, cwd: str | os.PathLike, stdout: str | os.PathLike,
@@ -141,7 +144,11 @@ class Local(Scheduler):
         for job_id, directory in jobs.items():
             layout = Layout(directory)
             record = _record(layout)
-            if not record or not liveness.run_alive(record):
+            if not record:
+                continue
+            if not liveness.run_alive(record):
+                if not record.get("queued") and liveness.session_alive(record):
+                    found[job_id] = SchedulerState("RUNNING", ORPHANED, "orphaned")
                 continue
             if not record.get("queued"):
                 found[job_id] = SchedulerState("RUNNING", "", "running")
@@ -161,7 +168,7 @@ class Local(Scheduler):
                 write_json(layout.marker(Layout.FINISHED), {"time": now(), "epoch": time.time(), "state": "CANCELLED",
                                                            "exit_code": None,
                                                            "reason": "cancelled before it started"})
-        elif liveness.run_alive(record):
+        elif liveness.run_alive(record) or liveness.session_alive(record):
             supervisor.stop_group(record["pid"], supervisor.GRACE_SECONDS)
 
 

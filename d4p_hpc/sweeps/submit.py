@@ -140,6 +140,7 @@ def plan(spec: JobSpec, sources: dict, tasks: list[Task], file: Path, max_parall
         raise UsageError(f"max_parallel must be a whole number of at least 1 (tasks running at once), "
                          f"not {max_parallel!r}")
     scheduler = schedulers.get(spec.scheduler)
+    notices: list[str] = []
     if scheduler.array_template is None:
         raise UsageError(f"the {scheduler.title} scheduler runs no job arrays: a sweep cannot be submitted to it")
     if spec.after or spec.continues:
@@ -153,13 +154,17 @@ def plan(spec: JobSpec, sources: dict, tasks: list[Task], file: Path, max_parall
         raise UsageError(f"--requeue cannot be given to a sweep on {scheduler.title} (it allows no dependency on one "
                          "element of an array, which a task's successor needs): resume the tasks stopped at their "
                          "walltime with d4p-hpc resume SWEEP --failed")
+    if max_parallel is None and scheduler.on_this_host:  # this host's cores, not a cluster's nodes
+        max_parallel = max(1, (os.cpu_count() or 1) // max(spec.total_tasks, 1))
+        notices.append(f"at most {max_parallel} task{'s' * (max_parallel > 1)} at once: the {scheduler.title} "
+                       f"scheduler runs them on this host ({plural(os.cpu_count() or 1, 'core')}); --max-parallel K "
+                       "sets it")
     limits = scheduler.array_limits()
     if limits.max_jobs is not None and len(tasks) > limits.max_jobs:
         raise UsageError(f"the sweep has {len(tasks):,} tasks, more than the {scheduler.title} cluster keeps jobs at "
                          f"once (MaxJobCount={limits.max_jobs:,}, {limits.source}): split the sweep file")
     specs: list[JobSpec] = []
     checked: set[tuple] = set()
-    notices: list[str] = []
     for task in tasks:
         try:
             one = task_spec(spec, task)
@@ -203,7 +208,16 @@ def submit(planned: SweepPlan) -> Sweep:
             continue
     layout = SweepLayout(directory)
     try:
+        # the record first: a submit killed from here on leaves a sweep whose tasks never ran, which
+        # `resume --failed` submits
+        write_json(layout.record, {"id": sweep_id, "name": spec.job_name, "scheduler": spec.scheduler,
+                                   "graph": spec.graph, "time": now(), "max_parallel": planned.max_parallel,
+                                   "spec": spec.to_dict(), "sources": planned.sources, "argv": sys.argv,
+                                   "cwd": os.getcwd(), "tasks": [{"index": t.index, "line": t.line,
+                                                                  "values": t.values} for t in planned.tasks],
+                                   "arrays": []})
         write_bytes(directory / f"{SweepLayout.FILE}{planned.file.suffix}", planned.file.read_bytes())
+        make_private_dir(directory / SweepLayout.TASKS)
         scripts = []
         for task, one in zip(planned.tasks, planned.specs, strict=False):
             task_dir = layout.task(task.index)
@@ -213,12 +227,6 @@ def submit(planned: SweepPlan) -> Sweep:
             check_syntax(script)
         for task_dir, one, script in scripts:
             _write_task(task_dir, one, script, planned.sources)
-        write_json(layout.record, {"id": sweep_id, "name": spec.job_name, "scheduler": spec.scheduler,
-                                   "graph": spec.graph, "time": now(), "max_parallel": planned.max_parallel,
-                                   "spec": spec.to_dict(), "sources": planned.sources, "argv": sys.argv,
-                                   "cwd": os.getcwd(), "tasks": [{"index": t.index, "line": t.line,
-                                                                  "values": t.values} for t in planned.tasks],
-                                   "arrays": []})
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -230,6 +238,7 @@ def submit(planned: SweepPlan) -> Sweep:
 
 def _write_task(task_dir: Path, spec: JobSpec, script: str, sources: dict) -> None:
     tl = Layout(task_dir)
+    make_private_dir(task_dir)
     make_private_dir(tl.state)
     write_bytes(tl.script, script.encode())
     write_json(tl.spec, {"spec": spec.to_dict(), "sources": sources})
@@ -296,8 +305,9 @@ def rerun(sweep: Sweep, indices: list[int] | None = None, check: bool = True) ->
         going = [t.task.index for t in current if not t.terminal]
         if indices is None:
             if going:
-                raise ResumeError(f"tasks {_ranges(going)} of sweep {sweep.id} have not ended: wait for them (d4p-hpc "
-                                  f"wait {sweep.id}), or pick tasks with --tasks")
+                raise ResumeError(f"{plural(len(going), 'task')} of sweep {sweep.id} ({_ranges(going)}) not ended: "
+                                  f"wait for {'it' if len(going) == 1 else 'them'} (d4p-hpc wait {sweep.id}), or pick "
+                                  "tasks with --tasks")
             picked = [t for t in current if t.rerunnable]
             if not picked:
                 raise ResumeError(f"every task of sweep {sweep.id} has COMPLETED: there is nothing to rerun")

@@ -19,11 +19,11 @@ import glob
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from d4p_hpc.errors import D4pHpcError, JobNotFoundError, UsageError
+from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError, UsageError
 from d4p_hpc.jobs import index, state
 from d4p_hpc.results import Layout, read_json
 from d4p_hpc.sweeps.tasks import Task
@@ -132,11 +132,20 @@ def is_sweep(directory: str | Path) -> bool:
 
 
 def open_sweep(directory: str | Path) -> Sweep:
-    """The sweep in ``directory``."""
+    """The sweep in ``directory`` (its record checked: a task's index names its folder)."""
     directory = Path(directory).resolve()
-    record = read_json(SweepLayout(directory).record, dict)
+    path = SweepLayout(directory).record
+    record = read_json(path, dict)
     if record is None:
         raise JobNotFoundError(f"{directory} is not a sweep's directory (no {SweepLayout.RECORD})")
+    tasks = record.get("tasks")
+    if not (isinstance(record.get("id"), str) and isinstance(record.get("name"), str)
+            and isinstance(record.get("scheduler"), str) and isinstance(tasks, list)
+            and all(isinstance(t, dict) and type(t.get("index")) is int and t["index"] >= 0
+                    and type(t.get("line")) is int and isinstance(t.get("values"), dict) for t in tasks)
+            and isinstance(record.get("arrays", []), list)):
+        raise ResultsError(f"{path} is not a sweep's record (changed by hand?): it needs its id, name, scheduler "
+                           "and a list of tasks, each with its index, line and values")
     return Sweep(directory, record)
 
 
@@ -188,23 +197,34 @@ def counts(tasks: list[TaskStatus]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(Counter(t.state for t in tasks).items()))
 
 
-def select(sweep: Sweep, text: str | None) -> list[int] | None:
-    """The task indices of ``--tasks 3,5-7`` (None when not given), each one of the sweep's."""
-    if text is None:
+def select(sweep: Sweep, tasks: str | int | Iterable[int] | None) -> list[int] | None:
+    """The task indices of ``--tasks 3,5-7`` (or an index, or indices; None when not given), each
+    one of the sweep's: a range is checked before it is counted out."""
+    if tasks is None:
         return None
-    picked: list[int] = []
-    for part in text.split(","):
-        low, dash, high = part.strip().partition("-")
-        try:
-            first, last = int(low), int(high) if dash else int(low)
-        except ValueError:
-            raise UsageError(f"--tasks takes indices and ranges such as 3,5-7, not {text!r}") from None
-        picked += range(first, last + 1)
-    unknown = sorted(set(picked) - {t.index for t in sweep.tasks})
-    if unknown or not picked:
-        raise UsageError(f"sweep {sweep.id} has tasks 0-{len(sweep.tasks) - 1}; --tasks {text} names "
-                         + (", ".join(map(str, unknown[:10])) if unknown else "none"))
-    return sorted(set(picked))
+    count = len(sweep.tasks)
+    what = f"sweep {sweep.id} has tasks 0-{count - 1}"
+    if isinstance(tasks, str):
+        ranges = []
+        for part in tasks.split(","):
+            low, dash, high = part.strip().partition("-")
+            if not low.isdigit() or (dash and not high.isdigit()):
+                raise UsageError(f"tasks are indices and ranges such as 3,5-7, not {tasks!r}")
+            ranges.append((int(low), int(high) if dash else int(low)))
+    elif isinstance(tasks, int) and not isinstance(tasks, bool):
+        ranges = [(tasks, tasks)]
+    elif isinstance(tasks, Iterable) and _indices(listed := list(tasks)):
+        ranges = [(t, t) for t in listed]
+    else:
+        raise UsageError(f"tasks are an index, a list of indices or a text such as '3,5-7', not {tasks!r:.60}")
+    bad = [f"{a}-{b}" if a != b else str(a) for a, b in ranges if not 0 <= a <= b < count]
+    if bad or not ranges:
+        raise UsageError(f"{what}; tasks {tasks!r:.60} names " + (", ".join(bad[:5]) if bad else "none"))
+    return sorted({i for a, b in ranges for i in range(a, b + 1)})
+
+
+def _indices(values: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def cancel(sweep: Sweep, indices: list[int] | None = None) -> list[int]:
@@ -228,18 +248,21 @@ def wait(sweep: Sweep, poll: float = 2.0, timeout: float | None = None,
     :data:`~d4p_hpc.jobs.state.MARKER_GRACE_SECONDS` for it, as for a job)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     inferred_since: float | None = None
+    first = True
     while True:
         current = status(open_sweep(sweep.directory))
         if on_poll:
             on_poll(current)
         if all(t.terminal for t in current):
-            if not any(t.status is not None and t.status.inferred for t in current):
+            # a sweep found ended at the first look ended before: no marker is on its way
+            if first or not any(t.status is not None and t.status.inferred for t in current):
                 return current
             inferred_since = inferred_since or time.monotonic()
             if time.monotonic() - inferred_since >= state.MARKER_GRACE_SECONDS:
                 return current
         else:
             inferred_since = None
+        first = False
         if deadline is not None and time.monotonic() >= deadline:
             raise D4pHpcError(f"sweep {sweep.id} has not ended after {timeout:g} s: {counts(current)}")
         time.sleep(poll)

@@ -47,9 +47,16 @@ SAME_AS_OPTION = {"data": "-d/--data", "iterations": "-i/--iterations", "input_f
                   "attr": "-a/--attr", "mapping": "-m/--mapping"}
 #: tasks in one sweep: far above real sweeps, below what a file system holds in one folder with ease
 MAX_TASKS = 100_000
+#: the largest sweep file read, in bytes: MAX_TASKS lines of a few hundred bytes each, with room
+MAX_BYTES = 64 * 1024 * 1024
+#: the longest value of one environment variable (a line of the job script holds it)
+MAX_ENV_CHARS = 4096
+#: variables the job script itself needs as they are (a task's values are literal, never expanded)
+_RESERVED_ENV = frozenset({"PATH", "HOME", "SHELL", "TMPDIR", "IFS"})
 _NAME = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CSV_SUFFIXES = (".csv",)
+_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass(frozen=True)
@@ -70,30 +77,44 @@ class Task:
         return dict(self.values.get("env") or {})
 
     def varied(self) -> dict[str, Any]:
-        """What it sets besides its name, in a form a table or a plot can show."""
-        return {k: v for k, v in self.values.items() if k != "name"}
+        """What it sets besides its name, in a form a table or a plot can show (``data`` decoded)."""
+        return {k: json.loads(v) if k == "data" else v for k, v in self.values.items() if k != "name"}
 
 
 def read(path: str | os.PathLike) -> list[Task]:
     """The tasks of the sweep file ``path``, each checked; relative ``input_file`` values made absolute."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        found = path.stat()
+        if path.is_dir():
+            raise SpecError(f"sweep file {path} is a directory; give a file of one task per line")
+        if not path.is_file():  # a FIFO or a device would never end, or never be whole
+            raise SpecError(f"sweep file {path} is not a regular file; give a file of one task per line")
+        if found.st_size > MAX_BYTES:
+            raise SpecError(f"sweep file {path} has {found.st_size / 2 ** 20:,.0f} MiB; a sweep file is at most "
+                            f"{MAX_BYTES // 2 ** 20} MiB (is it a data file? give it as a task's input_file)")
+        # (utf-8-sig: the byte-order mark a spreadsheet writes at the start of a CSV file is dropped)
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise SpecError(f"sweep file {path} does not exist") from None
-    except IsADirectoryError:
-        raise SpecError(f"sweep file {path} is a directory; give a file of one task per line") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read sweep file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")),
                  "")
     if not first:
         raise SpecError(f"sweep file {path} holds no task: write one JSON object (or CSV row) per task")
-    rows = _csv_rows(path, text) if path.suffix.lower() in _CSV_SUFFIXES or not first.startswith("{") \
-        else _json_rows(path, text)
+    suffix = path.suffix.lower()
+    json_lines = suffix in _JSON_SUFFIXES or (suffix not in _CSV_SUFFIXES and first.startswith("{"))
+    rows = _json_rows(path, text) if json_lines else _csv_rows(path, text)
     if len(rows) > MAX_TASKS:
         raise SpecError(f"sweep file {path} has {len(rows):,} tasks; a sweep holds at most {MAX_TASKS:,}: split it")
-    return [Task(index, line, _checked(path, line, values)) for index, (line, values) in enumerate(rows)]
+    tasks = [Task(index, line, _checked(path, line, values)) for index, (line, values) in enumerate(rows)]
+    named: dict[str, int] = {}
+    for task in tasks:
+        if "name" in task.values and named.setdefault(task.name, task.line) != task.line:
+            raise SpecError(f"{path}, line {task.line}: name {task.name!r} is the name of line {named[task.name]} "
+                            "too; a name tells a task apart")
+    return tasks
 
 
 def _json_rows(path: Path, text: str) -> list[tuple[int, dict]]:
@@ -183,15 +204,23 @@ def _checked(path: Path, line: int, values: dict) -> dict:
             if not isinstance(value, dict) or not value:
                 raise SpecError(f"{where}: env must be {KEYS['env']}, not {value!r:.60}")
             for name, text in value.items():
-                if not _ENV_NAME.fullmatch(name) or name.startswith(("D4P_", "SLURM_", "PBS_")):
-                    raise SpecError(f"{where}: env name {name!r} is not one a task may set (letters, digits and _, "
-                                    "not starting with a digit, D4P_, SLURM_ or PBS_)")
-                if not isinstance(text, str) or "\0" in text:
+                if not _ENV_NAME.fullmatch(name):
+                    raise SpecError(f"{where}: env name {name!r} is not a variable name (letters, digits and _, "
+                                    "not starting with a digit)")
+                if name.startswith(("D4P_", "SLURM_", "PBS_", "OMPI_", "PMI")) or name in _RESERVED_ENV:
+                    raise SpecError(f"{where}: env {name} is the job's own (d4p-hpc's, the scheduler's, MPI's or the "
+                                    "shell's): a task's values are exported as written, never expanded; change it "
+                                    "for every task with --setup 'export NAME=...'")
+                if not isinstance(text, str):
                     raise SpecError(f"{where}: env {name} must be a string, not {text!r:.60}")
+                if "\0" in text or len(text) > MAX_ENV_CHARS:
+                    raise SpecError(f"{where}: env {name} must be at most {MAX_ENV_CHARS:,} characters, without NUL")
         elif key == "input_file":
             if not isinstance(value, str) or not value.strip():
                 raise SpecError(f"{where}: input_file must be {KEYS['input_file']}, not {value!r:.60}")
             value = os.path.abspath(os.path.join(path.parent, value))
+            if os.path.isdir(value):
+                raise SpecError(f"{where}: input file {value} is a directory; give a file")
             if not os.path.isfile(value):
                 raise SpecError(f"{where}: input file {value} does not exist")
         elif not isinstance(value, str) or not value.strip():  # attr, mapping

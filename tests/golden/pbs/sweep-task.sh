@@ -164,6 +164,8 @@ trap d4p_finish EXIT
   trap 'kill "$d4p_sleep" 2>/dev/null; exit 0' TERM
   sleep 1740 & d4p_sleep=$!
   wait "$d4p_sleep" || exit 0
+  # only to this script: once it is gone (SIGKILLed), its pid may be another process's
+  read -r d4p_stat </proc/$BASHPID/stat && set -- ${d4p_stat##*) } && [ "$2" = $$ ] || exit 0
   kill -USR1 $$
   sleep 60 & d4p_sleep=$!
   wait "$d4p_sleep" || exit 0
