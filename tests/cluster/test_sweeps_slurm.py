@@ -88,7 +88,7 @@ K = 2
 #: the job every task is: 2 nodes x 1 rank of mpi
 JOB = ["--scheduler", "slurm", "-m", "mpi", "-N", "2", "--tasks-per-node", "1", "-t", "5"]
 CHUNKS = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-NOTICE = ("notice: the Slurm cluster allows array indices up to 3 (MaxArraySize=4 in scontrol show config): "
+NOTICE = ("notice: the Slurm cluster allows array indices up to 3 (MaxArraySize=4, scontrol show config): "
           "the 10 tasks are 3 arrays of at most 4, each waiting for the one before")
 
 
