@@ -22,7 +22,7 @@ from typing import Any
 
 from d4p_hpc.api.checks import check_flag, check_timeout
 from d4p_hpc.api.job import Job, Report, attach, find_root
-from d4p_hpc.errors import JobNotFoundError, UsageError
+from d4p_hpc.errors import D4pHpcError, JobNotFoundError, UsageError
 from d4p_hpc.sweeps import submit as sweeping
 from d4p_hpc.sweeps import sweep as sweeps
 from d4p_hpc.sweeps.tasks import read
@@ -118,7 +118,7 @@ class Sweep:
 
     def job(self, index: int) -> Job:
         """Task ``index`` as a job (its outputs, logs, report, efficiency)."""
-        if not any(t.index == index for t in self._sweep.tasks):
+        if type(index) is not int or not any(t.index == index for t in self._sweep.tasks):
             raise UsageError(f"sweep {self.id} has tasks 0-{len(self._sweep.tasks) - 1}, not {index!r}")
         return attach(self._sweep.layout.task(index))
 
@@ -174,11 +174,20 @@ def find_sweep(name: str, results_root: str | Path | None = None, profile: str |
     return Sweep(found) if found is not None else None
 
 
-def list_sweeps(results_root: str | Path | None = None, profile: str | None = None) -> list[Sweep]:
-    """The sweeps under the results root, oldest first."""
+def list_sweeps(results_root: str | Path | None = None, profile: str | None = None,
+                unreadable: list[str] | None = None) -> list[Sweep]:
+    """The sweeps under the results root, oldest first; one whose record cannot be read is left out,
+    its one-line reason appended to ``unreadable`` (it must not hide the others)."""
     root = find_root(results_root, profile)
     try:
         found = [d for d in root.iterdir() if d.is_dir() and sweeps.is_sweep(d)] if root.is_dir() else []
     except OSError as exc:
         raise JobNotFoundError(f"cannot list the results root {root}: {exc.strerror}") from None
-    return [Sweep(sweeps.open_sweep(d)) for d in sorted(found, key=lambda d: d.stat().st_mtime)]
+    listed = []
+    for directory in sorted(found, key=lambda d: d.stat().st_mtime):
+        try:
+            listed.append(Sweep(sweeps.open_sweep(directory)))
+        except D4pHpcError as err:
+            if unreadable is not None:
+                unreadable.append(str(err))
+    return listed

@@ -152,7 +152,10 @@ def show_items(sweep: Sweep, target: str, limit: int | None) -> None:
 
 def listing(results_root: str | None, profile: str | None, unfinished: bool = False) -> None:
     """A line per sweep under the results root (``list``), or per sweep not ended (``status``)."""
-    for sweep in list_sweeps(results_root, profile):
+    unreadable: list[str] = []
+    for sweep in list_sweeps(results_root, profile, unreadable):
         current = sweep.status()
         if not unfinished or not current.done:
             click.echo(summary(sweep, current))
+    for reason in unreadable:
+        click.echo(f"warning: {reason}", err=True)

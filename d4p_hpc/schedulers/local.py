@@ -180,8 +180,9 @@ def run_array(record_path: str) -> None:
     """Run the elements of the array recorded at ``record_path``, at most ``max_parallel`` at once,
     each a local job (its own session and process group, its record in its ``state/``).
 
-    An element cancelled (or ended) before its turn is skipped; one cancelled while it was being
-    started is stopped at once. The runner ends with the last element.
+    An element cancelled (or ended) before its turn is skipped, as is one whose task was submitted
+    again since (its record no longer names this runner); one cancelled while it was being started is
+    stopped at once. The runner ends with the last element.
     """
     record = read_json(record_path, dict)
     elements = record["elements"]
@@ -197,6 +198,8 @@ def run_array(record_path: str) -> None:
             running.pop(os.wait()[0], None)
         layout = Layout(element["directory"])
         if layout.marker(Layout.CANCEL_REQUESTED).exists() or layout.marker(Layout.FINISHED).exists():
+            continue
+        if (_record(layout) or {}).get("pid") != me["pid"]:  # the task was submitted again, by another array
             continue
         nodefile = layout.marker(Layout.NODEFILE)
         nodefile.write_text(f"{socket.gethostname()}\n" * element["tasks"])

@@ -26,10 +26,12 @@ from pathlib import Path
 from d4p_hpc.errors import D4pHpcError, JobNotFoundError, ResultsError, UsageError
 from d4p_hpc.jobs import index, state
 from d4p_hpc.results import Layout, read_json
-from d4p_hpc.sweeps.tasks import Task
+from d4p_hpc.sweeps.tasks import Task, well_formed
 
 #: how a sweep's id looks: ``sweep-`` and 8 hex digits
 SWEEP_ID = re.compile(r"sweep-[0-9a-f]{8}")
+#: a task index as ``--tasks`` takes it (ASCII digits)
+_INDEX = re.compile(r"[0-9]+")
 #: the order in which the tasks' ends make the sweep's: the first one present wins
 _WORST = ("FAILED", "TIMEOUT", "CANCELLED")
 
@@ -105,6 +107,8 @@ class TaskStatus:
     task: Task
     status: state.JobStatus | None
     attempts: int
+    #: its results directory is gone (deleted by hand)
+    gone: bool = False
 
     @property
     def state(self) -> str:
@@ -112,6 +116,8 @@ class TaskStatus:
 
     @property
     def reason(self) -> str:
+        if self.gone:
+            return "its folder is gone (deleted?): d4p-hpc resume SWEEP --failed makes it again and reruns it"
         if self.status is None:
             return "never submitted (its array was not accepted): d4p-hpc resume SWEEP --failed submits it"
         return self.status.reason
@@ -139,13 +145,17 @@ def open_sweep(directory: str | Path) -> Sweep:
     if record is None:
         raise JobNotFoundError(f"{directory} is not a sweep's directory (no {SweepLayout.RECORD})")
     tasks = record.get("tasks")
+    parallel = record.get("max_parallel")
     if not (isinstance(record.get("id"), str) and isinstance(record.get("name"), str)
-            and isinstance(record.get("scheduler"), str) and isinstance(tasks, list)
+            and isinstance(record.get("scheduler"), str) and isinstance(record.get("spec"), dict)
+            and isinstance(tasks, list)
             and all(isinstance(t, dict) and type(t.get("index")) is int and t["index"] >= 0
-                    and type(t.get("line")) is int and isinstance(t.get("values"), dict) for t in tasks)
-            and isinstance(record.get("arrays", []), list)):
-        raise ResultsError(f"{path} is not a sweep's record (changed by hand?): it needs its id, name, scheduler "
-                           "and a list of tasks, each with its index, line and values")
+                    and type(t.get("line")) is int and isinstance(t.get("values"), dict)
+                    and well_formed(t["values"]) for t in tasks)
+            and isinstance(record.get("arrays", []), list)
+            and (parallel is None or (type(parallel) is int and parallel >= 1))):
+        raise ResultsError(f"{path} is not a sweep's record (changed by hand?): it needs its id, name, scheduler, "
+                           "job spec and a list of tasks, each with its index, line and values of their kinds")
     return Sweep(directory, record)
 
 
@@ -173,8 +183,9 @@ def status(sweep: Sweep, indices: list[int] | None = None) -> list[TaskStatus]:
     jobs = {t.index: sweep.job(t.index) for t in tasks}
     found = state.status([j for j in jobs.values() if j is not None])
     decided = {s.job.directory: s for s in found}
-    return [TaskStatus(t, decided[j.directory] if (j := jobs[t.index]) else None, _attempts(sweep, t.index))
-            for t in tasks]
+    arrayed = {i for a in sweep.arrays for i in a.get("tasks", [])}
+    return [TaskStatus(t, decided[j.directory] if (j := jobs[t.index]) else None, _attempts(sweep, t.index),
+                       t.index in arrayed and not sweep.layout.task(t.index).is_dir()) for t in tasks]
 
 
 def _attempts(sweep: Sweep, index: int) -> int:
@@ -203,24 +214,29 @@ def select(sweep: Sweep, tasks: str | int | Iterable[int] | None) -> list[int] |
     if tasks is None:
         return None
     count = len(sweep.tasks)
-    what = f"sweep {sweep.id} has tasks 0-{count - 1}"
+    ranges: list[tuple[int, int, str]] = []  # first, last, as given
     if isinstance(tasks, str):
-        ranges = []
         for part in tasks.split(","):
             low, dash, high = part.strip().partition("-")
-            if not low.isdigit() or (dash and not high.isdigit()):
-                raise UsageError(f"tasks are indices and ranges such as 3,5-7, not {tasks!r}")
-            ranges.append((int(low), int(high) if dash else int(low)))
+            if not _INDEX.fullmatch(low) or (dash and not _INDEX.fullmatch(high)):
+                raise UsageError(f"tasks are indices and ranges such as 3,5-7, not {tasks!r:.60}")
+            ranges.append((_index(low), _index(high) if dash else _index(low), part.strip()))
     elif isinstance(tasks, int) and not isinstance(tasks, bool):
-        ranges = [(tasks, tasks)]
+        ranges = [(tasks, tasks, str(tasks))]
     elif isinstance(tasks, Iterable) and _indices(listed := list(tasks)):
-        ranges = [(t, t) for t in listed]
+        ranges = [(t, t, str(t)) for t in listed]
     else:
         raise UsageError(f"tasks are an index, a list of indices or a text such as '3,5-7', not {tasks!r:.60}")
-    bad = [f"{a}-{b}" if a != b else str(a) for a, b in ranges if not 0 <= a <= b < count]
+    bad = [given for first, last, given in ranges if not 0 <= first <= last < count]
     if bad or not ranges:
-        raise UsageError(f"{what}; tasks {tasks!r:.60} names " + (", ".join(bad[:5]) if bad else "none"))
-    return sorted({i for a, b in ranges for i in range(a, b + 1)})
+        raise UsageError(f"sweep {sweep.id} has tasks 0-{count - 1}; tasks {tasks!r:.60} names "
+                         + (", ".join(b[:40] for b in bad[:5]) if bad else "none"))
+    return sorted({i for first, last, _ in ranges for i in range(first, last + 1)})
+
+
+def _index(digits: str) -> int:
+    """An index of ``--tasks``; one longer than any sweep's count stands as -1, outside every sweep."""
+    return int(digits) if len(digits) <= 12 else -1
 
 
 def _indices(values: list) -> bool:

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,17 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
+#: the kind of each value of a task, as :func:`read` leaves it (``data`` is JSON text)
+_KINDS: dict[str, type] = {"name": str, "data": str, "iterations": int, "input_file": str, "attr": str, "env": dict,
+                           "mapping": str, "processes": int}
+
+
+def well_formed(values: dict) -> bool:
+    """Whether ``values`` (a task of a sweep's record, read back) has only its keys, each of its kind."""
+    return all(k in _KINDS and type(v) is _KINDS[k] for k, v in values.items()) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in values.get("env", {}).items())
+
+
 def _checked(path: Path, line: int, values: dict) -> dict:
     """``values`` with each key checked, ``data`` kept as the JSON text a job's ``-d`` takes."""
     where = f"{path}, line {line}"
@@ -213,8 +225,10 @@ def _checked(path: Path, line: int, values: dict) -> dict:
                                     "for every task with --setup 'export NAME=...'")
                 if not isinstance(text, str):
                     raise SpecError(f"{where}: env {name} must be a string, not {text!r:.60}")
-                if "\0" in text or len(text) > MAX_ENV_CHARS:
-                    raise SpecError(f"{where}: env {name} must be at most {MAX_ENV_CHARS:,} characters, without NUL")
+                # (measured as the job script's line that exports it, quotes included)
+                if "\0" in text or len(f"export {name}={shlex.quote(text)}") > MAX_ENV_CHARS:
+                    raise SpecError(f"{where}: env {name} must be at most {MAX_ENV_CHARS:,} characters with its "
+                                    "name and quotes (a line of the job script exports it), without NUL")
         elif key == "input_file":
             if not isinstance(value, str) or not value.strip():
                 raise SpecError(f"{where}: input_file must be {KEYS['input_file']}, not {value!r:.60}")

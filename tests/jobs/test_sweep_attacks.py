@@ -37,6 +37,13 @@ What is proven, and how:
     for ``status``, ``results`` and ``resume``, and touches nothing; ``results`` of a sweep with one
     task folder deleted still prints a row per task, that one saying why.
 
+Beside the findings, tests of what the fixes left open (they fail until it is closed): ``--tasks``
+of digits ``int()`` refuses (``²``, 5,000 of them); an env value within the 4,096 characters the
+file's check allows, refused as a ``setup`` line once quoted; a ``sweep.json`` without its spec, or
+with a task's env not an object, that ``resume`` reads with a traceback; a task rerun while the first
+array's local runner still lists it, started a second time by that runner once its cancel request
+is archived; ``Sweep.job(True)`` taken for task 1.
+
 Findings 2, 5, 9 and 11 share one sweep (module fixture): two tasks submitted without
 ``--max-parallel``, one COMPLETED and one SIGKILLed with its whole job (FAILED, inferred); the tests
 that change it change a copy. The graph is tests/data/g_sweep_squares.py (env variables steer its
@@ -112,6 +119,14 @@ def running(directory: Path, index: int) -> bool:
     return bool(record and not record.get("queued") and (directory / "tasks" / str(index) / "run.json").exists())
 
 
+def wait_ended(place: Place, sweep: str, directory: Path) -> subprocess.CompletedProcess:
+    """``wait SWEEP`` once each task has written its finished marker (its end then seen at its first
+    look, without the command's poll interval)."""
+    count = len(json.loads((directory / "sweep.json").read_text())["tasks"])
+    wait_for(lambda: all(marker(directory, k, "finished") for k in range(count)), DEADLINE)
+    return wait_sweep(place, sweep)
+
+
 def default_parallel(directory: Path) -> int:
     """What the local scheduler runs at once when no --max-parallel is given: this host's cores over
     the job's processes, at least 1."""
@@ -158,21 +173,23 @@ def ended(tmp_path_factory):
         lines = [{"name": "done", "iterations": 2, "env": {"SWEEP_TAG": "a"}},
                  {"name": "killed", "iterations": 2, "env": {"SWEEP_GATE": str(tmp / "never-opened")}}]
         path = site.write("s.jsonl", jsonl(*lines))
-        proc = site.d4p("submit", GRAPH, "--scheduler", "local", "--sweep", path)
-        assert proc.returncode == 0, explain(proc)
-        said = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-        sweep, directory = said["sweep"], Path(said["results"])
-        wait_for(lambda: running(directory, 1), DEADLINE)
-        kill_group(local_record(directory, 1)["pid"])  # its script and everything it started
-        wait_for(lambda: marker(directory, 0, "finished"), DEADLINE)
-        wait_for(lambda: "FAILED: 1 COMPLETED, 1 FAILED" in site.d4p("status", directory).stdout, DEADLINE)
-        nothing_left_running(directory)
-        yield Ended(site, sweep, directory, proc.stderr)
-        for pid in processes_mentioning(f"{tmp}/"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:
+            proc = site.d4p("submit", GRAPH, "--scheduler", "local", "--sweep", path)
+            assert proc.returncode == 0, explain(proc)
+            said = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+            sweep, directory = said["sweep"], Path(said["results"])
+            wait_for(lambda: running(directory, 1), DEADLINE)
+            kill_group(local_record(directory, 1)["pid"])  # its script and everything it started
+            wait_for(lambda: marker(directory, 0, "finished"), DEADLINE)
+            wait_for(lambda: "FAILED: 1 COMPLETED, 1 FAILED" in site.d4p("status", directory).stdout, DEADLINE)
+            nothing_left_running(directory)
+            yield Ended(site, sweep, directory, proc.stderr)
+        finally:
+            for pid in processes_mentioning(f"{tmp}/"):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 # --- 1 -------------------------------------------------------------------------------------------------
@@ -189,7 +206,7 @@ def test_resume_failed_after_a_cancel_really_reruns_the_cancelled_tasks_and_the_
     proc = place.d4p("cancel", sweep)
     assert proc.returncode == 0 and proc.stdout.strip() == f"cancel requested for 2 tasks of sweep {sweep}: 0, 1", \
         explain(proc)
-    proc = wait_sweep(place, sweep)
+    proc = wait_ended(place, sweep, directory)
     assert proc.returncode == 1 and f"CANCELLED {directory}" in proc.stdout, explain(proc)
     nothing_left_running(directory)
     first = (directory / "tasks/0/state/started").read_bytes()
@@ -212,7 +229,7 @@ def test_resume_failed_after_a_cancel_really_reruns_the_cancelled_tasks_and_the_
     assert (directory / "tasks/0/state/started").read_bytes() != first
 
     gate.write_text("")
-    proc = wait_sweep(place, sweep)
+    proc = wait_ended(place, sweep, directory)
     assert proc.returncode == 0 and f"COMPLETED {directory}" in proc.stdout, explain(proc)
     summary, rows = task_table(place, sweep)
     assert summary == f"sweep {sweep} (g_sweep_squares): COMPLETED: 2 COMPLETED (2 tasks)", summary
@@ -221,6 +238,42 @@ def test_resume_failed_after_a_cancel_really_reruns_the_cancelled_tasks_and_the_
     items = shown(place, sweep)
     assert sorted((i["task"], tuple(i["item"])) for i in items) == [(0, (1, 1, "a")), (0, (2, 4, "a")),
                                                                   (1, (1, 1, "b")), (1, (2, 4, "b"))], items
+    nothing_left_running(directory)
+
+
+def test_a_task_rerun_while_its_first_arrays_runner_lives_is_not_started_again_by_that_runner(place):
+    """Task 1, queued behind task 0 (``--max-parallel 1``), is cancelled and rerun (``resume --tasks 1``)
+    while task 0 still runs: its rerun runs in a new array. When task 0 ends, the first array's runner
+    (which still lists task 1) must not start task 1 a second time in the same directory: its cancel
+    request, which told that runner to skip it, was archived by the rerun. Each task has a gate of its
+    own, so the rerun is still running when the first runner moves on."""
+    gates = [place.tmp / f"gate-{k}" for k in (0, 1)]
+    lines = [{"iterations": 2, "env": {"SWEEP_TAG": t, "SWEEP_GATE": str(g)}} for t, g in zip("ab", gates, strict=True)]
+    sweep, directory = place.submit(place.write("s.jsonl", jsonl(*lines)), "--max-parallel", "1")
+    wait_for(lambda: running(directory, 0), DEADLINE)
+    first_runner = local_record(directory, 1)["pid"]  # (task 1 is queued: its record names its array's runner)
+    assert local_record(directory, 1).get("queued") and alive(first_runner)
+    proc = place.d4p("cancel", sweep, "--tasks", "1")
+    assert proc.returncode == 0, explain(proc)
+    proc = place.d4p("resume", sweep, "--tasks", "1")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"sweep {sweep}: 1 task submitted again: 1", explain(proc)
+    wait_for(lambda: running(directory, 1), DEADLINE)
+    rerun = local_record(directory, 1)["pid"]
+
+    gates[0].write_text("")  # task 0 ends: the first runner moves on to task 1, and must skip it
+    wait_for(lambda: not alive(first_runner), DEADLINE)
+    _, rows = task_table(place, sweep)
+    assert rows[0]["STATE"] == "COMPLETED", rows
+    assert (rows[1]["STATE"], rows[1]["TRIES"]) == ("RUNNING", "2"), rows
+    assert "already holds a run" not in rows[1]["REASON"], rows
+    assert local_record(directory, 1)["pid"] == rerun and marker(directory, 1, "finished") is None
+    assert "already holds a run" not in (directory / "tasks/1/job.err").read_text()
+
+    gates[1].write_text("")
+    proc = wait_ended(place, sweep, directory)
+    assert proc.returncode == 0 and f"COMPLETED {directory}" in proc.stdout, explain(proc)
+    assert sorted((i["task"], tuple(i["item"])) for i in shown(place, sweep)) == [
+        (0, (1, 1, "a")), (0, (2, 4, "a")), (1, (1, 1, "b")), (1, (2, 4, "b"))]
     nothing_left_running(directory)
 
 
@@ -253,7 +306,7 @@ def test_a_huge_tasks_range_is_one_error_line_naming_the_sweeps_range(ended, tex
         proc = capped(site, command, directory, "--tasks", text)
         said = one_error(proc)
         assert f"sweep {sweep} has tasks 0-1" in said or "tasks are indices and ranges" in said, explain(proc)
-        if len(text) < 30:
+        if len(text) < 30 and text.isascii():
             assert said == f"Error: sweep {sweep} has tasks 0-1; tasks {text!r:.60} names {text}", explain(proc)
     assert files(directory) == before
     nothing_left_running(directory)
@@ -293,7 +346,7 @@ def test_a_task_whose_job_script_was_sigkilled_is_running_until_cancel_stops_its
     gate.write_text("")
     proc = place.d4p("resume", sweep, "--failed")
     assert proc.returncode == 0 and proc.stdout.strip() == f"sweep {sweep}: 1 task submitted again: 0", explain(proc)
-    proc = wait_sweep(place, sweep)
+    proc = wait_ended(place, sweep, directory)
     assert proc.returncode == 0 and f"COMPLETED {directory}" in proc.stdout, explain(proc)
     summary, rows = task_table(place, sweep)
     assert summary == f"sweep {sweep} (g_sweep_squares): COMPLETED: 1 COMPLETED (1 task)", summary
@@ -386,7 +439,8 @@ def test_the_python_api_takes_indices_and_lists_of_tasks_and_refuses_bad_ones_in
                                                                   None).value)
     assert {t.task.index: (t.state, t.attempts) for t in sweep.status().tasks} == before
 
-    assert sorted(sweep.cancel()) == [0, 1, 2, 3]
+    # task 3 first: array 1's runner still lists it (see the test after test 1)
+    assert sweep.cancel(tasks=[3]) == [3] and sweep.cancel() == [0, 1, 2]
     assert sweep.wait(timeout=DEADLINE - 30, poll=0.5) == "CANCELLED"
     assert not any(marker(directory, k, "started") for k in (1, 2))
     nothing_left_running(directory)
@@ -448,10 +502,11 @@ def test_a_submit_killed_after_it_made_the_sweep_directory_leaves_a_sweep_that_r
     its array script (every task written, none submitted); then SIGKILLed with its process group."""
     real = shutil.which("bash")
     reached = place.tmp / "reached"
-    needle = "" if stop == "at its first bash -n" else "'d4p_tasks=('"
+    first = stop == "at its first bash -n"
+    needle = "''" if first else "'d4p_tasks=('"  # (a bash pattern: '' matches any script)
     folder = place.tmp / "bin"
     folder.mkdir()
-    (folder / "bash").write_text(STOPPING_BASH.format(real=real, reached=reached, needle=needle or "''"))
+    (folder / "bash").write_text(STOPPING_BASH.format(real=real, reached=reached, needle=needle))
     (folder / "bash").chmod(0o755)
     path = place.write("s.jsonl", jsonl(*[{"iterations": 2, "env": {"SWEEP_TAG": t}} for t in "ab"]))
     argv = d4p_hpc_cmd() + ["submit", str(GRAPH), "--scheduler", "local", "--sweep", str(path), "--max-parallel", "1"]
@@ -470,7 +525,7 @@ def test_a_submit_killed_after_it_made_the_sweep_directory_leaves_a_sweep_that_r
     sweep = record["id"]
     assert directory.name.endswith(sweep) and record["arrays"] == [] and len(record["tasks"]) == 2, record
     written = [(directory / "tasks" / str(k) / "job.sh").exists() for k in (0, 1)]
-    assert written == ([False, False] if needle == "" else [True, True]), written
+    assert written == ([False, False] if first else [True, True]), written
     assert not list(directory.glob("tasks/*/state/submitted"))
 
     proc = place.d4p("list")
@@ -483,7 +538,7 @@ def test_a_submit_killed_after_it_made_the_sweep_directory_leaves_a_sweep_that_r
     proc = place.d4p("resume", directory, "--failed")
     assert proc.returncode == 0 and proc.stdout.strip() == f"sweep {sweep}: 2 tasks submitted again: 0, 1", \
         explain(proc)
-    proc = wait_sweep(place, sweep)
+    proc = wait_ended(place, sweep, directory)
     assert proc.returncode == 0 and f"COMPLETED {directory}" in proc.stdout, explain(proc)
     summary, rows = task_table(place, sweep)
     assert summary == f"sweep {sweep} (g_sweep_squares): COMPLETED: 2 COMPLETED (2 tasks)", summary
@@ -545,7 +600,7 @@ def test_sweep_files_are_read_as_written_bom_json_lines_names_and_input_files(pl
 
 # --- 11 ------------------------------------------------------------------------------------------------
 
-def reshaped(record: dict, shape: str) -> dict | str:
+def reshaped(record: dict, shape: str) -> dict:
     """The shared sweep's record in ``shape``."""
     record = json.loads(json.dumps(record))
     if shape == "an object of other keys":
