@@ -27,6 +27,8 @@ What is proven, and how:
   the local runner would otherwise fill);
 * ``list`` shows a sweep in one line, ``results SWEEP --show PE.OUTPUT`` gives each item with its
   task's index, name and values, ``logs SWEEP --task 0`` prints the task's ``job.out``.
+* ``--requeue`` is per task: a task that outlasts its walltime is continued by successor jobs in
+  its own folder, its outputs exact (examples/long_count.py).
 
 The graph is tests/data/g_sweep_squares.py (its env variables steer failure, duration and gates).
 Every wait is a poll with a deadline; nothing asserts a time or a rate. Each test has its own
@@ -396,3 +398,34 @@ def test_cancel_of_a_sweep_never_starts_the_tasks_still_queued(place):
     assert started == {2: (False, False), 3: (False, False)}, (started, rows)
     assert [rows[k]["STATE"] for k in range(4)] == ["CANCELLED"] * 4, rows
     assert all("before it started" in rows[k]["REASON"] for k in (2, 3)), rows
+
+
+@pytest.mark.slow
+def test_a_task_with_requeue_continues_across_walltimes_to_exact_outputs(place):
+    """``--requeue`` is per task: a task whose run outlasts its walltime (1 minute, warned 50 s before:
+    about 10 s a segment) is continued from its checkpoint by successor jobs in its own folder, and its
+    outputs are exact (each tagged line once, the counter's totals those of one uninterrupted run)."""
+    from helpers.runs import EXAMPLES
+
+    sweep_file = place.write("s.jsonl", jsonl({"name": "long", "iterations": 500}))
+    proc = place.d4p("submit", EXAMPLES / "long_count.py", "-a", "graph", "--scheduler", "local", "-m", "simple",
+                     "--sweep", sweep_file, "-t", "1", "--signal-seconds", "50", "--requeue", "5",
+                     "--checkpoint-every", "5")
+    assert proc.returncode == 0, explain(proc)
+    sweep = dict(line.split(" ", 1) for line in proc.stdout.splitlines())["sweep"]
+    directory = Path(dict(line.split(" ", 1) for line in proc.stdout.splitlines())["results"])
+    done = place.d4p("wait", sweep)
+    assert done.returncode == 0 and f"COMPLETED {directory}" in done.stdout, explain(done)
+    _, rows = task_table(place, sweep)
+    assert rows[0]["STATE"] == "COMPLETED" and int(rows[0]["TRIES"]) >= 2, rows  # a segment per walltime, at least
+    segments = sorted((directory / "tasks" / "0" / "state" / "segments").iterdir())
+    assert [json.loads((s / "finished").read_text())["state"] for s in segments] == ["TIMEOUT"] * len(segments)
+    got = run_cli("results", directory / "tasks" / "0", "--show", "Count.output", cwd=place.work)
+    totals = dict(json.loads(line) for line in got.stdout.splitlines())
+    # 500 lines of the 4-line corpus: 125 of each
+    assert totals == {"the": 375, "quick": 250, "brown": 125, "fox": 250, "jumps": 125, "over": 125, "lazy": 125,
+                      "dog": 250, "sleeps": 125, "a": 125, "is": 125}, totals
+    tagged = run_cli("results", directory / "tasks" / "0", "--show", "Slow.tagged", cwd=place.work)
+    lines = [tuple(json.loads(line)) for line in tagged.stdout.splitlines()]
+    assert len(lines) == len(set(lines)) == 2000
+    nothing_left_running(directory)
