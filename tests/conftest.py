@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers.dynamic import skip_without_redis
-from helpers.runs import WHERE_GRAPH, FakeInterpreter
+from helpers.runs import WHERE_GRAPH, FakeInterpreter, isolate
 
 
 def pytest_addoption(parser):
@@ -94,12 +94,7 @@ def isolated_config(tmp_path, monkeypatch) -> Path:
     work = tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    for name in list(os.environ):
-        if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM", "D4P_HPC_PBS"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(work)
+    isolate(monkeypatch, home, work)
     return work
 
 

@@ -20,7 +20,6 @@ The jobs that end by themselves are submitted together, once per cluster, and ru
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -29,7 +28,8 @@ import pytest
 
 from helpers.clusters import TIMEOUT, job_logs
 from helpers.dynamic import needs_redis
-from helpers.runs import EXAMPLES, WHERE_GRAPH, canon, independent_word_counts, processes_mentioning, wait_for
+from helpers.runs import (EXAMPLES, WHERE_GRAPH, canon, independent_word_counts, isolate, processes_mentioning,
+                          wait_for)
 
 import d4p_hpc
 
@@ -89,12 +89,7 @@ def site(cluster, tmp_path_factory):
     (work / "d4p-hpc.toml").write_text(PROFILE.format(scheduler=cluster.name, root=base / "results",
                                                       python=sys.executable, **SHAPES[cluster.name]))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        for name in list(os.environ):
-            if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM", "D4P_HPC_PBS"):
-                mp.delenv(name)
-        mp.chdir(work)
+        isolate(mp, home, work)
         yield work
 
 

@@ -42,8 +42,8 @@ import pytest
 
 from helpers.clusters import TIMEOUT, connect
 from helpers.dynamic import needs_redis
-from helpers.runs import EXAMPLES, canon, cli, explain, independent_word_counts, outputs, processes_mentioning, \
-    run_simple, wait_for
+from helpers.runs import EXAMPLES, canon, cli, explain, independent_word_counts, isolate, outputs, \
+    processes_mentioning, run_simple, wait_for
 
 pytestmark = [pytest.mark.pbs, needs_redis]
 
@@ -69,12 +69,7 @@ def site(tmp_path_factory):
     home.mkdir()
     work.mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        for name in list(os.environ):
-            if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM", "D4P_HPC_PBS"):
-                mp.delenv(name)
-        mp.chdir(work)
+        isolate(mp, home, work)
         yield work
 
 

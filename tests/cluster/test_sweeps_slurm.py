@@ -31,7 +31,6 @@ cluster's ``MaxJobCount`` (10,000) is refused in one line naming the limit, befo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -43,8 +42,8 @@ from pathlib import Path
 import pytest
 
 from helpers.clusters import TIMEOUT, connect
-from helpers.runs import EXAMPLES, canon, cli, explain, independent_word_counts, outputs, processes_mentioning, \
-    wait_for
+from helpers.runs import EXAMPLES, canon, cli, explain, independent_word_counts, isolate, outputs, \
+    processes_mentioning, wait_for
 
 from d4p_hpc.results import read_metrics
 
@@ -133,12 +132,7 @@ def site(tmp_path_factory):
                 line["env"] = {"SWEEP_GATE": str(gate)}
             f.write(json.dumps(line) + "\n")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        for name in list(os.environ):
-            if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM", "D4P_HPC_PBS"):
-                mp.delenv(name)
-        mp.chdir(work)
+        isolate(mp, home, work)
         yield {"work": work, "base": base, "gate": gate, "job": [*JOB, "--python", sys.executable]}
 
 

@@ -368,3 +368,14 @@ class FakeInterpreter:
         files = sorted(self.log.glob("argv.*"), key=lambda p: p.stat().st_mtime_ns)
         calls = [[w.decode() for w in p.read_bytes().split(b"\0")[:-1]] for p in files]
         return [["-m", *c[2:]] if tuple(c[:2]) == SAFE_MODULE else c for c in calls]
+
+
+def isolate(mp, home: Path, work: Path) -> None:
+    """Through the monkeypatch ``mp``: no user or project config (``home`` is the home directory) and no
+    D4P_HPC_* job variables (but the switches saying which clusters are up); ``work`` the working directory."""
+    mp.setenv("HOME", str(home))
+    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name in list(os.environ):
+        if name.startswith("D4P_HPC_") and name not in ("D4P_HPC_SLURM", "D4P_HPC_PBS"):
+            mp.delenv(name)
+    mp.chdir(work)
