@@ -259,6 +259,8 @@ def _decide_markers(job: Job, said: SchedulerState | None, error: str | None) ->
         state, reason = finished.get("state", "FAILED"), finished.get("reason", "")
         if state == "CANCELLED" and said and said.state == "TIMEOUT":  # Slurm's SIGTERM at the limit
             state, reason = "TIMEOUT", "killed at the walltime"
+        if state in ("CANCELLED", "TIMEOUT") and _completed_run(job):  # the stop came as the run was ending
+            state, reason = "COMPLETED", f"the run had completed when the job was stopped ({reason})"
         if state == "COMPLETED" and (unrun := _unrecorded(job)):
             state, reason = "FAILED", unrun
         if state == "FAILED":
@@ -281,6 +283,13 @@ def _decide_markers(job: Job, said: SchedulerState | None, error: str | None) ->
                          "trap ran (out of memory, node failure, SIGKILL?)", inferred=True, **times)
     return JobStatus(job, "FAILED", f"the {job.scheduler} scheduler has no record of job {job.job_id} and it "
                      "never started", inferred=True, **times)
+
+
+def _completed_run(job: Job) -> bool:
+    """Whether this job's own run recorded that it COMPLETED (its outputs are whole), whatever stopped
+    the job script afterwards."""
+    run = _read_run(job)
+    return run.get("state") == "COMPLETED" and run.get("job_id") == job.job_id
 
 
 def _unrecorded(job: Job) -> str:

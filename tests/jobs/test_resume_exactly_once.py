@@ -94,8 +94,12 @@ def one_try(cancelled: Path, directory: Path, reference: dict, cancel: bool) -> 
         stopped = cli("cancel", directory)
         if stopped.returncode == 0:  # (it may have completed already)
             assert f"cancel requested for job {successor}" in stopped.stdout, explain(stopped)
-            assert jobs.wait(jobs.open_job(directory), poll=0.2, timeout=60).state == "CANCELLED"
+            ended = jobs.wait(jobs.open_job(directory), poll=0.2, timeout=60)
             wait_for(lambda: not processes_mentioning(str(directory)), 30)
+            # a cancel that reached the job as its run was ending leaves it COMPLETED (found once by CI)
+            assert ended.state == "CANCELLED" or (ended.state == "COMPLETED" and "had completed" in ended.reason), \
+                ended
+        if stopped.returncode == 0 and ended.state == "CANCELLED":
             again = cli("resume", directory, env=ENV)
             assert again.returncode == 0, explain(again)
             assert segments(directory) == ["001", "002"]
