@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import NoReturn
 
 import click
@@ -34,10 +35,16 @@ def table(statuses: list[api.Status], wide: bool = False) -> None:
     rows = [("JOB", "NAME", "STATE", "ELAPSED") + (("DIRECTORY",) if wide else ()) + ("REASON",)]
     rows += [(s.id, s.job.name, s.state, clock(s.elapsed) if s.elapsed is not None else "-")
              + ((str(s.job.directory),) if wide else ()) + (" ".join(s.reason.split()) or "-",) for s in statuses]
+    columns(rows, wide)
+
+
+def columns(rows: Sequence[tuple[str, ...]], wide: bool = False) -> None:
+    """Print ``rows`` (the header first) in columns, every one padded but the last, which is cut to fit
+    the terminal (not below :data:`REASON_MIN`) unless ``wide``."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     # a pipe or a file gets whole lines (COLUMNS may be set where no terminal is)
-    columns = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else 0
-    room = columns - sum(w + 2 for w in widths) - 1
+    terminal = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else 0
+    room = terminal - sum(w + 2 for w in widths) - 1
     for row in rows:
         # every column padded but the last
         line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]

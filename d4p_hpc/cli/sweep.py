@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import click
 
 from d4p_hpc.api.sweep import Sweep, SweepStatus, find_sweep, list_sweeps
+from d4p_hpc.cli import show
 from d4p_hpc.errors import D4pHpcError, UsageError
 from d4p_hpc.units import clock, plural
 
@@ -48,13 +47,7 @@ def task_table(current: SweepStatus, wide: bool = False) -> None:
                      clock(s.elapsed) if s is not None and s.elapsed is not None else "-",
                      s.job.job_id if s is not None else "-", _values(t.task.varied()) or "-",
                      " ".join(t.reason.split()) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    columns = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else 0
-    for row in rows:
-        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        if not wide and columns and len(line) > columns:
-            line = line[:max(columns - 3, 40)] + "..."
-        click.echo(line)
+    show.columns(rows, wide)
 
 
 def _values(values: dict) -> str:
@@ -127,9 +120,7 @@ def results(sweep: Sweep) -> None:
             continue
         rows.append((str(t.task.index), t.task.name, t.state, f"{metrics.get('wall_seconds') or 0:.2f}",
                      f"{metrics.get('items', 0):,}", f"{metrics.get('items_per_second') or 0:,.0f}", outputs or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    show.columns(rows, wide=True)
     click.echo(f"print one output across the tasks with: d4p-hpc results {sweep.id} --show PE.OUTPUT")
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 from d4p_hpc import results, units
-from d4p_hpc.errors import D4pHpcError, ResultsError, UsageError
+from d4p_hpc.errors import D4pHpcError, UsageError
 from d4p_hpc.report import page as job_page
 from d4p_hpc.report import svg
 from d4p_hpc.sweeps import sweep as sweeps
@@ -102,23 +102,6 @@ def _why(exc: BaseException) -> str:
 
 
 # --- what the sweep's files say -------------------------------------------------------------------
-
-def _tasks(sweep: sweeps.Sweep) -> list[Task]:
-    """The sweep's tasks (its id, name and scheduler checked too), or one error naming ``sweep.json``
-    when it was changed by hand."""
-    try:
-        for name in (sweep.id, sweep.name, sweep.scheduler):
-            if not name or name == "None":
-                raise ValueError("its id, name or scheduler is missing")
-        tasks = sweep.tasks
-        for t in tasks:
-            if not isinstance(t.values, dict) or not isinstance(t.index, int):
-                raise TypeError(f"task {t.index!r} has values {t.values!r:.60}")
-    except (LookupError, TypeError, ValueError) as exc:
-        raise ResultsError(f"{sweep.layout.record} does not list the sweep's tasks as d4p-hpc wrote them "
-                           f"({_why(exc)}): it was changed by hand") from None
-    return tasks
-
 
 def _statuses(sweep: sweeps.Sweep, tasks: list[Task]) -> dict[int, sweeps.TaskStatus | str]:
     """Each task's status (the scheduler asked once); where a task's files make that fail, each task on
@@ -445,7 +428,7 @@ def write(sweep: sweeps.Sweep, output: Path, png: bool = False) -> list[Path]:
     if png:
         job_page.browser()  # before anything is written
     output = Path(output)
-    tasks = _tasks(sweep)
+    tasks = sweep.tasks  # (open_sweep has checked the record's shape)
     rows = _rows(sweep, tasks)
     sections = plots(rows)
     try:

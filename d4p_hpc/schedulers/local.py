@@ -99,22 +99,18 @@ class Local(Scheduler):
                 break
             except FileExistsError:
                 continue
-        nodefile = layout.marker(Layout.NODEFILE)
-        env = dict(os.environ, D4P_JOB_ID=job_id, **{self.nodefile: str(nodefile)})
         earlier = _record(layout) if job.after else None
-        if earlier and liveness.run_alive(earlier):
-            env["D4P_AFTER_PID"] = str(earlier["pid"])  # its script waits for the job it continues
         try:
             layout.script.write_text(script)
-            nodefile.write_text(f"{socket.gethostname()}\n" * job.tasks)
+            env = _job_env(layout, job_id, job.tasks)
+            if earlier and liveness.run_alive(earlier):
+                env["D4P_AFTER_PID"] = str(earlier["pid"])  # its script waits for the job it continues
             pid = start(layout.script, env, os.getcwd(), *layout.scheduler_logs)
         except BaseException:
             if not job.continues:  # a job that never started leaves no directory (a disk full, a bad cwd)
                 shutil.rmtree(layout.directory, ignore_errors=True)
             raise
-        # what tells the job's process from a later one given the same pid (see d4p_hpc.liveness)
-        write_json(layout.marker(Layout.LOCAL), {"pid": pid, "host": liveness.host(),
-                                                 "pid_token": liveness.token(pid)})
+        _write_record(layout, pid)
         return job_id
 
     def submit_array(self, script: str, array: ArraySubmission) -> list[str]:
@@ -186,9 +182,9 @@ def run_array(record_path: str) -> None:
     """
     record = read_json(record_path, dict)
     elements = record["elements"]
-    me = {"pid": os.getpid(), "host": liveness.host(), "pid_token": liveness.token(os.getpid()), "queued": True}
+    me = os.getpid()
     for element in elements:
-        write_json(Layout(element["directory"]).marker(Layout.LOCAL), me)
+        _write_record(Layout(element["directory"]), me, queued=True)
     sys.stdout.write("ready\n")
     sys.stdout.close()
     # (the processes are kept: one dropped could be reaped by the next Popen, unseen by os.wait)
@@ -199,20 +195,31 @@ def run_array(record_path: str) -> None:
         layout = Layout(element["directory"])
         if layout.marker(Layout.CANCEL_REQUESTED).exists() or layout.marker(Layout.FINISHED).exists():
             continue
-        if (_record(layout) or {}).get("pid") != me["pid"]:  # the task was submitted again, by another array
+        if (_record(layout) or {}).get("pid") != me:  # the task was submitted again, by another array
             continue
-        nodefile = layout.marker(Layout.NODEFILE)
-        nodefile.write_text(f"{socket.gethostname()}\n" * element["tasks"])
-        env = dict(os.environ, D4P_JOB_ID=element["id"], D4P_NODEFILE=str(nodefile), **{ARRAY_INDEX: str(index)})
+        env = {**_job_env(layout, element["id"], element["tasks"]), ARRAY_INDEX: str(index)}
         proc = _spawn(record["script"], env, record["cwd"], *layout.scheduler_logs)
         pid = proc.pid
-        write_json(layout.marker(Layout.LOCAL), {"pid": pid, "host": liveness.host(), "pid_token": liveness.token(pid)})
+        _write_record(layout, pid)
         running[pid] = proc
         if layout.marker(Layout.CANCEL_REQUESTED).exists():  # cancelled while it was being started
             supervisor.stop_group(pid, supervisor.GRACE_SECONDS)
             running.pop(pid)
     while running:
         running.pop(os.wait()[0], None)
+
+
+def _job_env(layout: Layout, job_id: str, tasks: int) -> dict[str, str]:
+    """The environment of a local job: its id, and its node file (this host once per task), written now."""
+    nodefile = layout.marker(Layout.NODEFILE)
+    nodefile.write_text(f"{socket.gethostname()}\n" * tasks)
+    return dict(os.environ, D4P_JOB_ID=job_id, **{Local.nodefile: str(nodefile)})
+
+
+def _write_record(layout: Layout, pid: int, **extra: bool) -> None:
+    """Record the job's process: what tells it from a later one given the same pid (see d4p_hpc.liveness)."""
+    write_json(layout.marker(Layout.LOCAL), {"pid": pid, "host": liveness.host(), "pid_token": liveness.token(pid),
+                                             **extra})
 
 
 def _record(layout: Layout) -> Marker | None:

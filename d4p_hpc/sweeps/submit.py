@@ -20,6 +20,7 @@ distinct (mapping, size, graph variable, PEs given inputs) with the first task o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shlex
@@ -187,8 +188,6 @@ def plan(spec: JobSpec, sources: dict, tasks: list[Task], file: Path, max_parall
 
 
 def _data_pes(spec: JobSpec) -> list[str]:
-    import json
-
     return list(json.loads(spec.data)) if spec.data else []
 
 
@@ -232,7 +231,8 @@ def submit(planned: SweepPlan) -> Sweep:
         raise
     index.record(sweep_id, directory)
     found = sweeps.open_sweep(directory)
-    _submit_arrays(found, planned.spec, planned.chunks, planned.max_parallel)
+    sizes = {t.index: one.total_tasks for t, one in zip(planned.tasks, planned.specs, strict=True)}
+    _submit_arrays(found, planned.spec, planned.chunks, planned.max_parallel, sizes)
     return sweeps.open_sweep(directory)
 
 
@@ -244,9 +244,11 @@ def _write_task(task_dir: Path, spec: JobSpec, script: str, sources: dict) -> No
     write_json(tl.spec, {"spec": spec.to_dict(), "sources": sources})
 
 
-def _submit_arrays(sweep: Sweep, spec: JobSpec, chunks: list[list[int]], max_parallel: int | None) -> None:
-    """Submit one array per chunk, recording each element's job id in its task's ``state/submitted``
-    and each array in ``sweep.json``; an array that waits for the one before when ``max_parallel``."""
+def _submit_arrays(sweep: Sweep, spec: JobSpec, chunks: list[list[int]], max_parallel: int | None,
+                   sizes: dict[int, int]) -> None:
+    """Submit one array per chunk (``sizes``: each task's ranks or workers), recording each element's
+    job id in its task's ``state/submitted`` and each array in ``sweep.json``; an array that waits for
+    the one before when ``max_parallel``."""
     scheduler = schedulers.get(spec.scheduler)
     layout = sweep.layout
     make_private_dir(layout.arrays)
@@ -256,10 +258,8 @@ def _submit_arrays(sweep: Sweep, spec: JobSpec, chunks: list[list[int]], max_par
         script = _array_script(spec, Array(sweep.directory, tuple(chunk), max_parallel, layout.arrays), before)
         path = layout.arrays / f"{number}.sh"
         write_bytes(path, script.encode())
-        tasks = tuple(JobSpec.from_dict(read_json(Layout(layout.task(i)).spec, dict)["spec"]).total_tasks
-                      for i in chunk)
-        submission = schedulers.ArraySubmission(tuple(layout.task(i) for i in chunk), tasks, max_parallel,
-                                                layout.arrays, path)
+        submission = schedulers.ArraySubmission(tuple(layout.task(i) for i in chunk),
+                                                tuple(sizes[i] for i in chunk), max_parallel, layout.arrays, path)
         umask = os.umask(0o077)
         try:
             ids = scheduler.submit_array(script, submission)
@@ -338,7 +338,8 @@ def rerun(sweep: Sweep, indices: list[int] | None = None, check: bool = True) ->
                 if job is not None:  # its attempt becomes a segment of its run; outputs too unless continued
                     archived.append((job, job_resume.archive_segment(job, keep_outputs=one.continues is not None)))
                 _write_task(task_dir, one, script, sources)
-            _submit_arrays(sweeps.open_sweep(sweep.directory), spec, chunks, sweep.record.get("max_parallel"))
+            _submit_arrays(sweeps.open_sweep(sweep.directory), spec, chunks, sweep.record.get("max_parallel"),
+                           {t.task.index: one.total_tasks for t, _, one, _ in scripts})
         except BaseException:
             if len(sweeps.open_sweep(sweep.directory).arrays) == arrays:  # nothing went: as it was
                 with contextlib.suppress(D4pHpcError, OSError):
