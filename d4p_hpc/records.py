@@ -107,6 +107,22 @@ class ProcessMetrics(TypedDict):
     state: str
 
 
+class SegmentMetrics(TypedDict, total=False):
+    """``metrics.json``'s entry for one segment of a resumed run (``mappings/runtime/totals.py``)."""
+
+    segment: int
+    job_id: str | None
+    state: str | None
+    started: str | None
+    #: ``metrics.json``: the segment's own metrics; ``samples``: its last samples (it was killed)
+    source: str
+    wall_seconds: float
+    items: int
+    items_per_second: float | None
+    instances: list[InstanceMetrics]
+    process_list: list[ProcessMetrics]
+
+
 class Metrics(TypedDict, total=False):
     """``metrics.json``, written when the run ends; the dynamic mappings add the keys after ``process_list``."""
 
@@ -127,6 +143,7 @@ class Metrics(TypedDict, total=False):
     redeliveries: int
     truncated_parts: int
     redis_used_memory_peak_mb: float
+    segments: list[SegmentMetrics]
 
 
 class Marker(TypedDict, total=False):

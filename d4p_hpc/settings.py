@@ -9,6 +9,7 @@ variable                       what it sets                                     
 ``D4P_HPC_CLAIM_IDLE``         seconds before a silent Redis worker's tasks are taken    10
 ``D4P_HPC_MAX_BACKLOG``        tasks the dynamic driver lets wait before it pauses       by workers
 ``D4P_HPC_QUIET``              any value: no progress line                               unset
+``D4P_HPC_NOFILE_LIMIT``       the open-files hard limit of the job's first node         this host's
 ``D4P_HPC_JOB_ID``             the job a run belongs to (set by the job script)          unset
 =============================  ========================================================  ==========
 
@@ -37,6 +38,7 @@ MAX_PROCESSES = "D4P_HPC_MAX_PROCESSES"
 CLAIM_IDLE = "D4P_HPC_CLAIM_IDLE"
 MAX_BACKLOG = "D4P_HPC_MAX_BACKLOG"
 QUIET = "D4P_HPC_QUIET"
+NOFILE_LIMIT = "D4P_HPC_NOFILE_LIMIT"
 JOB_ID = "D4P_HPC_JOB_ID"
 
 #: the most inputs a root PE may be fed (-i N, or {"PE": N}): far above any run, below what a counter holds
@@ -77,6 +79,17 @@ def max_backlog() -> int | None:
     return int(_within(MAX_BACKLOG, _whole(MAX_BACKLOG, 0, "4096"), 1, 10**9, "4096"))
 
 
+def nofile_limit() -> int:
+    """The open-files hard limit (``ulimit -Hn``) of the node the per-job Redis runs on, as far as
+    the submit host knows: its own, unless the user says the compute nodes' differs."""
+    import resource
+
+    if os.environ.get(NOFILE_LIMIT, "").strip():
+        return int(_within(NOFILE_LIMIT, _whole(NOFILE_LIMIT, 0, "65536"), 1, 2**31, "65536"))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return hard if hard != resource.RLIM_INFINITY else 2**31
+
+
 def quiet() -> bool:
     """Whether progress lines are off."""
     return bool(os.environ.get(QUIET))
@@ -89,7 +102,7 @@ def job_id() -> str | None:
 
 def check() -> None:
     """Read every knob once: the first bad one raises its :class:`~d4p_hpc.errors.UsageError`."""
-    sample_seconds(), progress_seconds(), max_processes(), claim_idle(), max_backlog()
+    sample_seconds(), progress_seconds(), max_processes(), claim_idle(), max_backlog(), nofile_limit()
 
 
 def checkpoint_every(value: float) -> float:

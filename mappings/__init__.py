@@ -188,6 +188,32 @@ class Mapping:
 REDIS_SERVER = "d4p_hpc.mappings.redis.server"
 REDIS_WORKER = "d4p_hpc.mappings.redis.worker"
 
+#: The Redis connections a worker holds: its main loop's blocking read, its heartbeat's blocking read
+#: of the run's end, and one for its other commands (counted: tests/runs/test_redis_connections.py)
+WORKER_CONNECTIONS = 3
+#: ... and the rest of a run: the driver's two, the supervisor's, and room for a user looking in
+#: (``redis-cli``) and for a worker reconnecting before Redis has seen its old connection close
+OTHER_CONNECTIONS = 16
+#: file descriptors Redis keeps for itself beyond its clients (redis.conf: "maxclients")
+REDIS_RESERVED_FDS = 32
+
+
+def connections(workers: int) -> int:
+    """The Redis clients a run of ``workers`` workers needs: the per-job Redis's ``maxclients``."""
+    return WORKER_CONNECTIONS * workers + OTHER_CONNECTIONS
+
+
+def files_needed(workers: int) -> int:
+    """The open-files hard limit the per-job Redis of ``workers`` workers needs where it runs."""
+    return connections(workers) + REDIS_RESERVED_FDS
+
+
+def budget(workers: int) -> str:
+    """How :func:`files_needed` comes, for a message."""
+    return (f"{connections(workers):,} connections to its Redis ({WORKER_CONNECTIONS} per worker, {OTHER_CONNECTIONS} "
+            f"for the rest), so an open-files hard limit of at least {files_needed(workers):,}")
+
+
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
     Mapping("simple", "static.simple", "single", forks=False, states="instance"),
     Mapping("multi", "static.multi", "single", states="instance"),

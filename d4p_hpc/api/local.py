@@ -71,6 +71,8 @@ def run_here(graph: str, mapping: str = "simple", processes: int | None = None, 
     settings.check()
     _check_local_processes(chosen, processes, external_workers)
     chosen.check(options)
+    if not check:
+        _check_connections(chosen, chosen.processes(processes), options)
     if not check and not resume and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
         check_new(results_dir)
     ctx = prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume, not check)
@@ -100,6 +102,19 @@ def _check_local_processes(chosen: mappings.Mapping, processes: int | None, exte
         raise UsageError(f"-n {processes} would start {processes} processes on this host "
                          f"({plural(cores, 'core')}); the limit is {limit}: set D4P_HPC_MAX_PROCESSES={processes} "
                          "to allow it, or submit a job (d4p-hpc submit) to use more nodes")
+
+
+def _check_connections(chosen: mappings.Mapping, processes: int, options: dict) -> None:
+    """Refuse a run whose own Redis could not take its workers' connections on this host (a job's
+    driver, whose Redis runs beside it, is checked by ``submit`` and by that Redis)."""
+    if chosen.launch != "redis" or options["external_workers"] or options["redis_url"] or options["redis_connection"]:
+        return
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and mappings.files_needed(processes) > hard:
+        raise UsageError(f"-m {chosen.name} -n {processes} needs {mappings.budget(processes)} here; it is {hard:,} "
+                         "(ulimit -Hn): run fewer workers (-n), or raise the limit")
 
 
 def draw(graph: str, mapping: str | None = None, processes: int | None = None, attr: str | None = None,

@@ -31,7 +31,7 @@ from pathlib import Path
 from d4p_hpc import durable, units
 from d4p_hpc.errors import ResumeError
 from d4p_hpc.jobs import state as jobs
-from d4p_hpc.results import Layout, make_private_dir, now, read_json, read_run, write_bytes, write_json
+from d4p_hpc.results import Layout, make_private_dir, now, read_json, read_metrics, read_run, write_bytes, write_json
 from d4p_hpc.schedulers import RUN
 
 
@@ -67,13 +67,14 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
     if job.scheduler == RUN:
         raise ResumeError(f"{job.directory} is a `d4p-hpc run`, not a job: continue it with d4p-hpc run GRAPH "
                           f"--results {job.directory} --resume")
+    ended = None
     if not from_job:
         _refuse_unfinished(job)  # before the lock: a running job holds it, and this says more
     with durable.locked(job.directory, durable.RESUME):
         _recover(job)
         if not from_job:  # another resume may have submitted a successor since
             job = jobs.open_job(job.directory)
-            _refuse_unfinished(job)
+            ended = _refuse_unfinished(job)
         saved = read_json(job.layout.spec, dict) or {}
         data = dict(saved.get("spec") or {})
         if not data:
@@ -86,7 +87,7 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
         precheck.check(spec)
         script = render_script(spec, saved.get("sources"))
         check_syntax(script)
-        archive = archive_segment(job)
+        archive = archive_segment(job, ended=ended)
         try:
             new_id, _ = submit(spec, script, saved.get("sources"))
         except BaseException:
@@ -102,8 +103,8 @@ def resume(job: jobs.Job, exit_code: int | None = None, requeue: int | None = No
     return new_id, signal_warning(spec)
 
 
-def _refuse_unfinished(job: jobs.Job) -> None:
-    """Refuse, in one line, to resume a job that has not ended, or that COMPLETED."""
+def _refuse_unfinished(job: jobs.Job) -> jobs.JobStatus:
+    """Refuse, in one line, to resume a job that has not ended, or that COMPLETED; return how it ended."""
     current = jobs.status([job])[0]
     if not current.terminal:
         if segments(job):
@@ -113,6 +114,7 @@ def _refuse_unfinished(job: jobs.Job) -> None:
                           "or wait for it to end")
     if current.state == "COMPLETED":
         raise ResumeError(f"job {job.job_id} has COMPLETED: there is nothing to resume")
+    return current
 
 
 def signal_warning(spec) -> str | None:
@@ -149,9 +151,14 @@ def _numbered(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
 
 
-def archive_segment(job: jobs.Job, keep_outputs: bool = True) -> Path:
+def archive_segment(job: jobs.Job, keep_outputs: bool = True, ended: jobs.JobStatus | None = None) -> Path:
     """Archive the job's markers (and a copy of its scheduler logs) as the run's next segment: built
     aside, renamed into place, and only then removed from ``state/`` (the logs emptied).
+
+    ``ended``: how the job ended, as decided without its finished marker if it has none (cancelled,
+    killed, its node lost): the segment keeps that, marked inferred, as the scheduler's record of it
+    expires; the job's exit trap, if it still runs, writes its own over it (the template's
+    ``d4p_mine`` finds the segment).
 
     Without ``keep_outputs`` (a sweep's task that starts again, having no checkpoint to continue
     from) the run's own files move into the segment's ``attempt/`` too, leaving the directory as a
@@ -163,6 +170,11 @@ def archive_segment(job: jobs.Job, keep_outputs: bool = True) -> Path:
     for src in [job.layout.marker(name) for name in Layout.ARCHIVED] + job.layout.scheduler_logs:
         if src.exists():
             write_bytes(building / src.name, src.read_bytes(), sync=True)
+    if ended is not None and ended.terminal and not (building / Layout.FINISHED).exists():
+        # (its end time unknown: not the time of this resume, which may be days later)
+        write_json(building / Layout.FINISHED, {"time": now(), "epoch": ended.ended, "state": ended.state,
+                                                "exit_code": ended.exit_code, "reason": ended.reason,
+                                                "inferred": True})
     if not keep_outputs:
         attempt = make_private_dir(building / ATTEMPT)
         for entry in job.directory.iterdir():
@@ -235,7 +247,9 @@ def describe(current: jobs.JobStatus) -> list[str]:
                 + (f", {s['items']:,} items" if s.get("items") is not None else "") for k, s in enumerate(runs, 1)]
     if not archived:
         return []
-    items = {s.get("job_id"): s.get("items") for s in record.get("segments", [])}
+    # a segment killed before it wrote its figures is counted by its last samples (metrics.json)
+    items = {s.get("job_id"): s.get("items") for s in (read_metrics(job.directory) or {}).get("segments", [])}
+    items.update({s.get("job_id"): s.get("items") for s in record.get("segments", []) if s.get("items") is not None})
     items[record.get("job_id")] = record.get("items")
     lines = []
     for s in archived:

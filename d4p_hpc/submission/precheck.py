@@ -32,6 +32,7 @@ from pathlib import Path
 
 from d4p_hpc import schedulers, settings
 from d4p_hpc.errors import GraphError, SpecError
+from d4p_hpc.mappings import budget, files_needed
 from d4p_hpc.submission import launch, render
 from d4p_hpc.submission.config import scheduler_why
 from d4p_hpc.submission.spec import JobSpec
@@ -54,6 +55,7 @@ def check(spec: JobSpec, graph: bool = True, sources: dict | None = None) -> lis
     for saying why the job's scheduler was chosen when its launcher is what is missing.
     """
     _check_environment(spec)
+    _check_connections(spec)
     return _check_in_environment(spec, sources or {}) if graph else []
 
 
@@ -125,6 +127,19 @@ def _check_environment(spec: JobSpec) -> None:
         if shutil.which(spec.python) is None:
             raise SpecError(f"python {spec.python} is not found here; give --python the interpreter the nodes "
                             "should use, or --venv/--conda/--container/--module to provide one")
+
+
+def _check_connections(spec: JobSpec) -> None:
+    """The per-job Redis must accept a connection from every worker: it can hold as many clients as
+    the open-files hard limit of the job's first node allows (this host's, unless told otherwise)."""
+    if spec.launch_kind != "redis":
+        return
+    limit = settings.nofile_limit()
+    if files_needed(spec.total_tasks) > limit:
+        told = settings.NOFILE_LIMIT if os.environ.get(settings.NOFILE_LIMIT, "").strip() else "ulimit -Hn here"
+        raise SpecError(f"-m {spec.mapping} with {spec.total_tasks:,} workers needs {budget(spec.total_tasks)} on "
+                        f"the job's first node; it is {limit:,} ({told}): run fewer workers per job, or, if the "
+                        f"compute nodes allow more, set {settings.NOFILE_LIMIT} to their ulimit -Hn")
 
 
 def _check_conda(name: str) -> None:

@@ -336,7 +336,8 @@ def rerun(sweep: Sweep, indices: list[int] | None = None, check: bool = True) ->
             for t, task_dir, one, script in scripts:
                 job = sweep.job(t.task.index)
                 if job is not None:  # its attempt becomes a segment of its run; outputs too unless continued
-                    archived.append((job, job_resume.archive_segment(job, keep_outputs=one.continues is not None)))
+                    archived.append((job, job_resume.archive_segment(job, keep_outputs=one.continues is not None,
+                                                                       ended=t.status)))
                 _write_task(task_dir, one, script, sources)
             _submit_arrays(sweeps.open_sweep(sweep.directory), spec, chunks, sweep.record.get("max_parallel"),
                            {t.task.index: one.total_tasks for t, _, one, _ in scripts})

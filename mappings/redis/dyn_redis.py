@@ -37,6 +37,7 @@ from pathlib import Path
 from d4p_hpc import liveness, supervisor
 from d4p_hpc.results import Layout
 from d4p_hpc.errors import UsageError
+from d4p_hpc.mappings import connections
 from d4p_hpc.mappings.redis.conn import Connection, connect, import_redis, parse_url, read_connection_file
 from d4p_hpc.mappings.dynamic.autoscale import Autoscaler
 from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
@@ -184,7 +185,8 @@ def _connection(ctx: RunContext, stack: contextlib.ExitStack) -> tuple[Connectio
     if opts.get("external_workers"):
         raise UsageError("--external-workers needs the Redis the workers use: --redis-connection FILE "
                          "(of python -m d4p_hpc.mappings.redis.server) or --redis URL")
-    return stack.enter_context(RedisServer(ctx.results, binary=opts.get("redis_server"))), True
+    return stack.enter_context(RedisServer(ctx.results, binary=opts.get("redis_server"),
+                                           clients=connections(ctx.processes))), True
 
 
 def _local_worker(conn: Connection, run: dict, ctx: RunContext, parent: int) -> None:

@@ -27,6 +27,7 @@ import functools
 import ipaddress
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -43,6 +45,7 @@ from d4p_hpc.errors import Command
 from d4p_hpc.errors import RedisError
 from d4p_hpc.results import Layout, make_private_dir
 from d4p_hpc.mappings.runtime.process import die_with_parent
+from d4p_hpc.mappings import REDIS_RESERVED_FDS, WORKER_CONNECTIONS
 from d4p_hpc.mappings.redis.conn import Connection, import_redis, write_connection_file
 
 #: Environment variable naming the ``redis-server`` binary when none is given.
@@ -162,6 +165,10 @@ class RedisServer:
         ``redis-server`` executable; see :func:`find_binary`.
     port
         Fixed port; default a free one.
+    clients
+        The clients the run needs (:func:`~d4p_hpc.mappings.redis.conn.connections`): Redis's
+        ``maxclients``, which Redis lowers to fit its open-files limit; then it does not start
+        (:class:`~d4p_hpc.errors.RedisError` naming the limit). Default: Redis's own (10,000).
 
     Notes
     -----
@@ -170,8 +177,10 @@ class RedisServer:
     """
 
     def __init__(self, results: str | os.PathLike | None = None, bind: str = "127.0.0.1",
-                 advertise: str | None = None, binary: str | None = None, port: int | None = None):
+                 advertise: str | None = None, binary: str | None = None, port: int | None = None,
+                 clients: int | None = None):
         self.results = Path(results) if results is not None else None
+        self.clients = clients
         self.bind = bind
         self.advertise = advertise
         self.binary = binary
@@ -265,7 +274,7 @@ class RedisServer:
         # and Redis would start on its defaults, without a password)
         lines = [f"bind {address}", f"port {port}", f"requirepass {password}", "protected-mode yes",
                  'save ""', "appendonly no", f"dir {_quote(private)}", f"logfile {_quote(log_file)}",
-                 "daemonize no", "databases 1"]
+                 "daemonize no", "databases 1", *([f"maxclients {self.clients}"] if self.clients else [])]
         # a file, not a pipe, for what Redis says before its log is open: a full pipe would block it
         with open(private / "stderr", "wb") as err:
             # own session: a terminal's Ctrl-C reaches us, and we stop Redis after the run has used it
@@ -278,7 +287,7 @@ class RedisServer:
                 proc.stdin.write(("\n".join(lines) + "\n").encode())
         local = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
         self.local = Connection(local, port, password)
-        error = self._wait_ready(self.local, port, proc, private, log_file)
+        error = self._wait_ready(self.local, port, proc, private, log_file) or self._too_few_clients()
         if error is not None:
             self._terminate()
             return error
@@ -307,6 +316,26 @@ class RedisServer:
         return RedisError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s; "
                           f"see {log_file}")
 
+    def _too_few_clients(self) -> RedisError | None:
+        """Why Redis cannot take the run's clients: it lowered ``maxclients`` to fit its open-files
+        limit, which it raises itself up to the hard limit, inherited from us (None if it can)."""
+        if not self.clients or self.local is None:
+            return None
+        import resource
+
+        client = self.local.client(no_retry=True, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            accepted = int(client.config_get("maxclients")["maxclients"])
+        finally:
+            client.close()
+        if accepted >= self.clients:
+            return None
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        return RedisError(f"the per-job Redis on {socket.gethostname()} can accept {accepted:,} clients, as the "
+                          f"open-files hard limit there is {hard:,} (ulimit -Hn); the run needs {self.clients:,} "
+                          f"({WORKER_CONNECTIONS} per worker): run fewer workers, or ask for a hard limit of at "
+                          f"least {self.clients + REDIS_RESERVED_FDS:,} where Redis runs (a job's first node)")
+
     def _start_failure(self, port: int, proc: subprocess.Popen, private: Path, log_file: Path) -> RedisError:
         stderr = (private / "stderr").read_text(errors="replace")
         with contextlib.suppress(OSError):
@@ -318,11 +347,35 @@ class RedisServer:
         return RedisError(f"redis-server exited with code {proc.returncode} at start: "
                           f"{last.strip()} (log: {log_file})")
 
-    def wait(self) -> int:
-        """Block until Redis exits by itself; return its exit code."""
-        if self._proc is None:
+    def wait(self, until: Callable[[], bool] = lambda: False) -> int | None:
+        """Block until Redis exits by itself, and return its exit code; or until ``until()`` is true
+        after a signal's handler ran, and return None.
+
+        Not ``Popen.wait()``: Python runs a handler between two bytecodes, so a stop signal landing
+        just before ``waitpid()`` blocks would be acted on only once Redis exits, which it does not
+        by itself (a cancel then waits for the scheduler's SIGKILL). The signal's wakeup byte, written
+        by the C handler into a pipe that ``select`` also watches, cannot be missed that way.
+        Main thread only (as are signal handlers)."""
+        proc = self._proc
+        if proc is None:
             raise RedisError("redis-server is not running: start it first")
-        return self._proc.wait()
+        wake_read, wake_write = os.pipe()
+        for fd in (wake_read, wake_write):
+            os.set_blocking(fd, False)
+        pidfd = os.pidfd_open(proc.pid)
+        previous = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        try:
+            while proc.poll() is None:
+                if until():
+                    return None
+                select.select([pidfd, wake_read], [], [])
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_read, 512)  # (a call: the handler of what woke us has run after it)
+            return proc.returncode
+        finally:
+            signal.set_wakeup_fd(previous)
+            for fd in (pidfd, wake_read, wake_write):
+                os.close(fd)
 
     def release(self, timeout: float = RELEASE_TIMEOUT) -> None:
         """Wait, after a stop signal, until the run using this Redis is done with it: no run is
@@ -399,15 +452,18 @@ def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
 
-class _Stop(Exception):
-    pass
+#: the stop signal the supervisor got, once it got one
+_stopped: list[int] = []
 
 
 def _request_stop(signum, frame):
+    """Note the stop; the main flow acts on it. Not an exception raised here: a signal landing in
+    code that swallows exceptions (logging's at-fork hook, as the janitor is forked) would lose the
+    stop, and the supervisor would keep Redis for ever (found by an outside test)."""
     # one-shot: a job's supervisor often gets two (the scheduler's and the job script's at its end)
     for other in (*_STOP_SIGNALS, signal.SIGHUP):
         signal.signal(other, _ignore)
-    raise _Stop(signum)
+    _stopped.append(signum)
 
 
 def _ignore(signum, frame):
@@ -421,28 +477,29 @@ def _ignore(signum, frame):
 @click.option("--advertise", help="Host name other nodes use [default: this host's name].")
 @click.option("--redis-server", "binary", help=f"redis-server binary [default: ${BINARY_ENV}, else from PATH].")
 @click.option("--port", type=click.IntRange(1, 65535), help="Fixed port [default: a free one].")
-def main(results: str, bind: str, advertise: str | None, binary: str | None, port: int | None) -> None:
+@click.option("--clients", type=click.IntRange(1, 2**31), help="Clients the run needs (maxclients) [default: "
+              "Redis's, 10000].")
+def main(results: str, bind: str, advertise: str | None, binary: str | None, port: int | None,
+         clients: int | None) -> None:
     """Run a private per-job redis-server until SIGTERM, SIGINT or SIGHUP, then stop it once the
     run using it is done with it (at most RELEASE_TIMEOUT seconds later).
 
     Exits 0 after a requested stop; 1, with one ``Error:`` line, if Redis could not start or
     died by itself.
     """
-    server = RedisServer(results, bind=bind, advertise=advertise, binary=binary, port=port)
-    try:
-        for signum in (*_STOP_SIGNALS, signal.SIGHUP):
-            signal.signal(signum, _request_stop)
-        with server as conn:
-            click.echo(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
-                       f"{server.connection_file}", err=True)
-            try:
-                code = server.wait()
-            except _Stop:
-                server.release()
-                return
-            raise RedisError(f"redis-server exited by itself with code {code}; see {server.log_file}")
-    except _Stop:  # while it was starting: it is stopped already
-        return
+    server = RedisServer(results, bind=bind, advertise=advertise, binary=binary, port=port, clients=clients)
+    for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(signum, _request_stop)
+    with server as conn:
+        if _stopped:  # while it was starting: nobody has used it
+            return
+        click.echo(f"d4p-hpc: redis-server {server.pid} ready at {conn.display()}, connection file "
+                   f"{server.connection_file}", err=True)
+        code = server.wait(until=lambda: bool(_stopped))
+        if code is None:
+            server.release()
+            return
+        raise RedisError(f"redis-server exited by itself with code {code}; see {server.log_file}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ Every rank loads the graph and computes the same plan from the world size.
 Batches travel with synchronous sends (``Issend``): a send completes only when
 the receiver takes it, so a slow rank holds back its senders instead of
 filling their memory, and a few sends stay in flight to hide latency. Idle
-ranks poll with a short back-off rather than a blocking probe, which in Open
-MPI spins a core that a working rank could use.
+ranks poll with a back-off (:class:`Backoff`) rather than a blocking probe, and
+meet at the start and end through a polled ``Ibarrier`` before each collective:
+Open MPI's blocking calls spin a core, and ranks outnumbering the cores (128 on
+32 emulated nodes of 2 cores) then starve the working ranks and the node's
+daemons until the scheduler declares the node failed (#21).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from d4p_hpc import liveness
 from d4p_hpc import results as rd
 from d4p_hpc import supervisor
 from d4p_hpc.errors import RunFailed, UsageError
@@ -29,7 +33,13 @@ from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, combine,
 TAG_DATA = 11
 TAG_ABORT = 12
 MAX_IN_FLIGHT = 8
+#: the sleeps between two polls of a waiting rank grow to this at once (a message in a busy stream) ...
 MAX_BACKOFF = 0.002
+#: ... then, once it has waited PATIENCE seconds, with the time waited, to a tenth of it, up to this:
+#: 20 wake-ups a second for a rank with nothing to do, where polling every 2 ms costs some 2 % of a
+#: core per rank (benchmarks/mpi_scale.py)
+IDLE_BACKOFF = 0.05
+PATIENCE = 0.05
 # how long the launcher waits, once mpiexec has ended, for rank 0 to finish writing run.json
 RECORD_WAIT = 10.0
 #: the pid of the process that started mpiexec (self_launch) and holds the run's lock, for rank 0
@@ -142,7 +152,9 @@ def _settled_record(results_dir: str, wait: float = RECORD_WAIT) -> dict | None:
     not overwrite the launcher's correction of it."""
     deadline = time.monotonic() + wait
     record = rd.read_run(results_dir)
-    while record is not None and record.get("state") == "RUNNING" and time.monotonic() < deadline:
+    # (not once rank 0 is gone, say after a rank's os._exit: nothing more will come, and the user waited)
+    while record is not None and record.get("state") == "RUNNING" and time.monotonic() < deadline \
+            and liveness.run_alive(record) is not False:
         time.sleep(0.1)
         record = rd.read_run(results_dir)
     return dict(record) if record is not None else None
@@ -175,22 +187,20 @@ class MpiTransport:
         return True
 
     def _wait(self, req: Any) -> None:
-        delay = 0.0
+        backoff = Backoff(patient=False)  # a sender held back by a busy receiver: it takes it soon
         while not req.Test():
             if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG_ABORT):
                 raise Aborted()
-            time.sleep(delay)
-            delay = min(MAX_BACKOFF, delay * 2 or 2e-5)
+            backoff.sleep()
 
     def recv(self, block: bool, timeout: float | None = None) -> bytearray | None:
         status = self.MPI.Status()
-        delay = 0.0
+        backoff = Backoff()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG, status=status):
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 return None
-            time.sleep(delay)
-            delay = min(MAX_BACKOFF, delay * 2 or 2e-5)
+            backoff.sleep()
         buf = bytearray(status.Get_count(self.MPI.BYTE))
         self.comm.Recv([buf, self.MPI.BYTE], source=status.Get_source(), tag=status.Get_tag())
         if status.Get_tag() == TAG_ABORT:
@@ -209,6 +219,34 @@ class MpiTransport:
                 self.pending.append((self.comm.Isend([bytearray(1), self.MPI.BYTE], dest=rank, tag=TAG_ABORT), None))
 
 
+class Backoff:
+    """The sleeps of a rank polling for something: from 20 µs, doubling up to :data:`MAX_BACKOFF`,
+    then (``patient``, after :data:`PATIENCE`) a tenth of the time waited, up to :data:`IDLE_BACKOFF`: what the rank
+    waits for is seen at most some 10 % (or 2 ms) later than it came, and a rank that waits long
+    wakes rarely."""
+
+    def __init__(self, patient: bool = True) -> None:
+        self.delay = 0.0
+        self.since = time.monotonic() if patient else None
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(MAX_BACKOFF, self.delay * 2 or 2e-5)
+        waited = time.monotonic() - self.since if self.since is not None else 0.0
+        if waited > PATIENCE:
+            self.delay = min(IDLE_BACKOFF, max(self.delay, waited / 10))
+
+
+def meet(comm: Any) -> None:
+    """Wait, sleeping between polls, until every rank has come here: called before each collective,
+    which then finds every rank in it and does not spin (ranks start seconds apart when they
+    outnumber the cores, and rank 0 alone writes the run's record at the end)."""
+    request = comm.Ibarrier()
+    backoff = Backoff()
+    while not request.Test():
+        backoff.sleep()
+
+
 def run(ctx: RunContext) -> dict:
     """Run this rank's share; rank 0 returns the run record, other ranks ``{"secondary": True, ...}``.
     Outside an MPI world, start the ranks (:func:`self_launch`) and return rank 0's record."""
@@ -221,6 +259,7 @@ def run(ctx: RunContext) -> dict:
     # a rank whose launcher (mpiexec, orted, slurmstepd) is killed must stop, not run on orphaned
     die_with_parent(os.getppid())
     # ranks started without --results each made up a default directory: rank 0's wins
+    meet(comm)
     ctx.results = Path(comm.bcast(str(ctx.results), root=0))
     # rank 0 alone locks and creates the directory; if it cannot, every rank must learn it, not wait for ever
     t0, refused = 0.0, None
@@ -231,6 +270,7 @@ def run(ctx: RunContext) -> dict:
             t0 = begin(ctx)
         except UsageError as err:
             refused = str(err)
+    meet(comm)
     refused = comm.bcast(refused, root=0)
     if refused:
         if rank:
@@ -243,12 +283,13 @@ def run(ctx: RunContext) -> dict:
             transport.finish_sends()
         except Aborted:
             outcome = Outcome("FAILED")  # the failed rank's own outcome carries the error
+    meet(comm)
     outcomes = comm.gather(outcome, root=0)  # the list on rank 0, None on the others
     record = end(ctx, t0, combine(outcomes)) if outcomes is not None else \
         {"secondary": True, "state": outcome.state, "exit_code": outcome.exit_code}
     # the others leave only once rank 0 has written the run's record: a rank leaving with a non-zero
     # code (138 at the walltime signal) makes mpiexec kill the rest at once
-    comm.Barrier()
+    meet(comm)
     return record
 
 

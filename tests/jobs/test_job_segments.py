@@ -52,6 +52,11 @@ def test_a_job_killed_three_times_is_reported_whole(tmp_path):
     finally:
         cli("cancel", job.directory)
     assert final.state == "COMPLETED", final
+    # each killed job's end, inferred without its marker, is kept in its segment as the resume found it
+    for number in (1, 2, 3):
+        ended = read_json(job.layout.segments / f"{number:03d}" / "finished")
+        assert (ended["state"], ended["inferred"]) == ("FAILED", True), ended
+        assert "killed before its exit trap ran" in ended["reason"], ended
 
     metrics = read_json(job.directory / "metrics.json")
     segments = metrics["segments"]

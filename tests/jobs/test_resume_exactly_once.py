@@ -9,9 +9,11 @@ run, each item once.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ import pytest
 
 from helpers.runs import EXAMPLES, cli, d4p_hpc_cmd, diff, explain, outputs, processes_mentioning, wait_for
 
+from d4p_hpc.jobs import resume as job_resume
 from d4p_hpc.jobs import state as jobs
 from d4p_hpc.mappings.checkpoint import store
 
@@ -113,3 +116,41 @@ def test_two_resumes_of_a_job_at_once_give_one_successor_that_status_and_cancel_
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda k: one_try(cancelled, tmp_path / f"try-{k}", reference, cancel=k % 5 == 0),
                       range(TRIES)))
+
+
+def test_a_job_resumed_while_its_exit_trap_ran_records_its_end_in_its_segment(tmp_path):
+    """A job stopped without its finished marker yet (its exit trap still running, or on its way to a
+    shared file system) may be resumed once its end is inferred: its trap then writes its end into its
+    own segment, never into ``state/``, which its successor owns (where a late CANCELLED would end the
+    successor's follower at once, and keep the local array runner from starting it)."""
+    done = cli("submit", GRAPH, "-a", "graph", "-i", 100_000, "--scheduler", "local", "--results-root", tmp_path,
+               env=ENV)
+    assert done.returncode == 0, explain(done)
+    directory = Path(re.search(r"^results (.+)$", done.stdout + done.stderr, re.M).group(1))
+    job = jobs.open_job(directory)
+    wait_for(lambda: job.marker("started"), 60)
+    pid = job.marker("local.json")["pid"]
+    # what resume does once the end is inferred: the markers go into a segment, the successor's come
+    archive = job_resume.archive_segment(job)
+    (directory / "state" / "submitted").write_text('{"job_id": "local-successor", "epoch": 1}\n')
+    os.killpg(pid, signal.SIGTERM)  # the cancel, as the local scheduler sends it
+    wait_for(lambda: (archive / "finished").exists(), 60)
+    ended = json.loads((archive / "finished").read_text())
+    assert ended["state"] == "CANCELLED" and ended["reason"].startswith("stopped by SIGTERM"), ended
+    wait_for(lambda: not processes_mentioning(str(directory)), 30)
+    assert not (directory / "state" / "finished").exists()
+    assert job_resume.segments(jobs.open_job(directory))[0]["state"] == "CANCELLED"
+
+    # and one whose directory has gone to another run entirely records its end nowhere, saying so
+    done = cli("submit", GRAPH, "-a", "graph", "-i", 100_000, "--scheduler", "local", "--results-root", tmp_path,
+               env=ENV)
+    directory = Path(re.search(r"^results (.+)$", done.stdout + done.stderr, re.M).group(1))
+    job = jobs.open_job(directory)
+    wait_for(lambda: job.marker("started"), 60)
+    pid = job.marker("local.json")["pid"]
+    (directory / "state" / "submitted").write_text('{"job_id": "local-other", "epoch": 1}\n')
+    os.killpg(pid, signal.SIGTERM)
+    wait_for(lambda: not processes_mentioning(str(directory)), 30)
+    assert not (directory / "state" / "finished").exists()
+    said = (directory / "job.err").read_text()
+    assert f"but {directory} now holds another job: its end is not recorded there" in said, said

@@ -70,9 +70,25 @@ printf '%s\n' '{
 }' >"$d4p_results/spec.json"
 
 # --- state markers: state/started now, state/finished (state, exit code, reason) at exit ---
-d4p_mark() {  # NAME JSON-FIELDS: write state/NAME atomically
+d4p_mark() {  # NAME JSON-FIELDS [FOLDER]: write FOLDER/NAME atomically (default: state/)
+  local into=${3:-$d4p_results/state}
   printf '{"time": "%s", "epoch": %s, %s}\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(date +%s)" "$2" \
-    >"$d4p_results/state/.$1" && mv -f -- "$d4p_results/state/.$1" "$d4p_results/state/$1"
+    >"$into/.$1" && mv -f -- "$into/.$1" "$into/$1"
+}
+d4p_mine() {  # print the folder of this job's markers: state/, or its segment if a resume archived it
+  # (a job whose end was inferred while its exit trap still ran: its successor owns state/ now)
+  local markers=$d4p_results/state segment own="\"job_id\": \"$d4p_job_id\""
+  if [ ! -e "$markers/submitted" ] || grep -qsF -- "$own" "$markers/submitted"; then
+    printf '%s\n' "$markers"
+    return 0  # (a bare return in an EXIT trap gives the script's exit code)
+  fi
+  for segment in "$markers/segments"/[0-9]*/; do
+    if grep -qsF -- "$own" "${segment}submitted"; then
+      printf '%s\n' "${segment%/}"
+      return 0
+    fi
+  done
+  return 1
 }
 d4p_mark started "\"job_id\": \"$d4p_job_id\", \"host\": \"$(hostname)\", \"pid\": $$"
 
@@ -130,7 +146,7 @@ d4p_stop() {  # PID: SIGTERM, and SIGKILL if it is still there after 10 s
 }
 
 d4p_finish() {
-  local rc=$? state reason pid
+  local rc=$? state reason pid into
   trap '' TERM INT USR1
   for pid in $d4p_services; do d4p_stop "$pid"; done
   if [ -n "$d4p_run_rc" ]; then
@@ -150,7 +166,11 @@ d4p_finish() {
       *) state=CANCELLED reason="stopped by SIG$d4p_signal during the $d4p_stage" rc=${d4p_run_rc:-143} ;;
     esac
   fi
-  d4p_mark finished "\"state\": \"$state\", \"exit_code\": $rc, \"reason\": \"$reason\""
+  if into=$(d4p_mine); then
+    d4p_mark finished "\"state\": \"$state\", \"exit_code\": $rc, \"reason\": \"$reason\"" "$into"
+  else
+    echo "d4p-hpc: job $d4p_job_id ended $state, but $d4p_results now holds another job: its end is not recorded there" >&2
+  fi
   exit "$rc"
 }
 trap d4p_finish EXIT
@@ -216,7 +236,7 @@ d4p_mpiexec() { exec mpiexec "${d4p_placement[@]}" "$@"; }
 # --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
 d4p_stage="Redis start-up"
 d4p_redis_conn="$d4p_results/redis.json"
-python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 0.0.0.0 &
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 0.0.0.0 --clients 28 &
 d4p_redis=$!
 d4p_services="$d4p_redis $d4p_services"
 # workers read the connection file, which the server writes once Redis answers

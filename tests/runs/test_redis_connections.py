@@ -1,0 +1,176 @@
+"""The per-job Redis's connection budget (#21): counted, set, and checked before anything is queued.
+
+Every worker holds :data:`~d4p_hpc.mappings.WORKER_CONNECTIONS` connections; Redis accepts at most
+``maxclients``, and no more than its open-files limit minus 32 allows (it lowers ``maxclients``
+to fit). So the run's Redis gets ``maxclients`` = :func:`~d4p_hpc.mappings.connections` of its
+workers, refuses to start (one line naming the limit) where the node's hard limit cannot hold
+them, and ``submit`` refuses such a job before the queue, with the numbers and the fix.
+
+Proven with the real redis-server and a real hard limit (``setrlimit`` in the child, as a node's
+``ulimit -Hn`` would be): what a running job's workers hold is counted with ``CLIENT LIST``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from d4p_hpc.mappings import OTHER_CONNECTIONS, WORKER_CONNECTIONS, connections
+from d4p_hpc.results import Layout
+from helpers.dynamic import needs_redis, python_module, tagged_env, tagged_pids, write_graph
+from helpers.runs import EXAMPLES, cli, d4p_hpc_cmd, explain, wait_for
+
+redis = pytest.importorskip("redis")
+pytestmark = needs_redis
+
+SLOW = '''
+import os, time
+from dispel4py.base import ProducerPE, IterativePE, ConsumerPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+class Numbers(ProducerPE):
+    def _process(self, inputs):
+        time.sleep(0.05)
+        return 1
+
+class Slow(IterativePE):
+    def _process(self, n):
+        time.sleep(0.2)
+        return n
+
+class Sink(ConsumerPE):
+    def _process(self, n):
+        pass
+
+graph = WorkflowGraph()
+slow = Slow()
+graph.connect(Numbers(), "output", slow, "input")
+graph.connect(slow, "output", Sink(), "input")
+'''
+
+
+def limited(nofile: int):
+    """preexec_fn: the child's open-files limit, soft and hard, as a node's ``ulimit -Hn``."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+
+@pytest.mark.parametrize("mapping", ["dyn_redis", "hybrid_redis"])
+def test_a_runs_workers_hold_no_more_connections_than_its_redis_is_given(tmp_path, mapping):
+    workers = 6
+    graph, results = write_graph(tmp_path, SLOW), tmp_path / "results"
+    run = subprocess.Popen([*d4p_hpc_cmd(), "run", str(graph), "-m", mapping, "-n", str(workers), "-i", "40",
+                            "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    counts = []
+    try:
+        conn = wait_for(lambda: Layout(results).redis.exists() and json.loads(Layout(results).redis.read_text()))
+        client = redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"])
+        maxclients = int(client.config_get("maxclients")["maxclients"])
+        with contextlib.suppress(redis.ConnectionError):  # (it ends with the run)
+            while run.poll() is None:
+                counts.append(len(client.client_list()) - 1)  # (not this one)
+                time.sleep(0.05)
+        client.close()
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    assert maxclients == connections(workers) == WORKER_CONNECTIONS * workers + OTHER_CONNECTIONS
+    # at most the budget, and the workers' share of it: each worker holds its WORKER_CONNECTIONS
+    assert WORKER_CONNECTIONS * workers <= max(counts) <= connections(workers) - 1, counts
+
+
+def test_a_redis_whose_node_cannot_hold_the_runs_clients_does_not_start(tmp_path):
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(python_module("d4p_hpc.mappings.redis.server", "--results", str(tmp_path), "--clients",
+                                          "1000"), env=tagged_env(tag), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limited(256))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the per-job Redis on "), err
+    assert ("can accept 224 clients, as the open-files hard limit there is 256 (ulimit -Hn); the run needs 1,000 "
+            f"({WORKER_CONNECTIONS} per worker): run fewer workers, or ask for a hard limit of at least 1,032 where "
+            "Redis runs (a job's first node)") in lines[0], err
+    assert not Layout(tmp_path).redis.exists()
+    assert tagged_pids(tag) == set()  # no redis-server left
+
+
+def test_the_same_node_with_a_run_it_can_hold_starts(tmp_path):
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(python_module("d4p_hpc.mappings.redis.server", "--results", str(tmp_path), "--clients",
+                                          str(256 - 32)), env=tagged_env(tag), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limited(256))
+    try:
+        conn = wait_for(lambda: Layout(tmp_path).redis.exists() and json.loads(Layout(tmp_path).redis.read_text()))
+        client = redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"])
+        assert client.config_get("maxclients") == {"maxclients": "224"}
+        client.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    wait_for(lambda: tagged_pids(tag) == set(), 10)
+
+
+def test_submit_refuses_a_job_whose_first_node_cannot_hold_its_connections(isolated_config):
+    env = {"D4P_HPC_NOFILE_LIMIT": "1024"}
+    refused = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 64, "--tasks-per-node", 8,
+                  "--scheduler", "slurm", "--dry-run", "--no-check", cwd=isolated_config, env=env)
+    assert refused.returncode == 2, explain(refused)
+    assert refused.stderr == ("Error: -m dyn_redis with 512 workers needs 1,552 connections to its Redis (3 per "
+                              "worker, 16 for the rest), so an open-files hard limit of at least 1,584 on the job's "
+                              "first node; it is 1,024 (D4P_HPC_NOFILE_LIMIT): run fewer workers per job, or, if the "
+                              "compute nodes allow more, set D4P_HPC_NOFILE_LIMIT to their ulimit -Hn\n"), \
+        explain(refused)
+    assert not (isolated_config / "d4p-results").exists()
+    # a job that fits is rendered with its budget, which its Redis is started with
+    fits = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 32, "--tasks-per-node", 10,
+               "--scheduler", "slurm", "--dry-run", "--no-check", cwd=isolated_config, env=env)
+    assert fits.returncode == 0, explain(fits)
+    assert " --clients 976 &\n" in fits.stdout, fits.stdout
+    bad = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--scheduler", "slurm", "--dry-run",
+              "--no-check", cwd=isolated_config, env={"D4P_HPC_NOFILE_LIMIT": "lots"})
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: D4P_HPC_NOFILE_LIMIT=lots: not a whole number"), \
+        explain(bad)
+
+
+def test_a_job_on_a_node_with_too_low_a_limit_fails_saying_so(isolated_config):
+    """The job checks again on its node: the submit host's limit may not be the nodes'."""
+    done = cli("submit", EXAMPLES / "word_count.py", "-m", "hybrid_redis", "--tasks-per-node", 2, "--scheduler",
+               "local", "--setup", "ulimit -n 40", "--wait", cwd=isolated_config)
+    assert done.returncode == 1, explain(done)
+    directory = next(p for p in (isolated_config / "d4p-results").iterdir() if not p.is_symlink())
+    shown = cli("status", directory, "-l", cwd=isolated_config)
+    assert "FAILED" in shown.stdout and "can accept 8 clients, as the open-files hard limit there is 40" in \
+        shown.stdout, explain(shown)
+    ended = json.loads((directory / "state" / "finished").read_text())  # its end recorded by the job itself
+    assert (ended["state"], ended["exit_code"]) == ("FAILED", 1), ended
+    wait_for(lambda: not Path(directory / "redis.json").exists(), 10)
+
+
+@pytest.mark.parametrize(("nofile", "refused"), [(59, True), (60, False)])
+def test_run_checks_its_own_redis_against_this_hosts_limit_before_anything_starts(tmp_path, nofile, refused):
+    """4 workers: 3 x 4 + 16 = 28 clients, and Redis keeps 32 files for itself: 60, not 59. A run
+    refused makes nothing: no results directory, no Redis (an outside tester found both)."""
+    results, tag = tmp_path / "results", uuid.uuid4().hex
+    proc = subprocess.run([*d4p_hpc_cmd(), "run", str(EXAMPLES / "long_count.py"), "-a", "stateless", "-m", "dyn_redis",
+                           "-n", "4", "-i", "10", "--results", str(results)], env=tagged_env(tag), capture_output=True,
+                          text=True, timeout=120, preexec_fn=limited(nofile))
+    if refused:
+        assert proc.returncode == 2 and proc.stderr == (
+            "Error: -m dyn_redis -n 4 needs 28 connections to its Redis (3 per worker, 16 for the rest), so an "
+            "open-files hard limit of at least 60 here; it is 59 (ulimit -Hn): run fewer workers (-n), or raise "
+            "the limit\n"), proc.stderr
+        assert not results.exists()
+    else:
+        assert proc.returncode == 0, proc.stderr
+    assert tagged_pids(tag) == set()
