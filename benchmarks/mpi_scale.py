@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from helpers.idle import cpu_seconds, switches  # noqa: E402
+from helpers.idle import cpu_seconds, mpi_ranks, switches  # noqa: E402
 
 GRAPH = '''
 import os, time
@@ -61,21 +61,6 @@ graph.connect(double, "output", Sink(), "input")
 '''
 
 
-def ranks_of(tag: str) -> list[int]:
-    needle = f"D4P_TEST_TAG={tag}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in environ and any(v.startswith(b"OMPI_COMM_WORLD_RANK=") for v in environ):
-            found.append(int(entry.name))
-    return found
-
-
 def measure(ranks: int, busy: float, window: float, tmp: Path) -> dict:
     graph, results, tag = tmp / f"graph-{ranks}.py", tmp / f"results-{ranks}", uuid.uuid4().hex
     graph.write_text(GRAPH)
@@ -90,7 +75,7 @@ def measure(ranks: int, busy: float, window: float, tmp: Path) -> dict:
         time.sleep(0.02)
     startup = time.monotonic() - started
     time.sleep(min(1.5, busy / 4))
-    pids = ranks_of(tag)
+    pids = mpi_ranks(tag)
     before = {p: (cpu_seconds(p), switches(p)[0]) for p in pids}
     t0 = time.monotonic()
     time.sleep(window)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from d4p_hpc.mappings.redis.keys import ANNOUNCE, Keys
-from helpers.dynamic import GRAPH_HEADER, SLOW_GRAPH, wait_file, write_graph
+from helpers.dynamic import GRAPH_HEADER, SLOW_GRAPH, tagged_pids, wait_file, write_graph
 from helpers.runs import d4p_hpc_cmd
 
 WORKERS = 4
@@ -63,6 +63,18 @@ def switches(pid: int) -> tuple[int, int]:
         voluntary += int(fields["voluntary_ctxt_switches"])
         involuntary += int(fields["nonvoluntary_ctxt_switches"])
     return voluntary, involuntary
+
+
+def mpi_ranks(tag: str) -> list[int]:
+    """The MPI rank processes of a run started with ``D4P_TEST_TAG=tag`` (those mpiexec started)."""
+    found = []
+    for pid in tagged_pids(tag):
+        try:
+            if b"OMPI_COMM_WORLD_RANK=" in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
 
 
 def cpu_seconds(pid: int) -> float:

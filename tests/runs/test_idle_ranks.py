@@ -26,8 +26,8 @@ import uuid
 
 import pytest
 
-from helpers.dynamic import tagged_env, tagged_pids
-from helpers.idle import switches
+from helpers.dynamic import tagged_env
+from helpers.idle import mpi_ranks, switches
 from helpers.runs import d4p_hpc_cmd, explain, read_json, wait_for
 
 pytest.importorskip("mpi4py")
@@ -88,18 +88,6 @@ graph.connect(double, "output", Sink(), "input")
 '''
 
 
-def ranks_of(tag: str) -> list[int]:
-    """The rank processes of the run tagged ``tag`` (the ones mpiexec started)."""
-    found = []
-    for pid in tagged_pids(tag):
-        try:
-            if b"OMPI_COMM_WORLD_RANK=" in open(f"/proc/{pid}/environ", "rb").read():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize(("source", "busy_pe"), [(SLOW_ROOT, "Source"), (SLOW_END, "Sink")],
                          ids=["waiting-for-a-message", "ended-waiting-for-the-others"])
 def test_waiting_ranks_sleep_between_polls(tmp_path, source, busy_pe):
@@ -109,9 +97,9 @@ def test_waiting_ranks_sleep_between_polls(tmp_path, source, busy_pe):
                             "--results", str(results)], env={**tagged_env(tag), "BUSY": str(BUSY)},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(ranks_of(tag)) == RANKS and (results / "run.json").exists(), 60)
+        wait_for(lambda: len(mpi_ranks(tag)) == RANKS and (results / "run.json").exists(), 60)
         time.sleep(1.5)  # each rank has come to its wait, and waited long enough to poll rarely
-        pids = ranks_of(tag)
+        pids = mpi_ranks(tag)
         before = {pid: switches(pid)[0] for pid in pids}
         started = time.monotonic()
         time.sleep(WINDOW)

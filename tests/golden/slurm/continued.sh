@@ -5,6 +5,7 @@
 #SBATCH --cpus-per-task=1
 #SBATCH --time=00:30:00
 #SBATCH --signal=B:USR1@60
+#SBATCH --no-requeue
 #SBATCH --output=/scratch/user/d4p-results/word_count-%j.out
 #SBATCH --error=/scratch/user/d4p-results/word_count-%j.err
 #SBATCH --mem=2G
@@ -152,7 +153,7 @@ d4p_stop() {  # PID: SIGTERM, and SIGKILL if it is still there after 10 s
 }
 
 d4p_finish() {
-  local rc=$? state reason pid into
+  local rc=$? state reason pid into lost
   trap '' TERM INT USR1
   for pid in $d4p_services; do d4p_stop "$pid"; done
   if [ -n "$d4p_run_rc" ]; then
@@ -171,6 +172,12 @@ d4p_finish() {
       USR1) state=TIMEOUT reason="walltime: stopped at the pre-walltime signal" rc=${d4p_run_rc:-138} ;;
       *) state=CANCELLED reason="stopped by SIG$d4p_signal during the $d4p_stage" rc=${d4p_run_rc:-143} ;;
     esac
+  fi
+  # a node lost: the scheduler stops the job as it would cancel it, and only the launcher says which node
+  # (srun: "srun: error: Node failure on NODE"; on the job's stderr, and the workers' log)
+  if [ "$state" = CANCELLED ] && lost=$(grep -ho 'Node failure on [^ ]*' -- "$d4p_results/job.err" \
+      "$d4p_results/logs/workers.log" 2>/dev/null | tail -n 1) && [ -n "$lost" ]; then
+    state=FAILED reason="node failure: ${lost#Node failure on } was lost, and the job stopped with it"
   fi
   if [ "$state" = TIMEOUT ]; then
     # at most 2 more job(s) continue the run from its last checkpoint; the successor
