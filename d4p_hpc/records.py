@@ -108,19 +108,12 @@ class ProcessMetrics(TypedDict):
 
 
 class SegmentMetrics(TypedDict, total=False):
-    """``metrics.json``'s entry for one segment of a resumed run (``mappings/runtime/totals.py``)."""
+    """``metrics.json``'s entry for one segment of a resumed run (``mappings/runtime/totals.py``); only
+    what is read of it is declared (and checked): a killed segment's figures come from its samples,
+    whose fields may be null."""
 
-    segment: int
     job_id: str | None
-    state: str | None
-    started: str | None
-    #: ``metrics.json``: the segment's own metrics; ``samples``: its last samples (it was killed)
-    source: str
-    wall_seconds: float
-    items: int
-    items_per_second: float | None
-    instances: list[InstanceMetrics]
-    process_list: list[ProcessMetrics]
+    items: int | None
 
 
 class Metrics(TypedDict, total=False):
