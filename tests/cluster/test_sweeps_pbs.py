@@ -176,7 +176,8 @@ def test_a_sweep_of_four_hybrid_redis_tasks_over_two_nodes_completes_every_task(
         # a worker placed on each of the task's 2 nodes (which one first takes a process slot of a run this
         # short is a race: CI saw both slots on pbsn1 once, the other worker joining as the run ended)
         task = word_sweep["directory"] / "tasks" / str(i)
-        assert "MPI placement: mpiexec --map-by ppr:1:node" in (task / "logs" / "workers.log").read_text(), i
+        shown = d4p("logs", word_sweep["id"], "--task", i, ok=False)
+        assert "MPI placement: mpiexec --map-by ppr:1:node" in shown.stdout, (i, explain(shown))
         metrics = json.loads((task / "metrics.json").read_text())
         assert {p["host"] for p in metrics["process_list"]} <= {"pbsn1", "pbsn2"}, metrics["process_list"]
     nothing_left(word_sweep["directory"])
