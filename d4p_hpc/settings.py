@@ -82,10 +82,15 @@ def max_backlog() -> int | None:
 def nofile_limit() -> int:
     """The open-files hard limit (``ulimit -Hn``) of the node the per-job Redis runs on, as far as
     the submit host knows: its own, unless the user says the compute nodes' differs."""
-    import resource
-
     if os.environ.get(NOFILE_LIMIT, "").strip():
         return int(_within(NOFILE_LIMIT, _whole(NOFILE_LIMIT, 0, "65536"), 1, 2**31, "65536"))
+    return host_nofile_limit()
+
+
+def host_nofile_limit() -> int:
+    """This process's open-files hard limit (``ulimit -Hn``; unlimited: 2**31), which what it starts inherits."""
+    import resource
+
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return hard if hard != resource.RLIM_INFINITY else 2**31
 

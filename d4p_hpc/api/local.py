@@ -71,11 +71,12 @@ def run_here(graph: str, mapping: str = "simple", processes: int | None = None, 
     settings.check()
     _check_local_processes(chosen, processes, external_workers)
     chosen.check(options)
+    count = chosen.processes(processes)
     if not check:
-        _check_connections(chosen, chosen.processes(processes), options)
+        _check_connections(chosen, count, options)
     if not check and not resume and not inside_mpi_world():  # (the ranks of one run share it: rank 0 checks it)
         check_new(results_dir)
-    ctx = prepare(graph, attr, mapping, chosen.processes(processes), raw, results_dir, options, resume, not check)
+    ctx = prepare(graph, attr, mapping, count, raw, results_dir, options, resume, not check)
     # a run of its own (not a job's, which the job's id finds) is found by its id alone, as a job is
     here = not check and not inside_mpi_world() and settings.job_id() is None
     if here and (problem := index.record(Path(ctx.results).name, ctx.results)):
@@ -109,10 +110,8 @@ def _check_connections(chosen: mappings.Mapping, processes: int, options: dict) 
     driver, whose Redis runs beside it, is checked by ``submit`` and by that Redis)."""
     if chosen.launch != "redis" or options["external_workers"] or options["redis_url"] or options["redis_connection"]:
         return
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and mappings.files_needed(processes) > hard:
+    hard = settings.host_nofile_limit()
+    if mappings.files_needed(processes) > hard:
         raise UsageError(f"-m {chosen.name} -n {processes} needs {mappings.budget(processes)} here; it is {hard:,} "
                          "(ulimit -Hn): run fewer workers (-n), or raise the limit")
 

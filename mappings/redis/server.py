@@ -40,7 +40,7 @@ from pathlib import Path
 
 import click
 
-from d4p_hpc import supervisor
+from d4p_hpc import settings, supervisor
 from d4p_hpc.errors import Command
 from d4p_hpc.errors import RedisError
 from d4p_hpc.results import Layout, make_private_dir
@@ -166,7 +166,7 @@ class RedisServer:
     port
         Fixed port; default a free one.
     clients
-        The clients the run needs (:func:`~d4p_hpc.mappings.redis.conn.connections`): Redis's
+        The clients the run needs (:func:`~d4p_hpc.mappings.connections`): Redis's
         ``maxclients``, which Redis lowers to fit its open-files limit; then it does not start
         (:class:`~d4p_hpc.errors.RedisError` naming the limit). Default: Redis's own (10,000).
 
@@ -321,8 +321,6 @@ class RedisServer:
         limit, which it raises itself up to the hard limit, inherited from us (None if it can)."""
         if not self.clients or self.local is None:
             return None
-        import resource
-
         client = self.local.client(no_retry=True, socket_timeout=5, socket_connect_timeout=5)
         try:
             accepted = int(client.config_get("maxclients")["maxclients"])
@@ -330,7 +328,7 @@ class RedisServer:
             client.close()
         if accepted >= self.clients:
             return None
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard = settings.host_nofile_limit()
         return RedisError(f"the per-job Redis on {socket.gethostname()} can accept {accepted:,} clients, as the "
                           f"open-files hard limit there is {hard:,} (ulimit -Hn); the run needs {self.clients:,} "
                           f"({WORKER_CONNECTIONS} per worker): run fewer workers, or ask for a hard limit of at "
