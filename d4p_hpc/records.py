@@ -128,6 +128,8 @@ class Metrics(TypedDict, total=False):
     process_list: list[ProcessMetrics]
     backlog_peak: int
     backlog_limit: int
+    #: the root PEs whose calls were spread over the workers (found stateless)
+    roots_spread: list[str]
     #: ``[[seconds since the start, workers], ...]`` (dyn_auto_*)
     pool_size: list[list[float]]
     pool_max: int

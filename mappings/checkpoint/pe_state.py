@@ -45,6 +45,18 @@ def capture(key: str, pe: Any) -> bytes:
                                "methods", key) from None
 
 
+def fingerprint(pe: Any) -> bytes | None:
+    """PE object ``pe``'s state, pickled, to tell whether a call changed it: its ``checkpoint()``
+    hook's where it has one, else every attribute of its own (those in ``pickleIgnore`` too: a file
+    it reads from is state). None if that cannot be pickled (or the hook raises): unknown."""
+    hook = getattr(pe, "checkpoint", None)
+    try:
+        state = ("hook", hook()) if callable(hook) else ("dict", {k: v for k, v in vars(pe).items() if k not in WIRED})
+        return pickle.dumps(state, protocol=5)
+    except Exception:
+        return None
+
+
 def _picklable(value: Any) -> bool:
     try:
         pickle.dumps(value, protocol=5)

@@ -168,6 +168,11 @@ class LocalBroker:
         """``(backlog, tasks done, busy seconds)``."""
         return self.books.load()
 
+    def pending(self, index: int) -> int:
+        """Tasks of PE ``index`` queued or running (read without the lock: a driver that no longer
+        queues any for it sees the count only fall)."""
+        return self.books.pending[index]
+
     def set_pool(self, n: int) -> None:
         """Let workers 1 to ``n`` work."""
         self.pool.value = n

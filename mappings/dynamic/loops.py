@@ -12,6 +12,17 @@ none left gets no more: the workers postprocess their copies of it (stateful
 instances: after their last item), and then it is done. The driver closes the
 roots after feeding them; the run is COMPLETED when every PE is done. No idle
 timeout is involved, so a PE that takes minutes per item cannot end the run early.
+
+A root's calls are spread over the workers when the root is found stateless: the driver
+makes its first :data:`PROBE_CALLS` calls itself, comparing the PE's state
+(:func:`~d4p_hpc.mappings.checkpoint.pe_state.fingerprint`) before and after each; if none
+changed it, every later call is a task any worker runs (:data:`~d4p_hpc.mappings.dynamic.tasks.ROOT_CALL`),
+in entries of about :data:`SLOW_UNIT` of work by the calls' measured time, so slow calls spread one
+by one. A root whose state changed, cannot be pickled, or that says ``stateful = True`` is called
+in the driver, in order, as before. The driver closes a spread root once none of its calls is
+queued or running, and runs ``postprocess`` on its own copy only: the workers' copies, which
+calls did not change, hold the same state. What no fingerprint sees is state outside the PE
+object (a module-level iterator or counter): such a root must say ``stateful = True``.
 """
 
 from __future__ import annotations
@@ -23,10 +34,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from d4p_hpc import settings, supervisor
-from d4p_hpc.mappings.checkpoint import store
+from d4p_hpc.mappings.checkpoint import pe_state, store
 from d4p_hpc.mappings.dynamic.autoscale import TICK, Autoscaler
 from d4p_hpc.mappings.runtime import replay
 from d4p_hpc.mappings.runtime.core import root_feed
+from d4p_hpc.mappings.runtime.hosting import Instance
 from d4p_hpc.mappings.runtime.process import Aborted
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, death, read_parts
 from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
@@ -45,6 +57,8 @@ PART_WAIT = 30.0
 QUIESCE_SECONDS = 2.0
 #: ... but at least this many per worker: fewer would starve some (a worker reads a few at once)
 QUIESCE_TASKS = 4
+#: A root's calls the driver makes itself, watching its state, before it spreads the others (see above)
+PROBE_CALLS = 3
 
 
 def max_backlog(workers: int) -> int:
@@ -114,6 +128,9 @@ class DriverBroker(Broker, Protocol):
     def request_checkpoint(self, seq: int) -> list[int]:
         """Ask every worker, through its control queue, to write its part of checkpoint ``seq`` (the
         driver has quiesced the run); return their numbers."""
+
+    def pending(self, index: int) -> int:
+        """Tasks of PE ``index`` queued or running, read now."""
 
 
 class WorkerLoop:
@@ -199,6 +216,8 @@ class Driver:
         self.closing = False
         self._started = self._rate_at = time.monotonic()
         self._quiesce_limit = QUIESCE_TASKS * ctx.processes
+        #: the roots whose calls were spread over the workers (for the metrics)
+        self.spread: list[str] = []
 
     def request_stop(self, signum: int) -> None:
         """The walltime signal's handler (checkpoints on)."""
@@ -212,22 +231,72 @@ class Driver:
         if self.ctx.checkpoints:
             self.runtime.on_write = self._write_point
         restored = self.ctx.restored
+        spread = []
         for root in self.ctx.plan.roots():
             inst = self.runtime.copy_of(root.index)
             gid = root.first_gid
             self.fed[gid] = restored.fed(gid) if restored is not None else 0
             inst.replay = replay.pending(restored, gid) if restored is not None else None
-            for item in root_feed(self.ctx.feeds.get(root.index, 0), self.fed[gid]):
-                self.runtime.feed(inst, item)
-                self.fed[gid] += 1
-                self._ship()  # also for calls that write nothing: the watch and the autoscaler tick
-                self._write_point()
-            self.runtime.finish(inst)
-            self.closing = True
-            self._send(close=root.index)
+            if self._feed(inst):
+                spread.append(inst)
+            else:
+                self._close(inst)
+        for inst in spread:
+            self._drain(inst.node.index)
+            self._close(inst)
         while self._check():
             # the run's end wakes the wait at once: until the next tick there is nothing else to do
             self.broker.wait(max(0.0, self._next_tick - time.monotonic()))
+
+    def _feed(self, inst: Instance) -> bool:
+        """Make every call of root ``inst``: the first ones here, and, once it has been found
+        stateless, the others as tasks for the workers (see the module's docstring). Whether it was."""
+        gid, node = inst.gid, inst.node
+        probing = self.ctx.processes > 1 and not self.ctx.plan.stateful(node)
+        probed, entry, slowest, spread = 0, ENTRY_TASKS, 0.0, 0
+        for item in root_feed(self.ctx.feeds.get(node.index, 0), self.fed[gid]):
+            if probed == PROBE_CALLS:
+                self.runtime.queue_call(gid, item)
+                self.fed[gid] += 1
+                spread += 1
+                if self.runtime.queued >= entry:
+                    self._send()
+                else:
+                    self._ship()
+                self._write_point()
+                continue
+            before = pe_state.fingerprint(inst.pe) if probing else None
+            started = time.perf_counter()
+            self.runtime.feed(inst, item)
+            slowest = max(slowest, time.perf_counter() - started)
+            self.fed[gid] += 1
+            if before is not None and pe_state.fingerprint(inst.pe) == before:
+                probed += 1
+                # entries of about SLOW_UNIT of work by the slowest call seen: slow calls one by one
+                entry = max(1, min(ENTRY_TASKS, int(SLOW_UNIT / slowest) if slowest else ENTRY_TASKS))
+            else:
+                probing = False
+            self._ship()  # also for calls that write nothing: the watch and the autoscaler tick
+            self._write_point()
+        if spread:
+            self.spread.append(node.key)
+        return spread > 0
+
+    def _drain(self, index: int) -> None:
+        """Wait until no call of spread root ``index`` is queued or running."""
+        self._send()
+        delay = QUIESCE_POLL
+        with self.runtime.blocked():
+            while self.broker.pending(index) > 0 and self._check():
+                self._write_point()
+                time.sleep(delay)
+                delay = min(0.05, delay * 2)
+
+    def _close(self, inst: Instance) -> None:
+        """Postprocess root ``inst`` and tell the accounting it gets no more input."""
+        self.runtime.finish(inst)
+        self.closing = True
+        self._send(close=inst.node.index)
 
     def _ship(self) -> None:
         """Send the outbox once it holds two entries per worker, or when the last send was a while ago."""
@@ -334,8 +403,8 @@ class Driver:
 
     def metrics(self) -> dict:
         """The mapping's own metrics: the largest backlog the driver queued onto, the backpressure
-        limit, and the pool size over time (dyn_auto_*)."""
-        extra = {"backlog_peak": self.peak, "backlog_limit": self.limit}
+        limit, the roots whose calls were spread, and the pool size over time (dyn_auto_*)."""
+        extra: dict[str, Any] = {"backlog_peak": self.peak, "backlog_limit": self.limit, "roots_spread": self.spread}
         if self.scaler is not None:
             extra.update(self.scaler.metrics(time.time()))
         return extra

@@ -40,6 +40,10 @@ SHARED_QUEUE = -1
 CONTROL_QUEUE = -2
 #: Most tasks in one queue entry.
 ENTRY_TASKS = 128
+#: The input name of a task that is one call of a root PE spread over the workers (its data: the
+#: call's inputs, as :func:`~d4p_hpc.mappings.runtime.core.root_feed` gives them). No other task
+#: has None: an end of stream never travels as a task here (the accounting ends streams).
+ROOT_CALL = None
 
 
 def refuse_stateful(plan: Plan, mapping: str) -> None:
@@ -181,9 +185,14 @@ class TaskRuntime(Runtime):
         for gid, input_name, data in tasks:
             check()
             index = self.node_of[gid].index
-            self._process(self.copy_of(index), {input_name: data})
+            self._process(self.copy_of(index), data if input_name is ROOT_CALL else {input_name: data})
             done[index] = done.get(index, 0) + 1
         return done
+
+    def queue_call(self, gid: int, inputs: Any) -> None:
+        """Queue one call of root ``gid`` for any worker (a spread root: see :mod:`~d4p_hpc.mappings.dynamic.loops`)."""
+        self.unsent.setdefault(SHARED_QUEUE, []).append((gid, ROOT_CALL, inputs))
+        self.queued += 1
 
     def run_items(self, gid: int, items: list, check: Callable[[], None]) -> None:
         """Run items of owned stateful instance ``gid``, calling ``check`` before each."""

@@ -91,6 +91,10 @@ class RedisDriverBroker(RedisBroker):
         tasks, busy = self.client.hmget(self.keys.work, "tasks", "busy")
         return self.backlog(), int(tasks or 0), float(busy or 0)
 
+    def pending(self, index: int) -> int:
+        """Tasks of PE ``index`` queued or running."""
+        return int(self.client.hget(self.keys.pending, str(index)) or 0)
+
     def live_workers(self) -> list[int]:
         """Numbers of the registered workers whose heartbeat has not expired."""
         procs = sorted(int(p) for p in self.client.hkeys(self.keys.workers))
