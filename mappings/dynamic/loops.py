@@ -259,7 +259,7 @@ class Driver:
                 self.runtime.queue_call(gid, item)
                 self.fed[gid] += 1
                 spread += 1
-                if self.runtime.queued >= entry:
+                if entry < ENTRY_TASKS and self.runtime.queued >= entry:  # slow calls: entries of their own
                     self._send()
                 else:
                     self._ship()
