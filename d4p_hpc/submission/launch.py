@@ -146,9 +146,10 @@ def spread(spec: JobSpec, mpi: bool) -> tuple:
         # srun no longer inherits --cpus-per-task from the job (Slurm >= 22.05), and a job
         # submitted with --export=NONE would hand the tasks an empty environment. No
         # --kill-on-bad-exit: at the walltime signal ranks exit 138 while rank 0 still writes.
+        # Workers (not ranks) go on without a lost node's (--no-kill): their tasks are redone elsewhere.
         return ("srun", f"--nodes={spec.nodes}", f"--ntasks={spec.total_tasks}",
                 f"--ntasks-per-node={spec.tasks_per_node}", f"--cpus-per-task={spec.cpus_per_task}",
-                "--export=ALL", *spec.launcher_args)
+                "--export=ALL", *(() if mpi else ("--no-kill",)), *spec.launcher_args)
     # the "nodes" of a job on this host are slots of it: nothing to place
     return ("mpiexec" if scheduler.on_this_host else MPIEXEC, "-n", str(spec.total_tasks),
             *(["--hostfile", ShellVar(scheduler.nodefile)] if scheduler.nodefile else []), *spec.launcher_args)

@@ -125,13 +125,17 @@ class RedisDriverBroker(RedisBroker):
         pipe.execute()
         return workers
 
-    def dead_owner(self) -> tuple[int, int] | None:
-        """(gid, proc) of a stateful instance not finished whose host has no heartbeat, if any."""
+    def dead_owner(self) -> tuple[int, int, str] | None:
+        """(gid, proc, host) of a stateful instance not finished whose worker has no heartbeat, if any."""
         owners = {int(g): int(p) for g, p in self.client.hgetall(self.keys.owners).items()}
         finished = {int(g) for g in self.client.hkeys(self.keys.idone)}
         for gid, proc in sorted(owners.items()):
             if gid not in finished and not self.client.exists(self.keys.alive(proc)):
-                return gid, proc
+                try:
+                    host = str(json.loads(self.client.hget(self.keys.workers, proc) or "{}").get("host") or "?")
+                except (ValueError, AttributeError):
+                    host = "?"
+                return gid, proc, host
         return None
 
 
@@ -306,11 +310,13 @@ def _driver(ctx: RunContext, sink: Sink, broker: RedisDriverBroker, scaler: Auto
                      f"was going; {launcher.last_words()}")
         dead = broker.dead_owner()
         if dead is not None:
-            gid, proc = dead
+            gid, proc, host = dead
             node = runtime.node_of[gid]
+            again = "resume the run from its last checkpoint (d4p-hpc resume, or run --resume)" if ctx.checkpoints \
+                else "rerun the workflow (with --checkpoint-every, a rerun could resume instead)"
             broker.stop("FAILED", {"pe": node.key, "process": proc, "traceback":
-                                   f"worker {proc}, host of instance {gid - node.first_gid} of stateful PE "
-                                   f"{node.key}, died; its state is lost (rerun the workflow)"})
+                                   f"worker {proc} on {host}, host of instance {gid - node.first_gid} of stateful PE "
+                                   f"{node.key}, died; its state is lost: {again}"})
             raise Aborted()
         if not told and not children and time.monotonic() - started > NO_WORKER_NOTICE and \
                 not broker.live_workers():

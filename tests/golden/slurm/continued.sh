@@ -173,11 +173,16 @@ d4p_finish() {
       *) state=CANCELLED reason="stopped by SIG$d4p_signal during the $d4p_stage" rc=${d4p_run_rc:-143} ;;
     esac
   fi
-  # a node lost: the scheduler stops the job as it would cancel it, and only the launcher says which node
-  # (srun: "srun: error: Node failure on NODE"; on the job's stderr, and the workers' log)
-  if [ "$state" = CANCELLED ] && lost=$(grep -ho 'Node failure on [^ ]*' -- "$d4p_results/job.err" \
+  # a node lost: only the launcher says which (srun: "srun: error: Node failure on NODE"; on the job's
+  # stderr, and the workers' log). Ranks, and a job that runs no workers, are stopped as by a cancel;
+  # workers (srun --no-kill) go on without it, and the others redo its tasks
+  if lost=$(grep -ho 'Node failure on [^ ]*' -- "$d4p_results/job.err" \
       "$d4p_results/logs/workers.log" 2>/dev/null | tail -n 1) && [ -n "$lost" ]; then
-    state=FAILED reason="node failure: ${lost#Node failure on } was lost, and the job stopped with it"
+    case $state in
+      CANCELLED) state=FAILED reason="node failure: ${lost#Node failure on } was lost, and the job stopped with it" ;;
+      COMPLETED) reason="node ${lost#Node failure on } was lost; the workers on the other nodes redid its tasks" ;;
+      *) reason="node ${lost#Node failure on } was lost; $reason" ;;
+    esac
   fi
   if [ "$state" = TIMEOUT ]; then
     # at most 2 more job(s) continue the run from its last checkpoint; the successor

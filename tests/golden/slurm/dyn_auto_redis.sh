@@ -6,6 +6,7 @@
 #SBATCH --time=00:30:00
 #SBATCH --signal=B:USR1@60
 #SBATCH --no-requeue
+#SBATCH --no-kill
 #SBATCH --output=/scratch/user/d4p-results/word_count-%j.out
 #SBATCH --error=/scratch/user/d4p-results/word_count-%j.err
 #SBATCH --mem=2G
@@ -171,11 +172,16 @@ d4p_finish() {
       *) state=CANCELLED reason="stopped by SIG$d4p_signal during the $d4p_stage" rc=${d4p_run_rc:-143} ;;
     esac
   fi
-  # a node lost: the scheduler stops the job as it would cancel it, and only the launcher says which node
-  # (srun: "srun: error: Node failure on NODE"; on the job's stderr, and the workers' log)
-  if [ "$state" = CANCELLED ] && lost=$(grep -ho 'Node failure on [^ ]*' -- "$d4p_results/job.err" \
+  # a node lost: only the launcher says which (srun: "srun: error: Node failure on NODE"; on the job's
+  # stderr, and the workers' log). Ranks, and a job that runs no workers, are stopped as by a cancel;
+  # workers (srun --no-kill) go on without it, and the others redo its tasks
+  if lost=$(grep -ho 'Node failure on [^ ]*' -- "$d4p_results/job.err" \
       "$d4p_results/logs/workers.log" 2>/dev/null | tail -n 1) && [ -n "$lost" ]; then
-    state=FAILED reason="node failure: ${lost#Node failure on } was lost, and the job stopped with it"
+    case $state in
+      CANCELLED) state=FAILED reason="node failure: ${lost#Node failure on } was lost, and the job stopped with it" ;;
+      COMPLETED) reason="node ${lost#Node failure on } was lost; the workers on the other nodes redid its tasks" ;;
+      *) reason="node ${lost#Node failure on } was lost; $reason" ;;
+    esac
   fi
   if into=$(d4p_mine); then
     d4p_mark finished "\"state\": \"$state\", \"exit_code\": $rc, \"reason\": \"$reason\"" "$into"
@@ -202,7 +208,7 @@ done
 d4p_stage="worker start-up"
 # their stderr (and the launcher's) is copied to logs/workers.log: the driver watches it and the
 # launcher, and fails the run, naming the cause, if a worker cannot join or all of them are gone
-srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --export=ALL python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
+srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --export=ALL --no-kill python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.worker --connection "$d4p_redis_conn" 2> >(tee -a -- "$d4p_results/logs/workers.log" >&2) &
 d4p_services="$! $d4p_services"
 export D4P_WORKERS_PID=$! D4P_WORKERS_LOG="$d4p_results/logs/workers.log"
 

@@ -6,6 +6,7 @@
 #SBATCH --time=00:30:00
 #SBATCH --signal=B:USR1@60
 #SBATCH --no-requeue
+#SBATCH --no-kill
 #SBATCH --array=0-2%2
 #SBATCH --output=/scratch/user/d4p-results/word_count-sweep-0123abcd/arrays/%A_%a.out
 #SBATCH --error=/scratch/user/d4p-results/word_count-sweep-0123abcd/arrays/%A_%a.err
