@@ -45,7 +45,10 @@ class Accounting:
     reaches zero only when nothing is left for it. Then, walking the PEs in
     topological order: a stateless PE is done once every live registered worker
     has closed it, a stateful one once all its instances have finished; the run
-    is COMPLETED when every PE is done. Roots are done when the driver closes them.
+    is COMPLETED when every PE is done. Roots are done when the driver closes them. The walk is
+    taken only by a commit that can make a PE ready: one that brings a PE's tasks to zero, closes a
+    root, finishes an instance or closes a copy, or changes no count (the driver's watch, which walks
+    after a worker's death): the others, most commits of a busy run, cost no walk.
 
     Parameters
     ----------
@@ -109,8 +112,12 @@ class Accounting:
         """
         if self.state != self.RUNNING:
             return None
+        # only these can make a PE ready, so only then is the walk taken (a worker's death, the other
+        # thing, is walked by the driver's watch, a commit that changes no count)
+        walk = close is not None or finished is not None or closed is not None or not (tasks or items)
         for index, n in tasks.items():
             self.pending[index] += n
+            walk = walk or self.pending[index] == 0
         for gid, n in items.items():
             self.queued[gid] += n
         if done:
@@ -122,7 +129,7 @@ class Accounting:
             self.finished[finished] = 1
         if closed is not None:
             self.closed[closed * (self.workers + 1) + proc] = 1
-        return self._walk()
+        return self._walk() if walk else Step(self.backlog(), [], [], False)
 
     def _walk(self) -> Step:
         closing, eos, everything = [], [], True

@@ -98,7 +98,8 @@ class LocalBroker:
             if step is None:  # the run has ended: nothing more to queue
                 self._wake(ended=True)
                 return self.books.backlog()
-            for entry in chunk(outbox.get(SHARED_QUEUE, []), self.workers):
+            done, busy = self.books.values[1], self.books.values[2]
+            for entry in chunk(outbox.get(SHARED_QUEUE, []), self.workers, busy / done if done else None):
                 self.queue.put(pickle.dumps(entry, protocol=5))
             for index in step.closing:
                 for proc in range(1, self.workers + 1):

@@ -16,13 +16,15 @@ timeout is involved, so a PE that takes minutes per item cannot end the run earl
 A root's calls are spread over the workers when the root is found stateless: the driver
 makes its first :data:`PROBE_CALLS` calls itself, comparing the PE's state
 (:func:`~d4p_hpc.mappings.checkpoint.pe_state.fingerprint`) before and after each; if none
-changed it, every later call is a task any worker runs (:data:`~d4p_hpc.mappings.dynamic.tasks.ROOT_CALL`),
-in entries of about :data:`SLOW_UNIT` of work by the calls' measured time, so slow calls spread one
-by one. A root whose state changed, cannot be pickled, or that says ``stateful = True`` is called
-in the driver, in order, as before. The driver closes a spread root once none of its calls is
-queued or running, and runs ``postprocess`` on its own copy only: the workers' copies, which
-calls did not change, hold the same state. What no fingerprint sees is state outside the PE
-object (a module-level iterator or counter): such a root must say ``stateful = True``.
+changed it, every later call is a task any worker runs
+(:data:`~d4p_hpc.mappings.dynamic.tasks.ROOT_CALL`), in entries of about
+:data:`~d4p_hpc.mappings.dynamic.tasks.SLOW_UNIT` of work by the calls' measured time, so slow
+calls spread one by one. A root whose state changed, cannot be pickled, or that says
+``stateful = True`` is called in the driver, in order, as before. The driver closes a spread
+root once none of its calls is queued or running, and runs ``postprocess`` on its own copy
+only: the workers' copies, which calls did not change, hold the same state. What no
+fingerprint sees is state outside the PE object (a module-level iterator or counter): such a
+root must say ``stateful = True``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,11 @@ from d4p_hpc.mappings.runtime.hosting import Instance
 from d4p_hpc.mappings.runtime.process import Aborted
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, death, read_parts
 from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
-from d4p_hpc.mappings.dynamic.tasks import ENTRY_TASKS, SHARED_QUEUE, TaskRuntime
+from d4p_hpc.mappings.dynamic.tasks import ENTRY_TASKS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime
 
 RUNNING = "RUNNING"
 COMPLETED = "COMPLETED"
 READ_COUNT = 8
-SLOW_UNIT = 0.05
 FLUSH_SECONDS = 0.02
 #: checkpoints: how often the driver looks whether the run has quiesced, and whether the workers'
 #: parts are written; how long it waits for those before it gives the checkpoint up

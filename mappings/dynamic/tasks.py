@@ -40,6 +40,9 @@ SHARED_QUEUE = -1
 CONTROL_QUEUE = -2
 #: Most tasks in one queue entry.
 ENTRY_TASKS = 128
+#: A unit (an entry's tasks) that takes longer is slow: slow tasks travel in small entries, so that
+#: they spread over the pool, and workers read one entry at a time.
+SLOW_UNIT = 0.05
 #: The input name of a task that is one call of a root PE spread over the workers (its data: the
 #: call's inputs, as :func:`~d4p_hpc.mappings.runtime.core.root_feed` gives them). No other task
 #: has None: an end of stream never travels as a task here (the accounting ends streams).
@@ -67,10 +70,14 @@ def keep_notices(plan: Plan) -> None:
                                                                               for key in keys)]
 
 
-def chunk(tasks: list, workers: int) -> list[list]:
-    """Cut tasks into queue entries: at most ENTRY_TASKS each, and, for a short list, about
-    two entries per worker, so that a few slow tasks still spread over the pool."""
+def chunk(tasks: list, workers: int, task_seconds: float | None = None) -> list[list]:
+    """Cut tasks into queue entries: at most ENTRY_TASKS each, and, for a short list, about two
+    entries per worker, so that a few slow tasks still spread over the pool. Tasks known to be quick
+    (``task_seconds``, the mean measured so far) fill entries up to :data:`SLOW_UNIT` of work: each
+    entry costs the broker a commit, and a large pool would otherwise get entries of a few tasks."""
     size = max(1, min(ENTRY_TASKS, math.ceil(len(tasks) / (2 * max(1, workers)))))
+    if task_seconds:
+        size = max(size, min(ENTRY_TASKS, int(SLOW_UNIT / task_seconds)))
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 

@@ -34,9 +34,11 @@ import threading
 import time
 
 from d4p_hpc import settings
-from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, SLOW_UNIT, Unit
+from d4p_hpc.mappings.dynamic.autoscale import TICK
+from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, Unit
 from d4p_hpc.mappings.dynamic.accounting import commit_fields
-from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, TaskRuntime, chunk, truncate_parts
+from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime, chunk,
+                                            truncate_parts)
 from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, stateful_gids, stop_run
 
 #: Heartbeats per claim idle time (the liveness key's time to live): three can be missed.
@@ -97,6 +99,9 @@ class RedisBroker:
         self._next_claim = time.monotonic() + idle / 2
         self._unowned: list[int] = []
         self._attached = self._next_own = time.monotonic()
+        #: a task's cost as last measured or read (see _task_seconds), and when the driver reads it next
+        self._cost: float | None = None
+        self._cost_read = 0.0
 
     # --- both sides ------------------------------------------------------------------------------
     def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
@@ -104,8 +109,9 @@ class RedisBroker:
         node_of = self.runtime.node_of
         fields = commit_fields(unit, outbox, done, seconds, close, lambda gid: node_of[gid].index, self.proc)
         streams, payloads = [], []
+        cost = self._task_seconds(unit, done, seconds)
         for target, items in outbox.items():
-            entries = chunk(items, self.workers) if target == SHARED_QUEUE else \
+            entries = chunk(items, self.workers, cost) if target == SHARED_QUEUE else \
                 [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
             for entry in entries:
                 streams.append(self.keys.stream(target))
@@ -130,6 +136,20 @@ class RedisBroker:
             # take several slow shared entries at once while other workers have none
             self.count = 1 if seconds > SLOW_UNIT else min(READ_COUNT, self.count + 1)
         return backlog
+
+    def _task_seconds(self, unit: Unit | None, done: dict, seconds: float) -> float | None:
+        """What a task costs, as far as this process knows: a worker, from its last unit of tasks;
+        the driver, from the run's figures (read at most every TICK)."""
+        if unit is not None:
+            if unit.gid == SHARED_QUEUE and (n := sum(done.values())):
+                self._cost = seconds / n
+            return self._cost
+        now = time.monotonic()
+        if now >= self._cost_read:
+            self._cost_read = now + TICK
+            tasks, busy = self.client.hmget(self.keys.work, "tasks", "busy")
+            self._cost = float(busy) / int(tasks) if tasks and int(tasks) and busy else None
+        return self._cost
 
     def fresh_state(self) -> str:
         """The run's state, read now."""

@@ -83,13 +83,13 @@ class RedisDriverBroker(RedisBroker):
         self.client.xread({self.keys.ended: "0-0"}, count=1, block=max(1, int(seconds * 1000)))
 
     def backlog(self) -> int:
-        """Tasks and items queued and not finished."""
-        return sum(int(v) for v in self.client.hvals(self.keys.pending))
+        """Tasks and items queued and not finished (kept by the commits)."""
+        return int(self.client.hget(self.keys.work, "backlog") or 0)
 
     def load(self) -> tuple[int, int, float]:
         """``(backlog, tasks done, busy seconds)``."""
-        tasks, busy = self.client.hmget(self.keys.work, "tasks", "busy")
-        return self.backlog(), int(tasks or 0), float(busy or 0)
+        backlog, tasks, busy = self.client.hmget(self.keys.work, "backlog", "tasks", "busy")
+        return int(backlog or 0), int(tasks or 0), float(busy or 0)
 
     def pending(self, index: int) -> int:
         """Tasks of PE ``index`` queued or running."""

@@ -40,7 +40,7 @@ class Keys:
     state: str  # RUNNING, COMPLETED, FAILED or CANCELLED
     error: str  # the first error (JSON)
     sizes: str  # part file -> bytes written by acknowledged units
-    work: str  # tasks done, busy seconds (for autoscaling)
+    work: str  # tasks done, busy seconds (for autoscaling), backlog (tasks and items queued and not finished)
     redeliveries: str  # entries taken over from dead workers
     taken: str  # worker number -> 1 once another worker took entries over from it (its unit was redone)
     procs: str  # the last worker number given out
@@ -80,8 +80,18 @@ if a.ref then
   if redis.call('XACK', p..a.stream, 'g', a.ref) == 0 then return {0, 0} end
   redis.call('XDEL', p..a.stream, a.ref)
 end
-for pe, n in pairs(a.tasks) do redis.call('HINCRBY', p..'pending', pe, n) end
-for gid, n in pairs(a.items) do redis.call('HINCRBY', p..'pending', 'g'..gid, n) end
+-- the walk only where a PE may have become ready (see Accounting.commit)
+local walk = a.close or a.finished or a.closed or (next(a.tasks) == nil and next(a.items) == nil)
+local change = 0
+for pe, n in pairs(a.tasks) do
+  if redis.call('HINCRBY', p..'pending', pe, n) == 0 then walk = true end
+  change = change + n
+end
+for gid, n in pairs(a.items) do
+  redis.call('HINCRBY', p..'pending', 'g'..gid, n)
+  change = change + n
+end
+if change ~= 0 then redis.call('HINCRBY', p..'work', 'backlog', change) end
 for k, stream in ipairs(a.entries) do redis.call('XADD', p..stream, '*', 'b', ARGV[k + 1]) end
 for part, size in pairs(a.sizes) do redis.call('HSET', p..'sizes', part, size) end
 if a.done ~= 0 then
@@ -91,6 +101,8 @@ end
 if a.close then redis.call('HSET', p..'done', a.close, 1) end
 if a.finished then redis.call('HSET', p..'idone', a.finished, 1) end
 if a.closed then redis.call('HSET', p..'closed:'..a.closed, a.proc, 1) end
+local backlog = tonumber(redis.call('HGET', p..'work', 'backlog') or '0')
+if not walk then return {1, backlog, 0} end
 local workers = redis.call('HKEYS', p..'workers')
 local all = true
 for _, pe in ipairs(cjson.decode(redis.call('GET', p..'topo'))) do
@@ -127,8 +139,6 @@ if all then
   for _, w in ipairs(workers) do redis.call('XADD', p..'ctl:'..w, '*', 'end', 1) end
   redis.call('XADD', p..'ended', '*', 'state', 'COMPLETED')
 end
-local backlog = 0
-for _, v in ipairs(redis.call('HVALS', p..'pending')) do backlog = backlog + tonumber(v) end
 return {1, backlog, all and 1 or 0}
 """
 
