@@ -64,9 +64,35 @@ def processes(requested: int | None) -> int | None:
     """The ranks the plan is for inside an MPI world: the world's size (outside one: no opinion)."""
     if not supervisor.inside_mpi_world():
         return None
-    from mpi4py import MPI
+    return _mpi().COMM_WORLD.Get_size()
 
-    return MPI.COMM_WORLD.Get_size()
+
+#: prctl's PR_SET_TIMERSLACK, and the slack (ns) while MPI_Init waits
+PR_SET_TIMERSLACK = 29
+INIT_SLACK_NS = 5_000_000
+
+
+def _mpi() -> Any:
+    """mpi4py's MPI module, imported (MPI_Init) with a coarse timer slack. Open MPI 4.1 waits for its
+    PMIx fences in an ``opal_progress(); usleep(100)`` loop: 10,000 wake-ups a second per rank, which
+    starve the launcher's PMIx servers when ranks outnumber cores (128 ranks on 32 emulated nodes of
+    2 cores never got through MPI_Init; with 5 ms of slack they all did in 7 s, and at 16 ranks it costs
+    nothing measurable). The slack stretches each sleep to about 5 ms, and only for the import: the
+    ranks' own back-off (:class:`Backoff`, from 20 us) needs the default after. Linux only; elsewhere
+    a plain import."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        coarse = libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(INIT_SLACK_NS), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        coarse = False
+    try:
+        from mpi4py import MPI
+    finally:
+        if coarse:
+            libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(0), 0, 0, 0)  # 0: this thread's default again
+    return MPI
 
 
 def _relaunch_argv(ctx: RunContext) -> list[str]:
@@ -252,9 +278,8 @@ def run(ctx: RunContext) -> dict:
     Outside an MPI world, start the ranks (:func:`self_launch`) and return rank 0's record."""
     if not supervisor.inside_mpi_world():
         return self_launch(ctx)
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
+    mpi = _mpi()
+    comm = mpi.COMM_WORLD
     rank = comm.Get_rank()
     # a rank whose launcher (mpiexec, orted, slurmstepd) is killed must stop, not run on orphaned
     die_with_parent(os.getppid())
@@ -276,7 +301,7 @@ def run(ctx: RunContext) -> dict:
         if rank:
             sys.exit(UsageError.exit_code)  # rank 0 says why
         raise UsageError(refused)
-    transport = MpiTransport(comm, MPI)
+    transport = MpiTransport(comm, mpi)
     outcome = run_process(ctx, rank, transport, on_stop=lambda _o: transport.abort_others())
     if outcome.state == "COMPLETED":
         try:
