@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from d4p_hpc import settings
 from d4p_hpc.errors import RedisError, UsageError
 
 #: Password for ``--redis URL`` when the URL carries none (keeps it out of ``ps``).
 PASSWORD_ENV = "D4P_HPC_REDIS_PASSWORD"
+#: Seconds a reply may take beyond the claim idle time before a client gives up on Redis
+REPLY_SLACK = 10.0
 
 
 def import_redis():
@@ -83,8 +86,12 @@ class Connection:
             Passed to ``redis.Redis``, overriding the defaults.
         """
         redis = import_redis()
+        # a reply may take as long as the longest blocking read (half the claim idle time); redis-py 8's
+        # default of 5 s cut the 5 s reads of idle workers, which reconnected every 5 s and gave up (and
+        # left the run) after a few: the timeout is for a Redis that stopped answering, not for a wait
         kwargs = dict(host=self.host, port=self.port, db=self.db, password=self.password,
-                      username=self.username, socket_connect_timeout=10, socket_keepalive=True)
+                      username=self.username, socket_connect_timeout=10, socket_keepalive=True,
+                      socket_timeout=settings.claim_idle() + REPLY_SLACK)
         if no_retry:
             from redis.backoff import NoBackoff
             from redis.retry import Retry

@@ -23,10 +23,12 @@ machine: ``benchmarks/idle_cost.py`` measures it.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from helpers.dynamic import needs_redis
-from helpers.idle import WORKERS, idle_run, parked_run
+from helpers.idle import SLOW_ROOT_GRAPH, WORKERS, IdleRun, idle_run, parked_run
 from helpers.runs import read_json
 
 pytest.importorskip("redis")
@@ -58,6 +60,21 @@ def test_idle_workers_block_rather_than_poll(mapping, tmp_path):
     assert window.commands.get("xreadgroup", 0) / WORKERS < READS, window.report()
     assert window.commands.get("set", 0) / WORKERS < BEATS, window.report()
     assert read_json(run.results / "metrics.json")["pes"]["Double"]["items_in"] == 3
+
+
+def test_idle_workers_keep_their_connections_through_long_blocking_reads(tmp_path):
+    """Idle for 12 s, each worker blocks on Redis for 5 s at a time (half the claim idle time):
+    no client may reconnect (AUTH, HELLO) meanwhile. redis-py 8's default socket timeout (5 s) cut
+    those reads: every idle worker reconnected every 5 s, and left the run after a few."""
+    run = IdleRun(tmp_path, SLOW_ROOT_GRAPH.replace("grouping=[0]", ""), "dyn_redis", 1, {"ROOT_DELAY": "12"})
+    try:
+        time.sleep(1.0)
+        window = run.measure(list(run.workers().values()), seconds=10.0)
+        run.finish()
+    finally:
+        run.close()
+    print(f"dyn_redis: idle workers, {window.report()}")
+    assert window.commands.get("auth", 0) == 0 and window.commands.get("hello", 0) == 0, window.report()
 
 
 def test_parked_workers_and_the_driver_block_rather_than_poll(tmp_path):
