@@ -28,6 +28,7 @@ from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.checkpoint import pe_state, store
 from d4p_hpc.mappings.runtime import replay
 from d4p_hpc.mappings.runtime.core import Runtime
+from d4p_hpc.mappings.runtime.process import PEFailed
 from d4p_hpc.mappings.runtime.hosting import Instance, calls_under_way, pe_copy
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.runtime.plan import Plan
@@ -40,6 +41,9 @@ SHARED_QUEUE = -1
 CONTROL_QUEUE = -2
 #: Most tasks in one queue entry.
 ENTRY_TASKS = 128
+#: A root's calls the driver makes itself, watching its state, before it spreads the others (see
+#: :mod:`~d4p_hpc.mappings.dynamic.loops`)
+PROBE_CALLS = 3
 #: A unit (an entry's tasks) that takes longer is slow: slow tasks travel in small entries, so that
 #: they spread over the pool, and workers read one entry at a time.
 SLOW_UNIT = 0.05
@@ -135,6 +139,8 @@ class TaskRuntime(Runtime):
         self.on_write: Callable[[], None] | None = None
         self._budget = 0
         self.restored = restored
+        #: the state of each spread root's copy here (by PE index), which its calls must leave as it is
+        self._root_states: dict[int, bytes | None] = {}
 
     # --- hosting ---------------------------------------------------------------------------------
     def copy_of(self, index: int) -> Instance:
@@ -189,12 +195,33 @@ class TaskRuntime(Runtime):
         """Run a unit of tasks, calling ``check`` (which raises to stop) before each;
         return ``{PE index: tasks finished}`` for the accounting."""
         done: dict[int, int] = {}
+        roots: dict[int, Instance] = {}
         for gid, input_name, data in tasks:
             check()
             index = self.node_of[gid].index
-            self._process(self.copy_of(index), data if input_name is ROOT_CALL else {input_name: data})
+            inst = self.copy_of(index)
+            if input_name is ROOT_CALL:
+                if index not in self._root_states:
+                    self._root_states[index] = pe_state.fingerprint(inst.pe)
+                roots[index] = inst
+                self._process(inst, data)
+            else:
+                self._process(inst, {input_name: data})
             done[index] = done.get(index, 0) + 1
+        for index, inst in roots.items():
+            self._unchanged(index, inst)
         return done
+
+    def _unchanged(self, index: int, inst: Instance) -> None:
+        """A spread root's calls must leave it as it was: the driver found it stateless by its first
+        calls only, and one whose state changes later gives wrong outputs here. Looked at once per
+        unit (a change that stays is seen at the end of the unit that made it; a fingerprint per
+        call cost a fast root a fifth of its speed)."""
+        if pe_state.fingerprint(inst.pe) != self._root_states[index]:
+            raise PEFailed(inst.node.key, f"root PE {inst.node.key} changed its state in a call after its first "
+                           f"{PROBE_CALLS} left it unchanged, so its calls were spread over the workers and the "
+                           "outputs cannot be trusted: give it stateful = True (the driver then makes every call, "
+                           "in order)")
 
     def queue_call(self, gid: int, inputs: Any) -> None:
         """Queue one call of root ``gid`` for any worker (a spread root: see :mod:`~d4p_hpc.mappings.dynamic.loops`)."""

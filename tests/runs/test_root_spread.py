@@ -87,6 +87,26 @@ graph = WorkflowGraph()
 graph.connect(Lines(), "output", Same(), "input")
 '''
 
+#: Stateless for its first calls, then not: its 5th call (input 4) changes it.
+LATE = '''
+from dispel4py.base import GenericPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+class Late(GenericPE):
+    def __init__(self):
+        GenericPE.__init__(self)
+        self._add_input("n")
+        self._add_output("output")
+        self.scale = 1
+    def process(self, inputs):
+        if inputs["n"] == 4:
+            self.scale = 10
+        self.write("output", inputs["n"] * self.scale)
+
+graph = WorkflowGraph()
+graph.add(Late())
+'''
+
 #: Stateless in fact, but says it is not.
 DECLARED = COUNTER.replace("        self.n += 1\n        return self.n", "        return 7").replace(
     "class Count(ProducerPE):", "class Count(ProducerPE):\n    stateful = True")
@@ -144,3 +164,17 @@ def test_a_root_with_no_more_calls_than_the_probe_is_not_spread(calls, tmp_path)
     data = '{"Emit": [' + ", ".join(f'{{"n": {n}}}' for n in range(calls)) + "]}"
     metrics = _run(graph, "dyn_multi", tmp_path / "r", "-d", data)
     assert metrics["roots_spread"] == [] and metrics["items"] == 2 * calls, metrics
+
+
+@pytest.mark.parametrize("mapping", KEPT_MAPPINGS)
+def test_a_spread_root_that_changes_its_state_later_fails_the_run_saying_what_to_do(mapping, tmp_path):
+    """Found stateless by its first 3 calls, it changes on its 5th: the worker that made that call
+    fails the run, naming the PE and the fix, rather than leave outputs no one can trust."""
+    graph = write_graph(tmp_path, LATE)
+    data = '{"Late": [' + ", ".join(f'{{"n": {n}}}' for n in range(40)) + "]}"
+    proc = cli("run", graph, "-m", mapping, "-n", 2, "-d", data, "--results", tmp_path / "r")
+    assert proc.returncode == 1, explain(proc)
+    record = read_json(tmp_path / "r" / "run.json")
+    assert record["state"] == "FAILED" and record["error"]["pe"] == "Late", record
+    assert "root PE Late changed its state in a call after its first 3 left it unchanged" in \
+        record["error"]["traceback"] and "stateful = True" in record["error"]["traceback"], record["error"]
