@@ -139,12 +139,36 @@ def write_connection_file(path: Path, conn: Connection) -> None:
             json.dump(conn.as_dict(), fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.link(tmp, path)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if not _abandoned(path):
+                raise
+            # its Redis was killed with everything it started (SIGKILL of the job): its janitor too
+            path.unlink(missing_ok=True)
+            os.link(tmp, path)
     except FileExistsError:
         raise RedisError(f"{path} already exists: another Redis serves this results directory; "
                          f"use a new --results directory or delete the stale file") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether connection file ``path`` names a Redis that is gone: its address refuses connections.
+    Anything else (a file that cannot be read, no answer in time, a listener) counts as in use."""
+    try:
+        data = json.loads(path.read_text())
+        address = (str(data["host"]), int(data["port"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def parse_url(url: str) -> Connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -131,6 +132,29 @@ class TestStartErrors:
         with pytest.raises(RedisError, match="already exists"):
             RedisServer(tmp_path).start()
         assert (Layout(tmp_path).redis).read_text() == "{}"
+
+    def test_a_connection_file_left_by_a_killed_redis_is_replaced_one_in_use_is_not(self, tmp_path):
+        """A job SIGKILLed whole (its janitor too) leaves its file; nothing listens at its address
+        any more: a resume must not be refused for it. A file whose address answers is kept."""
+        with socket.socket() as gone:
+            gone.bind(("127.0.0.1", 0))
+            port = gone.getsockname()[1]  # bound, never listening: connections are refused
+            Layout(tmp_path).redis.write_text(json.dumps({"host": "127.0.0.1", "port": port, "password": "old"}))
+            server = RedisServer(tmp_path)
+            try:
+                server.start()
+                assert json.loads(Layout(tmp_path).redis.read_text())["port"] == server.connection.port
+            finally:
+                server.stop()
+        assert not Layout(tmp_path).redis.exists()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            kept = json.dumps({"host": "127.0.0.1", "port": busy.getsockname()[1], "password": "live"})
+            Layout(tmp_path).redis.write_text(kept)
+            with pytest.raises(RedisError, match="already exists"):
+                RedisServer(tmp_path).start()
+            assert Layout(tmp_path).redis.read_text() == kept
 
     def test_bad_bind(self, tmp_path):
         with pytest.raises(RedisError, match="cannot bind"):
