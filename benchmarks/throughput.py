@@ -13,6 +13,7 @@ Examples
     python benchmarks/throughput.py                    # light 100,000 items, heavy 4,000
     python benchmarks/throughput.py --memory           # 1,000,000 items: RSS, Redis memory
     python benchmarks/throughput.py --only multi,mpi --no-reference --json out.json
+    python benchmarks/throughput.py --graphs skewed --processes 4 --repeat 2   # load balancing
 """
 import argparse
 import json
@@ -49,7 +50,12 @@ GRAPH_FILES = {
     "light": ("light.py", "graph"),
     "heavy": ("heavy.py", "graph"),
     "backpressure": ("heavy.py", "backpressure"),
+    "skewed": ("skewed.py", "graph"),
 }
+# graphs with no stateful variant: every mapping runs the one graph
+STATELESS_GRAPHS = {"skewed"}
+# graphs whose table rows give the speed-up over the runtime's own simple run
+SPEEDUP_GRAPHS = {"heavy", "skewed"}
 RESULT_LINE = re.compile(r"BENCH-RESULT (\{.*\})")
 ELAPSED_LINE = re.compile(r"^ELAPSED TIME: ([0-9.]+)", re.MULTILINE)
 MB = 1024 * 1024
@@ -66,6 +72,9 @@ TARGETS = [
     ("heavy", "hybrid_redis", CORES, "ideal", 0.9),
     # oversubscribed (-n 4 on 2 cores): idle and waiting processes must not take the cores' time
     ("heavy", "hybrid_redis", 4, "reference simple", 1.8),
+    # load balancing (#21): a stateless root's slow calls spread over the workers
+    ("skewed", "dyn_multi", 4, "simple time", 0.6),
+    ("skewed", "dyn_redis", 4, "simple time", 0.6),
 ]
 RSS_LIMIT_MB, REDIS_LIMIT_MB = 150, 100
 # a run that has used no CPU for this long is hung: the reference's idle waits are shorter
@@ -82,13 +91,18 @@ class Case:
     items: int
 
     @property
+    def stateless_variant(self):
+        """Whether this run uses the graph's stateless variant in place of the graph."""
+        return self.mapping in STATELESS_MAPPINGS and self.graph not in STATELESS_GRAPHS
+
+    @property
     def attr(self):
         variable = GRAPH_FILES[self.graph][1]
-        return variable + "_stateless" if self.mapping in STATELESS_MAPPINGS else variable
+        return variable + "_stateless" if self.stateless_variant else variable
 
     @property
     def label(self):
-        return self.graph + (" (stateless)" if self.mapping in STATELESS_MAPPINGS else "")
+        return self.graph + (" (stateless)" if self.stateless_variant else "")
 
     @property
     def path(self):
@@ -105,6 +119,8 @@ class Outcome:
     ``own_seconds`` is the run time the runtime reports itself: ``metrics.json``
     ``wall_seconds`` for d4p-hpc, the ``ELAPSED TIME`` line for the reference.  ``tail``
     is the end of a failed run's output, ``kept`` its results directory (d4p-hpc).
+    ``roots_spread`` (d4p-hpc's dynamic mappings): the roots whose calls ran on the workers,
+    from ``metrics.json``.
     """
 
     status: str
@@ -118,6 +134,7 @@ class Outcome:
     leaked: int = 0
     tail: str = ""
     kept: str = ""
+    roots_spread: list = None
 
     @property
     def completed(self):
@@ -295,7 +312,9 @@ def run_d4p(case, timeout):
     logs = [p.read_text(errors="replace") for p in sorted(results.glob("logs/*.log"))]
     outcome.result = add_results(logs) or add_results([text])
     try:
-        outcome.own_seconds = json.loads((results / "metrics.json").read_text())["wall_seconds"]
+        metrics = json.loads((results / "metrics.json").read_text())
+        outcome.own_seconds = metrics["wall_seconds"]
+        outcome.roots_spread = metrics.get("roots_spread")
     except (OSError, ValueError, KeyError):
         pass
     if outcome.status == "ok":
@@ -341,7 +360,7 @@ def expected_result(case, baseline):
 
     The stateless variant has no per-key aggregation: every item becomes one record.
     """
-    if case.mapping in STATELESS_MAPPINGS:
+    if case.stateless_variant:
         return {"records": baseline["count"], "count": baseline["count"], "sum": baseline["sum"]}
     return baseline
 
@@ -373,7 +392,8 @@ def plan(args):
         return cases("light", items, static, largest) + cases(
             "backpressure", items, static + redis, largest
         )
-    items = {"light": args.items or (2_000 if args.quick else 100_000), "heavy": 200 if args.quick else 4_000}
+    items = {"light": args.items or (2_000 if args.quick else 100_000), "heavy": 200 if args.quick else 4_000,
+             "skewed": 20 if args.quick else 100}
     return [case for graph in args.graphs for case in cases(graph, items[graph], chosen, args.processes)]
 
 
@@ -422,7 +442,7 @@ def describe(outcome, rate):
     value = rate(outcome) or outcome.items_per_second
     if value is None:
         return outcome.status
-    text = f"{value:,.0f}"
+    text = f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
     return text if outcome.status == "ok" else f"{text} ({outcome.status})"
 
 
@@ -448,6 +468,11 @@ def ratio(d4p, ref, clock=own_rate):
     report one, so the fixed start-up cost of each command does not stand in for throughput."""
     rates = [clock(o) for o in (d4p, ref)]
     return rates[0] / rates[1] if all(rates) else None
+
+
+def own_seconds(outcome):
+    """Seconds of a run that finished, on its own clock where it has one."""
+    return run_seconds(outcome) if outcome and outcome.completed else None
 
 
 def whole_rate(outcome):
@@ -486,20 +511,28 @@ def ideal(processes):
     return min(processes, CORES)
 
 
+def run_seconds(outcome):
+    """The run's time on its own clock where it has one, else the whole command's."""
+    return outcome.own_seconds or outcome.seconds
+
+
 def speedups(rows, case, side):
-    """Speed-up of a heavy-graph run over the same runtime's simple run, and its fraction
-    of the ideal one; ``side`` is 1 for d4p-hpc, 2 for the reference.
+    """Speed-up of a run over the same runtime's simple run, and its fraction of the ideal one
+    (heavy graph only); ``side`` is 1 for d4p-hpc, 2 for the reference.
 
     Both runs are timed on the runtime's own clock when it has one, so that interpreter
-    and mpiexec start-up, the same for every item count, do not hide the scaling.
+    and mpiexec start-up, the same for every item count, do not hide the scaling.  The skewed
+    graph also counts a run that finished with ``no result`` (the reference's dynamic mappings
+    never print their totals), the heavy graph only a run whose totals were right.
     """
     row = next(r for r in rows if r[0] is case)
     simple = next((r for r in rows if r[0].graph == case.graph and r[0].mapping == "simple"), None)
     runs = [row[side], simple and simple[side]]
-    if case.graph != "heavy" or not all(o and o.status == "ok" for o in runs):
+    usable = (lambda o: o.completed) if case.graph == "skewed" else (lambda o: o.status == "ok")
+    if case.graph not in SPEEDUP_GRAPHS or not all(o and usable(o) for o in runs):
         return None, None
-    up = (runs[1].own_seconds or runs[1].seconds) / (runs[0].own_seconds or runs[0].seconds)
-    return up, up / ideal(case.processes)
+    up = run_seconds(runs[1]) / run_seconds(runs[0])
+    return up, (up / ideal(case.processes) if case.graph == "heavy" else None)
 
 
 def fmt(value, pattern="{:.1f}"):
@@ -511,22 +544,23 @@ def both(values, pattern="{:.1f}"):
 
 
 def table(rows):
-    header = ["graph", "mapping", "P", "d4p-hpc items/s", "reference items/s", "ratio",
+    header = ["graph", "mapping", "P", "d4p-hpc items/s", "reference items/s", "ratio", "run s d4p/ref",
               "whole command items/s d4p/ref", "d4p-hpc peak RSS MB", "reference peak RSS MB",
               "Redis used_memory MB d4p/ref", "correct d4p/ref", "speed-up d4p/ref",
               "% of ideal d4p/ref"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for case, d4p, ref in rows:
         ups = [speedups(rows, case, side) for side in (1, 2)]
-        heavy = case.graph == "heavy"
+        heavy, scaled = case.graph == "heavy", case.graph in SPEEDUP_GRAPHS
         cells = [
             case.label, case.mapping, str(case.processes), describe(d4p, own_rate), describe(ref, own_rate),
-            fmt(ratio(d4p, ref), "{:.2f}x"), both([whole_rate(d4p), whole_rate(ref)], "{:,.0f}"),
+            fmt(ratio(d4p, ref), "{:.2f}x"), both([own_seconds(d4p), own_seconds(ref)], "{:.2f}"),
+            both([whole_rate(d4p), whole_rate(ref)], "{:,.0f}"),
             fmt(getattr(d4p, "peak_rss_mb", None)), fmt(getattr(ref, "peak_rss_mb", None)),
             both([getattr(o, "redis_mb", None) for o in (d4p, ref)])
             if case.mapping in REDIS_MAPPINGS else "-",
             f"{correct(d4p)} / {correct(ref)}",
-            both([up for up, _ in ups], "{:.2f}") if heavy else "-",
+            both([up for up, _ in ups], "{:.2f}") if scaled else "-",
             both([f and 100 * f for _, f in ups], "{:.0f}") if heavy else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -558,6 +592,8 @@ def target_lines(rows, memory):
         if what == "ratio":
             value = ratio(d4p, ref)
             shown = f"{fmt(value, '{:.2f}x')} the reference's items/s (target >= {bound:g}x)"
+        elif what == "simple time":
+            value, shown = simple_time_target(rows, case, d4p, ref, bound)
         elif what == "reference simple":
             simple = next((r[2] for r in rows if r[0].graph == graph and r[0].mapping == "simple"), None)
             value = ratio(d4p, simple)
@@ -566,9 +602,31 @@ def target_lines(rows, memory):
             value = speedups(rows, case, 1)[1]
             shown = (f"{fmt(value and 100 * value, '{:.0f}%')} of ideal speed-up "
                      f"(target >= {bound:.0%})")
+        below = what == "simple time"
         lines.append(f"- {graph} {mapping} -n {case.processes}: {shown}: "
-                     f"{verdict(value, lambda v, bound=bound: v >= bound)}")
+                     f"{verdict(value, lambda v, bound=bound, below=below: v <= bound if below else v >= bound)}")
     return lines
+
+
+def simple_time_target(rows, case, d4p, ref, bound):
+    """d4p-hpc's run time as a fraction of its own simple run's (``value``, the target), and the
+    line that shows it with the reference's same fraction next to it."""
+    simple = next((r for r in rows if r[0].graph == case.graph and r[0].mapping == "simple"), (None,) * 3)
+
+    def fraction(run, baseline):
+        if run and baseline and run.completed and baseline.completed:
+            return run_seconds(run) / run_seconds(baseline)
+        return None
+
+    def seconds(run):
+        return fmt(run and run.completed and run_seconds(run) or None, "{:.1f} s")
+
+    value, reference = fraction(d4p, simple[1]), fraction(ref, simple[2])
+    shown = (f"{seconds(d4p)}, {fmt(value and 100 * value, '{:.0f}%')} of simple's {seconds(simple[1])} "
+             f"(target <= {bound:.0%}); reference {seconds(ref)}, "
+             f"{fmt(reference and 100 * reference, '{:.0f}%')} of its simple's {seconds(simple[2])}"
+             + (f" ({ref.status})" if ref and ref.status != "ok" else ""))
+    return value, shown
 
 
 def memory_details(rows):
@@ -594,7 +652,7 @@ def main():
     parser.add_argument("--reference-only", type=lambda s: s.split(","), metavar="MAPPING,...",
                         help="run the reference only under these mappings (e.g. simple, for its baseline)")
     parser.add_argument("--graphs", type=lambda s: s.split(","), default=["light", "heavy"], metavar="GRAPH,...",
-                        help="graphs of the throughput table (default light,heavy)")
+                        help="graphs of the throughput table: light, heavy, skewed (default light,heavy)")
     parser.add_argument("--items", type=int, help="items for the light graph (memory mode: all)")
     parser.add_argument("--processes", type=lambda s: [int(p) for p in s.split(",")],
                         default=[2, 4], metavar="P,...", help="process counts (default 2,4)")
@@ -606,8 +664,8 @@ def main():
     unknown = (set(args.only or ()) | set(args.reference_only or ())) - set(MAPPINGS)
     if unknown:
         parser.error(f"unknown mapping(s): {', '.join(sorted(unknown))}")
-    if set(args.graphs) - {"light", "heavy"}:
-        parser.error("--graphs takes light and heavy")
+    if set(args.graphs) - {"light", "heavy", "skewed"}:
+        parser.error("--graphs takes light, heavy and skewed")
     args.timeout = args.timeout or (60 if args.quick else 300)
     become_subreaper()
 
@@ -625,6 +683,11 @@ def main():
     print(table(rows))
     print("\nTargets:")
     print("\n".join(target_lines(rows, args.memory)))
+    spread = [f"{case.label} {case.mapping} -n {case.processes}: {', '.join(d4p.roots_spread) or 'none'}"
+              for case, d4p, _ in rows if d4p and d4p.roots_spread is not None]
+    if spread:
+        print("\nd4p-hpc roots whose calls ran on the workers (metrics.json roots_spread):")
+        print("\n".join("- " + line for line in spread))
     if args.memory:
         print("\nPeak RSS MB of every process:")
         print("\n".join(memory_details(rows)))

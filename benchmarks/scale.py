@@ -1,0 +1,440 @@
+"""What limits the Redis mappings at scale, on this machine: the broker's cost per item.
+
+For ``dyn_redis`` and ``hybrid_redis`` at several worker counts (default 8, 32 and 128), one
+``d4p-hpc run`` of the light graph (``benchmarks/graphs/light.py``: ``Numbers -> Light -> Tag ->
+Report`` for dyn_redis, ``graph_stateless``; ``Numbers -> Light -> Tally -> Report`` with the
+grouped, stateful ``Tally`` for hybrid_redis, ``graph``), the same ``-i`` for every worker count,
+and one markdown table:
+
+- items/s: items fed to the root (``-i``), each of which goes through the whole graph, over
+  ``metrics.json`` ``wall_seconds`` (the run's own clock, worker start-up included);
+- Redis CPU µs per item: the redis-server's user + system CPU (``INFO cpu``, ``getrusage`` of
+  the server process) from just before the run to just after it, over the items; and the same
+  as a share of one core over the run's wall time (near 100 %: Redis is the bottleneck);
+- commits per item: the Lua script calls (``EVALSHA`` + ``EVAL``; all but a few per run are
+  COMMIT, one per unit a worker finishes and per batch the driver sends) over the items, and in
+  brackets its inverse, items per commit; Redis CPU µs per commit, and in brackets the time spent
+  inside the script (``INFO commandstats``, ``usec`` of the script calls): the rest is reading,
+  parsing and answering the requests;
+- Redis commands per item: ``total_commands_processed`` delta over the items, which counts the
+  commands a Lua script calls as well as the script call itself (``--json`` has them by name);
+  bytes per item: ``total_net_input_bytes`` + ``total_net_output_bytes`` delta over the items;
+- driver and workers CPU µs per item: the CPU seconds each process reports in the last sample
+  of its ``timeseries/<process>.jsonl`` (``time.process_time()`` since it began sampling, at the
+  start of the run; the final sample is written as the process ends), process 0 (the driver,
+  which runs the root) and the sum over the workers;
+- connections: the peak of Redis ``connected_clients`` (sampled every 0.1 s, this script's own
+  connection taken off) and the ``maxclients`` Redis took; and, from ``/proc`` twice a second,
+  the TCP connections to Redis' port held by the driver and by each worker (most seen; a socket a
+  worker inherited from the driver by the fork is the driver's connection, not counted again).
+
+Under the table, a projection per mapping (stated assumptions: one core for Redis, its cost
+linear in items, as measured at the largest worker count), and the ratio of Redis µs per item
+at the largest worker count to that at the smallest, measured side by side in this invocation
+(a ratio, not an absolute time, is what compares across machines).
+
+**Which Redis.** This script starts its own ``redis-server`` for every run (random password,
+127.0.0.1 and a free port, in a temporary folder it deletes) and passes it with ``--redis
+redis://127.0.0.1:PORT`` (the password in ``$D4P_HPC_REDIS_PASSWORD``, off the command line).
+It is configured line for line as the per-job Redis (``mappings/redis/server.py``: requirepass,
+protected-mode, no saving, one database, ``maxclients`` = 3 per worker + 16 from
+``d4p_hpc.mappings.connections``). Its life is ours, so the counters are read exactly before the
+run starts and after it has ended; the per-job Redis stops with the run, and a poll of it would
+miss the run's last commits. What differs from a per-job Redis: the run does not start a server
+(start-up is not in ``wall_seconds`` either way), and at the end the driver deletes the run's
+keys (``forget``: a SCAN and a few DELs), a few commands per run, not per item.
+
+**Load.** A measurement with more than 16 workers holds an exclusive ``flock`` on
+``/tmp/heavy.lock`` (shared with other heavy experiments on the machine) for its run: it waits
+for it. Every run has a timeout, runs in its own session and is killed with it.
+
+It asserts nothing beyond that each run COMPLETED with every item through (the counts of
+``metrics.json``); it prints the load average before and after::
+
+    python benchmarks/scale.py                         # dyn_redis and hybrid_redis at 8, 32, 128 workers
+    python benchmarks/scale.py --workers 8,64 --items 100000 --json scale.json
+    python benchmarks/scale.py --quick                 # 4 and 16 workers, 40,000 items: a smoke test
+"""
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+from d4p_hpc.mappings import WORKER_CONNECTIONS, connections
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from monitor import descendants, scan  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+LIGHT = HERE / "graphs" / "light.py"
+KEYS = 100  # light.KEYS: what Tally emits in postprocess
+#: graph variable per mapping; dyn_redis refuses the stateful Tally
+ATTR = {"dyn_redis": "graph_stateless", "hybrid_redis": "graph"}
+LOCK = "/tmp/heavy.lock"
+HEAVY = 16
+CLIENT_EVERY = 0.1
+SOCKET_EVERY = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OwnRedis:
+    """A redis-server configured as the per-job one, for ``workers`` workers; ours to read and stop."""
+
+    def __init__(self, workers: int) -> None:
+        self.clients = connections(workers)
+        self.password = secrets.token_urlsafe(32)
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="d4p-scale-redis-"))
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "OwnRedis":
+        lines = ["bind 127.0.0.1", f"port {self.port}", f"requirepass {self.password}", "protected-mode yes",
+                 'save ""', "appendonly no", f'dir "{self.folder}"', f'logfile "{self.folder / "redis.log"}"',
+                 "daemonize no", "databases 1", f"maxclients {self.clients}"]
+        try:
+            self.process = subprocess.Popen(["redis-server", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True)
+            with self.process.stdin:
+                self.process.stdin.write(("\n".join(lines) + "\n").encode())
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError), self.client() as probe:
+                    probe.ping()
+                    return self
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-500:]}")
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def client(self) -> redis.Redis:
+        return redis.Redis("127.0.0.1", self.port, password=self.password, socket_timeout=10)
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(redis.RedisError), self.client() as client:
+                client.shutdown(nosave=True)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def counters(client: redis.Redis) -> dict:
+    """The cumulative counters the table is made of."""
+    info = client.info("everything")
+    stats = {name[len("cmdstat_"):]: (value["calls"], value["usec"]) for name, value in info.items()
+             if name.startswith("cmdstat_")}
+    return {"cpu": info["used_cpu_user"] + info["used_cpu_sys"],
+            "cpu_main": info.get("used_cpu_user_main_thread", 0) + info.get("used_cpu_sys_main_thread", 0),
+            "commands": info["total_commands_processed"],
+            "bytes": info["total_net_input_bytes"] + info["total_net_output_bytes"],
+            "calls": stats, "used_memory_peak": info["used_memory_peak"]}
+
+
+def redis_sockets(port: int) -> set[int]:
+    """Inodes of the TCP sockets connected to 127.0.0.1:``port`` (the client ends)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+                    inodes.add(int(fields[9]))
+    return inodes
+
+
+def held(pid: int, inodes: set[int]) -> set[int]:
+    """Which of ``inodes`` process ``pid`` holds open."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                    found.add(int(link[8:-1]))
+    return found
+
+
+class Watch(threading.Thread):
+    """Samples ``connected_clients`` and, less often, which process of the run holds which connections.
+
+    A worker forked by the driver inherits the driver's open sockets (redis-py makes new connections
+    after a fork and leaves the old descriptors open): those are one connection each, the driver's,
+    and are counted apart (``inherited``)."""
+
+    def __init__(self, server: OwnRedis, root: int) -> None:
+        super().__init__(daemon=True)
+        self.server, self.root = server, root
+        self.stopped = threading.Event()
+        self.clients_peak = 0
+        self.driver = 0
+        self.own: dict[int, int] = {}  # worker pid -> most connections of its own seen
+        self.inherited: dict[int, int] = {}  # worker pid -> most of the driver's sockets seen open
+
+    def run(self) -> None:
+        next_sockets = 0.0
+        with self.server.client() as client:
+            while not self.stopped.is_set():
+                with contextlib.suppress(redis.RedisError):
+                    # minus this connection
+                    self.clients_peak = max(self.clients_peak, client.info("clients")["connected_clients"] - 1)
+                if time.monotonic() >= next_sockets:
+                    next_sockets = time.monotonic() + SOCKET_EVERY
+                    self.sockets()
+                self.stopped.wait(CLIENT_EVERY)
+
+    def sockets(self) -> None:
+        inodes = redis_sockets(self.server.port)
+        driver = held(self.root, inodes)
+        self.driver = max(self.driver, len(driver))
+        for pid in descendants(self.root, scan()):
+            mine = held(pid, inodes)
+            if mine:
+                self.own[pid] = max(self.own.get(pid, 0), len(mine - driver))
+                self.inherited[pid] = max(self.inherited.get(pid, 0), len(mine & driver))
+
+
+@contextlib.contextmanager
+def heavy_lock(workers: int):
+    """Hold /tmp/heavy.lock (as ``flock /tmp/heavy.lock``) for a measurement of more than 16 workers."""
+    if workers <= HEAVY:
+        yield
+        return
+    with open(LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"  waiting for {LOCK} ...", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def process_cpu(results: Path) -> dict[int, float]:
+    """CPU seconds of every process of the run: the last sample of its time series."""
+    cpu = {}
+    for path in (results / "timeseries").glob("*.jsonl"):
+        last = None
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if "cpu" in record:
+                    last = record
+        if last is not None:
+            cpu[int(path.stem)] = last["cpu"]
+    return cpu
+
+
+def check(metrics: dict, mapping: str, items: int) -> str:
+    """"ok" when every item went through the graph, else what is wrong."""
+    pes = metrics["pes"]
+    want = {"Numbers": ("items_out", items), "Light": ("items_in", items)}
+    if mapping == "hybrid_redis":
+        want.update(Tally=("items_in", items), Report=("items_in", KEYS))
+    else:
+        want.update(Tag=("items_in", items), Report=("items_in", items))
+    wrong = [f"{pe} {what} {pes[pe][what]} (not {n})" for pe, (what, n) in want.items() if pes[pe][what] != n]
+    return "ok" if not wrong else "wrong count: " + ", ".join(wrong)
+
+
+def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path) -> dict:
+    """One run; returns its row."""
+    results = tmp / f"{mapping}-{workers}"
+    d4p = str(Path(sys.executable).parent / "d4p-hpc")
+    with OwnRedis(workers) as server, server.client() as client:
+        maxclients = int(client.config_get("maxclients")["maxclients"])
+        env = {**os.environ, "D4P_HPC_REDIS_PASSWORD": server.password,
+               "D4P_HPC_MAX_PROCESSES": str(max(workers, int(os.environ.get("D4P_HPC_MAX_PROCESSES", "0") or 0)))}
+        env.pop("D4P_HPC_SAMPLE_SECONDS", None)  # the CPU seconds come from the samples
+        command = [d4p, "run", str(LIGHT), "-a", ATTR[mapping], "-m", mapping, "-n", str(workers), "-i", str(items),
+                   "--redis", f"redis://127.0.0.1:{server.port}", "--results", str(results)]
+        before = counters(client)
+        started = time.monotonic()
+        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+        watch = Watch(server, run.pid)
+        watch.start()
+        try:
+            output, _ = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+            return {"mapping": mapping, "workers": workers, "items": items, "status": f"timeout ({timeout:.0f} s)"}
+        finally:
+            watch.stopped.set()
+            watch.join()
+            with contextlib.suppress(ProcessLookupError):  # nothing of the run may outlive it
+                os.killpg(run.pid, signal.SIGKILL)
+        whole = time.monotonic() - started
+        after = counters(client)
+    row = {"mapping": mapping, "workers": workers, "items": items, "whole_command_seconds": round(whole, 2)}
+    if run.returncode != 0:
+        return {**row, "status": f"exit {run.returncode}", "tail": output[-2000:]}
+    metrics = json.loads((results / "metrics.json").read_text())
+    status = check(metrics, mapping, items)
+    driver_pid = next(p["pid"] for p in metrics["process_list"] if p["process"] == 0)
+    cpu = process_cpu(results)
+    wall = metrics["wall_seconds"]
+    calls = {name: (n - before["calls"].get(name, (0, 0))[0], usec - before["calls"].get(name, (0, 0))[1])
+             for name, (n, usec) in after["calls"].items()}
+    calls = {name: c for name, c in sorted(calls.items(), key=lambda kv: -kv[1][0]) if c[0]}
+    scripts = sum(calls.get(name, (0, 0))[0] for name in ("evalsha", "eval"))
+    script_usec = sum(calls.get(name, (0, 0))[1] for name in ("evalsha", "eval"))
+    own = sorted(watch.own.values())
+    redis_cpu = after["cpu"] - before["cpu"]
+    row.update(
+        status=status, wall_seconds=wall, items_per_second=items / wall, pe_calls=metrics["items"],
+        redis_cpu_seconds=round(redis_cpu, 3), redis_us_per_item=1e6 * redis_cpu / items,
+        redis_main_thread_us_per_item=1e6 * (after["cpu_main"] - before["cpu_main"]) / items,
+        redis_core_share=redis_cpu / wall,
+        commands_per_item=(after["commands"] - before["commands"]) / items,
+        script_calls_per_item=scripts / items, items_per_commit=items / scripts if scripts else None,
+        redis_us_per_commit=1e6 * redis_cpu / scripts if scripts else None,
+        script_us_per_commit=script_usec / scripts if scripts else None,
+        bytes_per_item=(after["bytes"] - before["bytes"]) / items,
+        calls_per_item={name: round(n / items, 4) for name, (n, _) in calls.items()},
+        usec_per_call={name: round(usec / n, 2) for name, (n, usec) in calls.items()},
+        redis_used_memory_peak_mb=round(after["used_memory_peak"] / 2 ** 20, 2),
+        driver_us_per_item=1e6 * cpu.get(0, float("nan")) / items,
+        workers_us_per_item=1e6 * sum(s for p, s in cpu.items() if p) / items,
+        clients_peak=watch.clients_peak, maxclients=maxclients, maxclients_wanted=connections(workers),
+        driver_connections=watch.driver if watch.root == driver_pid else None,
+        worker_connections=[own[0], own[-1]] if own else None, workers_seen_connected=len(own),
+        worker_inherited_sockets=max(watch.inherited.values(), default=0))
+    if watch.root != driver_pid:  # the driver is another process than the command: its sockets were not seen
+        row["note"] = f"driver pid {driver_pid} is not the command's {watch.root}"
+    return row
+
+
+def parse_list(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n]
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = ["| mapping | workers | items | run s | items/s | Redis CPU µs/item | Redis % of a core "
+           "| commits/item (items per commit) | Redis CPU µs/commit (in the script) | Redis commands/item "
+           "| bytes/item | driver CPU µs/item | workers CPU µs/item | Redis clients peak / maxclients "
+           "| connections: driver, each worker |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"| {r['mapping']} | {r['workers']} | {r['items']:,} | {r['status']} |" + " - |" * 11)
+            continue
+        low, high = r["worker_connections"] or ("-", "-")
+        per = f"{low}" if low == high else f"{low}-{high}"
+        out.append(
+            f"| {r['mapping']} | {r['workers']} | {r['items']:,} | {r['wall_seconds']:.1f} "
+            f"| {r['items_per_second']:,.0f} | {r['redis_us_per_item']:.1f} | {100 * r['redis_core_share']:.0f}% "
+            f"| {r['script_calls_per_item']:.3f} ({r['items_per_commit']:.1f}) "
+            f"| {r['redis_us_per_commit']:.0f} ({r['script_us_per_commit']:.0f}) | {r['commands_per_item']:.2f} "
+            f"| {r['bytes_per_item']:.0f} | {r['driver_us_per_item']:.1f} | {r['workers_us_per_item']:.0f} "
+            f"| {r['clients_peak']} / {r['maxclients']} | {r['driver_connections']}, {per} |")
+    return out
+
+
+def projection(rows: list[dict]) -> list[str]:
+    out = []
+    for mapping in ATTR:
+        done = [r for r in rows if r["mapping"] == mapping and r["status"] == "ok"]
+        if not done:
+            continue
+        small, large = min(done, key=lambda r: r["workers"]), max(done, key=lambda r: r["workers"])
+        cost, driver = large["redis_us_per_item"], large["driver_us_per_item"]
+        saturate = 1e6 / cost
+        line = (f"- **{mapping}**: at {large['workers']} workers Redis spends {cost:.1f} µs of CPU per item, so one "
+                f"Redis core saturates at {saturate:,.0f} items/s. A worker doing 1 ms of PE work per item handles "
+                f"at most 1,000 items/s: one Redis core feeds about {saturate / 1000:,.0f} such workers, and "
+                f"{saturate / 100:,.0f} at 10 ms per item. The driver (one process, {driver:.1f} µs of CPU per "
+                f"item) saturates at {1e6 / driver:,.0f} items/s.")
+        if large is not small:
+            line += (f" Side by side in this invocation, Redis µs/item at {large['workers']} workers / at "
+                     f"{small['workers']}: **{cost / small['redis_us_per_item']:.2f}** (commits/item "
+                     f"{large['script_calls_per_item'] / small['script_calls_per_item']:.2f}, Redis µs/commit "
+                     f"{large['redis_us_per_commit'] / small['redis_us_per_commit']:.2f}, items/s "
+                     f"{large['items_per_second'] / small['items_per_second']:.2f}).")
+        out.append(line)
+    if out:
+        out.append("")
+        out.append("Assumptions: Redis runs single-threaded on a core of its own; its CPU grows linearly with items "
+                   "at the cost per item measured at the largest worker count (that is, with commits as full as "
+                   "there: the column items per commit); PE work dominates a worker's time; one driver feeds the "
+                   "root. Redis's cost is per commit (one Lua script call), so the items per commit decide it.")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=parse_list, default=None, help="worker counts (default 8,32,128)")
+    parser.add_argument("--items", type=int, default=None, help="items fed to the root (-i; default 400,000)")
+    parser.add_argument("--mappings", default="dyn_redis,hybrid_redis")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take (default 900)")
+    parser.add_argument("--quick", action="store_true", help="4 and 16 workers, 40,000 items, 60 s timeout")
+    parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    args = parser.parse_args()
+    workers = args.workers or ([4, 16] if args.quick else [8, 32, 128])
+    items = args.items or (40_000 if args.quick else 400_000)
+    timeout = args.timeout or (60 if args.quick else 900)
+    mappings = [m for m in args.mappings.split(",") if m]
+    for m in mappings:
+        if m not in ATTR:
+            parser.error(f"unknown mapping {m} (one of {', '.join(ATTR)})")
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not on PATH")
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    print(f"Redis broker cost: benchmarks/graphs/light.py, -i {items:,}, {os.cpu_count()} cores; "
+          f"{started:%Y-%m-%d %H:%M} UTC; load average {load_before[0]:.2f} before", file=sys.stderr, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="d4p-scale-") as tmp:
+        for mapping in mappings:
+            for n in workers:
+                print(f"  {mapping} -n {n} ...", file=sys.stderr, flush=True)
+                with heavy_lock(n):
+                    row = measure(mapping, n, items, timeout, Path(tmp))
+                    row["load_after"] = round(os.getloadavg()[0], 2)
+                rows.append(row)
+                print("   ", row["status"], f"{row.get('wall_seconds', 0):.1f} s", file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
+    print(f"Redis mappings at scale: benchmarks/graphs/light.py (dyn_redis: graph_stateless; hybrid_redis: graph), "
+          f"-i {items:,}, one run per row, on {os.cpu_count()} cores; {started:%Y-%m-%d %H:%M} UTC; load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; a worker is expected to hold "
+          f"{WORKER_CONNECTIONS} connections")
+    print()
+    print("\n".join(table(rows)))
+    print()
+    print("\n".join(projection(rows)))
+    if args.json:
+        args.json.write_text(json.dumps({"started": started.isoformat(), "items": items, "cores": os.cpu_count(),
+                                         "load_before": load_before, "load_after": load_after, "rows": rows},
+                                        indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
