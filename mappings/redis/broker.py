@@ -32,6 +32,7 @@ import pickle
 import socket
 import threading
 import time
+from pathlib import Path
 
 from d4p_hpc import settings
 from d4p_hpc.mappings.dynamic.autoscale import TICK
@@ -51,6 +52,16 @@ REDIS_TICK = 0.1
 #: While stateful instances have no host: how often to try to claim them, and for how long only a fair share.
 OWN_EVERY = 0.5
 OWN_GRACE = 3.0
+
+
+def cut_unacknowledged(results: Path, kept: dict[str, int], proc: int, sizes: dict[str, int]) -> int:
+    """Cut worker ``proc``'s part files back to what commits acknowledged (``sizes``: the run's, or
+    ``kept``: what a checkpoint holds of earlier segments, whichever is more); return how many were cut.
+
+    In a COMPLETED run every unit was acknowledged once, so anything beyond is a unit written twice:
+    by a worker thought dead whose entries were redone, and which went on (paused, then resumed)."""
+    parts = [str(p.relative_to(results)) for p in results.glob(f"outputs/*/part-{proc:05d}.*")]
+    return truncate_parts(results, {rel: max(sizes.get(rel, 0), kept.get(rel, 0)) for rel in parts})
 
 
 def claim_idle() -> float:

@@ -43,11 +43,11 @@ from d4p_hpc.mappings.dynamic.autoscale import Autoscaler
 from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.dynamic.loops import RUNNING, Driver, died, driver_hold, final_outcome, join_workers
-from d4p_hpc.mappings.redis.broker import RedisBroker, claim_idle
+from d4p_hpc.mappings.redis.broker import RedisBroker, claim_idle, cut_unacknowledged
 from d4p_hpc.mappings.redis.server import RELEASE_TIMEOUT, RedisServer
 from d4p_hpc.mappings.redis.keys import Keys, forget, publish, stop_run
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
-from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, TaskRuntime, keep_notices, refuse_stateful, truncate_parts
+from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, TaskRuntime, keep_notices, refuse_stateful
 from d4p_hpc.mappings.redis.worker import ERROR_PREFIX
 
 NO_WORKER_NOTICE = 30.0
@@ -351,12 +351,13 @@ def _finish(ctx: RunContext, broker: RedisDriverBroker, client) -> dict:
     kept = ctx.restored.sizes() if ctx.restored is not None else {}
     cut = 0
     for proc in workers:
-        # a killed or signalled worker's last unit was redone elsewhere if the run completed or another
-        # worker took its entries over; else (the run stopped, or failed) nothing redid it, and what it
-        # wrote stays, as under every other mapping (its metrics, if it wrote them, count it)
-        if exited.get(proc) not in ("COMPLETED", "FAILED") and (completed or proc in taken):
-            parts = [str(p.relative_to(ctx.results)) for p in ctx.results.glob(f"outputs/*/part-{proc:05d}.*")]
-            cut += truncate_parts(ctx.results, {rel: max(sizes.get(rel, 0), kept.get(rel, 0)) for rel in parts})
+        # a completed run's units were all acknowledged: what is beyond was written twice. Else a killed
+        # or signalled worker's last unit was redone elsewhere if another worker took its entries over;
+        # if nothing redid it (the run stopped, or failed), what it wrote stays, as under every other
+        # mapping (its metrics, if it wrote them, count it). (A worker that goes on after this, paused
+        # until now, cuts its own: see worker.serve.)
+        if completed or (proc in taken and exited.get(proc) not in ("COMPLETED", "FAILED")):
+            cut += cut_unacknowledged(ctx.results, kept, proc, sizes)
     return {"workers": len(workers), "redeliveries": int(client.get(keys.redeliveries) or 0),
             "truncated_parts": cut,
             "redis_used_memory_peak_mb": round(client.info("memory")["used_memory_peak"] / 2 ** 20, 2)}

@@ -25,8 +25,8 @@ from d4p_hpc import supervisor
 from d4p_hpc.errors import Command
 from d4p_hpc.errors import D4pHpcError
 from d4p_hpc.mappings.redis.conn import Connection, PASSWORD_ENV, connect, import_redis, parse_url, read_connection_file
-from d4p_hpc.mappings.dynamic.loops import RUNNING, WorkerLoop
-from d4p_hpc.mappings.redis.broker import RedisBroker
+from d4p_hpc.mappings.dynamic.loops import COMPLETED, RUNNING, WorkerLoop
+from d4p_hpc.mappings.redis.broker import RedisBroker, cut_unacknowledged
 from d4p_hpc.mappings.redis.keys import Keys, read_announcement, stop_run
 from d4p_hpc.mappings.checkpoint import store
 from d4p_hpc.mappings.runtime.prepare import prepare
@@ -121,6 +121,7 @@ def serve(conn: Connection, run: dict, ctx: RunContext | None = None) -> Outcome
         if broker.lost is None:  # how it ended, for the driver's final accounting
             try:
                 client.hset(keys.exited, proc, outcome.state)
+                _cut_if_completed(client, keys, ctx, proc)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 broker.lost = exc
     finally:
@@ -128,6 +129,20 @@ def serve(conn: Connection, run: dict, ctx: RunContext | None = None) -> Outcome
             broker.close(reachable=broker.lost is None)
         client.close()
     return outcome
+
+
+def _cut_if_completed(client, keys: Keys, ctx: RunContext, proc: int) -> None:
+    """If the run has COMPLETED, cut what this worker wrote beyond its acknowledged commits: a worker
+    paused past its claim idle time (its entries redone elsewhere) may resume as the run ends, and
+    write its unit again after the driver has cut the others. Read with the state in one step: a
+    driver that has begun to forget the run's keys leaves nothing to cut against, and nothing is cut."""
+    state, sizes = client.pipeline(transaction=True).get(keys.state).hgetall(keys.sizes).execute()
+    if state != COMPLETED.encode() or not sizes:
+        return
+    kept = ctx.restored.sizes() if ctx.restored is not None else {}
+    if cut_unacknowledged(ctx.results, kept, proc, {k.decode(): int(v) for k, v in sizes.items()}):
+        print("the run had completed without this worker's last unit, which another worker redid: "
+              "its results here are dropped", flush=True)
 
 
 #: how a worker's own errors begin on stderr, where the driver watches for them (dyn_redis.Launcher):

@@ -9,15 +9,16 @@ failed ("already holds a run"). Measured by an outside helper on this cluster (S
 (srun: "node2: task 1: Killed") and is back in service within milliseconds, so the tests need no
 repair of the cluster.
 
-A job over 2 nodes, its second node set DOWN once the run works:
+A job over 2 nodes (hybrid_redis: 3), a node other than the first set DOWN once the run works:
 
 * ``mpi`` (ranks under srun): the job ends FAILED within seconds, its reason and ``state/finished``
   name that node, Slurm says NODE_FAIL and did not requeue it;
 * ``dyn_redis`` (workers under ``srun --no-kill``, the driver on the first node): the job goes on;
   the first node's worker takes over the lost worker's tasks once its heartbeat has expired, and the
   job ends COMPLETED with ``simple``'s outputs, its reason naming the node;
-* ``hybrid_redis`` with a stateful PE, some of whose instances the lost node's worker hosted: their
-  state is lost, and the job ends FAILED naming the node, the worker and the PE.
+* ``hybrid_redis`` with a stateful PE, lost once a worker of that node hosts one of its instances
+  (their samples say so): its state is lost, and the job ends FAILED naming the node, the worker and
+  the PE.
 
 Each time nothing of the job is left running.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,7 @@ from helpers.dynamic import needs_redis
 from helpers.runs import EXAMPLES, diff, outputs, processes_mentioning, run_simple, wait_for
 
 from d4p_hpc.jobs import state as jobs
-from d4p_hpc.results import read_run
+from d4p_hpc.results import read_run, read_series
 from d4p_hpc.submission.render import render_script
 from d4p_hpc.submission.spec import JobSpec
 from d4p_hpc.submission.submit import submit
@@ -53,9 +55,10 @@ def job_field(job_id: str, name: str) -> str:
     return fields[name]
 
 
-def _lose_a_node(spec: JobSpec) -> tuple[str, Path, jobs.JobStatus, str]:
-    """Submit ``spec``; once its run works on both nodes, set the node that does not run the batch
-    script DOWN; return the job's id, directory, final status and the node lost."""
+def _lose_a_node(spec: JobSpec, hosting: str | None = None) -> tuple[str, Path, jobs.JobStatus, str]:
+    """Submit ``spec``; once its run works on both nodes (and, with ``hosting``, a process on the
+    other node hosts an instance of that PE), set the node that does not run the batch script DOWN;
+    return the job's id, directory, final status and the node lost."""
     cluster = connect("slurm")
     job_id, directory = submit(spec, render_script(spec))
     job = jobs.open_job(directory)
@@ -65,7 +68,13 @@ def _lose_a_node(spec: JobSpec) -> tuple[str, Path, jobs.JobStatus, str]:
                  and any((directory / "outputs").glob("*")), TIMEOUT)
         nodes = subprocess.run(["scontrol", "show", "hostnames", job_field(job_id, "NodeList")], capture_output=True,
                                text=True, check=True).stdout.split()
-        lost = next(n for n in nodes if n != job_field(job_id, "BatchHost"))
+        others = [n for n in nodes if n != job_field(job_id, "BatchHost")]
+        lost = others[0]
+        if hosting:  # a node whose processes host one of its instances, as their samples say
+            lost = wait_for(lambda: next((head.get("host") for head, samples in read_series(directory).values()
+                                          if head.get("host") in others and samples
+                                          and any(row[0] == hosting for row in samples[-1].get("i", []))), None),
+                            TIMEOUT)
         scontrol("update", f"NodeName={lost}", "State=DOWN", "Reason=d4p-hpc test: a node lost")
         final = jobs.wait(job, poll=0.3, timeout=180)
     finally:
@@ -108,7 +117,10 @@ def test_a_node_lost_mid_run_has_its_tasks_redone_and_the_job_completes(tmp_path
 
 @needs_redis
 def test_a_node_lost_with_stateful_instances_fails_naming_the_node_and_the_pe(tmp_path):
-    _job_id, directory, final, lost = _lose_a_node(_spec(tmp_path, "hybrid_redis", "graph", 150, 0.02))
+    # 6 workers, 2 on the first node: Count's 3 instances go one to each of the first workers to join
+    # (a fair share), so at least one is on another node
+    spec = replace(_spec(tmp_path, "hybrid_redis", "graph", 300, 0.05), nodes=3, tasks_per_node=2)
+    _job_id, directory, final, lost = _lose_a_node(spec, hosting="Count")
     assert final.state == "FAILED", f"{final}\n{job_logs(jobs.open_job(directory))}"
     assert final.reason.startswith(f"node {lost} was lost; "), final
     error = (read_run(directory) or {}).get("error") or {}
