@@ -144,8 +144,10 @@ class RedisBroker:
             self._state = self.fresh_state()
         if unit is not None and unit.gid == SHARED_QUEUE:
             # by the shared tasks only: a host of stateful instances, whose items are quick, must not
-            # take several slow shared entries at once while other workers have none
-            self.count = 1 if seconds > SLOW_UNIT else min(READ_COUNT, self.count + 1)
+            # take several slow shared entries at once while other workers have none; and no more
+            # than an entry's worth of tasks at once (an entry that turns out slow is not held back)
+            self.count = 1 if seconds > SLOW_UNIT else \
+                min(READ_COUNT, self.count + 1, max(1, ENTRY_TASKS // max(1, len(unit.items))))
         return backlog
 
     def _task_seconds(self, unit: Unit | None, done: dict, seconds: float) -> float | None:

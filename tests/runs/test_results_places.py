@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,7 @@ def test_a_resume_in_a_folder_others_can_write_is_refused_before_anything_runs(t
                  id="submit under /proc"),
 ])
 def test_a_results_directory_that_cannot_be_created_is_one_error_line(isolated_config, command, where):
-    where = f"{where}-{isolated_config.parent.name}"  # this test's own: another may run beside it
+    where = f"{where}-{uuid.uuid4().hex[:12]}"  # this test's own: the others (other xdist workers) run beside it
     done = cli(*command, where, cwd=isolated_config)
 
     assert_one_error(done, f"cannot create the results directory {where}", "writable")
