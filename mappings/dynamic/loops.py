@@ -282,14 +282,10 @@ class Driver:
         return spread > 0
 
     def _drain(self, index: int) -> None:
-        """Wait until no call of spread root ``index`` is queued or running."""
+        """Wait until no call of spread root ``index`` is queued or running (a checkpoint may be due
+        meanwhile)."""
         self._send()
-        delay = QUIESCE_POLL
-        with self.runtime.blocked():
-            while self.broker.pending(index) > 0 and self._check():
-                self._write_point()
-                time.sleep(delay)
-                delay = min(0.05, delay * 2)
+        self._hold(lambda: self.broker.pending(index) > 0, self._write_point)
 
     def _close(self, inst: Instance) -> None:
         """Postprocess root ``inst`` and tell the accounting it gets no more input."""
@@ -313,15 +309,22 @@ class Driver:
         self._last_send = time.monotonic()
         self.peak = max(self.peak, backlog)
         self._check()
-        # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small; the
-        # root's call is blocked then, not busy
-        delay = 0.002
+        # backpressure: a fast producer waits for the pool, so queues (and Redis) stay small
         limit = self._limit()
+        if backlog > limit:
+            self._hold(lambda: self.broker.backlog() > limit)
+
+    def _hold(self, busy: Callable[[], bool], between: Callable[[], None] | None = None) -> None:
+        """Wait while ``busy()`` and the run goes on, sleeping from 2 ms, doubling up to 50 ms, and
+        calling ``between`` after each sleep. The root's call (if one is under way) is blocked
+        meanwhile, not busy."""
+        delay = 0.002
         with self.runtime.blocked():
-            while backlog > limit and self._check():
+            while busy() and self._check():
                 time.sleep(delay)
                 delay = min(0.05, delay * 2)
-                backlog = self.broker.backlog()
+                if between is not None:
+                    between()
 
     def _limit(self) -> int:
         """The backlog limit; with checkpoints on, no more than the pool does in
