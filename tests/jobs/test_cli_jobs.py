@@ -167,10 +167,19 @@ def test_the_submission_side_imports_no_runtime(isolated_config, where_graph):
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
 
 
+def as_a_foreground_job() -> None:
+    """In the child, before exec: SIGINT at its default, as a shell starts a foreground job. A process
+    started with SIGINT ignored keeps it ignored across exec, and Python then installs no
+    KeyboardInterrupt handler: so is every child of a pytest that a non-interactive shell started in
+    the background (``pytest ... &``, or a CI launched that way), and Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def started(argv, cwd, out: Path, timeout=60):
     """``d4p-hpc ARGV`` in a session of its own, its stdout and stderr into ``out``.out/.err."""
     return subprocess.Popen(d4p_hpc_cmd() + [str(a) for a in argv], cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=open(f"{out}.out", "w"), stderr=open(f"{out}.err", "w"), start_new_session=True)
+                            stdout=open(f"{out}.out", "w"), stderr=open(f"{out}.err", "w"), start_new_session=True,
+                            preexec_fn=as_a_foreground_job)
 
 
 def interrupt(proc) -> int:
@@ -210,7 +219,8 @@ def in_a_terminal(argv, cwd, until, timeout=60) -> tuple[int, str]:
     master, slave = pty.openpty()
     # (faulthandler: SIGABRT makes a command that never ends say where each thread is)
     proc = subprocess.Popen(d4p_hpc_cmd() + [str(a) for a in argv], cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=as_a_foreground_job)
     os.close(slave)
     shown, deadline = b"", time.monotonic() + timeout
 
