@@ -191,6 +191,10 @@ REDIS_WORKER = "d4p_hpc.mappings.redis.worker"
 #: The Redis connections a worker holds: its main loop's blocking read, its heartbeat's blocking read
 #: of the run's end, and one for its other commands (counted: tests/runs/test_redis_connections.py)
 WORKER_CONNECTIONS = 3
+#: ... unless it is a job's: a job's workers reach Redis through their node's relay
+#: (:mod:`d4p_hpc.mappings.redis.relay`), which holds this many, however many workers the node runs:
+#: a pool of 4 for commands and its watcher's one blocking read
+RELAY_CONNECTIONS = 5
 #: ... and the rest of a run: the driver's two, the supervisor's, and room for a user looking in
 #: (``redis-cli``) and for a worker reconnecting before Redis has seen its old connection close
 OTHER_CONNECTIONS = 16
@@ -198,20 +202,23 @@ OTHER_CONNECTIONS = 16
 REDIS_RESERVED_FDS = 32
 
 
-def connections(workers: int) -> int:
-    """The Redis clients a run of ``workers`` workers needs: the per-job Redis's ``maxclients``."""
-    return WORKER_CONNECTIONS * workers + OTHER_CONNECTIONS
+def connections(workers: int, nodes: int | None = None) -> int:
+    """The Redis clients a run of ``workers`` workers needs: the per-job Redis's ``maxclients``.
+    ``nodes``: a job's, whose workers share one relay per node; None: workers the run forks."""
+    held = RELAY_CONNECTIONS * min(nodes, workers) if nodes is not None else WORKER_CONNECTIONS * workers
+    return held + OTHER_CONNECTIONS
 
 
-def files_needed(workers: int) -> int:
+def files_needed(workers: int, nodes: int | None = None) -> int:
     """The open-files hard limit the per-job Redis of ``workers`` workers needs where it runs."""
-    return connections(workers) + REDIS_RESERVED_FDS
+    return connections(workers, nodes) + REDIS_RESERVED_FDS
 
 
-def budget(workers: int) -> str:
+def budget(workers: int, nodes: int | None = None) -> str:
     """How :func:`files_needed` comes, for a message."""
-    return (f"{connections(workers):,} connections to its Redis ({WORKER_CONNECTIONS} per worker, {OTHER_CONNECTIONS} "
-            f"for the rest), so an open-files hard limit of at least {files_needed(workers):,}")
+    held = f"{RELAY_CONNECTIONS} per node's relay" if nodes is not None else f"{WORKER_CONNECTIONS} per worker"
+    return (f"{connections(workers, nodes):,} connections to its Redis ({held}, {OTHER_CONNECTIONS} for the rest), "
+            f"so an open-files hard limit of at least {files_needed(workers, nodes):,}")
 
 
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (

@@ -130,16 +130,17 @@ def _check_environment(spec: JobSpec) -> None:
 
 
 def _check_connections(spec: JobSpec) -> None:
-    """The per-job Redis must accept a connection from every worker: it can hold as many clients as
-    the open-files hard limit of the job's first node allows (this host's, unless told otherwise)."""
+    """The per-job Redis must accept a connection from every node's relay: it can hold as many clients
+    as the open-files hard limit of the job's first node allows (this host's, unless told otherwise)."""
     if spec.launch_kind != "redis":
         return
     limit = settings.nofile_limit()
-    if files_needed(spec.total_tasks) > limit:
+    if files_needed(spec.total_tasks, spec.nodes) > limit:
         told = settings.NOFILE_LIMIT if os.environ.get(settings.NOFILE_LIMIT, "").strip() else "ulimit -Hn here"
-        raise SpecError(f"-m {spec.mapping} with {spec.total_tasks:,} workers needs {budget(spec.total_tasks)} on "
-                        f"the job's first node; it is {limit:,} ({told}): run fewer workers per job, or, if the "
-                        f"compute nodes allow more, set {settings.NOFILE_LIMIT} to their ulimit -Hn")
+        raise SpecError(f"-m {spec.mapping} with {spec.total_tasks:,} workers on {spec.nodes:,} node(s) needs "
+                        f"{budget(spec.total_tasks, spec.nodes)} on the job's first node; it is {limit:,} ({told}): "
+                        f"run on fewer nodes per job, or, if the compute nodes allow more, set "
+                        f"{settings.NOFILE_LIMIT} to their ulimit -Hn")
 
 
 def _check_conda(name: str) -> None:

@@ -14,6 +14,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from d4p_hpc import settings
@@ -65,6 +66,9 @@ class Connection:
     db: int = 0
     username: str | None = None
     source: str = field(default="", compare=False)
+    #: whether the client :func:`connect` checked is the one to use rather than a new one with retries
+    #: (a relay's: the relay ends when its last client closes)
+    keep_probe: ClassVar[bool] = False
 
     def as_dict(self) -> dict:
         """The fields written to a connection file."""
@@ -74,7 +78,7 @@ class Connection:
         """``host:port`` for messages; never shows the password."""
         return f"{self.host}:{self.port}"
 
-    def client(self, no_retry: bool = False, **options):
+    def client(self, no_retry: bool = False, pool_size: int | None = None, **options):
         """A new ``redis.Redis`` client (not yet connected).
 
         Parameters
@@ -82,6 +86,8 @@ class Connection:
         no_retry
             Fail at the first error instead of redis-py's retries with backoff,
             which only delay a wrong password or a dead server by seconds.
+        pool_size
+            At most this many connections, shared by the client's threads (each waits for a free one).
         **options
             Passed to ``redis.Redis``, overriding the defaults.
         """
@@ -97,6 +103,10 @@ class Connection:
             from redis.retry import Retry
             kwargs["retry"] = Retry(NoBackoff(), 0)
         kwargs.update(options)
+        if pool_size:
+            retry = kwargs.pop("retry", None)
+            return redis.Redis(connection_pool=redis.BlockingConnectionPool(max_connections=pool_size, timeout=None,
+                                                                            **kwargs), retry=retry)
         return redis.Redis(**kwargs)
 
 
@@ -221,11 +231,14 @@ def connect(conn: Connection, **options):
     try:
         probe.ping()
     except redis.AuthenticationError as exc:
+        probe.close()
         why = "needs a password and none was given" if conn.password is None else f"refused the password ({exc})"
         raise RedisError(f"{where} {why}: use the connection file or password of that server") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        probe.close()
         raise RedisError(f"cannot reach {where} from {socket.gethostname()} ({exc}): is its "
                          f"redis-server still running, and is {conn.host} reachable from here?") from None
-    finally:
-        probe.close()
+    if conn.keep_probe:
+        return probe
+    probe.close()
     return conn.client(**options)

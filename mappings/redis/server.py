@@ -45,7 +45,7 @@ from d4p_hpc.errors import Command
 from d4p_hpc.errors import RedisError
 from d4p_hpc.results import Layout, make_private_dir
 from d4p_hpc.mappings.runtime.process import die_with_parent
-from d4p_hpc.mappings import REDIS_RESERVED_FDS, WORKER_CONNECTIONS
+from d4p_hpc.mappings import REDIS_RESERVED_FDS
 from d4p_hpc.mappings.redis.conn import Connection, import_redis, write_connection_file
 
 #: Environment variable naming the ``redis-server`` binary when none is given.
@@ -331,8 +331,9 @@ class RedisServer:
         hard = settings.host_nofile_limit()
         return RedisError(f"the per-job Redis on {socket.gethostname()} can accept {accepted:,} clients, as the "
                           f"open-files hard limit there is {hard:,} (ulimit -Hn); the run needs {self.clients:,} "
-                          f"({WORKER_CONNECTIONS} per worker): run fewer workers, or ask for a hard limit of at "
-                          f"least {self.clients + REDIS_RESERVED_FDS:,} where Redis runs (a job's first node)")
+                          f"(the workers' relays, or a run's own workers, and the rest): run fewer workers (a job: on "
+                          f"fewer nodes), or ask for a hard limit of at least {self.clients + REDIS_RESERVED_FDS:,} "
+                          f"where Redis runs (a job's first node)")
 
     def _start_failure(self, port: int, proc: subprocess.Popen, private: Path, log_file: Path) -> RedisError:
         stderr = (private / "stderr").read_text(errors="replace")

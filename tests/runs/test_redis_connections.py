@@ -1,9 +1,10 @@
 """The per-job Redis's connection budget (#21): counted, set, and checked before anything is queued.
 
-Every worker holds :data:`~d4p_hpc.mappings.WORKER_CONNECTIONS` connections; Redis accepts at most
-``maxclients``, and no more than its open-files limit minus 32 allows (it lowers ``maxclients``
-to fit). So the run's Redis gets ``maxclients`` = :func:`~d4p_hpc.mappings.connections` of its
-workers, refuses to start (one line naming the limit) where the node's hard limit cannot hold
+A worker a run forks holds :data:`~d4p_hpc.mappings.WORKER_CONNECTIONS` connections; a job's
+workers share their node's relay, which holds :data:`~d4p_hpc.mappings.RELAY_CONNECTIONS`. Redis
+accepts at most ``maxclients``, and no more than its open-files limit minus 32 allows (it lowers
+``maxclients`` to fit). So the run's Redis gets ``maxclients`` = :func:`~d4p_hpc.mappings.connections`
+of its workers (or nodes), refuses to start (one line naming the limit) where the node's hard limit cannot hold
 them, and ``submit`` refuses such a job before the queue, with the numbers and the fix.
 
 Proven with the real redis-server and a real hard limit (``setrlimit`` in the child, as a node's
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from d4p_hpc.mappings import OTHER_CONNECTIONS, WORKER_CONNECTIONS, connections
+from d4p_hpc.mappings import OTHER_CONNECTIONS, RELAY_CONNECTIONS, WORKER_CONNECTIONS, connections, files_needed
 from d4p_hpc.results import Layout
 from helpers.dynamic import needs_redis, python_module, tagged_env, tagged_pids, write_graph
-from helpers.runs import EXAMPLES, cli, d4p_hpc_cmd, explain, wait_for
+from helpers.runs import EXAMPLES, cli, d4p_hpc_cmd, explain, outputs, processes_mentioning, run_simple, wait_for
 
 redis = pytest.importorskip("redis")
 pytestmark = needs_redis
@@ -98,8 +99,8 @@ def test_a_redis_whose_node_cannot_hold_the_runs_clients_does_not_start(tmp_path
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: the per-job Redis on "), err
     assert ("can accept 224 clients, as the open-files hard limit there is 256 (ulimit -Hn); the run needs 1,000 "
-            f"({WORKER_CONNECTIONS} per worker): run fewer workers, or ask for a hard limit of at least 1,032 where "
-            "Redis runs (a job's first node)") in lines[0], err
+            "(the workers' relays, or a run's own workers, and the rest): run fewer workers (a job: on fewer nodes), "
+            "or ask for a hard limit of at least 1,032 where Redis runs (a job's first node)") in lines[0], err
     assert not Layout(tmp_path).redis.exists()
     assert tagged_pids(tag) == set()  # no redis-server left
 
@@ -122,25 +123,65 @@ def test_the_same_node_with_a_run_it_can_hold_starts(tmp_path):
 
 
 def test_submit_refuses_a_job_whose_first_node_cannot_hold_its_connections(isolated_config):
+    """A job's workers reach Redis through one relay per node: its budget grows with nodes, not workers."""
     env = {"D4P_HPC_NOFILE_LIMIT": "1024"}
-    refused = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 64, "--tasks-per-node", 8,
+    refused = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 200, "--tasks-per-node", 8,
                   "--scheduler", "slurm", "--dry-run", "--no-check", cwd=isolated_config, env=env)
     assert refused.returncode == 2, explain(refused)
-    assert refused.stderr == ("Error: -m dyn_redis with 512 workers needs 1,552 connections to its Redis (3 per "
-                              "worker, 16 for the rest), so an open-files hard limit of at least 1,584 on the job's "
-                              "first node; it is 1,024 (D4P_HPC_NOFILE_LIMIT): run fewer workers per job, or, if the "
-                              "compute nodes allow more, set D4P_HPC_NOFILE_LIMIT to their ulimit -Hn\n"), \
-        explain(refused)
+    assert refused.stderr == ("Error: -m dyn_redis with 1,600 workers on 200 node(s) needs 1,016 connections to its "
+                              "Redis (5 per node's relay, 16 for the rest), so an open-files hard limit of at least "
+                              "1,048 on the job's first node; it is 1,024 (D4P_HPC_NOFILE_LIMIT): run on fewer nodes "
+                              "per job, or, if the compute nodes allow more, set D4P_HPC_NOFILE_LIMIT to their ulimit "
+                              "-Hn\n"), explain(refused)
     assert not (isolated_config / "d4p-results").exists()
-    # a job that fits is rendered with its budget, which its Redis is started with
-    fits = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 32, "--tasks-per-node", 10,
+    # 512 workers, which without their relays would need 1,552 connections: rendered with the budget of 64 relays
+    fits = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 64, "--tasks-per-node", 8,
                "--scheduler", "slurm", "--dry-run", "--no-check", cwd=isolated_config, env=env)
     assert fits.returncode == 0, explain(fits)
-    assert " --clients 976 &\n" in fits.stdout, fits.stdout
+    assert f" --clients {RELAY_CONNECTIONS * 64 + OTHER_CONNECTIONS} &\n" in fits.stdout, fits.stdout
+    assert connections(512) > 1024 - 32
     bad = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--scheduler", "slurm", "--dry-run",
               "--no-check", cwd=isolated_config, env={"D4P_HPC_NOFILE_LIMIT": "lots"})
     assert bad.returncode == 2 and bad.stderr.startswith("Error: D4P_HPC_NOFILE_LIMIT=lots: not a whole number"), \
         explain(bad)
+
+
+def test_a_jobs_workers_beyond_what_their_own_connections_would_fit_complete_through_their_relay(isolated_config):
+    """12 workers on a node whose hard limit is 64 files: Redis takes 32 clients there, and the workers'
+    own connections would be 3 x 12 + 16 = 52. Through the node's relay the job needs 5 + 16: it
+    completes with simple's outputs, Redis's ``INFO clients`` never counts more than that (nor anywhere
+    near 36), and the relay is gone with the job. (The same arithmetic at a 1,024 limit is 330 workers,
+    too many processes for this machine.)"""
+    workers, limit = 12, 64
+    assert files_needed(workers) > limit >= files_needed(workers, 1)
+    graph = write_graph(isolated_config, SLOW)
+    job = subprocess.Popen([*d4p_hpc_cmd(), "submit", str(graph), "-m", "dyn_redis", "--tasks-per-node",
+                            str(workers), "-i", "40", "--scheduler", "local", "--setup", f"ulimit -n {limit}",
+                            "--wait"], cwd=isolated_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    counts = []
+    try:
+        root = isolated_config / "d4p-results"
+        directory = wait_for(lambda: next((p for p in root.iterdir() if not p.is_symlink()), None)
+                             if root.exists() else None)
+        conn = wait_for(lambda: Layout(directory).redis.exists() and json.loads(Layout(directory).redis.read_text()))
+        client = redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"])
+        maxclients = int(client.config_get("maxclients")["maxclients"])
+        with contextlib.suppress(redis.ConnectionError):  # (it ends with the job)
+            while job.poll() is None:
+                counts.append(client.info("clients")["connected_clients"] - 1)  # (not this one)
+                time.sleep(0.05)
+        client.close()
+        out, err = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 0, out + err
+    assert maxclients == connections(workers, 1) == RELAY_CONNECTIONS + OTHER_CONNECTIONS
+    assert counts and max(counts) <= maxclients < WORKER_CONNECTIONS * workers, counts
+    run_simple(graph, 40, isolated_config / "simple")
+    assert outputs(directory) == outputs(isolated_config / "simple")
+    wait_for(lambda: not processes_mentioning(str(directory)), 10)  # the relay too
 
 
 def test_a_job_on_a_node_with_too_low_a_limit_fails_saying_so(isolated_config):

@@ -1,0 +1,456 @@
+"""The node's relay: one set of Redis connections for all the workers of a node.
+
+Without it every worker holds :data:`~d4p_hpc.mappings.WORKER_CONNECTIONS` connections, and a
+Redis takes no more clients than its open-files limit (minus 32) allows: 1,024 descriptors, the
+common ``ulimit -n`` of compute nodes, end a job near 330 workers, whatever its node count. With
+it a job needs :data:`~d4p_hpc.mappings.RELAY_CONNECTIONS` per node, however many workers a node
+runs (the anchors that reach thousands of workers, Parsl's manager and HyperQueue's worker, put
+one agent on each node the same way).
+
+How it works. A worker given a connection file (``python -m d4p_hpc.mappings.redis.worker
+--connection FILE``: a job's workers) talks to Redis through :class:`RelayClient`, which has the
+``redis.Redis`` methods workers call and forwards each call, or a pipeline whole, over a Unix
+socket to the relay of its node; the relay makes the call with its own client and sends back the
+reply, or the exception as redis-py raised it. The first worker of a node that finds no relay
+starts one (``python -m d4p_hpc.mappings.redis.relay --connection FILE``); a second started at the
+same moment finds the first one's lock and leaves. The relay serves until its last worker has
+gone (scheduler signals do not end it: a worker stopped by one still commits its last unit
+through it), or :data:`FIRST_CLIENT` seconds pass without any.
+
+Blocking reads, which would hold a connection each, are made without blocking: the relay reads
+what is there, and if nothing is, its one watcher connection blocks (``XREAD``) on every stream a
+worker waits on, from the last entry the worker's read saw, and wakes those workers when an entry
+comes; a worker waits no longer than its own ``block``. So idle workers cost Redis nothing, as
+before, and what they see is what their own blocking read would have returned.
+
+Who may connect: the socket lies in a folder only the user can enter (``$TMPDIR/d4p-hpc-UID``,
+0700, checked), named for the Redis and the node, and both ends prove they know a key derived from
+the Redis password (``multiprocessing.connection``'s challenge) before anything is unpickled. A
+folder that fails the check (another user's, or open to others) fails the worker, saying so: its
+own connections would not fit the Redis's budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import pickle
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection as Pipe, Listener
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from d4p_hpc.errors import Command, RedisError
+from d4p_hpc.mappings.redis.conn import REPLY_SLACK, Connection, import_redis, read_connection_file
+from d4p_hpc import settings
+from d4p_hpc.mappings import RELAY_CONNECTIONS
+from d4p_hpc.supervisor import SAFE_MODULE
+
+#: Connections the relay holds for commands (a pool: one slow commit does not hold up the others),
+#: beside its watcher's one
+EXECUTORS = RELAY_CONNECTIONS - 1
+#: Seconds a new relay waits for its first worker, and a worker for a relay to answer (a node
+#: starting 128 workers at once may take that long to start one more interpreter)
+FIRST_CLIENT = 30.0
+#: Seconds before a worker that finds no relay starts another one
+RESTART = 3.0
+#: Signals a scheduler stops a job with: the relay outlives them until its workers have gone
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+#: Longest socket path a Unix socket takes (108 bytes on Linux, with room to spare)
+MAX_PATH = 100
+
+
+def _name(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def socket_path(conn: Connection) -> Path:
+    """Where the relay of ``conn`` on this node listens."""
+    base = Path(tempfile.gettempdir())
+    node = socket.gethostname().split(".")[0][:32]
+    name = f"relay-{_name(f'{conn.host}:{conn.port}:{conn.password}')}-{node}.sock"
+    if len(str(base / f"d4p-hpc-{os.geteuid()}" / name)) > MAX_PATH:
+        base = Path("/tmp")
+    return base / f"d4p-hpc-{os.geteuid()}" / name
+
+
+def _authkey(conn: Connection) -> bytes:
+    return hashlib.sha256(b"d4p-hpc relay\0" + (conn.password or "").encode()).digest()
+
+
+def private_folder(path: Path) -> str | None:
+    """Make ``path`` (0700); None if it is the user's own and closed to others, else why not."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return (f"{path}, which is not a folder of yours closed to others (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o})")
+    return None
+
+
+def relayed(conn: Connection) -> Connection:
+    """``conn`` through this node's relay.
+
+    Raises
+    ------
+    RedisError
+        The relay's folder is not the user's own and closed to others: connecting each worker
+        directly instead would exceed the connections the job's Redis was given.
+    """
+    path = socket_path(conn)
+    why = private_folder(path.parent)
+    if why is not None:
+        raise RedisError(f"the workers' relay on {socket.gethostname()} cannot listen in {why}: remove it, or set "
+                         f"TMPDIR to a folder of your own on the nodes")
+    return Relayed(**{f.name: getattr(conn, f.name) for f in dataclasses.fields(conn)}, relay=path)
+
+
+@dataclass(frozen=True)
+class Relayed(Connection):
+    """A :class:`~d4p_hpc.mappings.redis.conn.Connection` whose clients go through the relay at ``relay``."""
+
+    relay: Path = Path()
+    keep_probe: ClassVar[bool] = True
+
+    def client(self, no_retry: bool = False, pool_size: int | None = None, **options) -> RelayClient:
+        return RelayClient(self)
+
+
+# --- the workers' side ---------------------------------------------------------------------------
+class RelayClient:
+    """A ``redis.Redis`` for the calls workers make, served by the node's relay."""
+
+    def __init__(self, conn: Relayed) -> None:
+        self.conn = conn
+        self._pipe: Pipe | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Pipe:
+        redis = import_redis()
+        address, key = str(self.conn.relay), _authkey(self.conn)
+        deadline = time.monotonic() + FIRST_CLIENT
+        started = 0.0
+        while True:
+            try:
+                return Client(address, family="AF_UNIX", authkey=key)
+            except AuthenticationError:
+                raise RedisError(f"the relay at {address} does not know this Redis's key: another program "
+                                 "listens there; stop it, or set TMPDIR to another folder of yours") from None
+            except (FileNotFoundError, ConnectionRefusedError, EOFError, ConnectionResetError) as exc:
+                now = time.monotonic()
+                if now > deadline:
+                    raise redis.ConnectionError(f"no relay answers at {address} ({exc})") from None
+                # (again after a while: the relay found running when ours started may have ended since)
+                if now - started > RESTART:
+                    _start_relay(self.conn)
+                    started = now
+            time.sleep(0.05)
+
+    def _call(self, request: tuple, wait: float = 0.0):
+        redis = import_redis()
+        with self._lock:
+            try:
+                if self._pipe is None:
+                    self._pipe = self._connect()
+                self._pipe.send(request)
+                if not self._pipe.poll(wait + settings.claim_idle() + REPLY_SLACK):
+                    raise redis.TimeoutError(f"the relay at {self.conn.relay} gave no answer")
+                ok, value = self._pipe.recv()
+            except (OSError, EOFError) as exc:
+                self._drop()
+                raise redis.ConnectionError(f"lost the relay at {self.conn.relay} ({exc or 'closed'})") from None
+        if not ok:
+            raise value
+        return value
+
+    def _drop(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.close()
+            self._pipe = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            return self._call(("call", name, args, kwargs), (kwargs.get("block") or 0) / 1000)
+        return call
+
+    def pipeline(self, transaction: bool = True) -> _Pipeline:
+        return _Pipeline(self, transaction)
+
+    def register_script(self, text: str) -> _Script:
+        return _Script(self, text)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+class _Pipeline:
+    def __init__(self, client: RelayClient, transaction: bool) -> None:
+        self._client, self._transaction = client, transaction
+        self._calls: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def queue(*args, **kwargs):
+            self._calls.append((name, args, kwargs))
+            return self
+        return queue
+
+    def execute(self) -> list:
+        calls, self._calls = self._calls, []
+        return self._client._call(("pipeline", self._transaction, calls))
+
+
+class _Script:
+    def __init__(self, client: RelayClient, text: str) -> None:
+        self._client, self._text = client, text
+
+    def __call__(self, keys=(), args=()):
+        return self._client._call(("script", self._text, list(keys), list(args)))
+
+
+def _start_relay(conn: Connection) -> None:
+    """Start this node's relay, which outlives its starter: any worker of the node may end first."""
+    subprocess.Popen([sys.executable, *SAFE_MODULE, "d4p_hpc.mappings.redis.relay", "--connection",
+                      os.path.abspath(conn.source)],
+                     stdin=subprocess.DEVNULL, close_fds=True, cwd=os.sep)
+
+
+# --- the relay -----------------------------------------------------------------------------------
+def _text(name) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _id(entry_id) -> tuple[int, int]:
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Watcher:
+    """One blocking ``XREAD`` for every read the relay's workers wait on."""
+
+    def __init__(self, conn: Connection, commands) -> None:
+        self.conn = conn
+        self.commands = commands
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.waiting: dict[int, tuple[dict, threading.Event]] = {}
+        self.generation = self.seen = self.tokens = 0
+        self.blocked: int | None = None  # the watcher's client id while it may block
+        self.watching: dict = {}  # stream -> the entry its read returns what comes after
+        self.block = int(settings.claim_idle() * 1000)
+        threading.Thread(target=self._run, name="d4p-relay-watcher", daemon=True).start()
+
+    def wait(self, after: dict, timeout: float) -> None:
+        """Return when one of the streams in ``after`` has an entry past its id, or after ``timeout``."""
+        event = threading.Event()
+        after = {_text(key): entry for key, entry in after.items()}
+        with self.lock:
+            self.tokens += 1
+            token = self.tokens
+            self.waiting[token] = (after, event)
+            # what the watcher watches already (the same streams, from no later entry) wakes this one too:
+            # idle workers' reads and heartbeats do not make it look again, each time, for nothing
+            covered = all(key in self.watching and _id(self.watching[key]) <= _id(entry)
+                          for key, entry in after.items())
+            if not covered:
+                self.generation += 1
+            generation = self.generation
+            self.changed.notify()
+        # the watcher may be blocked on the streams it watched before: unblock it to look again
+        while not event.is_set():
+            with self.lock:
+                if self.seen >= generation:
+                    break
+                blocked = self.blocked
+            if blocked is not None and self.commands.client_unblock(blocked):
+                break
+            time.sleep(0.001)
+        event.wait(timeout)
+        with self.lock:
+            self.waiting.pop(token, None)
+
+    def _run(self) -> None:
+        redis = import_redis()
+        # one connection, made when first needed: a Redis this node cannot reach is the workers' to report
+        client = self.conn.client(pool_size=1)
+        me = None
+        while True:
+            with self.lock:
+                while not self.waiting:
+                    self.changed.wait()
+            try:
+                if me is None:
+                    me = client.client_id()
+                with self.lock:
+                    ids: dict = {}
+                    for after, _ in self.waiting.values():
+                        for key, entry in after.items():
+                            if key not in ids or _id(entry) < _id(ids[key]):
+                                ids[key] = entry
+                    self.seen, self.blocked, self.watching = self.generation, me, ids
+                got = client.xread(ids, count=1, block=self.block) if ids else None
+            except redis.RedisError:
+                # Redis unreachable or gone: every waiting worker reads again, which tells it so
+                me, got = None, None
+                with self.lock:
+                    self.blocked, self.watching = None, {}
+                    for _, event in self.waiting.values():
+                        event.set()
+                    self.waiting.clear()
+                time.sleep(RESTART)
+                continue
+            with self.lock:
+                self.blocked, self.watching = None, {}
+                woken = {_text(stream) for stream, _ in got or []}
+                for token, (after, event) in list(self.waiting.items()):
+                    if woken & set(after):
+                        event.set()
+                        del self.waiting[token]
+
+
+class Relay:
+    """Serve the workers of this node over ``path`` with the connections of ``conn``."""
+
+    def __init__(self, conn: Connection, path: Path) -> None:
+        self.conn, self.path = conn, path
+        self.commands = conn.client(pool_size=EXECUTORS)
+        self.scripts: dict[str, Any] = {}
+        self.watcher = _Watcher(conn, self.commands)
+        self.clients = 0
+        self.served = threading.Event()
+        self.lock = threading.Lock()
+
+    def serve(self) -> None:
+        # a node's workers all connect at its start: room for them all in the queue of connections
+        listener = Listener(str(self.path), family="AF_UNIX", backlog=1024, authkey=_authkey(self.conn))
+        os.chmod(self.path, 0o600)
+        threading.Thread(target=self._first_client, daemon=True).start()
+        while True:
+            try:
+                pipe = listener.accept()
+            except (OSError, EOFError) as exc:  # a peer that did not know the key, or left at once
+                print(f"relay on {socket.gethostname()}: refused a connection ({exc})", flush=True)
+                continue
+            with self.lock:
+                self.clients += 1
+            self.served.set()
+            threading.Thread(target=self._handle, args=(pipe,), daemon=True).start()
+
+    def _first_client(self) -> None:
+        if not self.served.wait(FIRST_CLIENT):
+            self._end()
+
+    def _end(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os._exit(0)
+
+    def _handle(self, pipe: Pipe) -> None:
+        try:
+            while True:
+                request = pipe.recv()
+                try:
+                    reply = (True, self._do(*request))
+                except Exception as exc:  # the caller's, as redis-py raised it
+                    reply = (False, exc)
+                try:
+                    pipe.send(reply)
+                except (TypeError, AttributeError, pickle.PicklingError) as exc:  # an exception that does not pickle
+                    pipe.send((False, import_redis().RedisError(f"{reply[1]!r} ({exc})")))
+        except (OSError, EOFError):
+            pass
+        finally:
+            pipe.close()
+            with self.lock:
+                self.clients -= 1
+                if not self.clients:  # the node's last worker has gone
+                    self._end()
+
+    def _do(self, kind: str, *rest):
+        if kind == "pipeline":
+            transaction, calls = rest
+            pipe = self.commands.pipeline(transaction=transaction)
+            for name, args, kwargs in calls:
+                getattr(pipe, name)(*args, **kwargs)
+            return pipe.execute()
+        if kind == "script":
+            text, keys, args = rest
+            if text not in self.scripts:
+                self.scripts[text] = self.commands.register_script(text)
+            return self.scripts[text](keys=keys, args=args)
+        name, args, kwargs = rest
+        if name in ("xread", "xreadgroup") and kwargs.get("block"):
+            return self._blocking_read(name, args, dict(kwargs))
+        return getattr(self.commands, name)(*args, **kwargs)
+
+    def _blocking_read(self, name: str, args: tuple, kwargs: dict):
+        """What the blocking read would return, with no connection held while it waits."""
+        deadline = time.monotonic() + kwargs.pop("block") / 1000
+        while True:
+            if name == "xread":
+                streams: dict = kwargs["streams"] if "streams" in kwargs else args[0]
+                got = self.commands.xread(*args, **kwargs)
+                after = dict(streams)
+            else:
+                streams = kwargs["streams"] if "streams" in kwargs else args[2]
+                # the last entries and the read in one step: whatever comes after them is news
+                pipe = self.commands.pipeline(transaction=True)
+                for key in streams:
+                    pipe.xrevrange(key, count=1)
+                pipe.xreadgroup(*args, **kwargs)
+                *lasts, got = pipe.execute()
+                after = {key: last[0][0] if last else "0-0" for key, last in zip(streams, lasts, strict=True)}
+            left = deadline - time.monotonic()
+            if got or left <= 0:
+                return got
+            self.watcher.wait(after, left)
+
+
+def run_relay(connection: str) -> None:
+    """Be this node's relay for the Redis of ``connection``, unless another one is."""
+    conn = read_connection_file(connection)
+    path = socket_path(conn)
+    if private_folder(path.parent) is not None:
+        return  # its workers say why
+    lock = open(path.with_suffix(".lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another worker's relay serves this node
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    path.unlink(missing_ok=True)  # a relay killed before it could remove it
+    Relay(conn, path).serve()
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--connection", type=click.Path(dir_okay=False), required=True,
+              help="Connection file written by python -m d4p_hpc.mappings.redis.server.")
+def main(connection: str) -> None:
+    """Relay the Redis calls of this node's workers (started by the first of them)."""
+    run_relay(connection)
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m d4p_hpc.mappings.redis.relay")
