@@ -115,8 +115,8 @@ def relayed(conn: Connection) -> Connection:
     path = socket_path(conn)
     why = private_folder(path.parent)
     if why is not None:
-        raise RedisError(f"the workers' relay on {socket.gethostname()} cannot listen in {why}: remove it, or set "
-                         f"TMPDIR to a folder of your own on the nodes")
+        raise RedisError(f"the workers' relay cannot listen in {why}: remove it, or set TMPDIR to a folder of "
+                         f"your own on the nodes")
     return Relayed(**{f.name: getattr(conn, f.name) for f in dataclasses.fields(conn)}, relay=path)
 
 
@@ -173,7 +173,7 @@ class RelayClient:
                 ok, value = self._pipe.recv()
             except (OSError, EOFError) as exc:
                 self._drop()
-                raise redis.ConnectionError(f"lost the relay at {self.conn.relay} ({exc or 'closed'})") from None
+                raise redis.ConnectionError(f"lost the relay at {self.conn.relay} ({str(exc) or 'closed'})") from None
         if not ok:
             raise value
         return value
