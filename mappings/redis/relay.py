@@ -248,7 +248,13 @@ def _id(entry_id) -> tuple[int, int]:
 
 
 class _Watcher:
-    """One blocking ``XREAD`` for every read the relay's workers wait on."""
+    """One blocking ``XREAD`` for every read the relay's workers wait on.
+
+    An entry wakes one waiting worker per stream, the one waiting longest, and the stream is not
+    watched again until that worker has read (:meth:`read_done`): if its read left the stream
+    drained, the others' reads would find nothing, so they now wait for what comes after; if not,
+    the next one is woken. Waking them all would cost each entry one read per idle worker.
+    """
 
     def __init__(self, conn: Connection, commands) -> None:
         self.conn = conn
@@ -256,14 +262,17 @@ class _Watcher:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.waiting: dict[int, tuple[dict, threading.Event]] = {}
+        self.woken: dict[int, str] = {}  # a woken waiter -> the stream it was woken for
+        self.busy: set[str] = set()  # streams whose woken waiter has not read yet
         self.generation = self.seen = self.tokens = 0
         self.blocked: int | None = None  # the watcher's client id while it may block
         self.watching: dict = {}  # stream -> the entry its read returns what comes after
         self.block = int(settings.claim_idle() * 1000)
         threading.Thread(target=self._run, name="d4p-relay-watcher", daemon=True).start()
 
-    def wait(self, after: dict, timeout: float) -> None:
-        """Return when one of the streams in ``after`` has an entry past its id, or after ``timeout``."""
+    def wait(self, after: dict, timeout: float) -> set[str]:
+        """Return when one of the streams in ``after`` has an entry past its id, or after ``timeout``;
+        return the stream this waiter was woken for (its to :meth:`read_done`), if any."""
         event = threading.Event()
         after = {_text(key): entry for key, entry in after.items()}
         with self.lock:
@@ -274,22 +283,54 @@ class _Watcher:
             # idle workers' reads and heartbeats do not make it look again, each time, for nothing
             covered = all(key in self.watching and _id(self.watching[key]) <= _id(entry)
                           for key, entry in after.items())
-            if not covered:
-                self.generation += 1
-            generation = self.generation
-            self.changed.notify()
-        # the watcher may be blocked on the streams it watched before: unblock it to look again
-        while not event.is_set():
-            with self.lock:
-                if self.seen >= generation:
-                    break
-                blocked = self.blocked
-            if blocked is not None and self.commands.client_unblock(blocked):
-                break
-            time.sleep(0.001)
+            generation = self._changed(not covered)
+        self._look_again(generation, event)
         event.wait(timeout)
         with self.lock:
             self.waiting.pop(token, None)
+            stream = self.woken.pop(token, None)
+        return {stream} if stream else set()
+
+    def read_done(self, held: set[str], drained: dict) -> None:
+        """A waiter has read: ``drained`` streams (name -> last entry) had nothing more for it, and the
+        streams it ``held`` may be watched again."""
+        with self.lock:
+            for key, last in drained.items():
+                for after, _ in self.waiting.values():
+                    if key in after and _id(after[key]) < _id(last):
+                        after[key] = last
+            released = held & self.busy
+            self.busy -= released
+            generation = self._changed(bool(released))
+        if released:
+            self._look_again(generation)
+
+    def _changed(self, changed: bool) -> int:
+        """(Lock held.) Note that the watcher must look again; return the generation it must reach."""
+        if changed:
+            self.generation += 1
+            self.changed.notify()
+        return self.generation
+
+    def _look_again(self, generation: int, event: threading.Event | None = None) -> None:
+        """Make sure the watcher reads with what was noted: unblock its read if it was blocked already."""
+        while event is None or not event.is_set():
+            with self.lock:
+                if self.seen >= generation:
+                    return
+                blocked = self.blocked
+            if blocked is not None and self.commands.client_unblock(blocked):
+                return
+            time.sleep(0.001)
+
+    def _watched(self) -> dict:
+        """(Lock held.) stream -> the earliest entry a waiter waits after, of the streams nobody reads now."""
+        ids: dict = {}
+        for after, _ in self.waiting.values():
+            for key, entry in after.items():
+                if key not in self.busy and (key not in ids or _id(entry) < _id(ids[key])):
+                    ids[key] = entry
+        return ids
 
     def _run(self) -> None:
         redis = import_redis()
@@ -298,17 +339,14 @@ class _Watcher:
         me = None
         while True:
             with self.lock:
-                while not self.waiting:
+                while not self._watched():
+                    self.seen = self.generation
                     self.changed.wait()
             try:
                 if me is None:
                     me = client.client_id()
                 with self.lock:
-                    ids: dict = {}
-                    for after, _ in self.waiting.values():
-                        for key, entry in after.items():
-                            if key not in ids or _id(entry) < _id(ids[key]):
-                                ids[key] = entry
+                    ids = self._watched()
                     self.seen, self.blocked, self.watching = self.generation, me, ids
                 got = client.xread(ids, count=1, block=self.block) if ids else None
             except redis.RedisError:
@@ -319,15 +357,17 @@ class _Watcher:
                     for _, event in self.waiting.values():
                         event.set()
                     self.waiting.clear()
+                    self.busy.clear()
                 time.sleep(RESTART)
                 continue
             with self.lock:
                 self.blocked, self.watching = None, {}
-                woken = {_text(stream) for stream, _ in got or []}
-                for token, (after, event) in list(self.waiting.items()):
-                    if woken & set(after):
-                        event.set()
-                        del self.waiting[token]
+                for stream in {_text(stream) for stream, _ in got or []} - self.busy:
+                    first = min((t for t, (after, _) in self.waiting.items() if stream in after), default=None)
+                    if first is not None:
+                        self.waiting.pop(first)[1].set()
+                        self.woken[first] = stream
+                        self.busy.add(stream)
 
 
 class Relay:
@@ -407,24 +447,33 @@ class Relay:
     def _blocking_read(self, name: str, args: tuple, kwargs: dict):
         """What the blocking read would return, with no connection held while it waits."""
         deadline = time.monotonic() + kwargs.pop("block") / 1000
+        held: set[str] = set()
         while True:
-            if name == "xread":
-                streams: dict = kwargs["streams"] if "streams" in kwargs else args[0]
-                got = self.commands.xread(*args, **kwargs)
-                after = dict(streams)
-            else:
-                streams = kwargs["streams"] if "streams" in kwargs else args[2]
-                # the last entries and the read in one step: whatever comes after them is news
-                pipe = self.commands.pipeline(transaction=True)
-                for key in streams:
-                    pipe.xrevrange(key, count=1)
-                pipe.xreadgroup(*args, **kwargs)
-                *lasts, got = pipe.execute()
-                after = {key: last[0][0] if last else "0-0" for key, last in zip(streams, lasts, strict=True)}
+            drained: dict = {}
+            try:
+                if name == "xread":
+                    streams: dict = kwargs["streams"] if "streams" in kwargs else args[0]
+                    got = self.commands.xread(*args, **kwargs)
+                    after = dict(streams)
+                else:
+                    streams = kwargs["streams"] if "streams" in kwargs else args[2]
+                    # the last entries and the read in one step: whatever comes after them is news
+                    pipe = self.commands.pipeline(transaction=True)
+                    for key in streams:
+                        pipe.xrevrange(key, count=1)
+                    pipe.xreadgroup(*args, **kwargs)
+                    *lasts, got = pipe.execute()
+                    after = {_text(key): last[0][0] if last else "0-0"
+                             for key, last in zip(streams, lasts, strict=True)}
+                    count = kwargs.get("count")
+                    read = {_text(stream): len(entries) for stream, entries in got or []}
+                    drained = {key: last for key, last in after.items() if not count or read.get(key, 0) < count}
+            finally:
+                self.watcher.read_done(held, drained)
             left = deadline - time.monotonic()
             if got or left <= 0:
                 return got
-            self.watcher.wait(after, left)
+            held = self.watcher.wait(after, left)
 
 
 def run_relay(connection: str) -> None:
