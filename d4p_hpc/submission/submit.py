@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from d4p_hpc import schedulers
+from d4p_hpc import schedulers, supervisor
 from d4p_hpc.errors import SchedulerError, SpecError, UsageError
 from d4p_hpc.jobs import index
 from d4p_hpc.results import Layout, now, write_json
@@ -65,27 +65,30 @@ def _submit(spec: JobSpec, script: str, sources: dict | None) -> tuple[str, Path
     made = make_root(Path(spec.results_root))  # Slurm and PBS open the job's log files there
     job = schedulers.Submission(results_dir=spec.results_dir, continues=bool(spec.continues or spec.directory),
                                 after=spec.after, tasks=spec.total_tasks)
-    # a job's directory, its script and its logs are the user's alone, as the script's own files are
-    umask = os.umask(0o077)
-    try:
+    # Ctrl-C waits until the job is recorded (its directory, its markers, the index): a job queued or
+    # started but not recorded would run with nothing to find or cancel it by
+    with supervisor.deferred():
+        # a job's directory, its script and its logs are the user's alone, as the script's own files are
+        umask = os.umask(0o077)
         try:
-            job_id = schedulers.get(spec.scheduler).submit(script, job)
-        except BaseException:
-            for directory in made:  # a job refused leaves nothing (the scheduler removes what it made)
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            raise
-        layout = Layout(spec.results_dir(job_id))
-        layout.state.mkdir(parents=True, exist_ok=True)
-        if not layout.script.exists():
-            layout.script.write_text(script)
-        if not layout.spec.exists():
-            write_json(layout.spec, {"spec": spec.to_dict(), "sources": sources or {}})
-        write_json(layout.marker(Layout.SUBMITTED), {"time": now(), "epoch": time.time(), "job_id": job_id,
-                                                     "scheduler": spec.scheduler, "argv": sys.argv,
-                                                     "cwd": os.getcwd()})
-    finally:
-        os.umask(umask)
-    if problem := index.record(job_id, layout.directory):
-        print(f"warning: {problem}", file=sys.stderr)
+            try:
+                job_id = schedulers.get(spec.scheduler).submit(script, job)
+            except BaseException:
+                for directory in made:  # a job refused leaves nothing (the scheduler removes what it made)
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                raise
+            layout = Layout(spec.results_dir(job_id))
+            layout.state.mkdir(parents=True, exist_ok=True)
+            if not layout.script.exists():
+                layout.script.write_text(script)
+            if not layout.spec.exists():
+                write_json(layout.spec, {"spec": spec.to_dict(), "sources": sources or {}})
+            write_json(layout.marker(Layout.SUBMITTED), {"time": now(), "epoch": time.time(), "job_id": job_id,
+                                                         "scheduler": spec.scheduler, "argv": sys.argv,
+                                                         "cwd": os.getcwd()})
+        finally:
+            os.umask(umask)
+        if problem := index.record(job_id, layout.directory):
+            print(f"warning: {problem}", file=sys.stderr)
     return job_id, layout.directory
