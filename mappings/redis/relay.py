@@ -11,11 +11,12 @@ How it works. A worker given a connection file (``python -m d4p_hpc.mappings.red
 --connection FILE``: a job's workers) talks to Redis through :class:`RelayClient`, which has the
 ``redis.Redis`` methods workers call and forwards each call, or a pipeline whole, over a Unix
 socket to the relay of its node; the relay makes the call with its own client and sends back the
-reply, or the exception as redis-py raised it. The first worker of a node that finds no relay
-starts one (``python -m d4p_hpc.mappings.redis.relay --connection FILE``); a second started at the
-same moment finds the first one's lock and leaves. The relay serves until its last worker has
-gone (scheduler signals do not end it: a worker stopped by one still commits its last unit
-through it), or :data:`FIRST_CLIENT` seconds pass without any.
+reply, or the exception as redis-py raised it. A worker that finds no relay takes the node's relay
+lock (a file beside the socket) and starts one (``python -m d4p_hpc.mappings.redis.relay``), handing
+it the lock; the node's other workers wait while the lock is held, so a node starting 128 workers
+starts one relay. The relay serves until its last worker has gone (scheduler signals do not end
+it: a worker stopped by one still commits its last unit through it), or :data:`FIRST_CLIENT`
+seconds pass without any; it removes its socket and lock as it ends.
 
 Blocking reads, which would hold a connection each, are made without blocking: the relay reads
 what is there, and if nothing is, its one watcher connection blocks (``XREAD``) on every stream a
@@ -63,10 +64,12 @@ from d4p_hpc.supervisor import SAFE_MODULE
 #: Connections the relay holds for commands (a pool: one slow commit does not hold up the others),
 #: beside its watcher's one
 EXECUTORS = RELAY_CONNECTIONS - 1
-#: Seconds a new relay waits for its first worker, and a worker for a relay to answer (a node
-#: starting 128 workers at once may take that long to start one more interpreter)
+#: Seconds a new relay waits for its first worker (its starter connects as soon as it listens)
 FIRST_CLIENT = 30.0
-#: Seconds before a worker that finds no relay starts another one
+#: Seconds a worker waits for a relay that is starting or serving (32 emulated nodes starting 128
+#: workers on 2 cores took over 30 s to start theirs)
+RELAY_WAIT = 600.0
+#: Seconds the watcher waits before it reads again after Redis failed it
 RESTART = 3.0
 #: Signals a scheduler stops a job with: the relay outlives them until its workers have gone
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
@@ -143,8 +146,7 @@ class RelayClient:
     def _connect(self) -> Pipe:
         redis = import_redis()
         address, key = str(self.conn.relay), _authkey(self.conn)
-        deadline = time.monotonic() + FIRST_CLIENT
-        started = 0.0
+        deadline = time.monotonic() + RELAY_WAIT
         while True:
             try:
                 return Client(address, family="AF_UNIX", authkey=key)
@@ -155,11 +157,10 @@ class RelayClient:
                 now = time.monotonic()
                 if now > deadline:
                     raise redis.ConnectionError(f"no relay answers at {address} ({exc})") from None
-                # (again after a while: the relay found running when ours started may have ended since)
-                if now - started > RESTART:
-                    _start_relay(self.conn)
-                    started = now
-            time.sleep(0.05)
+                # a node starting many workers at once may take long to start its relay: the worker that
+                # takes the node's lock starts it, the others wait while it is held
+                _start_relay(self.conn)
+            time.sleep(0.2)
 
     def _call(self, request: tuple, wait: float = 0.0):
         redis = import_redis()
@@ -230,11 +231,17 @@ class _Script:
         return self._client._call(("script", self._text, list(keys), list(args)))
 
 
-def _start_relay(conn: Connection) -> None:
-    """Start this node's relay, which outlives its starter: any worker of the node may end first."""
-    subprocess.Popen([sys.executable, *SAFE_MODULE, "d4p_hpc.mappings.redis.relay", "--connection",
-                      os.path.abspath(conn.source)],
-                     stdin=subprocess.DEVNULL, close_fds=True, cwd=os.sep)
+def _start_relay(conn: Relayed) -> None:
+    """Start this node's relay unless one holds its lock (it serves, or is starting): the relay is
+    handed the lock taken here, and outlives its starter (any worker of the node may end first)."""
+    with open(conn.relay.with_suffix(".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        subprocess.Popen([sys.executable, *SAFE_MODULE, "d4p_hpc.mappings.redis.relay", "--connection",
+                          os.path.abspath(conn.source), "--lock-fd", str(lock.fileno())],
+                         stdin=subprocess.DEVNULL, pass_fds=(lock.fileno(),), cwd=os.sep)
 
 
 # --- the relay -----------------------------------------------------------------------------------
@@ -403,7 +410,10 @@ class Relay:
             self._end()
 
     def _end(self) -> None:
+        # both names go, the lock's while it is held: a worker that opened it just now takes a lock
+        # on a file nobody else will find, and its relay serves it (the budget has room for that)
         self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
         os._exit(0)
 
     def _handle(self, pipe: Pipe) -> None:
@@ -476,17 +486,17 @@ class Relay:
             held = self.watcher.wait(after, left)
 
 
-def run_relay(connection: str) -> None:
-    """Be this node's relay for the Redis of ``connection``, unless another one is."""
+def run_relay(connection: str, lock: int) -> None:
+    """Be this node's relay for the Redis of ``connection``, holding the node's relay lock ``lock``
+    (a descriptor the starting worker locked: the lock is this process's now)."""
     conn = read_connection_file(connection)
     path = socket_path(conn)
     if private_folder(path.parent) is not None:
         return  # its workers say why
-    lock = open(path.with_suffix(".lock"), "a")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already (inherited): this only checks it
     except BlockingIOError:
-        return  # another worker's relay serves this node
+        return
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     path.unlink(missing_ok=True)  # a relay killed before it could remove it
@@ -496,9 +506,10 @@ def run_relay(connection: str) -> None:
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--connection", type=click.Path(dir_okay=False), required=True,
               help="Connection file written by python -m d4p_hpc.mappings.redis.server.")
-def main(connection: str) -> None:
+@click.option("--lock-fd", type=int, required=True, help="Descriptor of the node's relay lock, locked.")
+def main(connection: str, lock_fd: int) -> None:
     """Relay the Redis calls of this node's workers (started by the first of them)."""
-    run_relay(connection)
+    run_relay(connection, lock_fd)
 
 
 if __name__ == "__main__":

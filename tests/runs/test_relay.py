@@ -7,7 +7,7 @@ d4p_hpc.mappings.redis.worker --connection FILE``, as a job starts them), a real
 * the workers of one host share ONE relay: while they run, exactly one relay process exists, it
   holds between 1 and :data:`~d4p_hpc.mappings.RELAY_CONNECTIONS` connections to Redis (its TCP
   sockets, read in /proc, are clients Redis lists), the workers hold none of their own, the run
-  completes with simple's outputs, and the relay ends with its last worker, its socket removed;
+  completes with simple's outputs, and the relay ends with its last worker, its socket and lock removed;
 * a relay folder that is not the user's own and closed to others (open to others, or a symlink)
   fails each worker at once, before it connects to Redis, with one ``Error: worker on HOST:`` line
   naming the folder and the fix (TMPDIR); no relay starts, nothing is written in the folder;
@@ -257,7 +257,7 @@ def test_the_workers_of_a_host_share_one_relay_which_alone_holds_redis_connectio
     for k, worker in enumerate(workers):
         assert ended(node, worker, f"worker{k}", 60) == 0, node.stderr(f"worker{k}")
     wait_for(lambda: not alive(relay), 30)  # gone with its last worker
-    assert not node.socket.exists()
+    assert list(node.folder.iterdir()) == []  # its socket and its lock removed
     node.stop_redis()
 
 
