@@ -62,22 +62,28 @@ def limited(nofile: int):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
 
+def clients_while(proc: subprocess.Popen, results: Path) -> tuple[int, list[int]]:
+    """The ``maxclients`` of the Redis of ``results`` and its ``INFO clients`` count (not ours),
+    sampled until ``proc`` (the run or job that started it) ends."""
+    conn = wait_for(lambda: Layout(results).redis.exists() and json.loads(Layout(results).redis.read_text()))
+    client = redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"])
+    maxclients, counts = int(client.config_get("maxclients")["maxclients"]), []
+    with contextlib.suppress(redis.ConnectionError):  # (it ends with the run)
+        while proc.poll() is None:
+            counts.append(client.info("clients")["connected_clients"] - 1)
+            time.sleep(0.05)
+    client.close()
+    return maxclients, counts
+
+
 @pytest.mark.parametrize("mapping", ["dyn_redis", "hybrid_redis"])
 def test_a_runs_workers_hold_no_more_connections_than_its_redis_is_given(tmp_path, mapping):
     workers = 6
     graph, results = write_graph(tmp_path, SLOW), tmp_path / "results"
     run = subprocess.Popen([*d4p_hpc_cmd(), "run", str(graph), "-m", mapping, "-n", str(workers), "-i", "40",
                             "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    counts = []
     try:
-        conn = wait_for(lambda: Layout(results).redis.exists() and json.loads(Layout(results).redis.read_text()))
-        client = redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"])
-        maxclients = int(client.config_get("maxclients")["maxclients"])
-        with contextlib.suppress(redis.ConnectionError):  # (it ends with the run)
-            while run.poll() is None:
-                counts.append(len(client.client_list()) - 1)  # (not this one)
-                time.sleep(0.05)
-        client.close()
+        maxclients, counts = clients_while(run, results)
         out, err = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
@@ -158,19 +164,11 @@ def test_a_jobs_workers_beyond_what_their_own_connections_would_fit_complete_thr
     job = subprocess.Popen([*d4p_hpc_cmd(), "submit", str(graph), "-m", "dyn_redis", "--tasks-per-node",
                             str(workers), "-i", "40", "--scheduler", "local", "--setup", f"ulimit -n {limit}",
                             "--wait"], cwd=isolated_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    counts = []
     try:
         root = isolated_config / "d4p-results"
         directory = wait_for(lambda: next((p for p in root.iterdir() if not p.is_symlink()), None)
                              if root.exists() else None)
-        conn = wait_for(lambda: Layout(directory).redis.exists() and json.loads(Layout(directory).redis.read_text()))
-        client = redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"])
-        maxclients = int(client.config_get("maxclients")["maxclients"])
-        with contextlib.suppress(redis.ConnectionError):  # (it ends with the job)
-            while job.poll() is None:
-                counts.append(client.info("clients")["connected_clients"] - 1)  # (not this one)
-                time.sleep(0.05)
-        client.close()
+        maxclients, counts = clients_while(job, directory)
         out, err = job.communicate(timeout=180)
     finally:
         if job.poll() is None:
