@@ -97,7 +97,8 @@ def plan(spec: JobSpec) -> LaunchPlan:
         "redis",
         run=(*python(spec), *run, "--redis-connection", CONNECTION, "--external-workers", "--results", RESULTS),
         server=(*python(spec), *SAFE_MODULE, mappings.REDIS_SERVER, "--results", RESULTS, "--bind", bind,
-                "--clients", str(mappings.connections(spec.total_tasks, spec.nodes))),
+                "--clients", str(mappings.connections(spec.total_tasks)),
+                "--relay-clients", str(mappings.connections(spec.total_tasks, spec.nodes))),
         workers=(*prefix, *python(spec), *SAFE_MODULE, mappings.REDIS_WORKER, "--connection", CONNECTION),
         mpiexec=prefix[0] in ("mpiexec", MPIEXEC), placed=prefix[0] == MPIEXEC)
 

@@ -58,6 +58,9 @@ class Connection:
         ACL user name, or None for the default user.
     source
         Where these details came from, for error messages.
+    relayed
+        Whether the workers share one relay per node (:mod:`d4p_hpc.mappings.redis.relay`):
+        the per-job Redis says so where its node cannot hold each worker's own connections.
     """
 
     host: str
@@ -66,13 +69,14 @@ class Connection:
     db: int = 0
     username: str | None = None
     source: str = field(default="", compare=False)
+    relayed: bool = False
     #: whether the client :func:`connect` checked is the one to use rather than a new one with retries
     #: (a relay's: the relay ends when its last client closes)
     keep_probe: ClassVar[bool] = False
 
     def as_dict(self) -> dict:
         """The fields written to a connection file."""
-        return {"host": self.host, "port": self.port, "password": self.password}
+        return {"host": self.host, "port": self.port, "password": self.password, "relayed": self.relayed}
 
     def display(self) -> str:
         """``host:port`` for messages; never shows the password."""
@@ -126,8 +130,8 @@ def read_connection_file(path: str | os.PathLike) -> Connection:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return Connection(host=str(data["host"]), port=int(data["port"]),
-                          password=data.get("password"), source=str(path))
+        return Connection(host=str(data["host"]), port=int(data["port"]), password=data.get("password"),
+                          source=str(path), relayed=data.get("relayed") is True)
     except FileNotFoundError:
         raise RedisError(f"Redis connection file {path} does not exist: start the per-job Redis "
                          f"first (python -m d4p_hpc.mappings.redis.server --results DIR)") from None

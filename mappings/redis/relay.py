@@ -5,24 +5,27 @@ Redis takes no more clients than its open-files limit (minus 32) allows: 1,024 d
 common ``ulimit -n`` of compute nodes, end a job near 330 workers, whatever its node count. With
 it a job needs :data:`~d4p_hpc.mappings.RELAY_CONNECTIONS` per node, however many workers a node
 runs (the anchors that reach thousands of workers, Parsl's manager and HyperQueue's worker, put
-one agent on each node the same way).
+one agent on each node the same way). It is one Python process per node and costs throughput
+(``benchmarks/README.md``, "Scale"): a job uses it only where its connections would not fit.
 
-How it works. A worker given a connection file (``python -m d4p_hpc.mappings.redis.worker
---connection FILE``: a job's workers) talks to Redis through :class:`RelayClient`, which has the
-``redis.Redis`` methods workers call and forwards each call, or a pipeline whole, over a Unix
-socket to the relay of its node; the relay makes the call with its own client and sends back the
-reply, or the exception as redis-py raised it. A worker that finds no relay takes the node's relay
-lock (a file beside the socket) and starts one (``python -m d4p_hpc.mappings.redis.relay``), handing
-it the lock; the node's other workers wait while the lock is held, so a node starting 128 workers
-starts one relay. The relay serves until its last worker has gone (scheduler signals do not end
-it: a worker stopped by one still commits its last unit through it), or :data:`FIRST_CLIENT`
-seconds pass without any; it removes its socket and lock as it ends.
+How it works. Where the job's Redis says so (its connection file's ``relayed``: its node cannot hold
+each worker's own connections, :class:`~d4p_hpc.mappings.redis.server.RedisServer`), a worker
+(``python -m d4p_hpc.mappings.redis.worker --connection FILE``) talks to Redis through
+:class:`RelayClient`, which has the ``redis.Redis`` methods workers call and forwards each call, or a
+pipeline whole, over a Unix socket to the relay of its node; the relay makes the call with its own
+client and sends back the reply, or the exception as redis-py raised it. A worker that finds no
+relay takes the node's relay lock (a file beside the socket) and starts one (``python -m
+d4p_hpc.mappings.redis.relay``), handing it the lock; the node's other workers wait while the lock
+is held, so a node starting 128 workers starts one relay. The relay serves until its last worker
+has gone (scheduler signals do not end it: a worker stopped by one still commits its last unit
+through it), or :data:`FIRST_CLIENT` seconds pass without any; it removes its socket and lock as
+it ends.
 
 Blocking reads, which would hold a connection each, are made without blocking: the relay reads
 what is there, and if nothing is, its one watcher connection blocks (``XREAD``) on every stream a
-worker waits on, from the last entry the worker's read saw, and wakes those workers when an entry
-comes; a worker waits no longer than its own ``block``. So idle workers cost Redis nothing, as
-before, and what they see is what their own blocking read would have returned.
+worker waits on, from the last entry the worker's read saw, and an entry wakes the worker that has
+waited longest (:class:`_Watcher`); a worker waits no longer than its own ``block``. So idle
+workers hold no connection, and what they see is what their own blocking read would have returned.
 
 Who may connect: the socket lies in a folder only the user can enter (``$TMPDIR/d4p-hpc-UID``,
 0700, checked), named for the Redis and the node, and both ends prove they know a key derived from
@@ -42,13 +45,14 @@ import pickle
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection as Pipe, Listener
+from multiprocessing.connection import Connection as Pipe, answer_challenge, deliver_challenge
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,6 +70,8 @@ from d4p_hpc.supervisor import SAFE_MODULE
 EXECUTORS = RELAY_CONNECTIONS - 1
 #: Seconds a new relay waits for its first worker (its starter connects as soon as it listens)
 FIRST_CLIENT = 30.0
+#: Seconds either end of a new relay connection waits for the other's part of the key handshake
+HANDSHAKE = 30.0
 #: Seconds a worker waits for a relay that is starting or serving (32 emulated nodes starting 128
 #: workers on 2 cores took over 30 s to start theirs)
 RELAY_WAIT = 600.0
@@ -106,7 +112,7 @@ def private_folder(path: Path) -> str | None:
     return None
 
 
-def relayed(conn: Connection) -> Connection:
+def through_relay(conn: Connection) -> Connection:
     """``conn`` through this node's relay.
 
     Raises
@@ -149,10 +155,12 @@ class RelayClient:
         deadline = time.monotonic() + RELAY_WAIT
         while True:
             try:
-                return Client(address, family="AF_UNIX", authkey=key)
-            except AuthenticationError:
-                raise RedisError(f"the relay at {address} does not know this Redis's key: another program "
-                                 "listens there; stop it, or set TMPDIR to another folder of yours") from None
+                return _handshake(address, key, client=True)
+            except (AuthenticationError, TimeoutError, BlockingIOError) as exc:
+                why = "does not know this Redis's key" if isinstance(exc, AuthenticationError) else \
+                    f"did not answer as a relay within {HANDSHAKE:.0f} s"
+                raise RedisError(f"the relay at {address} {why}: another program listens there; stop it, or set "
+                                 "TMPDIR to another folder of yours") from None
             except (FileNotFoundError, ConnectionRefusedError, EOFError, ConnectionResetError) as exc:
                 now = time.monotonic()
                 if now > deadline:
@@ -229,6 +237,40 @@ class _Script:
 
     def __call__(self, keys=(), args=()):
         return self._client._call(("script", self._text, list(keys), list(args)))
+
+
+def _handshake(where: str | socket.socket, key: bytes, client: bool) -> Pipe:
+    """A connection to the relay at ``where`` (a worker), or from the worker just accepted (the relay),
+    once both ends have shown they know ``key``; a peer that stays silent is given up after
+    :data:`HANDSHAKE` seconds (TimeoutError), one that says something else fails it
+    (AuthenticationError), so a stranger neither blocks the relay nor hangs a worker."""
+    sock = where if isinstance(where, socket.socket) else socket.socket(socket.AF_UNIX)
+    try:
+        if not isinstance(where, socket.socket):
+            sock.settimeout(HANDSHAKE)
+            sock.connect(where)
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(HANDSHAKE), 0))
+        pipe = Pipe(sock.detach())
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        first, second = (answer_challenge, deliver_challenge) if client else (deliver_challenge, answer_challenge)
+        first(pipe, key)
+        second(pipe, key)
+    except BlockingIOError:
+        pipe.close()
+        raise TimeoutError("no answer") from None
+    except (OSError, EOFError, AuthenticationError, ValueError) as exc:
+        pipe.close()
+        if isinstance(exc, (EOFError, ConnectionResetError)):
+            raise  # a relay ending as the worker came
+        raise AuthenticationError(str(exc)) from None
+    # the handshake done, calls wait as long as they take (a blocking read: its own deadline)
+    socket.socket(fileno=os.dup(pipe.fileno())).setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                                          struct.pack("ll", 0, 0))
+    return pipe
 
 
 def _start_relay(conn: Relayed) -> None:
@@ -390,20 +432,23 @@ class Relay:
         self.lock = threading.Lock()
 
     def serve(self) -> None:
-        # a node's workers all connect at its start: room for them all in the queue of connections
-        listener = Listener(str(self.path), family="AF_UNIX", backlog=1024, authkey=_authkey(self.conn))
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.path))
         os.chmod(self.path, 0o600)
+        listener.listen(1024)  # a node's workers all connect at its start: room for them all
         threading.Thread(target=self._first_client, daemon=True).start()
+        key = _authkey(self.conn)
         while True:
             try:
-                pipe = listener.accept()
-            except (OSError, EOFError) as exc:  # a peer that did not know the key, or left at once
-                print(f"relay on {socket.gethostname()}: refused a connection ({exc})", flush=True)
+                sock, _ = listener.accept()
+            except OSError as exc:  # out of descriptors, say: the workers connected go on
+                print(f"relay on {socket.gethostname()}: cannot accept a worker ({exc})", flush=True)
+                time.sleep(1)
                 continue
             with self.lock:
                 self.clients += 1
             self.served.set()
-            threading.Thread(target=self._handle, args=(pipe,), daemon=True).start()
+            threading.Thread(target=self._handle, args=(sock, key), daemon=True).start()
 
     def _first_client(self) -> None:
         if not self.served.wait(FIRST_CLIENT):
@@ -416,8 +461,10 @@ class Relay:
         self.path.with_suffix(".lock").unlink(missing_ok=True)
         os._exit(0)
 
-    def _handle(self, pipe: Pipe) -> None:
+    def _handle(self, sock: socket.socket, key: bytes) -> None:
+        pipe = None
         try:
+            pipe = _handshake(sock, key, client=False)
             while True:
                 request = pipe.recv()
                 try:
@@ -428,10 +475,12 @@ class Relay:
                     pipe.send(reply)
                 except (TypeError, AttributeError, pickle.PicklingError) as exc:  # an exception that does not pickle
                     pipe.send((False, import_redis().RedisError(f"{reply[1]!r} ({exc})")))
-        except (OSError, EOFError):
-            pass
+        except (OSError, EOFError, TimeoutError, AuthenticationError) as exc:
+            if pipe is None:  # a peer that did not know the key, or said nothing
+                print(f"relay on {socket.gethostname()}: refused a connection ({exc})", flush=True)
         finally:
-            pipe.close()
+            if pipe is not None:
+                pipe.close()
             with self.lock:
                 self.clients -= 1
                 if not self.clients:  # the node's last worker has gone

@@ -127,6 +127,7 @@ def _remove_when_gone(path: Path) -> int:
     no other file open, and leaves at once after the unlink. A password in a connection file
     must not outlive the Redis it opens.
     """
+    made = os.stat(path)
     read_end, write_end = os.pipe()
     if os.fork() == 0:  # pragma: no cover - the child, seen by its effect
         try:
@@ -139,7 +140,11 @@ def _remove_when_gone(path: Path) -> int:
             while os.read(read_end, 64):
                 pass
             with contextlib.suppress(OSError):
-                path.unlink()
+                # only the file it was made for: by now a new Redis of the same results directory
+                # (a resume right after a stop) may have written its own
+                now = os.stat(path)
+                if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+                    path.unlink()
         finally:
             os._exit(0)
     os.close(read_end)
@@ -169,6 +174,11 @@ class RedisServer:
         The clients the run needs (:func:`~d4p_hpc.mappings.connections`): Redis's
         ``maxclients``, which Redis lowers to fit its open-files limit; then it does not start
         (:class:`~d4p_hpc.errors.RedisError` naming the limit). Default: Redis's own (10,000).
+    relay_clients
+        The clients the run needs if its workers share one relay per node: where this node's
+        open-files hard limit cannot hold ``clients``, they do (the connection file says so), and
+        Redis takes these. The relay costs throughput (``benchmarks/README.md``), so it is used only
+        where each worker's own connections do not fit.
 
     Notes
     -----
@@ -178,9 +188,11 @@ class RedisServer:
 
     def __init__(self, results: str | os.PathLike | None = None, bind: str = "127.0.0.1",
                  advertise: str | None = None, binary: str | None = None, port: int | None = None,
-                 clients: int | None = None):
+                 clients: int | None = None, relay_clients: int | None = None):
         self.results = Path(results) if results is not None else None
-        self.clients = clients
+        #: whether the workers share a relay per node: each one's connections would not fit here
+        self.relayed = bool(clients and relay_clients and clients + REDIS_RESERVED_FDS > settings.host_nofile_limit())
+        self.clients = relay_clients if self.relayed else clients
         self.bind = bind
         self.advertise = advertise
         self.binary = binary
@@ -254,7 +266,7 @@ class RedisServer:
             if self.port or "in use" not in str(error) or attempt == 2:
                 raise error
         self.connection = Connection(host=self._advertised(address), port=port, password=password,
-                                     source="per-job redis-server")
+                                     source="per-job redis-server", relayed=self.relayed)
         if layout is not None:
             write_connection_file(layout.redis, self.connection)
             self.connection_file = layout.redis
@@ -478,15 +490,18 @@ def _ignore(signum, frame):
 @click.option("--port", type=click.IntRange(1, 65535), help="Fixed port [default: a free one].")
 @click.option("--clients", type=click.IntRange(1, 2**31), help="Clients the run needs (maxclients) [default: "
               "Redis's, 10000].")
+@click.option("--relay-clients", type=click.IntRange(1, 2**31), help="Clients it needs if its workers share a "
+              "relay per node, which they do where --clients cannot fit [default: they never do].")
 def main(results: str, bind: str, advertise: str | None, binary: str | None, port: int | None,
-         clients: int | None) -> None:
+         clients: int | None, relay_clients: int | None) -> None:
     """Run a private per-job redis-server until SIGTERM, SIGINT or SIGHUP, then stop it once the
     run using it is done with it (at most RELEASE_TIMEOUT seconds later).
 
     Exits 0 after a requested stop; 1, with one ``Error:`` line, if Redis could not start or
     died by itself.
     """
-    server = RedisServer(results, bind=bind, advertise=advertise, binary=binary, port=port, clients=clients)
+    server = RedisServer(results, bind=bind, advertise=advertise, binary=binary, port=port, clients=clients,
+                         relay_clients=relay_clients)
     for signum in (*_STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, _request_stop)
     with server as conn:

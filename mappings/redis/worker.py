@@ -28,7 +28,7 @@ from d4p_hpc.mappings.redis.conn import Connection, PASSWORD_ENV, connect, impor
 from d4p_hpc.mappings.dynamic.loops import COMPLETED, RUNNING, WorkerLoop
 from d4p_hpc.mappings.redis.broker import RedisBroker, cut_unacknowledged
 from d4p_hpc.mappings.redis.keys import Keys, read_announcement, stop_run
-from d4p_hpc.mappings.redis.relay import relayed
+from d4p_hpc.mappings.redis.relay import through_relay
 from d4p_hpc.mappings.checkpoint import store
 from d4p_hpc.mappings.runtime.prepare import prepare
 from d4p_hpc.mappings.runtime.process import Aborted
@@ -164,9 +164,9 @@ def main(connection: str | None, url: str | None) -> None:
     # while it waits for a run: the run has its own handling once it starts
     supervisor.on_signals(lambda n, _f: sys.exit(supervisor.exit_code(n)))
     try:
-        # a job's workers (a connection file) share their node's relay; --redis URL names a server
-        # that is not ours (its ACL may not allow the relay's CLIENT UNBLOCK): each worker connects
-        conn = relayed(read_connection_file(connection)) if connection else parse_url(url or "")
+        # a job's workers share their node's relay where its Redis says so (its connection file)
+        conn = read_connection_file(connection) if connection else parse_url(url or "")
+        conn = through_relay(conn) if conn.relayed else conn
         # held to the end: the relay serves while any of its node's workers is connected
         with contextlib.closing(connect(conn)) as client:
             run, state = wait_for_run(client)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -47,6 +48,11 @@ def wait_file(path: Path, proc=None, timeout: float = 30.0) -> dict:
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.05)
     return json.loads(path.read_text())
+
+
+def limited(nofile: int):
+    """preexec_fn: the child's open-files limit, soft and hard, as a node's ``ulimit -Hn``."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
 
 def tagged_env(tag: str) -> dict:

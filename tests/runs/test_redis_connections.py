@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import subprocess
 import time
 import uuid
@@ -25,7 +24,7 @@ import pytest
 
 from d4p_hpc.mappings import OTHER_CONNECTIONS, RELAY_CONNECTIONS, WORKER_CONNECTIONS, connections, files_needed
 from d4p_hpc.results import Layout
-from helpers.dynamic import needs_redis, python_module, tagged_env, tagged_pids, write_graph
+from helpers.dynamic import limited, needs_redis, python_module, tagged_env, tagged_pids, write_graph
 from helpers.runs import EXAMPLES, cli, d4p_hpc_cmd, explain, outputs, processes_mentioning, run_simple, wait_for
 
 redis = pytest.importorskip("redis")
@@ -55,11 +54,6 @@ slow = Slow()
 graph.connect(Numbers(), "output", slow, "input")
 graph.connect(slow, "output", Sink(), "input")
 '''
-
-
-def limited(nofile: int):
-    """preexec_fn: the child's open-files limit, soft and hard, as a node's ``ulimit -Hn``."""
-    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
 
 def clients_while(proc: subprocess.Popen, results: Path) -> tuple[int, list[int]]:
@@ -144,7 +138,8 @@ def test_submit_refuses_a_job_whose_first_node_cannot_hold_its_connections(isola
     fits = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--nodes", 64, "--tasks-per-node", 8,
                "--scheduler", "slurm", "--dry-run", "--no-check", cwd=isolated_config, env=env)
     assert fits.returncode == 0, explain(fits)
-    assert f" --clients {RELAY_CONNECTIONS * 64 + OTHER_CONNECTIONS} &\n" in fits.stdout, fits.stdout
+    assert f" --clients 1552 --relay-clients {RELAY_CONNECTIONS * 64 + OTHER_CONNECTIONS} &\n" in fits.stdout, \
+        fits.stdout
     assert connections(512) > 1024 - 32
     bad = cli("submit", EXAMPLES / "word_count.py", "-m", "dyn_redis", "--scheduler", "slurm", "--dry-run",
               "--no-check", cwd=isolated_config, env={"D4P_HPC_NOFILE_LIMIT": "lots"})

@@ -47,11 +47,12 @@ from pathlib import Path
 
 import pytest
 
-from d4p_hpc.mappings import RELAY_CONNECTIONS
+from d4p_hpc.mappings import RELAY_CONNECTIONS, connections
 from d4p_hpc.mappings.redis.conn import read_connection_file
 from d4p_hpc.mappings.redis.keys import Keys
 from d4p_hpc.mappings.redis.relay import socket_path
-from helpers.dynamic import SLOW_GRAPH, needs_redis, python_module, tagged_env, tagged_pids, wait_file, write_graph
+from helpers.dynamic import (SLOW_GRAPH, limited, needs_redis, python_module, tagged_env, tagged_pids, wait_file,
+                             write_graph)
 from helpers.runs import alive, d4p_hpc_cmd, outputs, processes_mentioning, read_json, run_simple, wait_for
 
 redis = pytest.importorskip("redis")
@@ -75,9 +76,13 @@ class Node:
         self.results = tmp_path / "results"
         self.connection = self.results / "redis.json"
         self.started: list[subprocess.Popen] = []
+        # a node whose hard limit (256 files) cannot hold the workers' own connections (1,000 asked):
+        # the Redis takes the relays' budget and tells the workers to share a relay
         self.server = self.spawn("server", python_module("d4p_hpc.mappings.redis.server", "--results",
-                                                         str(self.results)))
+                                                         str(self.results), "--clients", "1000", "--relay-clients",
+                                                         str(connections(8, 1))), preexec_fn=limited(256))
         self.conn = wait_file(self.connection, self.server)
+        assert self.conn["relayed"] is True, self.conn
         # where the workers' relay listens, computed here as they compute it under their TMPDIR
         monkeypatch.setattr(tempfile, "tempdir", str(self.tmpdir))
         self.socket = socket_path(read_connection_file(self.connection))

@@ -247,7 +247,7 @@ d4p_mpiexec() { exec mpiexec "${d4p_placement[@]}" "$@"; }
 # --- the run: a per-job Redis on this (the first) node, a worker per task on every node, the driver here ---
 d4p_stage="Redis start-up"
 d4p_redis_conn="$d4p_results/redis.json"
-python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 0.0.0.0 --clients 26 &
+python3 -c 'import sys;sys.path[:1]==['"'"''"'"']and sys.path.pop(0);import runpy;runpy.run_module(sys.argv.pop(1),run_name='"'"'__main__'"'"',alter_sys=True)' d4p_hpc.mappings.redis.server --results "$d4p_results" --bind 0.0.0.0 --clients 28 --relay-clients 26 &
 d4p_redis=$!
 d4p_services="$d4p_redis $d4p_services"
 # workers read the connection file, which the server writes once Redis answers
