@@ -23,15 +23,47 @@ and one markdown table:
   of its ``timeseries/<process>.jsonl`` (``time.process_time()`` since it began sampling, at the
   start of the run; the final sample is written as the process ends), process 0 (the driver,
   which runs the root) and the sum over the workers;
-- connections: the peak of Redis ``connected_clients`` (sampled every 0.1 s, this script's own
-  connection taken off) and the ``maxclients`` Redis took; and, from ``/proc`` twice a second,
-  the TCP connections to Redis' port held by the driver and by each worker (most seen; a socket a
-  worker inherited from the driver by the fork is the driver's connection, not counted again).
+- connections: the peak of Redis ``connected_clients`` (sampled every 0.1 s, less the clients
+  connected before anything of the run started: this script's own two) and the ``maxclients``
+  Redis took; and, from ``/proc`` twice a second, the TCP connections to Redis' port held by the
+  driver, by each worker and by the relay (most seen; a socket a worker inherited from the driver
+  by the fork is the driver's connection, not counted again).
 
 Under the table, a projection per mapping (stated assumptions: one core for Redis, its cost
 linear in items, as measured at the largest worker count), and the ratio of Redis µs per item
 at the largest worker count to that at the smallest, measured side by side in this invocation
 (a ratio, not an absolute time, is what compares across machines).
+
+**Modes** (``--modes``, default ``direct``; the ``mode`` column):
+
+- ``direct``: the workers ``d4p-hpc run -n N`` forks itself; each connects to Redis directly
+  (:data:`~d4p_hpc.mappings.WORKER_CONNECTIONS` connections each);
+- ``relay``: a job's way. The script writes the connection file of its Redis
+  (``write_connection_file``, as ``python -m d4p_hpc.mappings.redis.server`` does) into the results
+  folder, starts N external workers as a job script does (``python -m d4p_hpc.mappings.redis.worker
+  --connection DIR/redis.json``, each in a session of its own), which reach Redis through this
+  host's relay (``mappings/redis/relay.py``: started by the first of them,
+  :data:`~d4p_hpc.mappings.RELAY_CONNECTIONS` connections whatever N), waits until every worker
+  holds its socket to the relay and a single relay runs (the worker that takes the node's relay lock
+  starts it, the others wait while the lock is held), then starts the driver, ``d4p-hpc run ...
+  --redis-connection DIR/redis.json --external-workers``. The workers' start-up (interpreter,
+  imports) is thus out of ``wall_seconds``, as a fork's is in ``direct``; each worker's loading of
+  the graph, after the run is announced, is in it (a forked worker inherits the driver's). Redis's
+  counters are read after the workers and the relay have exited. Columns of this mode only: relay
+  CPU µs/item, the relay's user + system CPU over the run (``/proc/PID/stat`` just before the driver
+  starts, and the ``wait4`` rusage of its exit: the script is a child subreaper, so the relay,
+  orphaned when the worker that started it exits, is its child), over the items; ``--json`` also has
+  its context switches (wake-ups, all threads) per item, its most threads, how many relay processes
+  were seen while the workers started (``relays_seen``: 1 since ``b105874``; before it, each worker
+  that found no relay started one, and all but one left on its lock) and how long they took
+  (``settle_seconds``). The workers' column stays the sum of their time series, so that it compares
+  with ``direct``; the relay is not in it.
+
+When more than one mode is measured, every run holds ``/tmp/heavy.lock``, whatever its size: the
+rows compared must not see different loads.
+
+Both modes of a worker count get a Redis of the same ``maxclients`` (``direct``'s need), so the
+column shows it; a job's relay mode asks ``connections(N, nodes)``: 5 per node + 16.
 
 **Which Redis.** This script starts its own ``redis-server`` for every run (random password,
 127.0.0.1 and a free port, in a temporary folder it deletes) and passes it with ``--redis
@@ -54,6 +86,7 @@ It asserts nothing beyond that each run COMPLETED with every item through (the c
     python benchmarks/scale.py                         # dyn_redis and hybrid_redis at 8, 32, 128 workers
     python benchmarks/scale.py --workers 8,64 --items 100000 --json scale.json
     python benchmarks/scale.py --quick                 # 4 and 16 workers, 40,000 items: a smoke test
+    python benchmarks/scale.py --workers 8,32,128 --items 100000 --modes direct,relay --mappings dyn_redis
 """
 import argparse
 import contextlib
@@ -74,10 +107,14 @@ from pathlib import Path
 
 import redis
 
-from d4p_hpc.mappings import WORKER_CONNECTIONS, connections
+from d4p_hpc.mappings import REDIS_WORKER, RELAY_CONNECTIONS, WORKER_CONNECTIONS, connections
+from d4p_hpc.mappings.redis.conn import Connection, read_connection_file, write_connection_file
+from d4p_hpc.mappings.redis.relay import socket_path
+from d4p_hpc.results import Layout
+from d4p_hpc.supervisor import SAFE_MODULE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitor import descendants, scan  # noqa: E402
+from monitor import CLOCK_TICKS, become_subreaper, descendants, scan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LIGHT = HERE / "graphs" / "light.py"
@@ -88,6 +125,8 @@ LOCK = "/tmp/heavy.lock"
 HEAVY = 16
 CLIENT_EVERY = 0.1
 SOCKET_EVERY = 0.5
+MODES = ("direct", "relay")
+RELAY_MODULE = "d4p_hpc.mappings.redis.relay"
 
 
 def free_port() -> int:
@@ -179,49 +218,135 @@ def held(pid: int, inodes: set[int]) -> set[int]:
     return found
 
 
+def relays(connection: Path) -> list[int]:
+    """Pids of the relays started for connection file ``connection`` (their command line names both)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if RELAY_MODULE.encode() in args and str(connection).encode() in args:
+                    found.append(int(entry))
+    return found
+
+
+def started_at(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot): tells it from a later process or thread
+    given the same number (pids wrap at 32,768 here, and a thread's id opens ``/proc/ID`` too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_switches(pid: int) -> tuple[int, int]:
+    """Context switches of process ``pid`` so far, summed over its threads, and its thread count."""
+    total = threads = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as fh:
+                threads += 1
+                for line in fh:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+    return total, threads
+
+
+def socket_count(pid: int) -> int:
+    """How many sockets process ``pid`` holds open (of any kind)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+    return count
+
+
 class Watch(threading.Thread):
     """Samples ``connected_clients`` and, less often, which process of the run holds which connections.
+
+    Started before anything of the run: its first ``connected_clients`` (this script's connections)
+    is the baseline taken off the peak. The driver's pid is given once it runs (``root``); the
+    workers are its descendants, or, in relay mode, the external workers' pids (``workers``, counted
+    even with no connection of their own) and the relay's (``relay``).
 
     A worker forked by the driver inherits the driver's open sockets (redis-py makes new connections
     after a fork and leaves the old descriptors open): those are one connection each, the driver's,
     and are counted apart (``inherited``)."""
 
-    def __init__(self, server: OwnRedis, root: int) -> None:
+    def __init__(self, server: OwnRedis) -> None:
         super().__init__(daemon=True)
-        self.server, self.root = server, root
+        self.server = server
+        self.root: int | None = None
+        self.workers: dict[int, int | None] | None = None  # external workers: pid -> started_at
+        self.relay: int | None = None
+        self.relay_started: int | None = None
         self.stopped = threading.Event()
+        self.ready = threading.Event()
+        self.baseline: int | None = None
         self.clients_peak = 0
         self.driver = 0
         self.own: dict[int, int] = {}  # worker pid -> most connections of its own seen
         self.inherited: dict[int, int] = {}  # worker pid -> most of the driver's sockets seen open
+        self.relay_connections = 0
+        self.relay_threads = 0
+        self.relay_cpu: float | None = None  # the last seen
 
     def run(self) -> None:
         next_sockets = 0.0
-        with self.server.client() as client:
-            while not self.stopped.is_set():
-                with contextlib.suppress(redis.RedisError):
-                    # minus this connection
-                    self.clients_peak = max(self.clients_peak, client.info("clients")["connected_clients"] - 1)
-                if time.monotonic() >= next_sockets:
-                    next_sockets = time.monotonic() + SOCKET_EVERY
-                    self.sockets()
-                self.stopped.wait(CLIENT_EVERY)
+        try:
+            with self.server.client() as client:
+                self.baseline = client.info("clients")["connected_clients"]
+                self.ready.set()
+                while not self.stopped.is_set():
+                    with contextlib.suppress(redis.RedisError):
+                        clients = client.info("clients")["connected_clients"]
+                        self.clients_peak = max(self.clients_peak, clients - self.baseline)
+                    if time.monotonic() >= next_sockets:
+                        next_sockets = time.monotonic() + SOCKET_EVERY
+                        self.sockets()
+                    self.stopped.wait(CLIENT_EVERY)
+        finally:
+            self.ready.set()
 
     def sockets(self) -> None:
         inodes = redis_sockets(self.server.port)
-        driver = held(self.root, inodes)
+        root = self.root
+        driver = held(root, inodes) if root is not None else set()
         self.driver = max(self.driver, len(driver))
-        for pid in descendants(self.root, scan()):
+        external = self.workers is not None
+        pids = list(self.workers) if external else descendants(root, scan()) if root is not None else []
+        for pid in pids:
+            if external and started_at(pid) != self.workers[pid]:
+                continue  # exited: the number may be another process's, or thread's, by now
             mine = held(pid, inodes)
-            if mine:
+            if mine or external:
                 self.own[pid] = max(self.own.get(pid, 0), len(mine - driver))
                 self.inherited[pid] = max(self.inherited.get(pid, 0), len(mine & driver))
+        if self.relay is not None and started_at(self.relay) == self.relay_started:
+            self.relay_connections = max(self.relay_connections, len(held(self.relay, inodes)))
+            self.relay_threads = max(self.relay_threads, proc_switches(self.relay)[1])
+            cpu = proc_cpu(self.relay)
+            if cpu is not None:
+                self.relay_cpu = cpu
 
 
 @contextlib.contextmanager
-def heavy_lock(workers: int):
-    """Hold /tmp/heavy.lock (as ``flock /tmp/heavy.lock``) for a measurement of more than 16 workers."""
-    if workers <= HEAVY:
+def heavy_lock(workers: int, always: bool = False):
+    """Hold /tmp/heavy.lock (as ``flock /tmp/heavy.lock``) for a measurement of more than 16 workers,
+    or for every one (``always``: modes compared side by side, which the load must not tilt)."""
+    if workers <= HEAVY and not always:
         yield
         return
     with open(LOCK, "a") as fh:
@@ -263,42 +388,146 @@ def check(metrics: dict, mapping: str, items: int) -> str:
     return "ok" if not wrong else "wrong count: " + ", ".join(wrong)
 
 
-def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path) -> dict:
+def settle(procs: list[subprocess.Popen], connection: Path, watch: Watch, deadline: float,
+           seen: set[int]) -> str | None:
+    """Wait until every external worker holds a socket (to the relay: its only one before a run) and
+    one relay is left; None, or what went wrong. ``seen``: every relay process seen meanwhile (one,
+    unless more than one starts: before ``b105874`` all but one left at once, on its lock)."""
+    while True:
+        dead = [p for p in procs if p.poll() is not None]
+        found = relays(connection)
+        seen.update(found)
+        if dead:
+            return f"a worker exited ({dead[0].returncode}) before the run"
+        if len(found) == 1 and all(socket_count(p.pid) for p in procs):
+            watch.relay_started = started_at(found[0])
+            watch.relay = found[0]
+            return None
+        if time.monotonic() > deadline:
+            return f"timeout: workers not connected to one relay ({len(found)} relays)"
+        time.sleep(0.2)
+
+
+def reap(pid: int, deadline: float):
+    """The exit code and rusage of process ``pid``, once it has exited and is ours to reap (None if
+    not by ``deadline``): the relay is a child of the worker that started it until that worker exits,
+    then of this subreaper."""
+    while True:
+        try:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got == pid:
+                return os.waitstatus_to_exitcode(status), usage
+        except ChildProcessError:
+            if not os.path.exists(f"/proc/{pid}"):
+                return None  # reaped by another
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def reap_orphans(keep: set[int]) -> None:
+    """Reap the exited processes re-parented to this subreaper (a relay that found another one's
+    lock, if any), other than ``keep``."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid in keep:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+
+
+def kill_groups(groups: list[int]) -> None:
+    for group in groups:  # nothing of the run may outlive it (the relay is in its starter's group)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path, mode: str = "direct") -> dict:
     """One run; returns its row."""
-    results = tmp / f"{mapping}-{workers}"
+    results = tmp / f"{mapping}-{mode}-{workers}"
     d4p = str(Path(sys.executable).parent / "d4p-hpc")
-    with OwnRedis(workers) as server, server.client() as client:
+    relay = mode == "relay"
+    key = {"mapping": mapping, "mode": mode, "workers": workers, "items": items}
+    deadline = time.monotonic() + timeout
+    with OwnRedis(workers) as server, server.client() as client, contextlib.ExitStack() as stack:
         maxclients = int(client.config_get("maxclients")["maxclients"])
         env = {**os.environ, "D4P_HPC_REDIS_PASSWORD": server.password,
                "D4P_HPC_MAX_PROCESSES": str(max(workers, int(os.environ.get("D4P_HPC_MAX_PROCESSES", "0") or 0)))}
         env.pop("D4P_HPC_SAMPLE_SECONDS", None)  # the CPU seconds come from the samples
         command = [d4p, "run", str(LIGHT), "-a", ATTR[mapping], "-m", mapping, "-n", str(workers), "-i", str(items),
-                   "--redis", f"redis://127.0.0.1:{server.port}", "--results", str(results)]
+                   "--results", str(results)]
+        connection = Layout(results).redis
+        if relay:  # as python -m d4p_hpc.mappings.redis.server writes it where a node's limit needs the relays
+            results.mkdir(mode=0o700)
+            write_connection_file(connection, Connection("127.0.0.1", server.port, server.password, relayed=True))
+            env.pop("D4P_HPC_REDIS_PASSWORD")  # in the file
+            command += ["--redis-connection", str(connection), "--external-workers"]
+            stack.callback(remove_relay_files, connection)
+        else:
+            command += ["--redis", f"redis://127.0.0.1:{server.port}"]
+        watch = Watch(server)
+        watch.start()
+        watch.ready.wait()
+
+        def stop_watch() -> None:
+            watch.stopped.set()
+            watch.join()
+        stack.callback(stop_watch)
+        groups: list[int] = []
+        stack.callback(kill_groups, groups)
+        procs: list[subprocess.Popen] = []
+        if relay:
+            log = stack.enter_context(open(tmp / f"{results.name}-workers.log", "w"))
+            for _ in range(workers):  # as a job script starts them (launch.py's workers), in sessions of their own
+                procs.append(subprocess.Popen([sys.executable, *SAFE_MODULE, REDIS_WORKER, "--connection",
+                                               str(connection)], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+                groups.append(procs[-1].pid)
+            watch.workers = {p.pid: started_at(p.pid) for p in procs}
+            seen: set[int] = set()
+            settling = time.monotonic()
+            problem = settle(procs, connection, watch, deadline, seen)
+            key.update(relays_seen=len(seen), settle_seconds=round(time.monotonic() - settling, 1))
+            if problem:
+                return {**key, "status": problem, "tail": tail(log.name)}
         before = counters(client)
+        relay_before = (proc_cpu(watch.relay), *proc_switches(watch.relay)) if relay else None
         started = time.monotonic()
         run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
-        watch = Watch(server, run.pid)
-        watch.start()
+        groups.append(run.pid)
+        watch.root = run.pid
         try:
-            output, _ = run.communicate(timeout=timeout)
+            output, _ = run.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)
+            kill_groups(groups)
             run.communicate()
-            return {"mapping": mapping, "workers": workers, "items": items, "status": f"timeout ({timeout:.0f} s)"}
-        finally:
-            watch.stopped.set()
-            watch.join()
-            with contextlib.suppress(ProcessLookupError):  # nothing of the run may outlive it
-                os.killpg(run.pid, signal.SIGKILL)
+            return {**key, "status": f"timeout ({timeout:.0f} s)"}
+        # relay mode: the workers leave after the driver, the relay after its last worker
+        for p in procs:
+            reaped = reap(p.pid, deadline)
+            if reaped is None:
+                kill_groups(groups)
+                return {**key, "status": f"timeout ({timeout:.0f} s): worker {p.pid} did not exit",
+                        "tail": tail(log.name)}
+            p.returncode = reaped[0]  # reaped here, by wait4: Popen must not wait for it again
+        reaped = reap(watch.relay, min(deadline, time.monotonic() + 30)) if relay and watch.relay else None
+        relay_usage = reaped[1] if reaped else None
         whole = time.monotonic() - started
+        stop_watch()
         after = counters(client)
-    row = {"mapping": mapping, "workers": workers, "items": items, "whole_command_seconds": round(whole, 2)}
+        reap_orphans({server.process.pid})
+    row = {**key, "whole_command_seconds": round(whole, 2)}
     if run.returncode != 0:
         return {**row, "status": f"exit {run.returncode}", "tail": output[-2000:]}
     metrics = json.loads((results / "metrics.json").read_text())
     status = check(metrics, mapping, items)
+    if relay and status == "ok":
+        codes = sorted({u for u in (p.returncode for p in procs)})
+        status = "ok" if codes == [0] else f"worker exits {codes}"
     driver_pid = next(p["pid"] for p in metrics["process_list"] if p["process"] == 0)
     cpu = process_cpu(results)
     wall = metrics["wall_seconds"]
@@ -330,7 +559,30 @@ def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path) -
         worker_inherited_sockets=max(watch.inherited.values(), default=0))
     if watch.root != driver_pid:  # the driver is another process than the command: its sockets were not seen
         row["note"] = f"driver pid {driver_pid} is not the command's {watch.root}"
+    if relay:
+        row.update(relay_pid=watch.relay, relay_connections=watch.relay_connections, relay_threads=watch.relay_threads,
+                   maxclients_job=connections(workers, 1))
+        if relay_usage is not None:
+            row.update(relay_us_per_item=1e6 * (relay_usage.ru_utime + relay_usage.ru_stime - relay_before[0]) / items,
+                       relay_switches_per_item=(relay_usage.ru_nvcsw + relay_usage.ru_nivcsw - relay_before[1]) / items,
+                       relay_cpu_from="wait4")
+        elif watch.relay_cpu is not None:  # not reaped here: its CPU as last seen (up to 0.5 s early)
+            row.update(relay_us_per_item=1e6 * (watch.relay_cpu - relay_before[0]) / items, relay_cpu_from="/proc")
     return row
+
+
+def tail(path: str) -> str:
+    with contextlib.suppress(OSError):
+        return Path(path).read_text(errors="replace")[-2000:]
+    return ""
+
+
+def remove_relay_files(connection: Path) -> None:
+    """The relay's socket and lock files (it removes both as it ends: this is for a relay that did not)."""
+    with contextlib.suppress(Exception):
+        path = socket_path(read_connection_file(connection))
+        path.unlink(missing_ok=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 def parse_list(text: str) -> list[int]:
@@ -338,55 +590,94 @@ def parse_list(text: str) -> list[int]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    out = ["| mapping | workers | items | run s | items/s | Redis CPU µs/item | Redis % of a core "
+    out = ["| mapping | mode | workers | items | run s | items/s | Redis CPU µs/item | Redis % of a core "
            "| commits/item (items per commit) | Redis CPU µs/commit (in the script) | Redis commands/item "
-           "| bytes/item | driver CPU µs/item | workers CPU µs/item | Redis clients peak / maxclients "
-           "| connections: driver, each worker |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| bytes/item | driver CPU µs/item | workers CPU µs/item | relay CPU µs/item "
+           "| Redis clients peak / maxclients | connections: driver, each worker, relay |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        mode = r.get("mode", "direct")
         if r["status"] != "ok":
-            out.append(f"| {r['mapping']} | {r['workers']} | {r['items']:,} | {r['status']} |" + " - |" * 11)
+            out.append(f"| {r['mapping']} | {mode} | {r['workers']} | {r['items']:,} | {r['status']} |" + " - |" * 12)
             continue
         low, high = r["worker_connections"] or ("-", "-")
         per = f"{low}" if low == high else f"{low}-{high}"
+        relay = f"{r['relay_us_per_item']:.1f}" if r.get("relay_us_per_item") is not None else "-"
         out.append(
-            f"| {r['mapping']} | {r['workers']} | {r['items']:,} | {r['wall_seconds']:.1f} "
+            f"| {r['mapping']} | {mode} | {r['workers']} | {r['items']:,} | {r['wall_seconds']:.1f} "
             f"| {r['items_per_second']:,.0f} | {r['redis_us_per_item']:.1f} | {100 * r['redis_core_share']:.0f}% "
             f"| {r['script_calls_per_item']:.3f} ({r['items_per_commit']:.1f}) "
             f"| {r['redis_us_per_commit']:.0f} ({r['script_us_per_commit']:.0f}) | {r['commands_per_item']:.2f} "
             f"| {r['bytes_per_item']:.0f} | {r['driver_us_per_item']:.1f} | {r['workers_us_per_item']:.0f} "
-            f"| {r['clients_peak']} / {r['maxclients']} | {r['driver_connections']}, {per} |")
+            f"| {relay} | {r['clients_peak']} / {r['maxclients']} "
+            f"| {r['driver_connections']}, {per}, {r.get('relay_connections', '-')} |")
     return out
 
 
 def projection(rows: list[dict]) -> list[str]:
     out = []
+    modes = sorted({r.get("mode", "direct") for r in rows}, key=MODES.index)
     for mapping in ATTR:
-        done = [r for r in rows if r["mapping"] == mapping and r["status"] == "ok"]
-        if not done:
-            continue
-        small, large = min(done, key=lambda r: r["workers"]), max(done, key=lambda r: r["workers"])
-        cost, driver = large["redis_us_per_item"], large["driver_us_per_item"]
-        saturate = 1e6 / cost
-        line = (f"- **{mapping}**: at {large['workers']} workers Redis spends {cost:.1f} µs of CPU per item, so one "
-                f"Redis core saturates at {saturate:,.0f} items/s. A worker doing 1 ms of PE work per item handles "
-                f"at most 1,000 items/s: one Redis core feeds about {saturate / 1000:,.0f} such workers, and "
-                f"{saturate / 100:,.0f} at 10 ms per item. The driver (one process, {driver:.1f} µs of CPU per "
-                f"item) saturates at {1e6 / driver:,.0f} items/s.")
-        if large is not small:
-            line += (f" Side by side in this invocation, Redis µs/item at {large['workers']} workers / at "
-                     f"{small['workers']}: **{cost / small['redis_us_per_item']:.2f}** (commits/item "
-                     f"{large['script_calls_per_item'] / small['script_calls_per_item']:.2f}, Redis µs/commit "
-                     f"{large['redis_us_per_commit'] / small['redis_us_per_commit']:.2f}, items/s "
-                     f"{large['items_per_second'] / small['items_per_second']:.2f}).")
-        out.append(line)
+        for mode in modes:
+            out += _projection(mapping, mode, [r for r in rows if r["mapping"] == mapping and
+                                               r.get("mode", "direct") == mode and r["status"] == "ok"],
+                               len(modes) > 1)
     if out:
         out.append("")
         out.append("Assumptions: Redis runs single-threaded on a core of its own; its CPU grows linearly with items "
                    "at the cost per item measured at the largest worker count (that is, with commits as full as "
                    "there: the column items per commit); PE work dominates a worker's time; one driver feeds the "
                    "root. Redis's cost is per commit (one Lua script call), so the items per commit decide it.")
+    compared = relay_vs_direct(rows)
+    if compared:
+        out += ["", "Relay / direct, side by side in this invocation (ratios of the two rows at the same worker "
+                "count; workers+relay: the workers' CPU plus the relay's, over the forked workers' CPU):", ""]
+        out += compared
     return out
+
+
+def relay_vs_direct(rows: list[dict]) -> list[str]:
+    out = []
+    done = {(r["mapping"], r.get("mode", "direct"), r["workers"]): r for r in rows if r["status"] == "ok"}
+    for (mapping, mode, n), r in done.items():
+        d = done.get((mapping, "direct", n))
+        if mode != "relay" or d is None:
+            continue
+        line = (f"- **{mapping}, {n} workers**: items/s **{r['items_per_second'] / d['items_per_second']:.2f}**, "
+                f"Redis CPU µs/item {r['redis_us_per_item'] / d['redis_us_per_item']:.2f}, driver CPU µs/item "
+                f"{r['driver_us_per_item'] / d['driver_us_per_item']:.2f}, workers CPU µs/item "
+                f"{r['workers_us_per_item'] / d['workers_us_per_item']:.2f}")
+        if r.get("relay_us_per_item") is not None:
+            both = (r["workers_us_per_item"] + r["relay_us_per_item"]) / d["workers_us_per_item"]
+            line += (f", workers+relay {both:.2f}"
+                     f" (the relay: {r['relay_us_per_item']:.1f} µs/item, "
+                     f"{r.get('relay_switches_per_item', float('nan')):.2f} context switches/item, "
+                     f"{r['relay_threads']} threads)")
+        line += (f"; Redis clients peak {r['clients_peak']} vs {d['clients_peak']} (a job's maxclients for one "
+                 f"node: {r['maxclients_job']}, vs {d['maxclients']}).")
+        out.append(line)
+    return out
+
+
+def _projection(mapping: str, mode: str, done: list[dict], named: bool) -> list[str]:
+    if not done:
+        return []
+    small, large = min(done, key=lambda r: r["workers"]), max(done, key=lambda r: r["workers"])
+    cost, driver = large["redis_us_per_item"], large["driver_us_per_item"]
+    saturate = 1e6 / cost
+    name = f"{mapping} ({mode})" if named else mapping
+    line = (f"- **{name}**: at {large['workers']} workers Redis spends {cost:.1f} µs of CPU per item, so one "
+            f"Redis core saturates at {saturate:,.0f} items/s. A worker doing 1 ms of PE work per item handles "
+            f"at most 1,000 items/s: one Redis core feeds about {saturate / 1000:,.0f} such workers, and "
+            f"{saturate / 100:,.0f} at 10 ms per item. The driver (one process, {driver:.1f} µs of CPU per "
+            f"item) saturates at {1e6 / driver:,.0f} items/s.")
+    if large is not small:
+        line += (f" Side by side in this invocation, Redis µs/item at {large['workers']} workers / at "
+                 f"{small['workers']}: **{cost / small['redis_us_per_item']:.2f}** (commits/item "
+                 f"{large['script_calls_per_item'] / small['script_calls_per_item']:.2f}, Redis µs/commit "
+                 f"{large['redis_us_per_commit'] / small['redis_us_per_commit']:.2f}, items/s "
+                 f"{large['items_per_second'] / small['items_per_second']:.2f}).")
+    return [line]
 
 
 def main() -> None:
@@ -394,6 +685,8 @@ def main() -> None:
     parser.add_argument("--workers", type=parse_list, default=None, help="worker counts (default 8,32,128)")
     parser.add_argument("--items", type=int, default=None, help="items fed to the root (-i; default 400,000)")
     parser.add_argument("--mappings", default="dyn_redis,hybrid_redis")
+    parser.add_argument("--modes", default="direct", help="direct (workers the run forks), relay (external "
+                        "workers through the node's relay), or both: direct,relay (default direct)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take (default 900)")
     parser.add_argument("--quick", action="store_true", help="4 and 16 workers, 40,000 items, 60 s timeout")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
@@ -405,6 +698,10 @@ def main() -> None:
     for m in mappings:
         if m not in ATTR:
             parser.error(f"unknown mapping {m} (one of {', '.join(ATTR)})")
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            parser.error(f"unknown mode {m} (one of {', '.join(MODES)})")
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on PATH")
     started = datetime.now(timezone.utc)
@@ -413,19 +710,22 @@ def main() -> None:
           f"{started:%Y-%m-%d %H:%M} UTC; load average {load_before[0]:.2f} before", file=sys.stderr, flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="d4p-scale-") as tmp:
+        if "relay" in modes:
+            become_subreaper()  # the relay, orphaned when the worker that started it exits, is reaped here
         for mapping in mappings:
             for n in workers:
-                print(f"  {mapping} -n {n} ...", file=sys.stderr, flush=True)
-                with heavy_lock(n):
-                    row = measure(mapping, n, items, timeout, Path(tmp))
-                    row["load_after"] = round(os.getloadavg()[0], 2)
-                rows.append(row)
-                print("   ", row["status"], f"{row.get('wall_seconds', 0):.1f} s", file=sys.stderr, flush=True)
+                for mode in modes:  # the modes of a worker count one after the other: side by side
+                    print(f"  {mapping} {mode} -n {n} ...", file=sys.stderr, flush=True)
+                    with heavy_lock(n, always=len(modes) > 1):
+                        row = measure(mapping, n, items, timeout, Path(tmp), mode)
+                        row["load_after"] = round(os.getloadavg()[0], 2)
+                    rows.append(row)
+                    print("   ", row["status"], f"{row.get('wall_seconds', 0):.1f} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     print(f"Redis mappings at scale: benchmarks/graphs/light.py (dyn_redis: graph_stateless; hybrid_redis: graph), "
           f"-i {items:,}, one run per row, on {os.cpu_count()} cores; {started:%Y-%m-%d %H:%M} UTC; load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; a worker is expected to hold "
-          f"{WORKER_CONNECTIONS} connections")
+          f"{WORKER_CONNECTIONS} connections" + (f", a relay {RELAY_CONNECTIONS}" if "relay" in modes else ""))
     print()
     print("\n".join(table(rows)))
     print()
