@@ -349,6 +349,28 @@ def test_the_relay_outlives_stop_signals_while_workers_are_connected_and_ends_af
     node.stop_redis()
 
 
+def test_a_silent_connection_to_the_relay_keeps_no_worker_out(node, graph, tmp_path, monkeypatch):
+    """An outside attack found one connection that never sends its part of the key handshake kept
+    every later worker out (the relay did the handshake in its accept loop). Now each connection
+    has its own: a worker that comes after a silent one joins, and the run completes."""
+    first = node.start_workers(1)
+    relay = node.the_relay(1)
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.connect(str(node.socket))  # ... and says nothing
+        wait_for(lambda: relay_clients(node.socket) >= 2, 30)
+        later = node.start_workers(1)
+        wait_for(lambda: relay_clients(node.socket) >= 3, 60)  # joined while the silent one waits
+        driver = node.driver(graph, 80)
+        assert ended(node, driver, "driver") == 0, node.stderr("driver")
+    assert outputs(node.results) == simple_outputs(graph, 80, tmp_path / "simple", monkeypatch)
+    metrics = read_json(node.results / "metrics.json")  # the later worker took part
+    assert {p["pid"] for p in metrics["process_list"] if p["process"]} == {w.pid for w in first + later}
+    for k, worker in enumerate(first + later):
+        assert ended(node, worker, f"worker{k}", 60) == 0, node.stderr(f"worker{k}")
+    wait_for(lambda: not alive(relay), 30)
+    node.stop_redis()
+
+
 def lost_the_relay(node: Node, procs) -> None:
     """Each worker's log says it lost the relay (the worker's stdout and stderr go to its run log)."""
     for proc in procs:
