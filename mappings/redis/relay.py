@@ -106,6 +106,8 @@ def private_folder(path: Path) -> str | None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path}, which is a symbolic link, not a folder of yours closed to others"
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         return (f"{path}, which is not a folder of yours closed to others (owner uid {st.st_uid}, mode "
                 f"{stat.S_IMODE(st.st_mode):04o})")

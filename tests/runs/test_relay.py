@@ -271,19 +271,18 @@ def test_a_relay_folder_not_closed_to_others_fails_the_worker_at_once_saying_so(
     if folder == "open to others":
         node.folder.mkdir(mode=0o755)
         node.folder.chmod(0o755)  # (whatever the umask)
-        mode, inside = "0755", node.folder
+        inside, why = node.folder, f"is not a folder of yours closed to others (owner uid {os.geteuid()}, mode 0755)"
     else:
         inside = node.tmpdir / "ours"
         inside.mkdir(mode=0o700)
         node.folder.symlink_to(inside)
-        mode = "0777"  # a symlink's own mode
+        why = "is a symbolic link, not a folder of yours closed to others"
     connections = node.redis.info("stats")["total_connections_received"]
     worker, = node.start_workers(1)
     assert ended(node, worker, "worker0", 60) == 1
     assert one_error_line(node, "worker0") == (
-        f"Error: worker on {HOST}: the workers' relay cannot listen in {node.folder}, which is not a "
-        f"folder of yours closed to others (owner uid {os.geteuid()}, mode {mode}): remove it, or set TMPDIR to a "
-        "folder of your own on the nodes")
+        f"Error: worker on {HOST}: the workers' relay cannot listen in {node.folder}, which {why}: remove it, or "
+        "set TMPDIR to a folder of your own on the nodes")
     # refused before it connected to Redis (its own connections would not fit the job's budget)
     assert node.redis.info("stats")["total_connections_received"] == connections  # (this client's, kept)
     assert node.relays() == set()
