@@ -191,7 +191,7 @@ REDIS_WORKER = "d4p_hpc.mappings.redis.worker"
 #: The Redis connections a worker holds: its main loop's blocking read, its heartbeat's blocking read
 #: of the run's end, and one for its other commands (counted: tests/runs/test_redis_connections.py)
 WORKER_CONNECTIONS = 3
-#: ... unless it is a job's: a job's workers reach Redis through their node's relay
+#: ... unless a job's first node cannot hold that: then each node's workers share a relay
 #: (:mod:`d4p_hpc.mappings.redis.relay`), which holds this many, however many workers the node runs:
 #: a pool of 4 for commands and its watcher's one blocking read
 RELAY_CONNECTIONS = 5
@@ -204,7 +204,7 @@ REDIS_RESERVED_FDS = 32
 
 def connections(workers: int, nodes: int | None = None) -> int:
     """The Redis clients a run of ``workers`` workers needs: the per-job Redis's ``maxclients``.
-    ``nodes``: a job's, whose workers share one relay per node; None: workers the run forks."""
+    ``nodes``: a job's, whose workers share one relay per node; None: each worker connects itself."""
     held = RELAY_CONNECTIONS * min(nodes, workers) if nodes is not None else WORKER_CONNECTIONS * workers
     return held + OTHER_CONNECTIONS
 

@@ -130,8 +130,9 @@ def _check_environment(spec: JobSpec) -> None:
 
 
 def _check_connections(spec: JobSpec) -> None:
-    """The per-job Redis must accept a connection from every node's relay: it can hold as many clients
-    as the open-files hard limit of the job's first node allows (this host's, unless told otherwise)."""
+    """The per-job Redis must accept the workers' connections, or at least (where it cannot) each node's
+    relay's: it can hold as many clients as the open-files hard limit of the job's first node allows
+    (this host's, unless told otherwise)."""
     if spec.launch_kind != "redis":
         return
     limit = settings.nofile_limit()
