@@ -167,13 +167,19 @@ def main(connection: str | None, url: str | None) -> None:
         # a job's workers share their node's relay where its Redis says so (its connection file)
         conn = read_connection_file(connection) if connection else parse_url(url or "")
         conn = through_relay(conn) if conn.relayed else conn
-        # held to the end: the relay serves while any of its node's workers is connected
-        with contextlib.closing(connect(conn)) as client:
+        client = connect(conn)
+        try:
             run, state = wait_for_run(client)
             if state != RUNNING:  # started after the job's run ended: nothing to do
                 click.echo(f"{here}: run {run['id']} has ended ({state}); nothing to do", err=True)
                 return
+            # a relay serves while any of its node's workers is connected: a relayed worker holds this
+            # one to the end; a direct one keeps to its WORKER_CONNECTIONS, which serve() opens
+            if not conn.keep_probe:
+                client.close()
             code = serve(conn, run).exit_code
+        finally:
+            client.close()
         sys.exit(code)
     except D4pHpcError as exc:
         exc.args = (f"{here}: {exc}",)

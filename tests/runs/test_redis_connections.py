@@ -147,6 +147,31 @@ def test_submit_refuses_a_job_whose_first_node_cannot_hold_its_connections(isola
         explain(bad)
 
 
+def test_a_jobs_workers_that_fit_connect_directly_within_their_budget(isolated_config):
+    """Where the node holds them (no ``ulimit`` here), a job's 16 workers connect to Redis themselves,
+    3 each: ``INFO clients`` never counts more than theirs and the driver's and wrapper's, 51 (a worker
+    that also kept the connection it first checked Redis with held 4: 63 were counted, at ``maxclients``)."""
+    workers = 16
+    graph = write_graph(isolated_config, SLOW)
+    job = subprocess.Popen([*d4p_hpc_cmd(), "submit", str(graph), "-m", "dyn_redis", "--tasks-per-node",
+                            str(workers), "-i", "40", "--scheduler", "local", "--wait"], cwd=isolated_config,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        root = isolated_config / "d4p-results"
+        directory = wait_for(lambda: next((p for p in root.iterdir() if not p.is_symlink()), None)
+                             if root.exists() else None)
+        maxclients, counts = clients_while(job, directory)
+        out, err = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 0, out + err
+    assert maxclients == connections(workers) == WORKER_CONNECTIONS * workers + OTHER_CONNECTIONS
+    # the workers' 3 each, the driver's two and the Redis wrapper's one (OTHER_CONNECTIONS's first three)
+    assert counts and max(counts) <= WORKER_CONNECTIONS * workers + 3, counts
+
+
 def test_a_jobs_workers_beyond_what_their_own_connections_would_fit_complete_through_their_relay(isolated_config):
     """12 workers on a node whose hard limit is 64 files: Redis takes 32 clients there, and the workers'
     own connections would be 3 x 12 + 16 = 52. Through the node's relay the job needs 5 + 16: it
