@@ -127,13 +127,17 @@ def _remove_when_gone(path: Path) -> int:
     no other file open, and leaves at once after the unlink. A password in a connection file
     must not outlive the Redis it opens.
     """
-    made = os.stat(path)
+    # held open by the janitor, so that its inode cannot be reused by a file written after this
+    # one is deleted (CI saw a stopped Redis's janitor delete the next file, its inode number reused)
+    made = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     read_end, write_end = os.pipe()
     if os.fork() == 0:  # pragma: no cover - the child, seen by its effect
         try:
             os.setsid()
-            os.closerange(3, read_end)
-            os.closerange(read_end + 1, 65536)
+            low, high = sorted((made, read_end))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, 65536)
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
@@ -142,11 +146,12 @@ def _remove_when_gone(path: Path) -> int:
             with contextlib.suppress(OSError):
                 # only the file it was made for: by now a new Redis of the same results directory
                 # (a resume right after a stop) may have written its own
-                now = os.stat(path)
-                if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+                now, was = os.stat(path), os.fstat(made)
+                if (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino):
                     path.unlink()
         finally:
             os._exit(0)
+    os.close(made)
     os.close(read_end)
     os.set_inheritable(write_end, False)
     return write_end

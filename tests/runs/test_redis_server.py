@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -156,10 +157,52 @@ class TestStartErrors:
                 RedisServer(tmp_path).start()
             assert Layout(tmp_path).redis.read_text() == kept
 
+    def test_a_stopped_redis_never_removes_the_connection_file_written_after_it(self, tmp_path):
+        """Its janitor removes the file it was made for once Redis is gone, and that file's inode
+        number is free again the moment stop() deletes it: a file written next (a resume's) must not
+        be taken for it. CI saw this test's neighbour lose the file it had just written, its janitor
+        having woken late; here it is held until a file of the freed number (if one can be made) is
+        in place."""
+        path = Layout(tmp_path).redis
+        server = RedisServer(tmp_path)
+        server.start()
+        [janitor] = set(_janitors()) - {server.pid}
+        os.kill(janitor, signal.SIGSTOP)
+        try:
+            freed = os.stat(path).st_ino
+            server.stop()
+            for attempt in range(200):  # ext4 hands a freed inode number out again within a few files
+                made = tmp_path / f"next-{attempt}"
+                made.write_text("next")
+                if made.stat().st_ino == freed:
+                    break
+            made.rename(path)
+        finally:
+            os.kill(janitor, signal.SIGCONT)
+        wait_for(lambda: not _janitors(), timeout=10)
+        assert path.read_text() == "next"
+
     def test_bad_bind(self, tmp_path):
         with pytest.raises(RedisError, match="cannot bind"):
             resolve_bind("no-such-host.invalid")
         assert resolve_bind("lo") == "127.0.0.1"
+
+
+def _janitors() -> list[int]:
+    """This process's children in a session of their own (RedisServer's janitors and Redis), reaped when ended."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, ppid, sid = fields[0], int(fields[1]), int(fields[3])
+        if ppid == os.getpid() and sid == int(entry.name):
+            if state == "Z":
+                os.waitpid(int(entry.name), 0)
+            else:
+                found.append(int(entry.name))
+    return found
 
 
 @needs_redis
