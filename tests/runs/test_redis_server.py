@@ -244,9 +244,10 @@ class TestSupervisor:
         conn = wait_file(Layout(tmp_path).redis, proc)
         assert conn["host"] == "127.0.0.1"
         pid = server_pid(conn)
+        # its first line, written just after the file (a signal sent before it may leave it unsaid)
+        assert "ready at 127.0.0.1:" in proc.stderr.readline()
         proc.send_signal(signum)
         assert proc.wait(20) == 0
-        assert "ready at 127.0.0.1:" in proc.stderr.read()
         assert wait_gone(pid)
         assert tagged_pids(tag) == set()
         assert not (Layout(tmp_path).redis).exists()
