@@ -87,6 +87,15 @@ It asserts nothing beyond that each run COMPLETED with every item through (the c
     python benchmarks/scale.py --workers 8,64 --items 100000 --json scale.json
     python benchmarks/scale.py --quick                 # 4 and 16 workers, 40,000 items: a smoke test
     python benchmarks/scale.py --workers 8,32,128 --items 100000 --modes direct,relay --mappings dyn_redis
+    python benchmarks/scale.py --workers 8,32 --items 128000 --mappings dyn_redis --work-ms 1 --fan 1000 \
+        --unit-seconds=-,0.4,4         # the units a larger pool gets ("-": the pool's own), side by side
+
+``--unit-seconds`` runs each count once per value of ``D4P_HPC_UNIT_SECONDS`` (the work an entry of
+quick tasks is filled to; a pool of W > 125 workers gets W x 0.4 ms): Redis's cost per item with the
+units of a pool this machine cannot hold, printed as ratios to the pool's own and as the workers one
+Redis core would feed at that cost. ``--work-ms`` makes ``Light`` sleep that long per item; ``--fan K``
+(dyn_redis) runs ``graph_fanout``, each root item becoming K items for ``Light`` (``--items`` counts
+those), so that the workers, not the driver, queue most tasks.
 """
 import argparse
 import contextlib
@@ -108,6 +117,7 @@ from pathlib import Path
 import redis
 
 from d4p_hpc.mappings import REDIS_WORKER, RELAY_CONNECTIONS, WORKER_CONNECTIONS, connections
+from d4p_hpc.mappings.dynamic.tasks import COMMIT_SECONDS
 from d4p_hpc.mappings.redis.conn import Connection, read_connection_file, write_connection_file
 from d4p_hpc.mappings.redis.relay import socket_path
 from d4p_hpc.results import Layout
@@ -376,10 +386,12 @@ def process_cpu(results: Path) -> dict[int, float]:
     return cpu
 
 
-def check(metrics: dict, mapping: str, items: int) -> str:
+def check(metrics: dict, mapping: str, items: int, fan: int = 0) -> str:
     """"ok" when every item went through the graph, else what is wrong."""
     pes = metrics["pes"]
-    want = {"Numbers": ("items_out", items), "Light": ("items_in", items)}
+    want = {"Numbers": ("items_out", items // (fan or 1)), "Light": ("items_in", items)}
+    if fan:
+        want.update(Fan=("items_in", items // fan))
     if mapping == "hybrid_redis":
         want.update(Tally=("items_in", items), Report=("items_in", KEYS))
     else:
@@ -445,20 +457,26 @@ def kill_groups(groups: list[int]) -> None:
             os.killpg(group, signal.SIGKILL)
 
 
-def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path, mode: str = "direct") -> dict:
+def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path, mode: str = "direct",
+            unit: float | None = None, work_ms: float = 0.0, fan: int = 0) -> dict:
     """One run; returns its row."""
-    results = tmp / f"{mapping}-{mode}-{workers}"
+    results = tmp / f"{mapping}-{mode}-{workers}-{unit}"
     d4p = str(Path(sys.executable).parent / "d4p-hpc")
     relay = mode == "relay"
-    key = {"mapping": mapping, "mode": mode, "workers": workers, "items": items}
+    key = {"mapping": mapping, "mode": mode, "workers": workers, "items": items, "unit_seconds": unit,
+           "work_ms": work_ms, "fan": fan}
     deadline = time.monotonic() + timeout
     with OwnRedis(workers) as server, server.client() as client, contextlib.ExitStack() as stack:
         maxclients = int(client.config_get("maxclients")["maxclients"])
         env = {**os.environ, "D4P_HPC_REDIS_PASSWORD": server.password,
                "D4P_HPC_MAX_PROCESSES": str(max(workers, int(os.environ.get("D4P_HPC_MAX_PROCESSES", "0") or 0)))}
         env.pop("D4P_HPC_SAMPLE_SECONDS", None)  # the CPU seconds come from the samples
-        command = [d4p, "run", str(LIGHT), "-a", ATTR[mapping], "-m", mapping, "-n", str(workers), "-i", str(items),
-                   "--results", str(results)]
+        env.pop("D4P_HPC_UNIT_SECONDS", None)
+        if unit:
+            env["D4P_HPC_UNIT_SECONDS"] = str(unit)
+        env["LIGHT_WORK_MS"], env["LIGHT_FAN"] = str(work_ms), str(fan)
+        command = [d4p, "run", str(LIGHT), "-a", "graph_fanout" if fan else ATTR[mapping], "-m", mapping, "-n",
+                   str(workers), "-i", str(items // (fan or 1)), "--results", str(results)]
         connection = Layout(results).redis
         if relay:  # as python -m d4p_hpc.mappings.redis.server writes it where a node's limit needs the relays
             results.mkdir(mode=0o700)
@@ -524,7 +542,7 @@ def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path, m
     if run.returncode != 0:
         return {**row, "status": f"exit {run.returncode}", "tail": output[-2000:]}
     metrics = json.loads((results / "metrics.json").read_text())
-    status = check(metrics, mapping, items)
+    status = check(metrics, mapping, items, fan)
     if relay and status == "ok":
         codes = sorted({u for u in (p.returncode for p in procs)})
         status = "ok" if codes == [0] else f"worker exits {codes}"
@@ -589,6 +607,10 @@ def parse_list(text: str) -> list[int]:
     return [int(n) for n in text.split(",") if n]
 
 
+def parse_floats(text: str) -> list[float | None]:
+    return [float(n) if n != "-" else None for n in text.split(",") if n]
+
+
 def table(rows: list[dict]) -> list[str]:
     out = ["| mapping | mode | workers | items | run s | items/s | Redis CPU µs/item | Redis % of a core "
            "| commits/item (items per commit) | Redis CPU µs/commit (in the script) | Redis commands/item "
@@ -596,7 +618,7 @@ def table(rows: list[dict]) -> list[str]:
            "| Redis clients peak / maxclients | connections: driver, each worker, relay |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        mode = r.get("mode", "direct")
+        mode = r.get("mode", "direct") + (f", unit {r['unit_seconds']:g} s" if r.get("unit_seconds") else "")
         if r["status"] != "ok":
             out.append(f"| {r['mapping']} | {mode} | {r['workers']} | {r['items']:,} | {r['status']} |" + " - |" * 12)
             continue
@@ -628,11 +650,66 @@ def projection(rows: list[dict]) -> list[str]:
                    "at the cost per item measured at the largest worker count (that is, with commits as full as "
                    "there: the column items per commit); PE work dominates a worker's time; one driver feeds the "
                    "root. Redis's cost is per commit (one Lua script call), so the items per commit decide it.")
+    for extra in (paced_model(rows), unit_ratios(rows)):
+        if extra:
+            out += [""] + extra
     compared = relay_vs_direct(rows)
     if compared:
         out += ["", "Relay / direct, side by side in this invocation (ratios of the two rows at the same worker "
                 "count; workers+relay: the workers' CPU plus the relay's, over the forked workers' CPU):", ""]
         out += compared
+    return out
+
+
+def paced_model(rows: list[dict]) -> list[str]:
+    """What one Redis core feeds with the units a larger pool gets, from the rows that measured them.
+
+    A pool of W workers fills its entries of quick tasks to max(0.05 s, W x 0.4 ms) of work
+    (``d4p_hpc.mappings.dynamic.tasks.unit_seconds``): 4 s at 10,000 workers. The rows run with
+    ``--unit-seconds`` measure Redis's cost per item with such units at the worker counts this machine
+    holds; one core at that cost feeds 1e6 / (items per second a worker does x µs per item) workers."""
+    done = [r for r in rows if r["status"] == "ok" and r.get("mode", "direct") == "direct"]
+    out = []
+    for mapping in ATTR:
+        mine = [r for r in done if r["mapping"] == mapping]
+        own = [r for r in mine if not r.get("unit_seconds")]
+        longest = max((r for r in mine if r.get("unit_seconds")), default=None,
+                      key=lambda r: (r["unit_seconds"], r["workers"]))
+        if not own or longest is None:
+            continue
+        base = max((r for r in own if r["workers"] == longest["workers"]), default=max(own, key=lambda r: r["workers"]),
+                   key=lambda r: r["workers"])
+        work = f"{longest['work_ms']:g} ms per item" if longest["work_ms"] else "light PEs"
+        feeds = {name: {ms: 1e6 / (1000 / ms * r["redis_us_per_item"]) for ms in (1, 10)}
+                 for name, r in (("paced", longest), ("own", base))}
+        out.append(f"- **{mapping}, units of {longest['unit_seconds']:g} s** (a pool of "
+                   f"{longest['unit_seconds'] / COMMIT_SECONDS:,.0f} workers gets them), measured at "
+                   f"{longest['workers']} workers, {work}"
+                   f"{', fan-out ' + str(longest['fan']) if longest['fan'] else ''}: "
+                   f"Redis {longest['redis_us_per_item']:.2f} µs per item ({longest['items_per_commit']:.0f} items "
+                   f"per commit), against {base['redis_us_per_item']:.2f} ({base['items_per_commit']:.0f}) with "
+                   f"the units of {base['workers']} workers: one Redis core feeds about "
+                   f"**{feeds['paced'][1]:,.0f} workers at 1 ms** per item and {feeds['paced'][10]:,.0f} at 10 ms "
+                   f"(at the small pool's units: {feeds['own'][1]:,.0f} and {feeds['own'][10]:,.0f}).")
+    return ["**With the units a large pool gets**:", ""] + out if out else []
+
+
+def unit_ratios(rows: list[dict]) -> list[str]:
+    """Each row with longer units beside the row of the same worker count with the pool's own."""
+    out: list[str] = []
+    base = {(r["mapping"], r.get("mode", "direct"), r["workers"]): r for r in rows
+            if r["status"] == "ok" and not r.get("unit_seconds")}
+    longer = [(r, b) for r in rows if r["status"] == "ok" and r.get("unit_seconds")
+              and (b := base.get((r["mapping"], r.get("mode", "direct"), r["workers"])))]
+    if longer:
+        out += ["Longer units (`D4P_HPC_UNIT_SECONDS`, what a larger pool gets), side by side with the pool's own "
+                "at the same worker count, as ratios (longer / own):", ""]
+        for r, b in longer:
+            out.append(f"- {r['mapping']}, {r['workers']} workers, unit {r['unit_seconds']:g} s: items per commit "
+                       f"{r['items_per_commit']:.0f} / {b['items_per_commit']:.0f}, Redis CPU µs/item "
+                       f"**{r['redis_us_per_item'] / b['redis_us_per_item']:.2f}**, Redis µs/commit "
+                       f"{r['redis_us_per_commit'] / b['redis_us_per_commit']:.2f}, items/s "
+                       f"{r['items_per_second'] / b['items_per_second']:.2f}.")
     return out
 
 
@@ -689,8 +766,15 @@ def main() -> None:
                         "workers through the node's relay), or both: direct,relay (default direct)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take (default 900)")
     parser.add_argument("--quick", action="store_true", help="4 and 16 workers, 40,000 items, 60 s timeout")
+    parser.add_argument("--unit-seconds", type=parse_floats, default=[None], help="D4P_HPC_UNIT_SECONDS values, "
+                        "one row each (default: unset, the pool's own: 0.05 s up to 125 workers)")
+    parser.add_argument("--work-ms", type=float, default=0.0, help="milliseconds Light sleeps per item (default 0)")
+    parser.add_argument("--fan", type=int, default=0, help="dyn_redis only: graph_fanout, each root item "
+                        "becoming FAN items for Light (--items counts those); default 0: graph_stateless")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args()
+    if args.fan and args.mappings != "dyn_redis":
+        parser.error("--fan goes with --mappings dyn_redis")
     workers = args.workers or ([4, 16] if args.quick else [8, 32, 128])
     items = args.items or (40_000 if args.quick else 400_000)
     timeout = args.timeout or (60 if args.quick else 900)
@@ -715,12 +799,13 @@ def main() -> None:
         for mapping in mappings:
             for n in workers:
                 for mode in modes:  # the modes of a worker count one after the other: side by side
-                    print(f"  {mapping} {mode} -n {n} ...", file=sys.stderr, flush=True)
-                    with heavy_lock(n, always=len(modes) > 1):
-                        row = measure(mapping, n, items, timeout, Path(tmp), mode)
-                        row["load_after"] = round(os.getloadavg()[0], 2)
-                    rows.append(row)
-                    print("   ", row["status"], f"{row.get('wall_seconds', 0):.1f} s", file=sys.stderr, flush=True)
+                    for unit in args.unit_seconds:
+                        print(f"  {mapping} {mode} -n {n} unit {unit} ...", file=sys.stderr, flush=True)
+                        with heavy_lock(n, always=len(modes) > 1 or len(args.unit_seconds) > 1):
+                            row = measure(mapping, n, items, timeout, Path(tmp), mode, unit, args.work_ms, args.fan)
+                            row["load_after"] = round(os.getloadavg()[0], 2)
+                        rows.append(row)
+                        print("   ", row["status"], f"{row.get('wall_seconds', 0):.1f} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     print(f"Redis mappings at scale: benchmarks/graphs/light.py (dyn_redis: graph_stateless; hybrid_redis: graph), "
           f"-i {items:,}, one run per row, on {os.cpu_count()} cores; {started:%Y-%m-%d %H:%M} UTC; load average "

@@ -8,6 +8,7 @@ variable                       what it sets                                     
 ``D4P_HPC_MAX_PROCESSES``      processes ``d4p-hpc run -n`` may fork on one host         4 per core, at least 16
 ``D4P_HPC_CLAIM_IDLE``         seconds before a silent Redis worker's tasks are taken    10
 ``D4P_HPC_MAX_BACKLOG``        tasks the dynamic driver lets wait before it pauses       by workers
+``D4P_HPC_UNIT_SECONDS``       work a dynamic queue entry of quick tasks is filled to    by workers
 ``D4P_HPC_QUIET``              any value: no progress line                               unset
 ``D4P_HPC_NOFILE_LIMIT``       the open-files hard limit of the job's first node         this host's
 ``D4P_HPC_JOB_ID``             the job a run belongs to (set by the job script)          unset
@@ -37,6 +38,7 @@ PROGRESS_SECONDS = "D4P_HPC_PROGRESS_SECONDS"
 MAX_PROCESSES = "D4P_HPC_MAX_PROCESSES"
 CLAIM_IDLE = "D4P_HPC_CLAIM_IDLE"
 MAX_BACKLOG = "D4P_HPC_MAX_BACKLOG"
+UNIT_SECONDS = "D4P_HPC_UNIT_SECONDS"
 QUIET = "D4P_HPC_QUIET"
 NOFILE_LIMIT = "D4P_HPC_NOFILE_LIMIT"
 JOB_ID = "D4P_HPC_JOB_ID"
@@ -79,6 +81,14 @@ def max_backlog() -> int | None:
     return int(_within(MAX_BACKLOG, _whole(MAX_BACKLOG, 0, "4096"), 1, 10**9, "4096"))
 
 
+def unit_seconds() -> float | None:
+    """Seconds of work a dynamic queue entry of quick tasks is filled to; None: the pool's own
+    figure (:func:`~d4p_hpc.mappings.dynamic.tasks.unit_seconds`)."""
+    if not os.environ.get(UNIT_SECONDS, "").strip():
+        return None
+    return _within(UNIT_SECONDS, _number(UNIT_SECONDS, 0.0, "0.4"), 0.001, 3600, "0.4")
+
+
 def nofile_limit() -> int:
     """The open-files hard limit (``ulimit -Hn``) of the node the per-job Redis runs on, as far as
     the submit host knows: its own, unless the user says the compute nodes' differs."""
@@ -107,7 +117,7 @@ def job_id() -> str | None:
 
 def check() -> None:
     """Read every knob once: the first bad one raises its :class:`~d4p_hpc.errors.UsageError`."""
-    sample_seconds(), progress_seconds(), max_processes(), claim_idle(), max_backlog(), nofile_limit()
+    sample_seconds(), progress_seconds(), max_processes(), claim_idle(), max_backlog(), unit_seconds(), nofile_limit()
 
 
 def checkpoint_every(value: float) -> float:

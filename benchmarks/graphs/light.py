@@ -16,12 +16,16 @@ graph
 graph_stateless
     ``Numbers -> Light -> Tag -> Report``; ``Tag`` is stateless, for the dynamic mappings
     that refuse stateful PEs.
+graph_fanout
+    ``Numbers -> Fan -> Light -> Tag -> Report``: each number becomes ``$LIGHT_FAN`` (100).
 
 ``Report`` prints one line ``BENCH-RESULT {"records": R, "count": C, "sum": S}`` per
 instance in ``postprocess``; the benchmark adds these lines up and compares them with the
 ``simple`` mapping's.
 """
 import json
+import os
+import time
 
 from dispel4py.base import IterativePE, ProducerPE
 from dispel4py.core import GenericPE
@@ -46,10 +50,30 @@ class Numbers(ProducerPE):
 
 
 class Light(IterativePE):
-    """Turn a number into a ``(key, value)`` pair: next to no work."""
+    """Turn a number into a ``(key, value)`` pair: next to no work, or ``$LIGHT_WORK_MS``
+    milliseconds of sleep (a PE of known cost, for the broker's cost at that cost per item)."""
+
+    def __init__(self):
+        IterativePE.__init__(self)
+        self.work = float(os.environ.get("LIGHT_WORK_MS") or 0) / 1000
 
     def _process(self, data):
+        if self.work:
+            time.sleep(self.work)
         return data % KEYS, data
+
+
+class Fan(IterativePE):
+    """Write ``$LIGHT_FAN`` (default 100) numbers for each one: a fan-out, whose items the workers
+    queue for each other, as a run of many quick tasks does, rather than the driver."""
+
+    def __init__(self):
+        IterativePE.__init__(self)
+        self.fan = int(os.environ.get("LIGHT_FAN") or 100)
+
+    def _process(self, data):
+        for k in range(self.fan):
+            self.write("output", data * self.fan + k)
 
 
 class Tally(GenericPE):
@@ -110,3 +134,17 @@ def pipeline(work, aggregate):
 
 graph = pipeline(Light(), Tally())
 graph_stateless = pipeline(Light(), Tag())
+
+
+def _fanned():
+    numbers, fan, light, tag, report = Numbers(), Fan(), Light(), Tag(), Report()
+    workflow = WorkflowGraph()
+    workflow.connect(numbers, "output", fan, "input")
+    workflow.connect(fan, "output", light, "input")
+    workflow.connect(light, "output", tag, "input")
+    workflow.connect(tag, "output", report, "input")
+    return workflow
+
+
+#: ``Numbers -> Fan -> Light -> Tag -> Report``: ``-i N`` gives N x $LIGHT_FAN items to Light
+graph_fanout = _fanned()

@@ -29,7 +29,7 @@ from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.dynamic.loops import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop,
     died, driver_hold, final_outcome, join_workers)
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
-from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, SHARED_QUEUE, TaskRuntime, chunk, keep_notices,
+from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, SHARED_QUEUE, TaskRuntime, cut, keep_notices, pack,
     refuse_stateful)
 
 #: The run's state, by Accounting's state code
@@ -89,7 +89,8 @@ class LocalBroker:
             return []
         return [Unit(SHARED_QUEUE, pickle.loads(payload))] if payload else []
 
-    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None,
+               runtime: TaskRuntime | None = None) -> int:
         """Apply the commit to the accounting under the lock, then queue the tasks and close messages."""
         fields = commit_fields(unit, outbox, done, seconds, close, self.node_of.__getitem__, self.proc)
         with supervisor.deferred():
@@ -99,8 +100,10 @@ class LocalBroker:
                 self._wake(ended=True)
                 return self.books.backlog()
             done, busy = self.books.values[1], self.books.values[2]
-            for entry in chunk(outbox.get(SHARED_QUEUE, []), self.workers, busy / done if done else None):
-                self.queue.put(pickle.dumps(entry, protocol=5))
+            for entry in cut(outbox.get(SHARED_QUEUE, []), self.workers, self.node_of.__getitem__,
+                             runtime.costs if runtime else {}, busy / done if done else None):
+                for payload in pack(entry):
+                    self.queue.put(payload)
             for index in step.closing:
                 for proc in range(1, self.workers + 1):
                     self.ctl[proc].put(index)

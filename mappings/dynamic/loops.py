@@ -88,9 +88,11 @@ class Broker(Protocol):
         return none); never busy-waits. While ``parked``, only this worker's control units (close a
         PE, write a checkpoint part), no tasks: a parked worker must still close every PE."""
 
-    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None,
+               runtime: TaskRuntime | None = None) -> int:
         """Atomically: acknowledge ``unit`` (None: the driver's commit), queue what it wrote
-        (``outbox``, by queue), count its tasks finished per PE index (``done``, in ``seconds``) and
+        (``outbox``, by queue; its shared tasks in entries by what their PEs cost, as ``runtime``, the
+        worker's, measured), count its tasks finished per PE index (``done``, in ``seconds``) and
         the new ones, close root PE ``close``, then take the accounting's step, telling the workers
         of PEs that now close and the instances of their end of stream. A unit counts once or not at
         all. Returns the backlog (tasks and items queued and not finished); once the run has ended,
@@ -163,7 +165,7 @@ class WorkerLoop:
                     runtime.finish(runtime.owned[unit.gid])
                 else:
                     runtime.run_items(unit.gid, unit.items, self._check)
-                broker.commit(unit, runtime.take_outbox(), done, time.perf_counter() - t)
+                broker.commit(unit, runtime.take_outbox(), done, time.perf_counter() - t, runtime=runtime)
                 if broker.state() != RUNNING:
                     break
 

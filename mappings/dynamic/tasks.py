@@ -20,10 +20,13 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from d4p_hpc import settings
 from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.checkpoint import pe_state, store
 from d4p_hpc.mappings.runtime import replay
@@ -39,8 +42,19 @@ SHARED_QUEUE = -1
 #: ... and a worker's control queue: close a stateless PE (postprocess this worker's copy), write a
 #: checkpoint part. (Not the core's ``CONTROL``, which marks a control entry in a batch.)
 CONTROL_QUEUE = -2
-#: Most tasks in one queue entry.
+#: Most tasks in one queue entry while their cost is unknown; what a worker reads at once.
 ENTRY_TASKS = 128
+#: Most tasks in one queue entry of tasks measured quick: entries are filled to :func:`unit_seconds`
+#: of work, so that quick tasks cost the broker a commit per few thousand, not per 128
+#: (``benchmarks/README.md``, "Scale"), and to at most :data:`ENTRY_BYTES`.
+QUICK_ENTRY_TASKS = 4096
+#: Most bytes of one pickled queue entry (of more than one task): large items travel in small
+#: entries, so that a worker's, the queue's and Redis's memory stay bounded.
+ENTRY_BYTES = 1 << 20
+#: The Redis CPU one commit costs with its requests, about 200 µs as measured (``benchmarks/README.md``,
+#: "Scale"), over the share of one core a pool's commits may take (a half): a pool's units last at
+#: least this long per worker, so that its commits stay within that share however many there are.
+COMMIT_SECONDS = 200e-6 / 0.5
 #: A root's calls the driver makes itself, watching its state, before it spreads the others (see
 #: :mod:`~d4p_hpc.mappings.dynamic.loops`)
 PROBE_CALLS = 3
@@ -74,15 +88,48 @@ def keep_notices(plan: Plan) -> None:
                                                                               for key in keys)]
 
 
-def chunk(tasks: list, workers: int, task_seconds: float | None = None) -> list[list]:
+def unit_seconds(workers: int) -> float:
+    """The work a queue entry of quick tasks is filled to: :data:`SLOW_UNIT`, and more in a pool
+    so large that its commits would take more than their share of Redis (:data:`COMMIT_SECONDS`):
+    0.05 s up to 125 workers, 0.4 s at 1,000, 4 s at 10,000. ``$D4P_HPC_UNIT_SECONDS`` sets it: longer
+    units cost the broker less per task, and leave a stream's last tasks to fewer workers."""
+    return settings.unit_seconds() or max(SLOW_UNIT, workers * COMMIT_SECONDS)
+
+
+def chunk(tasks: list, workers: int, task_seconds: float | None = None, most: int = ENTRY_TASKS) -> list[list]:
     """Cut tasks into queue entries: at most ENTRY_TASKS each, and, for a short list, about two
     entries per worker, so that a few slow tasks still spread over the pool. Tasks known to be quick
-    (``task_seconds``, the mean measured so far) fill entries up to :data:`SLOW_UNIT` of work: each
-    entry costs the broker a commit, and a large pool would otherwise get entries of a few tasks."""
+    (``task_seconds``, the mean measured so far) fill entries up to :func:`unit_seconds` of work and
+    ``most`` tasks: each entry costs the broker a commit, and a large pool would otherwise get
+    entries of a few tasks."""
     size = max(1, min(ENTRY_TASKS, math.ceil(len(tasks) / (2 * max(1, workers)))))
     if task_seconds:
-        size = max(size, min(ENTRY_TASKS, int(SLOW_UNIT / task_seconds)))
+        size = max(size, min(most, int(unit_seconds(workers) / task_seconds)))
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
+
+
+def cut(tasks: list, workers: int, pe_of: Callable[[int], int], costs: dict[int, float],
+        fallback: float | None) -> list[list]:
+    """Queue entries of shared tasks. When a task of each of their PEs has a measured cost
+    (``costs``, seconds by PE index), entries are filled by it, up to :data:`QUICK_ENTRY_TASKS`;
+    otherwise by ``fallback`` (a cost not of their PEs: the unit that wrote them, the run's mean), up
+    to ENTRY_TASKS, since a quick PE's cost would pack thousands of a slow PE's tasks into one entry."""
+    total = 0.0
+    for task in tasks:
+        cost = costs.get(pe_of(task[0]))
+        if cost is None:
+            return chunk(tasks, workers, fallback)
+        total += cost
+    return chunk(tasks, workers, total / len(tasks) if tasks else None, QUICK_ENTRY_TASKS)
+
+
+def pack(entry: list) -> list[bytes]:
+    """Pickle one queue entry, halved until each part holds one task or fits in :data:`ENTRY_BYTES`."""
+    payload = pickle.dumps(entry, protocol=5)
+    if len(payload) <= ENTRY_BYTES or len(entry) == 1:
+        return [payload]
+    half = len(entry) // 2
+    return pack(entry[:half]) + pack(entry[half:])
 
 
 def truncate_parts(results: Path, sizes: dict[str, int]) -> int:
@@ -141,6 +188,10 @@ class TaskRuntime(Runtime):
         self.restored = restored
         #: the state of each spread root's copy here (by PE index), which its calls must leave as it is
         self._root_states: dict[int, bytes | None] = {}
+        #: seconds a queued task of each PE (by index) took here, with what it ran at once: its last unit's mean
+        self.costs: dict[int, float] = {}
+        #: the last unit's tasks and seconds by PE index, for the pool's figures
+        self.spent: dict[int, list] = {}
 
     # --- hosting ---------------------------------------------------------------------------------
     def copy_of(self, index: int) -> Instance:
@@ -195,11 +246,13 @@ class TaskRuntime(Runtime):
         """Run a unit of tasks, calling ``check`` (which raises to stop) before each;
         return ``{PE index: tasks finished}`` for the accounting."""
         done: dict[int, int] = {}
+        spent: dict[int, float] = {}
         roots: dict[int, Instance] = {}
         for gid, input_name, data in tasks:
             check()
             index = self.node_of[gid].index
             inst = self.copy_of(index)
+            started = time.perf_counter()
             if input_name is ROOT_CALL:
                 if index not in self._root_states:
                     self._root_states[index] = pe_state.fingerprint(inst.pe)
@@ -207,9 +260,12 @@ class TaskRuntime(Runtime):
                 self._process(inst, data)
             else:
                 self._process(inst, {input_name: data})
+            spent[index] = spent.get(index, 0.0) + time.perf_counter() - started
             done[index] = done.get(index, 0) + 1
         for index, inst in roots.items():
             self._unchanged(index, inst)
+        self.costs.update((index, seconds / done[index]) for index, seconds in spent.items())
+        self.spent = {index: [done[index], seconds] for index, seconds in spent.items()}
         return done
 
     def _unchanged(self, index: int, inst: Instance) -> None:

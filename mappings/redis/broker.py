@@ -38,9 +38,9 @@ from d4p_hpc import settings
 from d4p_hpc.mappings.dynamic.autoscale import TICK
 from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, Unit
 from d4p_hpc.mappings.dynamic.accounting import commit_fields
-from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime, chunk,
-                                            truncate_parts)
-from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, stateful_gids, stop_run
+from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime, cut,
+                                            pack, truncate_parts)
+from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, pe_costs, stateful_gids, stop_run
 
 #: Heartbeats per claim idle time (the liveness key's time to live): three can be missed.
 BEATS = 4
@@ -113,24 +113,35 @@ class RedisBroker:
         #: a task's cost as last measured or read (see _task_seconds), and when the driver reads it next
         self._cost: float | None = None
         self._cost_read = 0.0
+        #: what a task of each PE (by index) cost over the pool, as last read (the heartbeat; the driver's
+        #: _task_seconds)
+        self._pe_costs: dict[int, float] = {}
 
     # --- both sides ------------------------------------------------------------------------------
-    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None) -> int:
+    def commit(self, unit: Unit | None, outbox: dict, done: dict, seconds: float, close: int | None = None,
+               runtime: TaskRuntime | None = None) -> int:
         """Run :data:`~d4p_hpc.mappings.redis.keys.COMMIT`, with the sizes of this worker's parts."""
         node_of = self.runtime.node_of
         fields = commit_fields(unit, outbox, done, seconds, close, lambda gid: node_of[gid].index, self.proc)
         streams, payloads = [], []
         cost = self._task_seconds(unit, done, seconds)
+        # what a task of each PE cost: here, as last measured, else over the pool
+        costs = {**self._pe_costs, **runtime.costs} if runtime else self._pe_costs
         for target, items in outbox.items():
-            entries = chunk(items, self.workers, cost) if target == SHARED_QUEUE else \
-                [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
+            if target == SHARED_QUEUE:
+                entries = cut(items, self.workers, lambda gid: node_of[gid].index, costs, cost)
+            else:
+                entries = [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
             for entry in entries:
-                streams.append(self.keys.stream(target))
-                payloads.append(pickle.dumps(entry, protocol=5))
+                for payload in pack(entry):
+                    streams.append(self.keys.stream(target))
+                    payloads.append(payload)
         sizes = self.runtime.sink.sizes() if self.proc else {}
         fields.update(prefix=self.keys.prefix, entries=streams, sizes=sizes)
         if unit is not None:
             fields.update(stream=self.keys.stream(unit.gid, self.proc), ref=unit.ref)
+            if runtime and unit.gid == SHARED_QUEUE:
+                fields.update(spent=runtime.spent)
         status, backlog, *completed = self._commit(args=[json.dumps(fields), *payloads])
         if status == 1:
             self.sizes.update(sizes)
@@ -160,8 +171,10 @@ class RedisBroker:
         now = time.monotonic()
         if now >= self._cost_read:
             self._cost_read = now + TICK
-            tasks, busy = self.client.hmget(self.keys.work, "tasks", "busy")
+            work = self.client.hgetall(self.keys.work)
+            tasks, busy = work.get(b"tasks"), work.get(b"busy")
             self._cost = float(busy) / int(tasks) if tasks and int(tasks) and busy else None
+            self._pe_costs = pe_costs(work)
         return self._cost
 
     def fresh_state(self) -> str:
@@ -194,8 +207,10 @@ class RedisBroker:
             pipe.set(self.keys.alive(self.proc), 1, px=int(self.idle * 1000))
             pipe.get(self.keys.state)
             pipe.get(self.keys.active)
-            _, state, active = pipe.execute()
+            pipe.hgetall(self.keys.work)
+            _, state, active, work = pipe.execute()
         self._state = state.decode() if state else "GONE"
+        self._pe_costs = pe_costs(work)
         parked = not self._active
         self._active = self._member(active)
         if parked and self._active:  # the main loop may block for a while on its control stream alone

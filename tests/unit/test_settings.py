@@ -14,7 +14,8 @@ KNOBS = [(settings.SAMPLE_SECONDS, settings.sample_seconds, 1.0, "0.2", 0.2),
          (settings.PROGRESS_SECONDS, settings.progress_seconds, 30.0, "0.5", 0.5),
          (settings.CLAIM_IDLE, settings.claim_idle, 10.0, "1.5", 1.5),
          (settings.MAX_PROCESSES, settings.max_processes, None, "64", 64),
-         (settings.MAX_BACKLOG, settings.max_backlog, None, "2000", 2000)]
+         (settings.MAX_BACKLOG, settings.max_backlog, None, "2000", 2000),
+         (settings.UNIT_SECONDS, settings.unit_seconds, None, "0.4", 0.4)]
 
 
 @pytest.fixture(autouse=True)
