@@ -23,6 +23,21 @@ def become_subreaper():
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def stat_fields(pid):
+    """The fields of ``/proc/PID/stat`` after the command name (state first), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # the command name in brackets may hold spaces: the fields after it are fixed
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_seconds(fields):
+    """User + system CPU seconds in ``stat_fields`` (all threads)."""
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def scan():
     """Return ``pid -> (parent pid, CPU seconds used)`` for every process.
 
@@ -31,16 +46,8 @@ def scan():
     """
     processes = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                # the command name in brackets may hold spaces: the fields after it are fixed
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-        processes[int(entry)] = (int(fields[1]), cpu)
+        if entry.isdigit() and (fields := stat_fields(entry)) is not None:
+            processes[int(entry)] = (int(fields[1]), cpu_seconds(fields))
     return processes
 
 

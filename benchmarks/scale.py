@@ -124,7 +124,7 @@ from d4p_hpc.results import Layout
 from d4p_hpc.supervisor import SAFE_MODULE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitor import CLOCK_TICKS, become_subreaper, descendants, scan  # noqa: E402
+from monitor import become_subreaper, cpu_seconds, descendants, scan, stat_fields  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LIGHT = HERE / "graphs" / "light.py"
@@ -243,21 +243,14 @@ def relays(connection: Path) -> list[int]:
 def started_at(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot): tells it from a later process or thread
     given the same number (pids wrap at 32,768 here, and a thread's id opens ``/proc/ID`` too)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def proc_cpu(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` (all its threads), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    fields = stat_fields(pid)
+    return cpu_seconds(fields) if fields else None
 
 
 def proc_switches(pid: int) -> tuple[int, int]:
@@ -539,8 +532,11 @@ def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path, m
         after = counters(client)
         reap_orphans({server.process.pid})
     row = {**key, "whole_command_seconds": round(whole, 2)}
-    if run.returncode != 0:
-        return {**row, "status": f"exit {run.returncode}", "tail": output[-2000:]}
+    if run.returncode != 0:  # its results (logs) outlive the temporary folder, to say why
+        kept = Path(tempfile.mkdtemp(prefix=f"d4p-scale-failed-{results.name}-"))
+        shutil.copytree(results, kept, dirs_exist_ok=True, ignore=shutil.ignore_patterns("redis.json"))
+        print(f"    {results.name} failed: its results are kept in {kept}", file=sys.stderr, flush=True)
+        return {**row, "status": f"exit {run.returncode}", "tail": output[-2000:], "kept": str(kept)}
     metrics = json.loads((results / "metrics.json").read_text())
     status = check(metrics, mapping, items, fan)
     if relay and status == "ok":

@@ -150,6 +150,8 @@ class RelayClient:
         self.conn = conn
         self._pipe: Pipe | None = None
         self._lock = threading.Lock()
+        #: how long an answer may take besides a blocking read's own wait: a relay silent that long is lost
+        self._patience = settings.claim_idle() + REPLY_SLACK
 
     def _connect(self) -> Pipe:
         redis = import_redis()
@@ -179,7 +181,7 @@ class RelayClient:
                 if self._pipe is None:
                     self._pipe = self._connect()
                 self._pipe.send(request)
-                if not self._pipe.poll(wait + settings.claim_idle() + REPLY_SLACK):
+                if not self._pipe.poll(wait + self._patience):
                     raise redis.TimeoutError(f"the relay at {self.conn.relay} gave no answer")
                 ok, value = self._pipe.recv()
             except (OSError, EOFError) as exc:

@@ -35,35 +35,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from helpers.dynamic import SLOW_GRAPH, write_graph
 from helpers.runs import cli, d4p_hpc_cmd, explain, kill_group, processes_mentioning, wait_for
-
-#: a graph whose run lasts a second per item: with -i 60, far longer than the checks of a run
-SLOW_GRAPH = '''"""Test graph: numbers 1..N, each held a second."""
-import time
-
-from dispel4py.base import IterativePE, ProducerPE
-from dispel4py.workflow_graph import WorkflowGraph
-
-
-class Numbers(ProducerPE):
-    def __init__(self):
-        ProducerPE.__init__(self)
-        self.k = 0
-
-    def _process(self, inputs):
-        self.k += 1
-        return self.k
-
-
-class Slow(IterativePE):
-    def _process(self, n):
-        time.sleep(1.0)
-        return n
-
-
-graph = WorkflowGraph()
-graph.connect(Numbers(), "output", Slow(), "input")
-'''
 
 AT_ONCE = 3  # submits at a time; the first AT_ONCE are left alone, to measure how long a submit takes
 TIMED = 12  # submits interrupted at delays spread over that time
@@ -167,8 +140,8 @@ def interrupted_submit(graph: Path, root: Path, work: Path, delay: float | None,
 def test_ctrl_c_during_submit_never_leaves_a_job_that_cannot_be_found_or_cancelled(isolated_config, tmp_path,
                                                                                      monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # this test's own index of jobs
-    graph = tmp_path / "slow.py"
-    graph.write_text(SLOW_GRAPH)
+    monkeypatch.setenv("SLOW_DELAY", "1.0")  # a second per item: with -i 60, far longer than the checks of a run
+    graph = write_graph(tmp_path, SLOW_GRAPH, "slow.py")
     roots = [tmp_path / "results" / f"run{k:02d}" for k in range(AT_ONCE + TIMED + len(AT_START))]
     # A child started with SIGINT ignored keeps it ignored (so does a pytest started in the background):
     # SIGINT is given a handler here, which a child's exec resets to the default, rather than a
