@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, SHARED_QUEUE
+from d4p_hpc.mappings.dynamic.tasks import CONTROL_QUEUE, RETURNED, SHARED_QUEUE
 from d4p_hpc.mappings.runtime.plan import Plan
 
 
@@ -185,6 +185,8 @@ def commit_fields(unit: Any, outbox: dict, done: dict[int, int], seconds: float,
     if unit is not None and unit.gid >= 0 and not unit.eos:
         items[unit.gid] = -len(unit.items)
     for target, queued in outbox.items():
+        if target == RETURNED:  # still queued: neither finished nor new
+            continue
         if target == SHARED_QUEUE:
             for gid, _input, _data in queued:
                 index = pe_of(gid)

@@ -42,6 +42,9 @@ SHARED_QUEUE = -1
 #: ... and a worker's control queue: close a stateless PE (postprocess this worker's copy), write a
 #: checkpoint part. (Not the core's ``CONTROL``, which marks a control entry in a batch.)
 CONTROL_QUEUE = -2
+#: An outbox key, not a queue: tasks of a unit handed back unrun (see TaskRuntime.run_tasks), which go
+#: to the shared queue again and stay counted as queued, not as new or finished
+RETURNED = -3
 #: Most tasks in one queue entry while their cost is unknown; what a worker reads at once.
 ENTRY_TASKS = 128
 #: Most tasks in one queue entry of tasks measured quick: entries are filled to :func:`unit_seconds`
@@ -190,8 +193,8 @@ class TaskRuntime(Runtime):
         self._root_states: dict[int, bytes | None] = {}
         #: seconds a queued task of each PE (by index) took here, with what it ran at once: its last unit's mean
         self.costs: dict[int, float] = {}
-        #: the last unit's tasks and seconds by PE index, for the pool's figures
-        self.spent: dict[int, list] = {}
+        #: the same, of the last unit's PEs only (the pool's figures: the last unit committed wins)
+        self.unit_costs: dict[int, float] = {}
 
     # --- hosting ---------------------------------------------------------------------------------
     def copy_of(self, index: int) -> Instance:
@@ -244,11 +247,21 @@ class TaskRuntime(Runtime):
     # --- units -----------------------------------------------------------------------------------
     def run_tasks(self, tasks: list, check: Callable[[], None]) -> dict[int, int]:
         """Run a unit of tasks, calling ``check`` (which raises to stop) before each;
-        return ``{PE index: tasks finished}`` for the accounting."""
+        return ``{PE index: tasks finished}`` for the accounting.
+
+        An entry is filled by a cost measured earlier, which may be out of date (a stream that turns
+        slow), or by none: once a unit has taken twice the work an entry is filled to, its tasks not
+        yet run are handed back (``RETURNED`` in the outbox), to be shared out again in entries of an
+        unknown cost's size, rather than kept by one worker while others wait."""
         done: dict[int, int] = {}
         spent: dict[int, float] = {}
         roots: dict[int, Instance] = {}
-        for gid, input_name, data in tasks:
+        budget = 2 * unit_seconds(self.plan.processes)
+        began = time.perf_counter()
+        for k, (gid, input_name, data) in enumerate(tasks):
+            if time.perf_counter() - began > budget:
+                self.unsent[RETURNED] = tasks[k:]
+                break
             check()
             index = self.node_of[gid].index
             inst = self.copy_of(index)
@@ -264,8 +277,8 @@ class TaskRuntime(Runtime):
             done[index] = done.get(index, 0) + 1
         for index, inst in roots.items():
             self._unchanged(index, inst)
-        self.costs.update((index, seconds / done[index]) for index, seconds in spent.items())
-        self.spent = {index: [done[index], seconds] for index, seconds in spent.items()}
+        self.unit_costs = {index: seconds / done[index] for index, seconds in spent.items()}
+        self.costs.update(self.unit_costs)
         return done
 
     def _unchanged(self, index: int, inst: Instance) -> None:

@@ -38,8 +38,8 @@ from d4p_hpc import settings
 from d4p_hpc.mappings.dynamic.autoscale import TICK
 from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, Unit
 from d4p_hpc.mappings.dynamic.accounting import commit_fields
-from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, ENTRY_TASKS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime, cut,
-                                            pack, truncate_parts)
+from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, ENTRY_TASKS, RETURNED, SHARED_QUEUE, SLOW_UNIT, TaskRuntime,
+                                            chunk, cut, pack, truncate_parts)
 from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, pe_costs, stateful_gids, stop_run
 
 #: Heartbeats per claim idle time (the liveness key's time to live): three can be missed.
@@ -130,6 +130,8 @@ class RedisBroker:
         for target, items in outbox.items():
             if target == SHARED_QUEUE:
                 entries = cut(items, self.workers, lambda gid: node_of[gid].index, costs, cost)
+            elif target == RETURNED:  # their cost proved out of date: as if unknown
+                target, entries = SHARED_QUEUE, chunk(items, self.workers)
             else:
                 entries = [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
             for entry in entries:
@@ -141,7 +143,7 @@ class RedisBroker:
         if unit is not None:
             fields.update(stream=self.keys.stream(unit.gid, self.proc), ref=unit.ref)
             if runtime and unit.gid == SHARED_QUEUE:
-                fields.update(spent=runtime.spent)
+                fields.update(costs=runtime.unit_costs)
         status, backlog, *completed = self._commit(args=[json.dumps(fields), *payloads])
         if status == 1:
             self.sizes.update(sizes)

@@ -40,7 +40,7 @@ class Keys:
     state: str  # RUNNING, COMPLETED, FAILED or CANCELLED
     error: str  # the first error (JSON)
     sizes: str  # part file -> bytes written by acknowledged units
-    work: str  # tasks done, busy seconds (autoscaling), backlog (queued, unfinished); n:<PE>, busy:<PE> (entry sizes)
+    work: str  # tasks done, busy seconds (autoscaling), backlog (queued, unfinished); c:<PE> (entry sizes)
     redeliveries: str  # entries taken over from dead workers
     taken: str  # worker number -> 1 once another worker took entries over from it (its unit was redone)
     procs: str  # the last worker number given out
@@ -98,11 +98,8 @@ if a.done ~= 0 then
   redis.call('HINCRBY', p..'work', 'tasks', a.done)
   redis.call('HINCRBYFLOAT', p..'work', 'busy', a.busy)
 end
-if a.spent then
-  for pe, v in pairs(a.spent) do
-    redis.call('HINCRBY', p..'work', 'n:'..pe, v[1])
-    redis.call('HINCRBYFLOAT', p..'work', 'busy:'..pe, v[2])
-  end
+if a.costs then
+  for pe, seconds in pairs(a.costs) do redis.call('HSET', p..'work', 'c:'..pe, seconds) end
 end
 if a.close then redis.call('HSET', p..'done', a.close, 1) end
 if a.finished then redis.call('HSET', p..'idone', a.finished, 1) end
@@ -225,10 +222,7 @@ def forget(client, keys: Keys) -> None:
 
 
 def pe_costs(work: dict) -> dict[int, float]:
-    """What a task of each PE (by index) cost over the pool: ``busy:I`` over ``n:I`` of the ``work``
-    hash as read (``HGETALL``), which :data:`COMMIT` adds each shared unit's figures to."""
-    costs = {}
-    for key, value in work.items():
-        if key.startswith(b"n:") and int(value) > 0 and (busy := work.get(b"busy:" + key[2:])) is not None:
-            costs[int(key[2:])] = float(busy) / int(value)
-    return costs
+    """What a task of each PE (by index) cost in the last unit of it committed in the pool: ``c:I`` of
+    the ``work`` hash as read (``HGETALL``), which :data:`COMMIT` sets. The last, not the mean over the
+    run: a stream that turns slow must be seen as slow at once."""
+    return {int(key[2:]): float(value) for key, value in work.items() if key.startswith(b"c:")}

@@ -71,6 +71,5 @@ def test_entries_are_filled_past_128_only_by_what_their_own_pes_cost():
 
 
 def test_the_pools_costs_per_pe_are_read_from_the_work_hash():
-    work = {b"tasks": b"12", b"busy": b"3.0", b"n:1": b"10", b"busy:1": b"0.5", b"n:2": b"2",
-            b"busy:2": b"2.5", b"n:3": b"0", b"busy:3": b"0.0", b"n:4": b"5"}
-    assert pe_costs(work) == {1: 0.05, 2: 1.25}
+    work = {b"tasks": b"12", b"busy": b"3.0", b"backlog": b"7", b"c:1": b"0.05", b"c:12": b"1.25"}
+    assert pe_costs(work) == {1: 0.05, 12: 1.25}
