@@ -61,6 +61,10 @@ COMMIT_SECONDS = 200e-6 / 0.5
 #: A root's calls the driver makes itself, watching its state, before it spreads the others (see
 #: :mod:`~d4p_hpc.mappings.dynamic.loops`)
 PROBE_CALLS = 3
+#: A unit that has run this long, and twice the work its entry was filled to, hands back the tasks
+#: it has not run (see TaskRuntime.run_tasks): a shorter one is not worth a second commit (128 tasks
+#: of unknown cost, 1 ms each, would otherwise be cut in two)
+SPLIT_AFTER = 1.0
 #: A unit (an entry's tasks) that takes longer is slow: slow tasks travel in small entries, so that
 #: they spread over the pool, and workers read one entry at a time.
 SLOW_UNIT = 0.05
@@ -250,13 +254,14 @@ class TaskRuntime(Runtime):
         return ``{PE index: tasks finished}`` for the accounting.
 
         An entry is filled by a cost measured earlier, which may be out of date (a stream that turns
-        slow), or by none: once a unit has taken twice the work an entry is filled to, its tasks not
-        yet run are handed back (``RETURNED`` in the outbox), to be shared out again in entries of an
-        unknown cost's size, rather than kept by one worker while others wait."""
+        slow), or by none: once a unit has taken twice the work an entry is filled to, and at least
+        :data:`SPLIT_AFTER`, its tasks not yet run are handed back (``RETURNED`` in the outbox), to be
+        shared out again in entries of an unknown cost's size, rather than kept by one worker while
+        others wait."""
         done: dict[int, int] = {}
         spent: dict[int, float] = {}
         roots: dict[int, Instance] = {}
-        budget = 2 * unit_seconds(self.plan.processes)
+        budget = max(2 * unit_seconds(self.plan.processes), SPLIT_AFTER)
         began = time.perf_counter()
         for k, (gid, input_name, data) in enumerate(tasks):
             if time.perf_counter() - began > budget:

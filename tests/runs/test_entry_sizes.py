@@ -15,26 +15,14 @@ from collections import Counter
 
 import pytest
 
-from helpers.dynamic import needs_redis, write_graph
+from helpers.dynamic import GRAPH_HEADER, needs_redis, write_graph
 from helpers.runs import cli, explain, raw_items
 
 QUICK = 100_000
 SLOW = 200
 
 #: Numbers -> Turn: instant up to item QUICK, then 20 ms each, writing (n, the pid of the worker that ran it)
-TURN_GRAPH = f'''
-import os, time
-from dispel4py.base import ProducerPE, IterativePE
-from dispel4py.workflow_graph import WorkflowGraph
-
-class Numbers(ProducerPE):
-    def __init__(self):
-        ProducerPE.__init__(self)
-        self.n = 0
-    def _process(self, inputs):
-        self.n += 1
-        return self.n
-
+TURN_GRAPH = GRAPH_HEADER + f'''
 class Turn(IterativePE):
     def _process(self, n):
         if n <= {QUICK}:
