@@ -69,8 +69,9 @@ class Keys:
 
 #: :class:`~d4p_hpc.mappings.dynamic.accounting.Accounting` in Redis. ARGV[1]: JSON of
 #: :func:`~d4p_hpc.mappings.dynamic.accounting.commit_fields` plus ``prefix``, the unit's
-#: ``stream`` and ``ref`` (absent for the driver), ``sizes`` (part file -> acknowledged bytes) and
-#: ``entries`` (stream suffixes); ARGV[1 + k] is the payload of ``entries[k]``. Returns
+#: ``stream`` and ``ref`` (absent for the driver), ``sizes`` (part file -> acknowledged bytes),
+#: ``costs`` (a shared unit's seconds per task, by PE) and ``entries`` (stream suffixes);
+#: ARGV[1 + k] is the payload of ``entries[k]``. Returns
 #: {1, backlog, completed}, {0, 0} if another worker committed the unit first, {2, 0} if the run has ended.
 COMMIT = r"""
 local a = cjson.decode(ARGV[1])
