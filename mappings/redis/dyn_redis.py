@@ -126,11 +126,15 @@ class RedisDriverBroker(RedisBroker):
         return workers
 
     def dead_owner(self) -> tuple[int, int, str] | None:
-        """(gid, proc, host) of a stateful instance not finished whose worker has no heartbeat, if any."""
+        """(gid, proc, host) of a stateful instance not finished whose worker has no heartbeat, if any,
+        while the run goes on. Its end is read again after the heartbeat: a run that completed since the
+        first read lets its workers leave, and their heartbeats go with them (a 128-worker run under load
+        was failed so, its every item through)."""
         owners = {int(g): int(p) for g, p in self.client.hgetall(self.keys.owners).items()}
         finished = {int(g) for g in self.client.hkeys(self.keys.idone)}
         for gid, proc in sorted(owners.items()):
-            if gid not in finished and not self.client.exists(self.keys.alive(proc)):
+            if gid not in finished and not self.client.exists(self.keys.alive(proc)) and \
+                    not self.client.hexists(self.keys.idone, gid) and self.fresh_state() == RUNNING:
                 try:
                     host = str(json.loads(self.client.hget(self.keys.workers, proc) or "{}").get("host") or "?")
                 except (ValueError, AttributeError):
@@ -314,10 +318,10 @@ def _driver(ctx: RunContext, sink: Sink, broker: RedisDriverBroker, scaler: Auto
             node = runtime.node_of[gid]
             again = "resume the run from its last checkpoint (d4p-hpc resume, or run --resume)" if ctx.checkpoints \
                 else "rerun the workflow (with --checkpoint-every, a rerun could resume instead)"
-            broker.stop("FAILED", {"pe": node.key, "process": proc, "traceback":
-                                   f"worker {proc} on {host}, host of instance {gid - node.first_gid} of stateful PE "
-                                   f"{node.key}, died; its state is lost: {again}"})
-            raise Aborted()
+            if broker.stop("FAILED", {"pe": node.key, "process": proc, "traceback":
+                                      f"worker {proc} on {host}, host of instance {gid - node.first_gid} of stateful "
+                                      f"PE {node.key}, died; its state is lost: {again}"}):
+                raise Aborted()
         if not told and not children and time.monotonic() - started > NO_WORKER_NOTICE and \
                 not broker.live_workers():
             told.append(True)

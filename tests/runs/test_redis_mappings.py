@@ -274,6 +274,33 @@ def test_heartbeat_hears_the_pool_and_the_end_without_polling(tmp_path):
         client.close()
 
 
+def test_a_host_that_left_a_completed_run_is_no_dead_owner(tmp_path):
+    """The driver looks for hosts of unfinished stateful instances without a heartbeat. Between its read
+    of the finished instances and its look at a host's heartbeat, the run may complete and its workers
+    leave: a 128-worker run under load was failed so, every item through. A host is dead only while its
+    instance is unfinished when its heartbeat is found gone, and the run goes on."""
+    from d4p_hpc.workflow.loader import load_graph
+    from d4p_hpc.mappings.runtime.plan import build_plan
+    from d4p_hpc.mappings.redis.dyn_redis import RedisDriverBroker
+    from d4p_hpc.mappings.redis.keys import publish
+
+    plan = build_plan(load_graph(str(EXAMPLES / CASES["word_count"][0])), 3)
+    with RedisServer() as conn:
+        client = conn.client()
+        keys = publish(client, "owners", plan, {})
+        broker = RedisDriverBroker(conn, keys, 0, 3, 10.0)
+        client.hset(keys.workers, "2", json.dumps({"host": "node7", "pid": 1}))
+        client.hset(keys.owners, "5", "2")  # worker 2 hosts instance 5, and has no heartbeat
+        assert broker.dead_owner() == (5, 2, "node7")
+        client.hset(keys.idone, "5", 1)  # finished just after the driver read what had
+        assert broker.dead_owner() is None
+        client.hdel(keys.idone, "5")
+        client.set(keys.state, "COMPLETED")  # the run completed, its workers left
+        assert broker.dead_owner() is None
+        broker.client.close()
+        client.close()
+
+
 def test_slow_pe_keeps_its_tasks_and_does_not_end_the_run(tmp_path):
     """2 s per item with a 0.5 s claim idle time: heartbeats keep the tasks; no idle timeout ends the run."""
     graph = write_graph(tmp_path, SLOW_GRAPH)
