@@ -122,29 +122,16 @@ class Report(GenericPE):
         print("BENCH-RESULT " + json.dumps(result), flush=True)
 
 
-def pipeline(work, aggregate):
-    """Connect ``Numbers -> work -> aggregate -> Report`` into a new graph."""
-    numbers, report = Numbers(), Report()
+def pipeline(*middle):
+    """Connect ``Numbers -> middle... -> Report`` into a new graph."""
+    pes = [Numbers(), *middle, Report()]
     workflow = WorkflowGraph()
-    workflow.connect(numbers, "output", work, "input")
-    workflow.connect(work, "output", aggregate, "input")
-    workflow.connect(aggregate, "output", report, "input")
+    for upstream, downstream in zip(pes, pes[1:], strict=False):
+        workflow.connect(upstream, "output", downstream, "input")
     return workflow
 
 
 graph = pipeline(Light(), Tally())
 graph_stateless = pipeline(Light(), Tag())
-
-
-def _fanned():
-    numbers, fan, light, tag, report = Numbers(), Fan(), Light(), Tag(), Report()
-    workflow = WorkflowGraph()
-    workflow.connect(numbers, "output", fan, "input")
-    workflow.connect(fan, "output", light, "input")
-    workflow.connect(light, "output", tag, "input")
-    workflow.connect(tag, "output", report, "input")
-    return workflow
-
-
 #: ``Numbers -> Fan -> Light -> Tag -> Report``: ``-i N`` gives N x $LIGHT_FAN items to Light
-graph_fanout = _fanned()
+graph_fanout = pipeline(Fan(), Light(), Tag())
