@@ -166,7 +166,8 @@ class TestStartErrors:
         path = Layout(tmp_path).redis
         server = RedisServer(tmp_path)
         server.start()
-        [janitor] = set(_janitors()) - {server.pid}
+        # forked as start() returns: it is in a session of its own a moment later
+        [janitor] = wait_for(lambda: set(_janitors()) - {server.pid}, timeout=10)
         os.kill(janitor, signal.SIGSTOP)
         try:
             freed = os.stat(path).st_ino
