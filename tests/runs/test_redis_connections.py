@@ -147,17 +147,14 @@ def test_submit_refuses_a_job_whose_first_node_cannot_hold_its_connections(isola
         explain(bad)
 
 
-def test_a_jobs_workers_that_fit_connect_directly_within_their_budget(isolated_config):
-    """Where the node holds them (no ``ulimit`` here), a job's 16 workers connect to Redis themselves,
-    3 each: ``INFO clients`` never counts more than theirs and the driver's and wrapper's, 51 (a worker
-    that also kept the connection it first checked Redis with held 4: 63 were counted, at ``maxclients``)."""
-    workers = 16
-    graph = write_graph(isolated_config, SLOW)
+def _clients_of_a_local_job(cwd, graph, workers: int, *options: str) -> tuple[int, list[int], Path]:
+    """Submit ``graph`` under dyn_redis, ``workers`` tasks on the local scheduler, and wait for it to
+    succeed; its Redis's ``maxclients``, its ``INFO clients`` counts sampled meanwhile, its results."""
     job = subprocess.Popen([*d4p_hpc_cmd(), "submit", str(graph), "-m", "dyn_redis", "--tasks-per-node",
-                            str(workers), "-i", "40", "--scheduler", "local", "--wait"], cwd=isolated_config,
+                            str(workers), "-i", "40", "--scheduler", "local", *options, "--wait"], cwd=cwd,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        root = isolated_config / "d4p-results"
+        root = cwd / "d4p-results"
         directory = wait_for(lambda: next((p for p in root.iterdir() if not p.is_symlink()), None)
                              if root.exists() else None)
         maxclients, counts = clients_while(job, directory)
@@ -167,6 +164,16 @@ def test_a_jobs_workers_that_fit_connect_directly_within_their_budget(isolated_c
             job.kill()
             job.communicate()
     assert job.returncode == 0, out + err
+    return maxclients, counts, directory
+
+
+def test_a_jobs_workers_that_fit_connect_directly_within_their_budget(isolated_config):
+    """Where the node holds them (no ``ulimit`` here), a job's 16 workers connect to Redis themselves,
+    3 each: ``INFO clients`` never counts more than theirs and the driver's and wrapper's, 51 (a worker
+    that also kept the connection it first checked Redis with held 4: 63 were counted, at ``maxclients``)."""
+    workers = 16
+    graph = write_graph(isolated_config, SLOW)
+    maxclients, counts, _directory = _clients_of_a_local_job(isolated_config, graph, workers)
     assert maxclients == connections(workers) == WORKER_CONNECTIONS * workers + OTHER_CONNECTIONS
     # the workers' 3 each, the driver's two and the Redis wrapper's one (OTHER_CONNECTIONS's first three)
     assert counts and max(counts) <= WORKER_CONNECTIONS * workers + 3, counts
@@ -181,20 +188,8 @@ def test_a_jobs_workers_beyond_what_their_own_connections_would_fit_complete_thr
     workers, limit = 12, 64
     assert files_needed(workers) > limit >= files_needed(workers, 1)
     graph = write_graph(isolated_config, SLOW)
-    job = subprocess.Popen([*d4p_hpc_cmd(), "submit", str(graph), "-m", "dyn_redis", "--tasks-per-node",
-                            str(workers), "-i", "40", "--scheduler", "local", "--setup", f"ulimit -n {limit}",
-                            "--wait"], cwd=isolated_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        root = isolated_config / "d4p-results"
-        directory = wait_for(lambda: next((p for p in root.iterdir() if not p.is_symlink()), None)
-                             if root.exists() else None)
-        maxclients, counts = clients_while(job, directory)
-        out, err = job.communicate(timeout=180)
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.communicate()
-    assert job.returncode == 0, out + err
+    maxclients, counts, directory = _clients_of_a_local_job(isolated_config, graph, workers, "--setup",
+                                                            f"ulimit -n {limit}")
     assert maxclients == connections(workers, 1) == RELAY_CONNECTIONS + OTHER_CONNECTIONS
     assert counts and max(counts) <= maxclients < WORKER_CONNECTIONS * workers, counts
     run_simple(graph, 40, isolated_config / "simple")
