@@ -144,6 +144,9 @@ class Mapping:
     states: str = "worker"
     #: what it needs where it runs (see :meth:`check`)
     needs: tuple[Need, ...] = ()
+    #: a root gets the instances it asks for, its calls spread over them once it is found stateless
+    #: (:mod:`~d4p_hpc.mappings.runtime.spread`); the dynamic mappings spread them over the workers
+    roots_spread: bool = False
 
     def load(self) -> ModuleType:
         """Import the module that runs it (mpi4py or redis come with it)."""
@@ -223,8 +226,8 @@ def budget(workers: int, nodes: int | None = None) -> str:
 
 MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
     Mapping("simple", "static.simple", "single", forks=False, states="instance"),
-    Mapping("multi", "static.multi", "single", states="instance"),
-    Mapping("mpi", "static.mpi", "mpi", states="instance", needs=(MPI4PY, MPI_LAUNCHER)),
+    Mapping("multi", "static.multi", "single", states="instance", roots_spread=True),
+    Mapping("mpi", "static.mpi", "mpi", states="instance", needs=(MPI4PY, MPI_LAUNCHER), roots_spread=True),
     Mapping("dyn_multi", "dynamic.dyn_multi", "single"),
     Mapping("dyn_auto_multi", "dynamic.dyn_multi", "single"),
     *(Mapping(name, module, "redis", needs=(REDIS_PY, REDIS_BINARY, WORKER_LAUNCHER)) for name, module in (

@@ -24,6 +24,11 @@ graph
     sleeps, about 14 s for 100 calls when the calls run one after another, as they do
     wherever the producer is one process; a mapping that spreads the producer's calls over its
     workers can overlap them.
+
+``SKEWED_INSTANCES=K`` makes the producer ask for K instances (``numprocesses``), over which
+``multi`` and ``mpi`` spread its calls (d4p-hpc only: the reference gives a root one process)::
+
+    SKEWED_INSTANCES=3 d4p-hpc run benchmarks/graphs/skewed.py --attr graph -m multi -n 5 -i 100
 """
 import os
 import random
@@ -57,6 +62,7 @@ class Skewed(ProducerPE):  # noqa: F821 (defined by light.py, above)
 def skewed_pipeline():
     """``Skewed -> Light -> Tag -> Report``: light.py's stateless pipeline after the skewed producer."""
     producer, light, tag, report = Skewed(), Light(), Tag(), Report()  # noqa: F821
+    producer.numprocesses = int(os.environ.get("SKEWED_INSTANCES") or 1)
     workflow = WorkflowGraph()  # noqa: F821
     workflow.connect(producer, "output", light, "input")
     workflow.connect(light, "output", tag, "input")

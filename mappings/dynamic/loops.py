@@ -14,7 +14,7 @@ roots after feeding them; the run is COMPLETED when every PE is done. No idle
 timeout is involved, so a PE that takes minutes per item cannot end the run early.
 
 A root's calls are spread over the workers when the root is found stateless: the driver
-makes its first :data:`~d4p_hpc.mappings.dynamic.tasks.PROBE_CALLS` calls itself, comparing the PE's state
+makes its first :data:`~d4p_hpc.mappings.runtime.spread.PROBE_CALLS` calls itself, comparing the PE's state
 (:func:`~d4p_hpc.mappings.checkpoint.pe_state.fingerprint`) before and after each; if none
 changed it, every later call is a task any worker runs
 (:data:`~d4p_hpc.mappings.dynamic.tasks.ROOT_CALL`), in entries of about
@@ -43,8 +43,9 @@ from d4p_hpc.mappings.runtime.core import root_feed
 from d4p_hpc.mappings.runtime.hosting import Instance
 from d4p_hpc.mappings.runtime.process import Aborted
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, death, read_parts
+from d4p_hpc.mappings.runtime.spread import PROBE_CALLS
 from d4p_hpc.supervisor import STOPS, WALLTIME, Interrupted
-from d4p_hpc.mappings.dynamic.tasks import ENTRY_TASKS, PROBE_CALLS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime
+from d4p_hpc.mappings.dynamic.tasks import ENTRY_TASKS, SHARED_QUEUE, SLOW_UNIT, TaskRuntime
 
 RUNNING = "RUNNING"
 COMPLETED = "COMPLETED"

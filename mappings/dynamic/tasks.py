@@ -31,9 +31,9 @@ from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.checkpoint import pe_state, store
 from d4p_hpc.mappings.runtime import replay
 from d4p_hpc.mappings.runtime.core import Runtime
-from d4p_hpc.mappings.runtime.process import PEFailed
 from d4p_hpc.mappings.runtime.hosting import Instance, calls_under_way, pe_copy
 from d4p_hpc.mappings.runtime.sink import Sink
+from d4p_hpc.mappings.runtime.spread import Unchanged
 from d4p_hpc.mappings.runtime.plan import Plan
 
 #: The queues of a dynamic run besides a stateful instance's own (named by its gid), as an outbox
@@ -58,9 +58,6 @@ ENTRY_BYTES = 1 << 20
 #: "Scale"), over the share of one core a pool's commits may take (a half): a pool's units last at
 #: least this long per worker, so that its commits stay within that share however many there are.
 COMMIT_SECONDS = 200e-6 / 0.5
-#: A root's calls the driver makes itself, watching its state, before it spreads the others (see
-#: :mod:`~d4p_hpc.mappings.dynamic.loops`)
-PROBE_CALLS = 3
 #: A unit that has run this long, and twice the work its entry was filled to, hands back the tasks
 #: it has not run (see TaskRuntime.run_tasks): a shorter one is not worth a second commit (128 tasks
 #: of unknown cost, 1 ms each, would otherwise be cut in two)
@@ -193,8 +190,8 @@ class TaskRuntime(Runtime):
         self.on_write: Callable[[], None] | None = None
         self._budget = 0
         self.restored = restored
-        #: the state of each spread root's copy here (by PE index), which its calls must leave as it is
-        self._root_states: dict[int, bytes | None] = {}
+        #: each spread root's copy here (by PE index), whose calls must leave it as it is
+        self._roots: dict[int, Unchanged] = {}
         #: seconds a queued task of each PE (by index) took here, with what it ran at once: its last unit's mean
         self.costs: dict[int, float] = {}
         #: the same, of the last unit's PEs only (the pool's figures: the last unit committed wins)
@@ -260,7 +257,7 @@ class TaskRuntime(Runtime):
         others wait."""
         done: dict[int, int] = {}
         spent: dict[int, float] = {}
-        roots: dict[int, Instance] = {}
+        roots: set[int] = set()
         budget = max(2 * unit_seconds(self.plan.processes), SPLIT_AFTER)
         began = started = time.perf_counter()
         for k, (gid, input_name, data) in enumerate(tasks):
@@ -271,9 +268,9 @@ class TaskRuntime(Runtime):
             index = self.node_of[gid].index
             inst = self.copy_of(index)
             if input_name is ROOT_CALL:
-                if index not in self._root_states:
-                    self._root_states[index] = pe_state.fingerprint(inst.pe)
-                roots[index] = inst
+                if index not in self._roots:
+                    self._roots[index] = Unchanged(inst, "the workers")
+                roots.add(index)
                 self._process(inst, data)
             else:
                 self._process(inst, {input_name: data})
@@ -281,22 +278,12 @@ class TaskRuntime(Runtime):
             spent[index] = spent.get(index, 0.0) + ended - started
             started = ended
             done[index] = done.get(index, 0) + 1
-        for index, inst in roots.items():
-            self._unchanged(index, inst)
+        for index in roots:
+            # once per unit: a change that stays is seen at the end of the unit that made it
+            self._roots[index].check()
         self.unit_costs = {index: seconds / done[index] for index, seconds in spent.items()}
         self.costs.update(self.unit_costs)
         return done
-
-    def _unchanged(self, index: int, inst: Instance) -> None:
-        """A spread root's calls must leave it as it was: the driver found it stateless by its first
-        calls only, and one whose state changes later gives wrong outputs here. Looked at once per
-        unit (a change that stays is seen at the end of the unit that made it; a fingerprint per
-        call cost a fast root a fifth of its speed)."""
-        if pe_state.fingerprint(inst.pe) != self._root_states[index]:
-            raise PEFailed(inst.node.key, f"root PE {inst.node.key} changed its state in a call after its first "
-                           f"{PROBE_CALLS} left it unchanged, so its calls were spread over the workers and the "
-                           "outputs cannot be trusted: give it stateful = True (the driver then makes every call, "
-                           "in order)")
 
     def queue_call(self, gid: int, inputs: Any) -> None:
         """Queue one call of root ``gid`` for any worker (a spread root: see :mod:`~d4p_hpc.mappings.dynamic.loops`)."""

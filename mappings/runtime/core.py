@@ -42,6 +42,7 @@ from d4p_hpc.mappings.runtime.hosting import Instance, Route, Writer, make_logge
 from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.process import Aborted, PEFailed
 from d4p_hpc.mappings.runtime.sink import Sink
+from d4p_hpc.mappings.runtime.spread import ROOT_CALL, Spread, Unchanged
 from d4p_hpc.supervisor import Interrupted
 from d4p_hpc.workflow import WRITER
 
@@ -128,6 +129,10 @@ class Runtime:
         self._depth = 0  # PE calls under way inside the one a root's item started (local deliveries, postprocess)
         #: local deliveries waiting for the call at MAX_DEPTH that wrote them to return
         self._deferred: deque[tuple[Instance, str | None, Any]] = deque()
+        #: a root's first instance here that hands its calls to the others (see :mod:`~.spread`)
+        self.spreads: dict[int, Spread] = {}
+        #: a root's other instances here, and the watch on each once it has been handed a call
+        self.helpers: dict[int, Unchanged | None] = {}
         seen: set[int] = set()
         for gid in plan.local_gids(proc) if gids is None else gids:
             node = plan.pe_of(gid)
@@ -135,7 +140,11 @@ class Runtime:
             pe = pe_copy(node, copy_pe, "for a second instance in one process", "; or give the run more processes") \
                 if node.index in seen else node.pe
             seen.add(node.index)
-            self.local[gid] = Instance(gid, node, pe, plan.expected_eos(node.index))
+            eos = plan.expected_eos(node.index)
+            if not eos and gid != node.first_gid:
+                eos = 1  # a root's other instance: its calls, then their end, come from its first
+                self.helpers[gid] = None
+            self.local[gid] = Instance(gid, node, pe, eos)
         for inst in self.local.values():
             self._wire(inst)
 
@@ -284,7 +293,10 @@ class Runtime:
                 continue
             self._depth += 1
             try:
-                self._process(target, {input_name: data})
+                if input_name == ROOT_CALL:
+                    self._root_call(target, data)
+                else:
+                    self._process(target, {input_name: data})
             finally:
                 self._depth -= 1
 
@@ -326,8 +338,28 @@ class Runtime:
         for gid, input_name, data in box:
             if input_name is None:
                 self._end_of_stream(gid)
+            elif input_name == ROOT_CALL:
+                self._root_call(self.local[gid], data)
             else:
                 self._process(self.local[gid], {input_name: data})
+
+    def _root_call(self, inst: Instance, inputs: Any) -> None:
+        """Make a call of a spread root that its first instance handed to ``inst``, watching its state."""
+        watch = self.helpers[inst.gid]
+        if watch is None:
+            watch = self.helpers[inst.gid] = Unchanged(inst, "its instances")
+        self._process(inst, inputs)
+        watch.called()
+
+    def _hand(self, gid: int, inputs: Any, now: bool) -> None:
+        """Hand a call of a spread root to its instance ``gid``; ``now``: not batched with later ones."""
+        target = self.local.get(gid)
+        if target is not None:
+            self._local(target, ROOT_CALL, inputs)
+            return
+        self._enqueue(gid, ROOT_CALL, inputs)
+        if now:
+            self._flush(self.plan.placement[gid])
 
     def _restore(self) -> None:
         """Start from the checkpoint: states, finished instances, and the items in flight to ours."""
@@ -356,15 +388,24 @@ class Runtime:
     def _finish(self, inst: Instance) -> None:
         self._depth += 1
         try:
-            self._call(inst, inst.pe.postprocess)
+            targets = [gid for conn in self.plan.outgoing(inst.node.index) for gid in self.plan.pes[conn.dst].gids]
+            if inst.gid in self.helpers:
+                # a spread root's calls left its state as it was: the first instance's postprocess is the one
+                watch = self.helpers[inst.gid]
+                if watch is not None:
+                    watch.check()
+            else:
+                if (spread := self.spreads.get(inst.gid)) is not None:
+                    spread.close()
+                    targets += spread.turns[1:]  # after the calls handed to them, on the same channels
+                self._call(inst, inst.pe.postprocess)
             inst.done = True
-            for conn in self.plan.outgoing(inst.node.index):
-                for gid in self.plan.pes[conn.dst].gids:
-                    target = self.local.get(gid)
-                    if target is not None:
-                        self._local(target, None, None)
-                    else:
-                        self._enqueue(gid, None, None)
+            for gid in targets:
+                target = self.local.get(gid)
+                if target is not None:
+                    self._local(target, None, None)
+                else:
+                    self._enqueue(gid, None, None)
         finally:
             self._depth -= 1
 
@@ -386,15 +427,23 @@ class Runtime:
         if not recorded and self.plan.longest_chain() < MAX_DEPTH and type(self).emit is Runtime.emit:
             self.emit = self._emit_plain  # type: ignore[method-assign]  # (the Writers call it too)
         feeding = [(inst, iter(root_feed(self.feeds.get(inst.node.index, 0), self.fed.get(inst.gid, 0))))
-                   for inst in self.local.values() if self.plan.expected_eos(inst.node.index) == 0 and not inst.done]
+                   for inst in self.local.values() if self.plan.expected_eos(inst.node.index) == 0
+                   and inst.gid not in self.helpers and not inst.done]
+        for inst, _feed in feeding:
+            if inst.node.count > 1:
+                self.spreads[inst.gid] = Spread(inst, self._hand, probing=not self.plan.stateful(inst.node))
         while feeding:
             for entry in list(feeding):
                 inst, feed = entry
                 # a slice of each root at a time, then look at the inbox: co-located PEs keep up
                 # (a call with nothing to record or replay goes straight in: one Python call less an item)
                 call = self.feed if checkpoints is not None or inst.replay is not None else self._process
+                spread = self.spreads.get(inst.gid)
                 for n, item in enumerate(feed, 1):
-                    call(inst, item)
+                    if spread is None:
+                        call(inst, item)
+                    else:
+                        spread.call(call, item)
                     self.fed[inst.gid] = self.fed.get(inst.gid, 0) + 1
                     if n == 64 or (checkpoints is not None and checkpoints.due()):
                         break

@@ -7,7 +7,11 @@ Instance counts (``numprocesses`` is a request, as in dispel4py):
 
 * a root PE (no connected input) and a PE with a ``"global"`` input get one
   instance: roots are fed from the command line, and a global input sends
-  everything to one instance, so more would only add empty postprocess calls;
+  everything to one instance, so more would only add empty postprocess calls.
+  Under the static mappings (``roots_spread``, with more than one process) a
+  root that asks for more instances counts as the PEs below: its calls are
+  spread over them once it is found stateless (see
+  :mod:`~d4p_hpc.mappings.runtime.spread`);
 * if the other PEs ask (``numprocesses``) for more than the ``N - fixed``
   remaining processes, the requests are scaled down in proportion to a share
   of those (of all ``N`` when there are fewer than PEs, as instances share
@@ -76,6 +80,8 @@ class Plan:
     processes: int
     notices: list[str] = field(default_factory=list)
     placement: list[int] = field(default_factory=list)
+    #: roots get the instances they ask for, to spread their calls over (multi, mpi)
+    roots_spread: bool = False
 
     @property
     def instances(self) -> int:
@@ -193,8 +199,9 @@ def _grouping(pe: Any, inp: str) -> Any:
                      "'all' or 'global'")
 
 
-def build_plan(graph: Any, processes: int) -> Plan:
-    """Return the plan of a flattened ``graph`` for ``processes`` processes (ranks, workers)."""
+def build_plan(graph: Any, processes: int, roots_spread: bool = False) -> Plan:
+    """Return the plan of a flattened ``graph`` for ``processes`` processes (ranks, workers);
+    ``roots_spread``: a root that asks for several instances may get them (the static mappings)."""
     if processes < 1:
         raise GraphError(f"the process count must be at least 1, got {processes}")
     nodes = [n.get_contained_object() for n in graph.graph.nodes()]
@@ -211,7 +218,7 @@ def build_plan(graph: Any, processes: int) -> Plan:
     pes = [PENode(i, key, pe, list(pe.inputconnections), list(pe.outputconnections))
            for i, (key, pe) in enumerate(zip(_unique_keys(order), order, strict=True))]
     conns = [Link(index[id(s)], o, index[id(d)], i, _grouping(d, i)) for s, o, d, i in edges]
-    plan = Plan(pes, conns, processes)
+    plan = Plan(pes, conns, processes, roots_spread=roots_spread and processes > 1)
     _assign_counts(plan)
     _place(plan)
     plan.notices += [f"root PE {node.key} has deterministic = False: a checkpoint waits for each of its process() "
@@ -232,7 +239,8 @@ def _share(weights: list[int], total: int) -> list[int]:
 
 
 def _assign_counts(plan: Plan) -> None:
-    fixed = {p.index for p in plan.roots()}
+    fixed = {p.index for p in plan.roots()
+             if not (plan.roots_spread and _requested(p) > 1 and not plan.stateful(p))}
     fixed |= {c.dst for c in plan.connections if c.grouping == "global"}
     elastic = [p for p in plan.pes if p.index not in fixed]
     spare = max(0, plan.processes - len(fixed))
@@ -250,6 +258,8 @@ def _assign_counts(plan: Plan) -> None:
         if defaults:
             for k, extra in zip(defaults, _share([1] * len(defaults), spare - sum(wants)), strict=True):
                 counts[k] += extra
+    plan.notices += [f"root PE {node.key} asks for {_requested(node)} instances; it gets 1, as it says stateful = True"
+                     for node in plan.roots() if plan.roots_spread and _requested(node) > 1 and plan.stateful(node)]
     for node, want, count in zip(elastic, wants, counts if elastic else [], strict=True):
         node.count = count
         if count < want:

@@ -37,7 +37,7 @@ def prepare(source: str, attr: str | None, mapping: str, processes: int, raw_inp
     ``options`` give another."""
     chosen = mappings.get(mapping)
     graph = load_graph(source, attr)
-    plan = build_plan(graph, processes)
+    plan = build_plan(graph, processes, chosen.roots_spread)
     feeds = resolve_feeds(plan, raw_inputs)
     chosen.validate(plan)
     path = os.path.abspath(source) if os.path.exists(source) else source

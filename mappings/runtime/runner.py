@@ -31,6 +31,7 @@ from d4p_hpc.supervisor import IO_FAILED, STOPPED, Interrupted, ignore_signals, 
 from d4p_hpc.mappings.runtime import totals
 from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.sampler import sampling
+from d4p_hpc.mappings.runtime.spread import spread_roots
 
 
 @dataclass
@@ -227,9 +228,10 @@ def end(ctx: RunContext, t0: float, outcome: Outcome, extra: dict | None = None)
     record = dict(rd.read_run(ctx.results) or _record(ctx))
     earlier = record.get("segments") or []
     process_list = [{k: part.get(k) for k in ("process", "host", "pid", "max_rss_mb", "state")} for part in parts]
+    extra = {"roots_spread": spread_roots(ctx.plan, instances), **(extra or {})}  # (the dynamic mappings' own)
     segments = [*totals.earlier(ctx.results, earlier),
                 totals.entry(len(earlier) + 1, {**record, "state": outcome.state}, wall, instances, process_list,
-                             extra or {})]
+                             extra)]
     order = [node.key for node in ctx.plan.pes]
     items = sum(inst["items_in"] for inst in instances)
     metrics = {"mapping": ctx.mapping, "processes": ctx.processes, "process_list": process_list,

@@ -205,18 +205,34 @@ class MpiTransport:
 
     def send(self, proc: int, payload: bytes, block: bool = True) -> bool:
         req = self.comm.Issend([payload, self.MPI.BYTE], dest=proc, tag=TAG_DATA)
-        self.pending.append((req, payload))
+        self.pending.append((req, payload, block))
         # (not blocking: a few more sends in flight; their receivers take them when they come to it)
-        while self.pending and ((block and len(self.pending) > MAX_IN_FLIGHT) or self.pending[0][0].Test()):
-            self._wait(self.pending[0][0])
-            self.pending.popleft()
+        self._settle()
+        if block:
+            # only sends that may block count, not a checkpoint's controls, which go to earlier ranks too:
+            # one of those may wait, itself, for us to take what it sends, so waiting for it could
+            # never end. Data flows to later ranks only: a send of data is taken in the end.
+            backoff = Backoff(patient=False)  # a sender held back by a busy receiver: it takes it soon
+            while sum(entry[2] for entry in self.pending) > MAX_IN_FLIGHT:
+                if not self._settle():
+                    self._aborted()
+                    backoff.sleep()
         return True
 
+    def _settle(self) -> bool:
+        """Let go of the sends their receivers have taken; whether any was."""
+        before = len(self.pending)
+        self.pending = deque(entry for entry in self.pending if not entry[0].Test())
+        return len(self.pending) < before
+
+    def _aborted(self) -> None:
+        if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG_ABORT):
+            raise Aborted()
+
     def _wait(self, req: Any) -> None:
-        backoff = Backoff(patient=False)  # a sender held back by a busy receiver: it takes it soon
+        backoff = Backoff(patient=False)
         while not req.Test():
-            if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG_ABORT):
-                raise Aborted()
+            self._aborted()
             backoff.sleep()
 
     def recv(self, block: bool, timeout: float | None = None) -> bytearray | None:
@@ -234,7 +250,7 @@ class MpiTransport:
         return buf
 
     def finish_sends(self) -> None:
-        for req, _payload in self.pending:
+        for req, _payload, _block in self.pending:
             self._wait(req)
         self.pending.clear()
 
@@ -242,7 +258,8 @@ class MpiTransport:
         me = self.comm.Get_rank()
         for rank in range(self.comm.Get_size()):
             if rank != me:
-                self.pending.append((self.comm.Isend([bytearray(1), self.MPI.BYTE], dest=rank, tag=TAG_ABORT), None))
+                self.pending.append((self.comm.Isend([bytearray(1), self.MPI.BYTE], dest=rank, tag=TAG_ABORT), None,
+                                     False))
 
 
 class Backoff:

@@ -1,4 +1,5 @@
-"""A root's calls spread over the workers under the dynamic mappings when the root is found stateless (#21 item 4).
+"""A root's calls spread when the root is found stateless (#21 item 4): over the workers under the
+dynamic mappings, over the instances it asks for (``numprocesses``) under ``multi`` and ``mpi``.
 
 The driver makes a root's first calls itself and compares the PE's state before and after each;
 unchanged, the other calls become tasks any worker runs. Proven through ``d4p-hpc run``, counting
@@ -6,16 +7,26 @@ rather than timing: ``metrics.json`` names the spread roots, and the root's call
 the workers that made them (the driver keeps only its probe calls); outputs equal ``simple``'s as
 multisets. Roots whose calls change them, whose state is outside what can be compared (a file
 they read from, in ``pickleIgnore``), or that say ``stateful = True`` are called in the driver in
-order, as before, and give ``simple``'s exact values. Wall times (the skewed producer beside
+order, as before, and give ``simple``'s exact values. Under the static mappings the root's first
+instance makes the probe calls and then hands the others round its instances; a spread root stopped
+at the walltime signal, killed and resumed gives every output once. Wall times (the skewed producer beside
 ``simple``) are in ``benchmarks/load_balance.py``, not here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 
 from helpers.dynamic import needs_redis, write_graph
-from helpers.runs import cli, diff, explain, instances_of, outputs, read_json, run_simple
+from helpers.runs import (cli, d4p_hpc_cmd, diff, explain, instances_of, kill_group, outputs, processes_mentioning,
+                          read_json, run_simple, wait_for)
 
 #: A stateless root given its inputs (-d), each call sleeping a little longer for some numbers
 #: (skewed), so that a call is slow enough to be sent on its own.
@@ -178,3 +189,129 @@ def test_a_spread_root_that_changes_its_state_later_fails_the_run_saying_what_to
     assert record["state"] == "FAILED" and record["error"]["pe"] == "Late", record
     assert "root PE Late changed its state in a call after its first 3 left it unchanged" in \
         record["error"]["traceback"] and "stateful = True" in record["error"]["traceback"], record["error"]
+
+
+# --- the static mappings: over the instances a root asks for ---------------------------------------
+
+STATIC = ["multi", "mpi"]
+
+
+def asking(graph: str, root: str, instances: int = 3) -> str:
+    """``graph`` with its root PE ``root`` asking for ``instances`` instances, as a dispel4py user asks."""
+    return graph + (f"\nfor _node in graph.graph.nodes():\n    if type(_node.get_contained_object()).__name__ == "
+                    f"{root!r}:\n        _node.get_contained_object().numprocesses = {instances}\n")
+
+
+def calls_by_instance(results, root: str) -> list[tuple[int, int]]:
+    return sorted((i["instance"], i["items_in"]) for i in instances_of(results, root))
+
+
+@pytest.mark.parametrize("mapping", STATIC)
+def test_a_stateless_roots_calls_are_handed_round_its_instances_and_outputs_equal_simple(mapping, tmp_path):
+    graph = write_graph(tmp_path, asking(SKEWED, "Emit"))
+    assert run_simple(graph, {"Emit": [{"n": n} for n in range(CALLS)]}, tmp_path / "simple")["state"] == "COMPLETED"
+    proc = cli("run", graph, "-m", mapping, "-n", 5, "-d", DATA, "--results", tmp_path / "r")
+    assert proc.returncode == 0, explain(proc)
+    metrics = read_json(tmp_path / "r" / "metrics.json")
+    assert metrics["roots_spread"] == ["Emit"], metrics
+    calls = calls_by_instance(tmp_path / "r", "Emit")
+    assert [k for k, _ in calls] == [0, 1, 2] and sum(n for _, n in calls) == CALLS, calls
+    # the first made its 3 probe calls and its turns after them; each other made a third of the rest
+    assert calls == [(0, 3 + 12), (1, 13), (2, 12)], calls
+    assert len({i["process"] for i in instances_of(tmp_path / "r", "Emit")}) == 3
+    got, want = outputs(tmp_path / "r"), outputs(tmp_path / "simple")
+    assert got == want, diff(got, want)
+
+
+@pytest.mark.parametrize("mapping", STATIC)
+@pytest.mark.parametrize("case", ["counter", "file it reads"])
+def test_a_static_root_not_found_stateless_makes_every_call_in_its_first_instance(case, mapping, tmp_path):
+    root = "Lines" if case == "file it reads" else "Count"
+    graph = write_graph(tmp_path, asking({"counter": COUNTER, "file it reads": READER}[case], root))
+    (tmp_path / "lines.txt").write_text("".join(f"line {k}\n" for k in range(30)))
+    proc = cli("run", graph, "-m", mapping, "-n", 4, "-i", 30, "--results", tmp_path / "r")
+    assert proc.returncode == 0, explain(proc)
+    assert read_json(tmp_path / "r" / "metrics.json")["roots_spread"] == []
+    assert calls_by_instance(tmp_path / "r", root) == [(0, 30), (1, 0), (2, 0)]
+    assert run_simple(graph, 30, tmp_path / "simple")["state"] == "COMPLETED"
+    got, want = outputs(tmp_path / "r"), outputs(tmp_path / "simple")
+    assert got == want, diff(got, want)
+    if case == "counter":
+        assert sorted(got["Same.output"]) == list(range(1, 31))
+
+
+def test_a_root_that_says_stateful_gets_one_instance_and_a_notice(tmp_path):
+    graph = write_graph(tmp_path, asking(DECLARED, "Count"))
+    proc = cli("run", graph, "-m", "multi", "-n", 4, "-i", 30, "--results", tmp_path / "r")
+    assert proc.returncode == 0, explain(proc)
+    notice = "root PE Count asks for 3 instances; it gets 1, as it says stateful = True"
+    assert notice in read_json(tmp_path / "r" / "run.json")["notices"] and notice in proc.stderr + proc.stdout
+    assert calls_by_instance(tmp_path / "r", "Count") == [(0, 30)]
+
+
+@pytest.mark.parametrize("mapping", STATIC)
+def test_a_root_spread_over_its_instances_that_changes_later_fails_the_run_saying_what_to_do(mapping, tmp_path):
+    graph = write_graph(tmp_path, asking(LATE, "Late"))
+    data = '{"Late": [' + ", ".join(f'{{"n": {n}}}' for n in range(40)) + "]}"
+    proc = cli("run", graph, "-m", mapping, "-n", 4, "-d", data, "--results", tmp_path / "r")
+    assert proc.returncode == 1, explain(proc)
+    record = read_json(tmp_path / "r" / "run.json")
+    assert record["state"] == "FAILED" and record["error"]["pe"] == "Late", record
+    assert "root PE Late changed its state in a call after its first 3 left it unchanged, so its calls were " \
+        "spread over its instances" in record["error"]["traceback"], record["error"]
+    assert not processes_mentioning(str(tmp_path / "r"))
+
+
+#: SKEWED's root, each call 10 ms: long enough for checkpoints to be taken among its calls
+STEADY_CALLS = 600
+STEADY = asking(SKEWED.replace("time.sleep(0.02 + 0.03 * (n % 3 == 0))", "time.sleep(0.01)"), "Emit")
+
+
+def _checkpoints(results) -> set[int]:
+    return {json.loads(p.read_text())["seq"] for p in (results / "checkpoints").glob("*/complete.json")}
+
+
+@pytest.mark.parametrize("mapping", STATIC)
+def test_a_spread_root_stopped_at_the_walltime_then_killed_then_resumed_gives_each_output_once(mapping, tmp_path):
+    """Stopped at the walltime signal after a checkpoint (calls handed to its other instances in
+    flight, or queued there), the resumed segment killed with its whole process group, the third
+    completing: every output once, as simple's."""
+    graph = write_graph(tmp_path, STEADY)
+    data = tmp_path / "data.json"
+    data.write_text('{"Emit": [' + ", ".join(f'{{"n": {n}}}' for n in range(STEADY_CALLS)) + "]}")
+    results = tmp_path / "r"
+    argv = [*d4p_hpc_cmd(), "run", str(graph), "-m", mapping, "-n", "5", "-f", str(data), "--results", str(results),
+            "--checkpoint-every", "1"]
+
+    def start(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    first = start()
+    wait_for(lambda: _checkpoints(results) or first.poll() is not None, 60)
+    assert first.poll() is None, first.communicate()
+    time.sleep(0.3)
+    first.send_signal(signal.SIGUSR1)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 138, out + err
+    assert read_json(results / "run.json")["state"] == "TIMEOUT"
+    second = start("--resume")
+    seen = _checkpoints(results)
+    wait_for(lambda: _checkpoints(results) - seen or second.poll() is not None, 60)
+    if second.poll() is None:
+        time.sleep(0.3)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(second.pid, signal.SIGKILL)
+        second.communicate(timeout=30)
+        wait_for(lambda: not processes_mentioning(str(results)), 15)
+        if read_json(results / "run.json")["state"] != "COMPLETED":
+            third = start("--resume")
+            out, err = third.communicate(timeout=120)
+            assert third.returncode == 0, out + err
+    kill_group(second.pid)
+    assert read_json(results / "run.json")["state"] == "COMPLETED"
+    assert run_simple(graph, {"Emit": [{"n": n} for n in range(STEADY_CALLS)]}, tmp_path / "simple")["state"] == \
+        "COMPLETED"
+    got, want = outputs(results), outputs(tmp_path / "simple")
+    assert got == want, diff(got, want)
+    assert not processes_mentioning(str(results))

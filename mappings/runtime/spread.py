@@ -1,0 +1,127 @@
+"""A stateless root's calls, spread: over the workers (dynamic mappings) or over its instances
+(``multi``, ``mpi``).
+
+A root PE is found stateless, not assumed so: its first :data:`PROBE_CALLS` calls are made in one
+place, its state (:func:`~d4p_hpc.mappings.checkpoint.pe_state.fingerprint`) compared before and
+after each; only if none changed it are later calls made elsewhere. A root that says
+``stateful = True``, whose state changes or cannot be pickled, makes every call in one place, in
+order, as ``simple`` does. One that changes only later is caught by an :class:`Unchanged` watch on
+each copy that makes calls, and fails the run naming the PE and the fix, rather than end with
+outputs no one can trust.
+
+Under the static mappings a root has the instances it asks for (``numprocesses``, see
+:mod:`~d4p_hpc.mappings.runtime.plan`); its first instance reads the inputs and, once the root is
+found stateless, hands every other call to the next instance in turn (:data:`ROOT_CALL`), itself
+included. The others run ``preprocess`` but never ``postprocess``: calls left their state as it
+was, so the first instance's ``postprocess`` is the run's one, as in ``simple``. They end when the
+first one, after its last call, sends them its end of stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from d4p_hpc.mappings.checkpoint import pe_state
+from d4p_hpc.mappings.runtime.hosting import Instance
+from d4p_hpc.mappings.runtime.plan import Plan
+from d4p_hpc.mappings.runtime.process import PEFailed
+
+#: A root's first calls, made in one place and each watched, before its others are spread
+PROBE_CALLS = 3
+#: The input name under which a static mapping's batch carries one call of a root to another of its
+#: instances (the data: the call's inputs, as :func:`~d4p_hpc.mappings.runtime.core.root_feed` gives
+#: them); no PE's input can be named so.
+ROOT_CALL = "\0call"
+#: A copy's state is compared after this many of its spread calls (once per call cost a fast root a
+#: fifth of its speed), and after its last
+CHECK_EVERY = 64
+#: A call that takes longer is sent to its instance at once, not batched with the next ones
+SLOW_CALL = 0.001
+
+
+class Unchanged:
+    """Watches that a copy of a spread root keeps the state it had when its calls were spread."""
+
+    def __init__(self, inst: Instance, over: str, state: bytes | None = None) -> None:
+        self.inst = inst
+        self.over = over
+        self.state = pe_state.fingerprint(inst.pe) if state is None else state
+        self.calls = 0
+
+    def called(self) -> None:
+        """One more call made: look now and then."""
+        self.calls += 1
+        if self.calls >= CHECK_EVERY:
+            self.check()
+
+    def check(self) -> None:
+        self.calls = 0
+        if pe_state.fingerprint(self.inst.pe) != self.state:
+            key = self.inst.node.key
+            raise PEFailed(key, f"root PE {key} changed its state in a call after its first {PROBE_CALLS} left it "
+                           f"unchanged, so its calls were spread over {self.over} and the outputs cannot be trusted: "
+                           "give it stateful = True (then one place makes every call, in order)")
+
+
+class Spread:
+    """The calls of a root with several instances, made by ``first`` (the one that reads its inputs)
+    until the root is found stateless, then by each instance in turn.
+
+    ``forward(gid, item)`` hands a call to instance ``gid`` (``flush``: at once);
+    ``probing``: whether its state is watched (not for a root that says ``stateful = True``)."""
+
+    def __init__(self, first: Instance, forward: Callable[[int, Any, bool], None], probing: bool) -> None:
+        self.first = first
+        self.forward = forward
+        self.probing = probing
+        self.probed = 0
+        self.watch: Unchanged | None = None
+        self.turns = list(first.node.gids)
+        self.turn = 0
+        self.slow = False
+
+    def call(self, make: Callable[[Instance, Any], None], item: Any) -> None:
+        """Make the root's next call with ``item``: ``make(first, item)`` here, or on its turn's instance."""
+        watch = self.watch
+        if watch is not None:
+            gid = self.turns[self.turn]
+            self.turn = (self.turn + 1) % len(self.turns)
+            if gid != self.first.gid:
+                self.forward(gid, item, self.slow)
+                return
+            started = time.perf_counter()
+            make(self.first, item)
+            self.slow = time.perf_counter() - started > SLOW_CALL
+            watch.called()
+            return
+        before = pe_state.fingerprint(self.first.pe) if self.probing else None
+        started = time.perf_counter()
+        make(self.first, item)
+        self.slow = time.perf_counter() - started > SLOW_CALL
+        if before is None:
+            self.probing = False
+        elif pe_state.fingerprint(self.first.pe) != before:
+            self.probing = False
+        else:
+            self.probed += 1
+            if self.probed == PROBE_CALLS:
+                self.watch = Unchanged(self.first, "its instances", before)
+                self.turn = 1  # the next call is another instance's: this one has made three in a row
+
+    @property
+    def spread(self) -> bool:
+        return self.watch is not None
+
+    def close(self) -> None:
+        """After the last call: its copy must still be as it was."""
+        if self.watch is not None:
+            self.watch.check()
+
+
+def spread_roots(plan: Plan, instances: list[dict]) -> list[str]:
+    """The roots whose calls were spread over their instances (``metrics.json``'s ``roots_spread``
+    under the static mappings): those whose other instances made calls, by ``instances``' counters."""
+    made = {i["pe"] for i in instances if i["instance"] > 0 and i["items_in"]}
+    return [node.key for node in plan.roots() if node.count > 1 and node.key in made]
