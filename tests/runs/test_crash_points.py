@@ -20,6 +20,9 @@ Then the run is resumed until it completes, and its outputs must equal those of 
 ``simple`` run as multisets, with nothing a crash left behind. A second pass crashes the resume
 itself at each of its own steps (from a segment killed in the middle of its second checkpoint: a
 checkpoint to remove, outputs to cut back), and resumes again.
+
+``multi`` runs a second graph too, whose root's calls are spread over its two instances
+(tests/data/g_spread_count.py): calls handed over and not yet made are items in flight.
 """
 
 from __future__ import annotations
@@ -36,11 +39,10 @@ from pathlib import Path
 import pytest
 
 from helpers.dynamic import needs_redis
-from helpers.runs import EXAMPLES, d4p_hpc_cmd, diff, outputs, read_json, wait_for
+from helpers.runs import DATA, EXAMPLES, d4p_hpc_cmd, diff, outputs, read_json, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("crash-points")]
 
-GRAPH = EXAMPLES / "long_count.py"
 ITEMS = 100
 PROCESSES = {"simple": 1, "multi": 2, "mpi": 2, "hybrid_redis": 2}
 #: 100 lines take 2 s: a base stopped early, and a resumed segment of a few checkpoints
@@ -52,6 +54,28 @@ SAMPLED = 3
 PROCESS_EVERY = {"multi": 3, "hybrid_redis": 3}
 #: runs at once (each waits most of its time: LONG_COUNT_SECONDS, mpiexec starting)
 PARALLEL = 5
+
+
+@dataclass(frozen=True)
+class Case:
+    """A mapping and the graph it runs: ``inputs``, its arguments (graph attribute, inputs)."""
+
+    mapping: str
+    graph: Path = EXAMPLES / "long_count.py"
+    inputs: tuple[str, ...] = ("-a", "graph", "-i", str(ITEMS))
+    processes: int | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return [str(self.graph), *self.inputs]
+
+    @property
+    def n(self) -> int:
+        return self.processes or PROCESSES[self.mapping]
+
+
+SPREAD = Case("multi", DATA / "g_spread_count.py",
+              ("-d", '{"Emit": [' + ", ".join(f'{{"n": {n}}}' for n in range(ITEMS)) + "]}"), processes=3)
 
 
 @dataclass
@@ -77,7 +101,7 @@ def in_session(sid: int) -> bool:
     return False
 
 
-def run(mapping: str, results: Path, *extra: str, crash: tuple[int, str] | None = None,
+def run(case: Case, results: Path, *extra: str, crash: tuple[int, str] | None = None,
         trace: Path | None = None) -> Ended:
     """``d4p-hpc run`` in a session of its own, counting its durable steps; returns once every
     process of the session is gone."""
@@ -89,8 +113,8 @@ def run(mapping: str, results: Path, *extra: str, crash: tuple[int, str] | None 
         env.update(D4P_HPC_CRASH_AT=str(crash[0]), D4P_HPC_CRASH_MODE=crash[1])
     if trace is not None:
         env["D4P_HPC_CRASH_TRACE"] = str(trace)
-    argv = [*d4p_hpc_cmd(), "run", str(GRAPH), "-a", "graph", "-i", str(ITEMS), "-m", mapping,
-            "-n", str(PROCESSES[mapping]), "--results", str(results), *extra]
+    argv = [*d4p_hpc_cmd(), "run", *case.argv, "-m", case.mapping, "-n", str(case.n), "--results", str(results),
+            *extra]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -154,9 +178,9 @@ def leftovers(results: Path) -> list[str]:
     return found
 
 
-def resume_to_the_end(mapping: str, results: Path) -> None:
+def resume_to_the_end(case: Case, results: Path) -> None:
     for _ in range(3):
-        ended = run(mapping, results, "--resume")
+        ended = run(case, results, "--resume")
         assert "Traceback" not in ended.stderr, ended.stderr
         if ended.code == 0:
             return
@@ -164,19 +188,19 @@ def resume_to_the_end(mapping: str, results: Path) -> None:
     raise AssertionError(f"{results} did not complete in 3 resumes:\n{ended.stderr}")
 
 
-def crash_and_resume(mapping: str, start: Path, work: Path, n: int, mode: str, reference: dict) -> bool:
+def crash_and_resume(case: Case, start: Path, work: Path, n: int, mode: str, reference: dict) -> bool:
     """Copy ``start`` to ``work``, resume it crashed at step ``n``, resume it to its end and compare;
     return whether step ``n`` was reached."""
     shutil.copytree(start, work, symlinks=True)
     trace = work.with_name(work.name + ".trace")
     before = sizes(work)
-    ended = run(mapping, work, "--resume", crash=(n, mode), trace=trace)
+    ended = run(case, work, "--resume", crash=(n, mode), trace=trace)
     # (a Redis worker whose driver has died prints a traceback as it finds Redis gone: not ours to test here)
     assert mode == "process" or "Traceback" not in ended.stderr, ended.stderr
     if ended.crashed and mode == "node":
         lose_unsynced(work, trace, before)
     if ended.crashed and (read_json(work / "run.json") or {}).get("state") != "COMPLETED":
-        resume_to_the_end(mapping, work)
+        resume_to_the_end(case, work)
     else:  # not reached, or a Redis worker lost and replaced: the run went on without it
         assert ended.code == 0, ended.stderr
     got = outputs(work)
@@ -185,21 +209,21 @@ def crash_and_resume(mapping: str, start: Path, work: Path, n: int, mode: str, r
     return ended.crashed
 
 
-def make_base(mapping: str, results: Path, tmp: Path) -> None:
+def make_base(case: Case, results: Path, tmp: Path) -> None:
     """A run lost with its node just after its first checkpoint (most of its work left to resume):
     crashed at the first step, near the one a first run completed its first checkpoint at, that
     leaves a complete checkpoint (the steps before it vary: which outputs a process has written)."""
     probe = tmp / "probe"
-    assert run(mapping, probe, "--checkpoint", trace=tmp / "probe.trace").code == 0
+    assert run(case, probe, "--checkpoint", trace=tmp / "probe.trace").code == 0
     first = completions(tmp / "probe.trace")[0]
     for at in range(max(1, first - 6), first + 12):
         shutil.rmtree(results, ignore_errors=True)
         trace = tmp / f"base-{at}.trace"
-        if run(mapping, results, "--checkpoint", crash=(at, "node"), trace=trace).crashed and \
+        if run(case, results, "--checkpoint", crash=(at, "node"), trace=trace).crashed and \
                 list((results / "checkpoints").glob("*/complete.json")):
             lose_unsynced(results, trace, {})
             return
-    raise AssertionError(f"no run of {mapping} was crashed after its first checkpoint")
+    raise AssertionError(f"no run of {case} was crashed after its first checkpoint")
 
 
 def sample(low: int, high: int, count: int) -> list[int]:
@@ -210,16 +234,16 @@ def sample(low: int, high: int, count: int) -> list[int]:
     return list(range(low, high + 1, stride))[:count]
 
 
-def sweep(mapping: str, start: Path, tmp: Path, points: list[int], reference: dict, beyond: int | None) -> int:
+def sweep(case: Case, start: Path, tmp: Path, points: list[int], reference: dict, beyond: int | None) -> int:
     """Crash ``start``'s resume at each of ``points`` (see :func:`modes`), then, from step ``beyond``
     on, at each next step until a run ends without reaching it; returns the points reached."""
-    jobs = [(n, mode) for n in points for mode in modes(mapping, n)]
+    jobs = [(n, mode) for n in points for mode in modes(case.mapping, n)]
     with ThreadPoolExecutor(PARALLEL) as pool:
-        reached = list(pool.map(lambda job: crash_and_resume(mapping, start, tmp / f"{job[1]}-{job[0]}", *job,
+        reached = list(pool.map(lambda job: crash_and_resume(case, start, tmp / f"{job[1]}-{job[0]}", *job,
                                                              reference), jobs))
     count = len({n for (n, _mode), hit in zip(jobs, reached, strict=True) if hit})
     n = beyond
-    while n is not None and crash_and_resume(mapping, start, tmp / f"node-{n}", n, "node", reference):
+    while n is not None and crash_and_resume(case, start, tmp / f"node-{n}", n, "node", reference):
         count += 1
         n += 1
     return count
@@ -235,7 +259,7 @@ def modes(mapping: str, n: int) -> tuple[str, ...]:
     return ("node", "process") if mapping in PROCESS_EVERY and n % PROCESS_EVERY[mapping] == 1 else ("node",)
 
 
-def crashed_resume(mapping: str, base: Path, tmp: Path, done: list[int]) -> tuple[Path, int]:
+def crashed_resume(case: Case, base: Path, tmp: Path, done: list[int]) -> tuple[Path, int]:
     """``base`` resumed and crashed as a lost node in the middle of its second checkpoint (or of its
     first), and the number of steps the next resume takes before its own first checkpoint. A
     process's outputs reach the disk at times that vary from run to run, so a step number may land
@@ -247,50 +271,61 @@ def crashed_resume(mapping: str, base: Path, tmp: Path, done: list[int]) -> tupl
         shutil.copytree(base, crashed, symlinks=True)
         before = sizes(crashed)
         trace = tmp / f"crashed-{at}.trace"
-        if not run(mapping, crashed, "--resume", crash=(at, "node"), trace=trace).crashed:
+        if not run(case, crashed, "--resume", crash=(at, "node"), trace=trace).crashed:
             continue
         lose_unsynced(crashed, trace, before)
         calibration = tmp / f"calibration-{at}"
         shutil.copytree(crashed, calibration, symlinks=True)
-        assert run(mapping, calibration, "--resume", trace=tmp / f"calibration-{at}.trace").code == 0
+        assert run(case, calibration, "--resume", trace=tmp / f"calibration-{at}.trace").code == 0
         own = first_own_checkpoint_step(tmp / f"calibration-{at}.trace") - 1
         if own >= 1:
             return crashed, own
-    raise AssertionError(f"no crash of a resume of {mapping} left the next resume work of its own")
+    raise AssertionError(f"no crash of a resume of {case} left the next resume work of its own")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The outputs of one uninterrupted simple run."""
-    results = tmp_path_factory.mktemp("reference") / "r"
-    done = subprocess.run([*d4p_hpc_cmd(), "run", str(GRAPH), "-a", "graph", "-i", str(ITEMS), "--results",
-                           str(results)], env={**os.environ, **SLOW}, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return outputs(results)
+def references(tmp_path_factory):
+    """The outputs of one uninterrupted simple run of a case's graph with its inputs (once each)."""
+    found: dict[tuple[str, ...], dict] = {}
+
+    def of(case: Case) -> dict:
+        key = tuple(case.argv)
+        if key not in found:
+            results = tmp_path_factory.mktemp("reference") / "r"
+            done = subprocess.run([*d4p_hpc_cmd(), "run", *key, "--results", str(results)],
+                                  env={**os.environ, **SLOW}, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            found[key] = outputs(results)
+        return found[key]
+    return of
 
 
-@pytest.mark.parametrize("mapping", ["simple", "multi", "mpi", pytest.param("hybrid_redis", marks=needs_redis)])
-def test_a_crash_at_any_durable_step_then_resume_gives_the_outputs_once(mapping, tmp_path, reference,
+@pytest.mark.parametrize("case", [Case("simple"), Case("multi"), Case("mpi"),
+                                  pytest.param(Case("hybrid_redis"), marks=needs_redis), SPREAD],
+                         ids=["simple", "multi", "mpi", "hybrid_redis", "multi-spread-root"])
+def test_a_crash_at_any_durable_step_then_resume_gives_the_outputs_once(case, tmp_path, references,
                                                                          record_property):
     started = time.monotonic()
+    reference = references(case)
+    mapping = case.mapping
     base = tmp_path / "base"
-    make_base(mapping, base, tmp_path)
+    make_base(case, base, tmp_path)
     # the resumed segment, uninterrupted: where its own work ends and its checkpoints complete
     calibration = tmp_path / "calibration"
     shutil.copytree(base, calibration, symlinks=True)
-    ended = run(mapping, calibration, "--resume", trace=tmp_path / "calibration.trace")
+    ended = run(case, calibration, "--resume", trace=tmp_path / "calibration.trace")
     assert ended.code == 0 and outputs(calibration) == reference, ended.stderr
     done = completions(tmp_path / "calibration.trace")
     assert done, "the resumed segment took no checkpoint"
     exhaustive = list(range(1, done[0] + 1))
     sampled = sample(done[0] + 1, ended.steps, SAMPLED)
-    points = sweep(mapping, base, tmp_path, exhaustive + sampled, reference, beyond=ended.steps + 1)
+    points = sweep(case, base, tmp_path, exhaustive + sampled, reference, beyond=ended.steps + 1)
 
     # the resume crashed too, from a segment killed in the middle of a checkpoint: a checkpoint to
     # remove, outputs to cut back
-    crashed, own = crashed_resume(mapping, base, tmp_path, done)
+    crashed, own = crashed_resume(case, base, tmp_path, done)
     (tmp_path / "again").mkdir()
-    resumes = sweep(mapping, crashed, tmp_path / "again", list(range(1, own + 2)), reference, beyond=None)
+    resumes = sweep(case, crashed, tmp_path / "again", list(range(1, own + 2)), reference, beyond=None)
 
     seconds = time.monotonic() - started
     said = (f"{mapping}: {points} crash points of a resumed run ({len(exhaustive)} exhaustive: the resume's own "
