@@ -117,7 +117,7 @@ class SegmentMetrics(TypedDict, total=False):
 
 
 class Metrics(TypedDict, total=False):
-    """``metrics.json``, written when the run ends; the dynamic mappings add the keys after ``process_list``."""
+    """``metrics.json``, written when the run ends; the dynamic mappings add the keys after ``roots_spread``."""
 
     mapping: str
     processes: int
@@ -126,10 +126,11 @@ class Metrics(TypedDict, total=False):
     items_per_second: float | None
     pes: dict[str, PEMetrics]
     process_list: list[ProcessMetrics]
+    #: the root PEs whose calls were spread (found stateless) over the workers, or, under multi and
+    #: mpi, over their instances
+    roots_spread: list[str]
     backlog_peak: int
     backlog_limit: int
-    #: the root PEs whose calls were spread over the workers (found stateless)
-    roots_spread: list[str]
     #: ``[[seconds since the start, workers], ...]`` (dyn_auto_*)
     pool_size: list[list[float]]
     pool_max: int
