@@ -42,7 +42,7 @@ class Status:
     id: str
     state: str
     reason: str
-    #: seconds it has run (so far); None before it starts
+    #: seconds its run has run (so far), over all its segments; None before it starts
     elapsed: float | None
     segments: list[str] = field(default_factory=list)
     #: decided without the job's own word (its finished marker), from the scheduler's or its silence
@@ -375,7 +375,7 @@ def resume(job: Job, exit_code: int | None = None, changes: dict[str, Any] | Non
 
 
 def _status(job: Job, current: _state.JobStatus, segments: bool = True) -> Status:
-    return Status(job, current.job.job_id, current.state, current.reason, current.elapsed,
+    return Status(job, current.job.job_id, current.state, current.reason, _resume.run_elapsed(current),
                   _resume.describe(current) if segments else [], current.inferred)
 
 

@@ -234,6 +234,18 @@ def _link(directory: Path, name: str, job_id: str) -> None:
         os.symlink(directory.name, link)
 
 
+def run_elapsed(current: jobs.JobStatus) -> float | None:
+    """Seconds the run of the job whose status is ``current`` has run over all its segments: those
+    before (their records) and its own so far, as every view of a run counts it; None before it starts."""
+    if current.elapsed is None:
+        return None
+    job = current.job
+    if job.scheduler == RUN:
+        earlier = (read_run(job.directory) or {}).get("segments") or []
+        return current.elapsed + sum(s.get("wall_seconds") or 0 for s in earlier if isinstance(s, dict))
+    return current.elapsed + sum(s["ended"] - s["started"] for s in segments(job) if s["started"] and s["ended"])
+
+
 def describe(current: jobs.JobStatus) -> list[str]:
     """Lines on the segments of the run of the job whose status is ``current`` (for ``status`` and
     ``results``): one per segment, with the items the run record counts for it."""

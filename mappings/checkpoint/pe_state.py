@@ -3,6 +3,7 @@ restored into a fresh copy of the PE on resume."""
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import traceback
 from typing import Any
@@ -46,13 +47,14 @@ def capture(key: str, pe: Any) -> bytes:
 
 
 def fingerprint(pe: Any) -> bytes | None:
-    """PE object ``pe``'s state, pickled, to tell whether a call changed it: its ``checkpoint()``
-    hook's where it has one, else every attribute of its own (those in ``pickleIgnore`` too: a file
-    it reads from is state). None if that cannot be pickled (or the hook raises): unknown."""
+    """A digest of PE object ``pe``'s state, pickled, to tell whether a call changed it: its
+    ``checkpoint()`` hook's where it has one, else every attribute of its own (those in
+    ``pickleIgnore`` too: a file it reads from is state). None if that cannot be pickled (or the
+    hook raises): unknown. A digest, not the pickle: a root that holds a large table keeps one copy."""
     hook = getattr(pe, "checkpoint", None)
     try:
         state = ("hook", hook()) if callable(hook) else ("dict", {k: v for k, v in vars(pe).items() if k not in WIRED})
-        return pickle.dumps(state, protocol=5)
+        return hashlib.blake2b(pickle.dumps(state, protocol=5), digest_size=32).digest()
     except Exception:
         return None
 

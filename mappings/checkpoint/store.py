@@ -277,7 +277,8 @@ def check_resumable(ctx: Any, restored: Restored) -> None:
     """Refuse, in one line, a resume whose graph, inputs or mapping differ from the checkpoint's."""
     current, then = ctx.identity(), restored.manifest.get("identity") or {}
     where = f"checkpoint {restored.seq} of {ctx.results}"
-    if set(current) - set(then):
+    # (a checkpoint of the version before "layout" is checked by its total of instances alone)
+    if set(current) - set(then) - {"layout"}:
         raise ResumeError(f"{where} lacks {', '.join(sorted(set(current) - set(then)))}: it was not written by this "
                           "d4p-hpc version; start a new run instead")
     if current["graph_sha256"] != then["graph_sha256"]:
@@ -294,6 +295,11 @@ def check_resumable(ctx: Any, restored: Restored) -> None:
     if current["states"] == "instance" and current["instances"] != then["instances"]:
         raise ResumeError(f"{where} has {then['instances']} PE instances and -m {ctx.mapping} -n {ctx.processes} "
                           f"makes {current['instances']}; resume with -n {then['processes']}")
+    if current["states"] == "instance" and then.get("layout") and current["layout"] != then["layout"]:
+        key, was, now = next((k, n, current["layout"].get(k)) for k, n in then["layout"].items()
+                             if current["layout"].get(k) != n)
+        raise ResumeError(f"{where} has PE {key} in {was} instances and -m {ctx.mapping} -n {ctx.processes} gives it "
+                          f"{now}: a numprocesses changed since; resume with the numprocesses the run had")
     if current["states"] == "worker" and current["processes"] != then["processes"]:
         raise ResumeError(f"{where} holds the PE copies of {then['processes']} workers; resume with "
                           f"-n {then['processes']}")

@@ -256,6 +256,7 @@ class Driver:
         gid, node = inst.gid, inst.node
         probing = self.ctx.processes > 1 and not self.ctx.plan.stateful(node)
         probed, entry, slowest, spread = 0, ENTRY_TASKS, 0.0, 0
+        after: bytes | None = None
         for item in root_feed(self.ctx.feeds.get(node.index, 0), self.fed[gid]):
             if probed == PROBE_CALLS:
                 self.runtime.queue_call(gid, item)
@@ -267,12 +268,14 @@ class Driver:
                     self._ship()
                 self._write_point()
                 continue
-            before = pe_state.fingerprint(inst.pe) if probing else None
+            # (a call that left the state as it was: its state after is the next one's before)
+            before = (after or pe_state.fingerprint(inst.pe)) if probing else None
             started = time.perf_counter()
             self.runtime.feed(inst, item)
             slowest = max(slowest, time.perf_counter() - started)
             self.fed[gid] += 1
-            if before is not None and pe_state.fingerprint(inst.pe) == before:
+            after = pe_state.fingerprint(inst.pe) if before is not None else None
+            if before is not None and after == before:
                 probed += 1
                 # entries of about SLOW_UNIT of work by the slowest call seen: slow calls one by one
                 entry = max(1, min(ENTRY_TASKS, int(SLOW_UNIT / slowest) if slowest else ENTRY_TASKS))

@@ -33,7 +33,7 @@ from d4p_hpc.mappings.runtime import replay
 from d4p_hpc.mappings.runtime.core import Runtime
 from d4p_hpc.mappings.runtime.hosting import Instance, calls_under_way, pe_copy
 from d4p_hpc.mappings.runtime.sink import Sink
-from d4p_hpc.mappings.runtime.spread import Unchanged
+from d4p_hpc.mappings.runtime.spread import Unchanged, silenced
 from d4p_hpc.mappings.runtime.plan import Plan
 
 #: The queues of a dynamic run besides a stateful instance's own (named by its gid), as an outbox
@@ -242,7 +242,11 @@ class TaskRuntime(Runtime):
         if label is not None:
             inst.index = label  # a PE's copies are told apart by the process that ran them
         self._wire(inst)
-        self._call(inst, inst.pe.preprocess)
+        if self.proc and not self.plan.incoming(node.index):
+            with silenced(inst.pe):  # a worker's copy of a spread root: the driver's writes what preprocess writes
+                self._call(inst, inst.pe.preprocess)
+        else:
+            self._call(inst, inst.pe.preprocess)
         return inst
 
     # --- units -----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from d4p_hpc.mappings.runtime.hosting import Instance, Route, Writer, make_logge
 from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.process import Aborted, PEFailed
 from d4p_hpc.mappings.runtime.sink import Sink
-from d4p_hpc.mappings.runtime.spread import ROOT_CALL, Spread, Unchanged
+from d4p_hpc.mappings.runtime.spread import ROOT_CALL, Spread, Unchanged, silenced
 from d4p_hpc.supervisor import Interrupted
 from d4p_hpc.workflow import WRITER
 
@@ -416,7 +416,11 @@ class Runtime:
     def run(self) -> None:
         """Run until every local instance has finished, then send what is left."""
         for inst in self.local.values():
-            self._call(inst, inst.pe.preprocess)
+            if inst.gid in self.helpers:
+                with silenced(inst.pe):  # (its first instance writes what preprocess writes, once)
+                    self._call(inst, inst.pe.preprocess)
+            else:
+                self._call(inst, inst.pe.preprocess)
         if self.restored is not None:
             self._restore()
             # the checkpoint's items in flight first: their senders sent them before anything they send now,

@@ -81,7 +81,8 @@ class RunContext:
         return {"graph": self.graph_path, "graph_sha256": file_digest(self.graph_path), "attr": self.attr,
                 "inputs_sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest(),
                 "inputs": inputs, "mapping": self.mapping, "processes": self.processes,
-                "instances": self.plan.instances, "states": MAPPINGS[self.mapping].states}
+                "instances": self.plan.instances, "states": MAPPINGS[self.mapping].states,
+                "layout": {node.key: node.count for node in self.plan.pes}}
 
 
 def death(label: str, pid: int | None, code: int | None, results: Path) -> str | None:

@@ -12,21 +12,24 @@ outputs no one can trust.
 Under the static mappings a root has the instances it asks for (``numprocesses``, see
 :mod:`~d4p_hpc.mappings.runtime.plan`); its first instance reads the inputs and, once the root is
 found stateless, hands every other call to the next instance in turn (:data:`ROOT_CALL`), itself
-included. The others run ``preprocess`` but never ``postprocess``: calls left their state as it
-was, so the first instance's ``postprocess`` is the run's one, as in ``simple``. They end when the
-first one, after its last call, sends them its end of stream.
+included. The others run ``preprocess`` (what it writes dropped: :func:`silenced`) but never
+``postprocess``: calls left their state as it was, so the first instance's ``preprocess`` writes and
+``postprocess`` are the run's ones, as in ``simple``. They end when the first one, after its last
+call, sends them its end of stream.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from d4p_hpc.mappings.checkpoint import pe_state
 from d4p_hpc.mappings.runtime.hosting import Instance
 from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.process import PEFailed
+from d4p_hpc.workflow import WRITER
 
 #: A root's first calls, made in one place and each watched, before its others are spread
 PROBE_CALLS = 3
@@ -35,10 +38,31 @@ PROBE_CALLS = 3
 #: them); no PE's input can be named so.
 ROOT_CALL = "\0call"
 #: A copy's state is compared after this many of its spread calls (once per call cost a fast root a
-#: fifth of its speed), and after its last
+#: fifth of its speed), and after its last; and no more often than its comparison takes this many
+#: times over (a root that holds a large table takes long to compare)
 CHECK_EVERY = 64
+CHECK_SPACING = 20
 #: A call that takes longer is sent to its instance at once, not batched with the next ones
 SLOW_CALL = 0.001
+
+
+class _Dropped:
+    def write(self, data: Any) -> None:
+        pass
+
+
+@contextmanager
+def silenced(pe: Any) -> Iterator[None]:
+    """What PE object ``pe`` writes while the block runs is dropped."""
+    connections = pe.outputconnections.values()
+    saved = [connection.get(WRITER) for connection in connections]
+    for connection in connections:
+        connection[WRITER] = _Dropped()
+    try:
+        yield
+    finally:
+        for connection, writer in zip(connections, saved, strict=True):
+            connection[WRITER] = writer
 
 
 class Unchanged:
@@ -49,16 +73,21 @@ class Unchanged:
         self.over = over
         self.state = pe_state.fingerprint(inst.pe) if state is None else state
         self.calls = 0
+        self.checked = time.perf_counter()
+        self.cost = 0.0  # what a comparison took
 
     def called(self) -> None:
         """One more call made: look now and then."""
         self.calls += 1
-        if self.calls >= CHECK_EVERY:
+        if self.calls >= CHECK_EVERY and time.perf_counter() - self.checked >= CHECK_SPACING * self.cost:
             self.check()
 
     def check(self) -> None:
-        self.calls = 0
-        if pe_state.fingerprint(self.inst.pe) != self.state:
+        started = time.perf_counter()
+        same = pe_state.fingerprint(self.inst.pe) == self.state
+        self.calls, self.checked = 0, time.perf_counter()
+        self.cost = self.checked - started
+        if not same:
             key = self.inst.node.key
             raise PEFailed(key, f"root PE {key} changed its state in a call after its first {PROBE_CALLS} left it "
                            f"unchanged, so its calls were spread over {self.over} and the outputs cannot be trusted: "
@@ -77,6 +106,7 @@ class Spread:
         self.forward = forward
         self.probing = probing
         self.probed = 0
+        self.last: bytes | None = None
         self.watch: Unchanged | None = None
         self.turns = list(first.node.gids)
         self.turn = 0
@@ -96,13 +126,13 @@ class Spread:
             self.slow = time.perf_counter() - started > SLOW_CALL
             watch.called()
             return
-        before = pe_state.fingerprint(self.first.pe) if self.probing else None
+        # (a call that left the state as it was: its state after is the next one's before)
+        before = (self.last or pe_state.fingerprint(self.first.pe)) if self.probing else None
         started = time.perf_counter()
         make(self.first, item)
         self.slow = time.perf_counter() - started > SLOW_CALL
-        if before is None:
-            self.probing = False
-        elif pe_state.fingerprint(self.first.pe) != before:
+        self.last = pe_state.fingerprint(self.first.pe) if before is not None else None
+        if before is None or self.last != before:
             self.probing = False
         else:
             self.probed += 1

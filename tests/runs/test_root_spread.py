@@ -315,3 +315,71 @@ def test_a_spread_root_stopped_at_the_walltime_then_killed_then_resumed_gives_ea
     got, want = outputs(results), outputs(tmp_path / "simple")
     assert got == want, diff(got, want)
     assert not processes_mentioning(str(results))
+
+
+#: A root asking for $ROOT_INSTANCES instances (e.g. set in a job's environment), writing in its preprocess.
+ASKING_FROM_ENV = '''
+import os
+import time
+from dispel4py.base import GenericPE, IterativePE
+from dispel4py.workflow_graph import WorkflowGraph
+
+class Emit(GenericPE):
+    def __init__(self):
+        GenericPE.__init__(self)
+        self._add_input("n")
+        self._add_output("output")
+    def preprocess(self):
+        self.write("output", -1)
+    def process(self, inputs):
+        time.sleep(float(os.environ.get("EMIT_SECONDS", "0")))
+        self.write("output", inputs["n"])
+
+class Plus(IterativePE):
+    def _process(self, data):
+        return data + 1
+
+emit = Emit()
+emit.numprocesses = int(os.environ.get("ROOT_INSTANCES", "1"))
+graph = WorkflowGraph()
+graph.connect(emit, "output", Plus(), "input")
+'''
+
+
+@pytest.mark.parametrize("mapping", [*STATIC, "dyn_multi", pytest.param("dyn_redis", marks=needs_redis)])
+def test_what_a_spread_roots_preprocess_writes_is_written_once_as_by_simple(mapping, tmp_path):
+    """Its other instances (workers' copies) run preprocess too, but what it writes is the first's."""
+    graph = write_graph(tmp_path, ASKING_FROM_ENV)
+    assert run_simple(graph, {"Emit": [{"n": n} for n in range(CALLS)]}, tmp_path / "simple")["state"] == "COMPLETED"
+    proc = cli("run", graph, "-m", mapping, "-n", 4, "-d", DATA, "--results", tmp_path / "r",
+               env={"ROOT_INSTANCES": "3"})
+    assert proc.returncode == 0, explain(proc)
+    assert read_json(tmp_path / "r" / "metrics.json")["roots_spread"] == ["Emit"]
+    got, want = outputs(tmp_path / "r"), outputs(tmp_path / "simple")
+    assert got == want, diff(got, want)
+    assert got["Plus.output"][0] == 1  # -1 + 1, once
+
+
+def test_a_resume_whose_pes_have_other_instance_counts_is_refused_in_one_line(tmp_path):
+    """The same total of instances (4), shared otherwise: a root's numprocesses that came from the
+    environment changed between the segments. Resumed, the checkpoint's states and items in flight
+    would land on other instances."""
+    graph = write_graph(tmp_path, ASKING_FROM_ENV)
+    results = tmp_path / "r"
+    first = subprocess.Popen([*d4p_hpc_cmd(), "run", str(graph), "-m", "multi", "-n", "4", "-d", DATA, "--results",
+                              str(results), "--checkpoint"], env={**os.environ, "ROOT_INSTANCES": "1",
+                                                                  "EMIT_SECONDS": "0.5"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: (results / "run.json").exists() or first.poll() is not None)
+    first.send_signal(signal.SIGUSR1)  # the walltime: a checkpoint, then the run stops
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 138, out + err
+    refused = cli("run", graph, "-m", "multi", "-n", 4, "-d", DATA, "--results", results, "--resume",
+                  env={"ROOT_INSTANCES": "2"})
+    assert refused.returncode == 2, explain(refused)
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has PE Emit in 1 instances and -m multi -n 4 gives it 2: a numprocesses changed " \
+        "since; resume with the numprocesses the run had" in lines[0], refused.stderr
+    again = cli("run", graph, "-m", "multi", "-n", 4, "-d", DATA, "--results", results, "--resume",
+                env={"ROOT_INSTANCES": "1"})
+    assert again.returncode == 0, explain(again)

@@ -82,6 +82,13 @@ def test_results_and_report_of_a_run_in_four_segments_sum_every_segment(tmp_path
     assert f"{metrics['items']:,} items in {metrics['wall_seconds']:.2f} s" in shown.stdout, shown.stdout
     efficiency = re.search(r"CPU efficiency (\d+)% of 3 cores", shown.stdout)
     assert efficiency and int(efficiency[1]) <= 100, shown.stdout
+    # the run's time is its segments' together, in the header and in status (an outside attack saw the last one's)
+    clocks = [re.search(r"COMPLETED after (\d+):(\d+):(\d+)", shown.stdout),
+              re.search(r"COMPLETED\s+(\d+):(\d+):(\d+)", cli("status", results).stdout)]
+    for found in clocks:
+        assert found, shown.stdout
+        seconds = int(found[1]) * 3600 + int(found[2]) * 60 + int(found[3])
+        assert abs(seconds - metrics["wall_seconds"]) <= 1.5, (seconds, metrics["wall_seconds"])
 
     made = cli("report", results, "-o", tmp_path / "report.html")
     assert made.returncode == 0, explain(made)
