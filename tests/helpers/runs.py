@@ -10,9 +10,11 @@ test leaves behind are found in /proc, on every node of an emulated cluster.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -236,6 +238,27 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def complete_checkpoints(results: Path) -> set[int]:
+    """The numbers of the complete checkpoints of the run in ``results``."""
+    return {json.loads(p.read_text())["seq"] for p in (results / "checkpoints").glob("*/complete.json")}
+
+
+def kill_after_its_next_checkpoint(proc: subprocess.Popen, results: Path) -> bool:
+    """SIGKILL the process group of run ``proc`` (started in a session of its own) 0.3 s after a
+    checkpoint it completes in ``results``, unless it ends first; return, once nothing of it runs,
+    whether it was killed (a lost node: only its periodic checkpoints help)."""
+    seen = complete_checkpoints(results)
+    wait_for(lambda: complete_checkpoints(results) - seen or proc.poll() is not None, 60)
+    if proc.poll() is not None:
+        return False
+    time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    wait_for(lambda: not processes_mentioning(str(results)), 15)
+    return True
 
 
 def instances_of(results: Path, pe: str) -> list[dict]:

@@ -9,7 +9,6 @@ none twice. What must be refused is refused in one line, before anything runs.
 from __future__ import annotations
 
 import json
-import contextlib
 import os
 import pickle
 import signal
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.runs import (EXAMPLES, cli, d4p_hpc_cmd, diff, every_mapping, explain, kill_group, outputs,
-                          processes_mentioning, read_json, run_simple, wait_for)
+from helpers.runs import (EXAMPLES, cli, d4p_hpc_cmd, diff, every_mapping, explain, kill_after_its_next_checkpoint,
+                          kill_group, outputs, processes_mentioning, read_json, run_simple, wait_for)
 
 pytestmark = pytest.mark.xdist_group("checkpoints")  # one worker: the reference runs take 30 s
 GRAPH = EXAMPLES / "long_count.py"
@@ -101,14 +100,7 @@ def test_walltime_stop_then_sigkill_then_resume_gives_the_outputs_once(mapping, 
     assert not processes_mentioning(str(results))
     # segment 2 is killed outright, the whole process group: its periodic checkpoint is what is left
     second = start(mapping, results, "--checkpoint-every", "1", "--resume")
-    seen = {m["seq"] for m in manifests(results)}
-    wait_for(lambda: {m["seq"] for m in manifests(results)} - seen or second.poll() is not None, 60)
-    if second.poll() is None:
-        time.sleep(0.3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(second.pid, signal.SIGKILL)
-        second.communicate(timeout=30)
-        wait_for(lambda: not processes_mentioning(str(results)), 15)
+    if kill_after_its_next_checkpoint(second, results):
         # killed: it could not say so (mpi: its ranks, whose launcher died, end CANCELLED); or, on a
         # loaded machine, it had completed in those 0.3 s: nothing is left to resume then
         killed = read_json(results / "run.json")["state"]

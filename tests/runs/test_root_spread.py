@@ -15,8 +15,6 @@ at the walltime signal, killed and resumed gives every output once. Wall times (
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -25,8 +23,9 @@ import time
 import pytest
 
 from helpers.dynamic import needs_redis, write_graph
-from helpers.runs import (cli, d4p_hpc_cmd, diff, explain, instances_of, kill_group, outputs, processes_mentioning,
-                          read_json, run_simple, wait_for)
+from helpers.runs import (cli, complete_checkpoints, d4p_hpc_cmd, diff, explain, instances_of,
+                          kill_after_its_next_checkpoint, kill_group, outputs, processes_mentioning, read_json,
+                          run_simple, wait_for)
 
 #: A stateless root given its inputs (-d), each call sleeping a little longer for some numbers
 #: (skewed), so that a call is slow enough to be sent on its own.
@@ -267,10 +266,6 @@ STEADY_CALLS = 600
 STEADY = asking(SKEWED.replace("time.sleep(0.02 + 0.03 * (n % 3 == 0))", "time.sleep(0.01)"), "Emit")
 
 
-def _checkpoints(results) -> set[int]:
-    return {json.loads(p.read_text())["seq"] for p in (results / "checkpoints").glob("*/complete.json")}
-
-
 @pytest.mark.parametrize("mapping", STATIC)
 def test_a_spread_root_stopped_at_the_walltime_then_killed_then_resumed_gives_each_output_once(mapping, tmp_path):
     """Stopped at the walltime signal after a checkpoint (calls handed to its other instances in
@@ -288,7 +283,7 @@ def test_a_spread_root_stopped_at_the_walltime_then_killed_then_resumed_gives_ea
                                 start_new_session=True)
 
     first = start()
-    wait_for(lambda: _checkpoints(results) or first.poll() is not None, 60)
+    wait_for(lambda: complete_checkpoints(results) or first.poll() is not None, 60)
     assert first.poll() is None, first.communicate()
     time.sleep(0.3)
     first.send_signal(signal.SIGUSR1)
@@ -296,14 +291,7 @@ def test_a_spread_root_stopped_at_the_walltime_then_killed_then_resumed_gives_ea
     assert first.returncode == 138, out + err
     assert read_json(results / "run.json")["state"] == "TIMEOUT"
     second = start("--resume")
-    seen = _checkpoints(results)
-    wait_for(lambda: _checkpoints(results) - seen or second.poll() is not None, 60)
-    if second.poll() is None:
-        time.sleep(0.3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(second.pid, signal.SIGKILL)
-        second.communicate(timeout=30)
-        wait_for(lambda: not processes_mentioning(str(results)), 15)
+    if kill_after_its_next_checkpoint(second, results):
         if read_json(results / "run.json")["state"] != "COMPLETED":
             third = start("--resume")
             out, err = third.communicate(timeout=120)
