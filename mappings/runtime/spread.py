@@ -98,8 +98,8 @@ class Spread:
     """The calls of a root with several instances, made by ``first`` (the one that reads its inputs)
     until the root is found stateless, then by each instance in turn.
 
-    ``forward(gid, item)`` hands a call to instance ``gid`` (``flush``: at once);
-    ``probing``: whether its state is watched (not for a root that says ``stateful = True``)."""
+    ``forward(gid, item, now)`` hands a call to instance ``gid`` (``now``: not batched with later
+    ones); ``probing``: whether it may be spread (not a root that says ``stateful = True``)."""
 
     def __init__(self, first: Instance, forward: Callable[[int, Any, bool], None], probing: bool) -> None:
         self.first = first
@@ -139,10 +139,6 @@ class Spread:
             if self.probed == PROBE_CALLS:
                 self.watch = Unchanged(self.first, "its instances", before)
                 self.turn = 1  # the next call is another instance's: this one has made three in a row
-
-    @property
-    def spread(self) -> bool:
-        return self.watch is not None
 
     def close(self) -> None:
         """After the last call: its copy must still be as it was."""
