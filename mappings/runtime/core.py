@@ -397,7 +397,7 @@ class Runtime:
             else:
                 if (spread := self.spreads.get(inst.gid)) is not None:
                     spread.close()
-                    targets += spread.turns[1:]  # after the calls handed to them, on the same channels
+                    targets += list(inst.node.gids)[1:]  # after the calls handed to them, on the same channels
                 self._call(inst, inst.pe.postprocess)
             inst.done = True
             for gid in targets:

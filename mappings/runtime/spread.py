@@ -11,15 +11,18 @@ outputs no one can trust.
 
 Under the static mappings a root has the instances it asks for (``numprocesses``, see
 :mod:`~d4p_hpc.mappings.runtime.plan`); its first instance reads the inputs and, once the root is
-found stateless, hands every other call to the next instance in turn (:data:`ROOT_CALL`), itself
-included. The others run ``preprocess`` (what it writes dropped: :func:`silenced`) but never
-``postprocess``: calls left their state as it was, so the first instance's ``preprocess`` writes and
-``postprocess`` are the run's ones, as in ``simple``. They end when the first one, after its last
-call, sends them its end of stream.
+found stateless, hands the later calls round its instances (:data:`ROOT_CALL`), itself included,
+each round in a new order (a cost that repeats every K calls would otherwise land on one instance of
+K), drawn from a generator of fixed seed: a run hands out its calls as the same run did. The others
+run ``preprocess`` (what it writes dropped: :func:`silenced`) but never ``postprocess``: calls left
+their state as it was, so the first instance's ``preprocess`` writes and ``postprocess`` are the
+run's ones, as in ``simple``. They end when the first one, after its last call, sends them its end
+of stream.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -96,7 +99,7 @@ class Unchanged:
 
 class Spread:
     """The calls of a root with several instances, made by ``first`` (the one that reads its inputs)
-    until the root is found stateless, then by each instance in turn.
+    until the root is found stateless, then round its instances, each round in a new order.
 
     ``forward(gid, item, now)`` hands a call to instance ``gid`` (``now``: not batched with later
     ones); ``probing``: whether it may be spread (not a root that says ``stateful = True``)."""
@@ -110,14 +113,18 @@ class Spread:
         self.watch: Unchanged | None = None
         self.turns = list(first.node.gids)
         self.turn = 0
+        self.order = random.Random(first.gid)
         self.slow = False
 
     def call(self, make: Callable[[Instance, Any], None], item: Any) -> None:
         """Make the root's next call with ``item``: ``make(first, item)`` here, or on its turn's instance."""
         watch = self.watch
         if watch is not None:
+            if self.turn == len(self.turns):
+                self.order.shuffle(self.turns)
+                self.turn = 0
             gid = self.turns[self.turn]
-            self.turn = (self.turn + 1) % len(self.turns)
+            self.turn += 1
             if gid != self.first.gid:
                 self.forward(gid, item, self.slow)
                 return
@@ -138,7 +145,7 @@ class Spread:
             self.probed += 1
             if self.probed == PROBE_CALLS:
                 self.watch = Unchanged(self.first, "its instances", before)
-                self.turn = 1  # the next call is another instance's: this one has made three in a row
+                self.turn = 1  # the first round's next call is another's: this one has made three in a row
 
     def close(self) -> None:
         """After the last call: its copy must still be as it was."""

@@ -24,8 +24,8 @@ import pytest
 
 from helpers.dynamic import needs_redis, write_graph
 from helpers.runs import (cli, complete_checkpoints, d4p_hpc_cmd, diff, explain, instances_of,
-                          kill_after_its_next_checkpoint, kill_group, outputs, processes_mentioning, read_json,
-                          run_simple, wait_for)
+                          kill_after_its_next_checkpoint, kill_group, outputs, processes_mentioning, raw_items,
+                          read_json, run_simple, wait_for)
 
 #: A stateless root given its inputs (-d), each call sleeping a little longer for some numbers
 #: (skewed), so that a call is slow enough to be sent on its own.
@@ -371,3 +371,39 @@ def test_a_resume_whose_pes_have_other_instance_counts_is_refused_in_one_line(tm
     again = cli("run", graph, "-m", "multi", "-n", 4, "-d", DATA, "--results", results, "--resume",
                 env={"ROOT_INSTANCES": "1"})
     assert again.returncode == 0, explain(again)
+
+
+#: Writes each call's number with the process that made it.
+WHO = '''
+from dispel4py.base import GenericPE
+from dispel4py.workflow_graph import WorkflowGraph
+
+class Emit(GenericPE):
+    def __init__(self):
+        GenericPE.__init__(self)
+        self._add_input("n")
+        self._add_output("output")
+    def process(self, inputs):
+        self.write("output", [inputs["n"], self.rank])
+
+emit = Emit()
+emit.numprocesses = 3
+graph = WorkflowGraph()
+graph.add(emit)
+'''
+
+
+@pytest.mark.parametrize("mapping", STATIC)
+def test_calls_whose_cost_repeats_with_the_instance_count_do_not_all_land_on_one_instance(mapping, tmp_path):
+    """Every third call of 300 stands for a slow one: handed round in a fixed order, all of them would
+    go to one instance of the three (an outside attack: 3.1 s where 1.1 s was possible); each round's
+    order is drawn anew, so none gets more than 60 % of them. Counted, not timed."""
+    graph = write_graph(tmp_path, WHO)
+    data = '{"Emit": [' + ", ".join(f'{{"n": {n}}}' for n in range(300)) + "]}"
+    proc = cli("run", graph, "-m", mapping, "-n", 3, "-d", data, "--results", tmp_path / "r")
+    assert proc.returncode == 0, explain(proc)
+    made = [tuple(item) for item in raw_items(tmp_path / "r", "Emit", "output")]
+    assert sorted(n for n, _ in made) == list(range(300))
+    every_third = [rank for n, rank in made if n >= 3 and n % 3 == 0]
+    shares = {rank: every_third.count(rank) / len(every_third) for rank in set(every_third)}
+    assert len(shares) == 3 and max(shares.values()) <= 0.6, shares
