@@ -125,8 +125,9 @@ def show_calls(cell: Any) -> None:
     calls ``os._exit`` puts its PE index in ``cell`` (a shared ``multiprocessing.RawValue("i")``,
     -1: none) first, and a crash in native code writes the Python stack to the process's log.
 
-    (Only a forked process of a run calls this. Keeping ``cell`` up to date at every PE call
-    instead would cost each call about a third of what the runtime costs it.)"""
+    (Only a forked process of a run, or an mpi rank, calls this: ``cell`` is anything with a
+    ``value`` to set. Keeping it up to date at every PE call instead would cost each call about a
+    third of what the runtime costs it.)"""
     leave = os._exit
 
     def exit_showing(status: int) -> NoReturn:

@@ -27,12 +27,15 @@ from d4p_hpc import results as rd
 from d4p_hpc import supervisor
 from d4p_hpc.errors import RunFailed, UsageError
 from d4p_hpc.mappings.runtime.prepare import lock
+from d4p_hpc.mappings.runtime.hosting import show_calls
 from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, combine, end, run_process
 
 TAG_DATA = 11
 TAG_ABORT = 12
 MAX_IN_FLIGHT = 8
+#: a rank whose PE calls os._exit notes it in the results directory's parts, as this and its rank number
+EXIT_NOTE = "exit-"
 #: the sleeps between two polls of a waiting rank grow to this at once (a message in a busy stream) ...
 MAX_BACKOFF = 0.002
 #: ... then, once it has waited PATIENCE seconds, with the time waited, to a tenth of it, up to this:
@@ -128,6 +131,8 @@ def self_launch(ctx: RunContext) -> dict:
     from d4p_hpc.supervisor import SAFE_MODULE
 
     results_dir = str(ctx.results)
+    for stale in (ctx.results / rd.Layout.PARTS).glob(f"{EXIT_NOTE}*.json"):  # an earlier segment's
+        stale.unlink(missing_ok=True)
     # this process holds the run's lock (taken in prepare) for its ranks
     env = dict(os.environ, D4P_HPC_QUIET="1", **{LAUNCHER: str(os.getpid())})
     launcher = subprocess.Popen(launcher_argv(ctx.processes) + [sys.executable, *SAFE_MODULE, "d4p_hpc"]
@@ -161,15 +166,48 @@ def self_launch(ctx: RunContext) -> dict:
                        "error": {"pe": None, "process": None,
                                  "traceback": f"mpiexec was killed by signal {-code}; its ranks stopped"}})
     elif record["state"] == "RUNNING":
-        # a rank died without a word (killed, crashed): the run did not finish
-        record.update({"state": "FAILED", "exit_code": 1,
-                       "error": {"pe": None, "process": None,
-                                 "traceback": f"mpiexec exited with code {code} before the run finished"}})
+        # a rank died without a word (killed, crashed, os._exit in a PE): the run did not finish
+        why, pe, rank = f"mpiexec exited with code {code} before the run finished", None, None
+        for rank, pe in _exits(ctx):
+            why = f"rank {rank} exited with exit code {code}: PE {pe} called os._exit"
+            break
+        record.update({"state": "FAILED", "exit_code": 1, "error": {"pe": pe, "process": rank, "traceback": why}})
     else:
         return record
     record["ended"] = record.get("ended") or rd.now()
     rd.write_json(rd.Layout(results_dir).run, record)
     return record
+
+
+class _ExitNote:
+    """:func:`~d4p_hpc.mappings.runtime.hosting.show_calls`' cell for a rank, whose launcher shares no
+    memory with it: the PE that calls ``os._exit`` is noted in the results directory."""
+
+    def __init__(self, ctx: RunContext, rank: int) -> None:
+        self.path = ctx.results / rd.Layout.PARTS / f"{EXIT_NOTE}{rank:05d}.json"
+        self.plan = ctx.plan
+
+    @property
+    def value(self) -> int:
+        return -1
+
+    @value.setter
+    def value(self, index: int) -> None:
+        if index >= 0:
+            try:
+                rd.write_json(self.path, {"pe": self.plan.pes[index].key})
+            except Exception:  # noqa: BLE001 - the exit goes on whatever: a note is all this is
+                pass
+
+
+def _exits(ctx: RunContext) -> list[tuple[int, str]]:
+    """(rank, PE) of each rank whose PE called ``os._exit`` (see :class:`_ExitNote`)."""
+    found = []
+    for path in sorted((ctx.results / rd.Layout.PARTS).glob(f"{EXIT_NOTE}*.json")):
+        note = rd.read_json(path) if path.is_file() else None
+        if isinstance(note, dict) and isinstance(note.get("pe"), str):
+            found.append((int(path.stem[len(EXIT_NOTE):]), note["pe"]))
+    return found
 
 
 def _settled_record(results_dir: str, wait: float = RECORD_WAIT) -> dict | None:
@@ -319,6 +357,7 @@ def run(ctx: RunContext) -> dict:
             sys.exit(UsageError.exit_code)  # rank 0 says why
         raise UsageError(refused)
     transport = MpiTransport(comm, mpi)
+    show_calls(_ExitNote(ctx, rank))
     outcome = run_process(ctx, rank, transport, on_stop=lambda _o: transport.abort_others())
     if outcome.state == "COMPLETED":
         try:

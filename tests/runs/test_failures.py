@@ -67,7 +67,7 @@ def test_a_killed_process_fails_the_run(mapping, n, tmp_path):
     assert not left, left
 
 
-@pytest.mark.parametrize("mapping,n", [("simple", 1), ("multi", 2)], ids=["simple", "multi-n2"])
+@pytest.mark.parametrize("mapping,n", [("simple", 1), ("multi", 2), ("mpi", 2)], ids=["simple", "multi-n2", "mpi-n2"])
 def test_a_pe_that_ends_its_process_without_a_word_fails_the_run_naming_it(mapping, n, tmp_path):
     """os._exit in a PE (or a crash in native code): the run's own process supervises the one that
     ran it, so the run ends FAILED (exit code 1) naming the PE, not RUNNING with no word."""
