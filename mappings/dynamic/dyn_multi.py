@@ -29,8 +29,8 @@ from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.dynamic.loops import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop,
     died, driver_hold, final_outcome, join_workers)
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
-from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, RETURNED, SHARED_QUEUE, TaskRuntime, chunk, cut,
-    keep_notices, pack, refuse_stateful)
+from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, SHARED_QUEUE, TaskRuntime, keep_notices, pack,
+    refuse_stateful, shared_entries)
 
 #: The run's state, by Accounting's state code
 STATE_NAMES = (RUNNING, COMPLETED, "STOPPED")
@@ -100,9 +100,8 @@ class LocalBroker:
                 self._wake(ended=True)
                 return self.books.backlog()
             done, busy = self.books.values[1], self.books.values[2]
-            entries = cut(outbox.get(SHARED_QUEUE, []), self.workers, self.node_of.__getitem__,
-                          runtime.costs if runtime else {}, busy / done if done else None)
-            for entry in entries + chunk(outbox.get(RETURNED, []), self.workers):  # handed back: cost unknown
+            for entry in shared_entries(outbox, self.workers, self.node_of.__getitem__,
+                                        runtime.costs if runtime else {}, busy / done if done else None):
                 for payload in pack(entry):
                     self.queue.put(payload)
             for index in step.closing:

@@ -112,6 +112,13 @@ def chunk(tasks: list, workers: int, task_seconds: float | None = None, most: in
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
+def shared_entries(outbox: dict, workers: int, pe_of: Callable[[int], int], costs: dict[int, float],
+                   fallback: float | None) -> list[list]:
+    """The shared queue's entries of a unit's ``outbox``: the tasks it wrote (:func:`cut` by what they
+    cost) and those it handed back unrun (``RETURNED``: their cost proved out of date, so as if unknown)."""
+    return cut(outbox.get(SHARED_QUEUE, []), workers, pe_of, costs, fallback) + chunk(outbox.get(RETURNED, []), workers)
+
+
 def cut(tasks: list, workers: int, pe_of: Callable[[int], int], costs: dict[int, float],
         fallback: float | None) -> list[list]:
     """Queue entries of shared tasks. When a task of each of their PEs has a measured cost

@@ -39,7 +39,7 @@ from d4p_hpc.mappings.dynamic.autoscale import TICK
 from d4p_hpc.mappings.dynamic.loops import COMPLETED, READ_COUNT, RUNNING, Unit
 from d4p_hpc.mappings.dynamic.accounting import commit_fields
 from d4p_hpc.mappings.dynamic.tasks import (CONTROL_QUEUE, ENTRY_TASKS, RETURNED, SHARED_QUEUE, SLOW_UNIT, TaskRuntime,
-                                            chunk, cut, pack, truncate_parts)
+                                            pack, shared_entries, truncate_parts)
 from d4p_hpc.mappings.redis.keys import COMMIT, GROUP, REGISTER, Keys, pe_costs, stateful_gids, stop_run
 
 #: Heartbeats per claim idle time (the liveness key's time to live): three can be missed.
@@ -127,13 +127,10 @@ class RedisBroker:
         cost = self._task_seconds(unit, done, seconds)
         # what a task of each PE cost: here, as last measured, else over the pool
         costs = {**self._pe_costs, **runtime.costs} if runtime else self._pe_costs
-        for target, items in outbox.items():
-            if target == SHARED_QUEUE:
-                entries = cut(items, self.workers, lambda gid: node_of[gid].index, costs, cost)
-            elif target == RETURNED:  # their cost proved out of date: as if unknown
-                target, entries = SHARED_QUEUE, chunk(items, self.workers)
-            else:
-                entries = [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
+        queues = {target: [items[k:k + ENTRY_TASKS] for k in range(0, len(items), ENTRY_TASKS)]
+                  for target, items in outbox.items() if target not in (SHARED_QUEUE, RETURNED)}
+        queues[SHARED_QUEUE] = shared_entries(outbox, self.workers, lambda gid: node_of[gid].index, costs, cost)
+        for target, entries in queues.items():
             for entry in entries:
                 for payload in pack(entry):
                     streams.append(self.keys.stream(target))
