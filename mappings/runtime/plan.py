@@ -239,8 +239,8 @@ def _share(weights: list[int], total: int) -> list[int]:
 
 
 def _assign_counts(plan: Plan) -> None:
-    fixed = {p.index for p in plan.roots()
-             if not (plan.roots_spread and _requested(p) > 1 and not plan.stateful(p))}
+    asking = [p for p in plan.roots() if plan.roots_spread and _requested(p) > 1]  # for instances to spread over
+    fixed = {p.index for p in plan.roots()} - {p.index for p in asking if not plan.stateful(p)}
     fixed |= {c.dst for c in plan.connections if c.grouping == "global"}
     elastic = [p for p in plan.pes if p.index not in fixed]
     spare = max(0, plan.processes - len(fixed))
@@ -259,7 +259,7 @@ def _assign_counts(plan: Plan) -> None:
             for k, extra in zip(defaults, _share([1] * len(defaults), spare - sum(wants)), strict=True):
                 counts[k] += extra
     plan.notices += [f"root PE {node.key} asks for {_requested(node)} instances; it gets 1, as it says stateful = True"
-                     for node in plan.roots() if plan.roots_spread and _requested(node) > 1 and plan.stateful(node)]
+                     for node in asking if plan.stateful(node)]
     for node, want, count in zip(elastic, wants, counts if elastic else [], strict=True):
         node.count = count
         if count < want:

@@ -128,16 +128,14 @@ class Spread:
             if gid != self.first.gid:
                 self.forward(gid, item, self.slow)
                 return
-            started = time.perf_counter()
-            make(self.first, item)
-            self.slow = time.perf_counter() - started > SLOW_CALL
-            watch.called()
-            return
         # (a call that left the state as it was: its state after is the next one's before)
-        before = (self.last or pe_state.fingerprint(self.first.pe)) if self.probing else None
+        before = (self.last or pe_state.fingerprint(self.first.pe)) if self.probing and watch is None else None
         started = time.perf_counter()
         make(self.first, item)
         self.slow = time.perf_counter() - started > SLOW_CALL
+        if watch is not None:
+            watch.called()
+            return
         self.last = pe_state.fingerprint(self.first.pe) if before is not None else None
         if before is None or self.last != before:
             self.probing = False
