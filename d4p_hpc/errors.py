@@ -132,9 +132,9 @@ class Command(click.Command):
         try:
             return super().invoke(ctx)
         except D4pHpcError as err:
-            exc = click.ClickException(str(err))
-            exc.exit_code = err.exit_code
-            raise exc from None
+            # click reads the exit code from the class (a ClassVar since click 8.5)
+            refusal = type("Refused", (click.ClickException,), {"exit_code": err.exit_code})
+            raise refusal(str(err)) from None
 
 
 @contextlib.contextmanager

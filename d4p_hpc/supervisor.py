@@ -112,8 +112,23 @@ def raise_on_signals(hold: Any = None) -> None:
     on_signals(handler)
 
 
+def hold_stops() -> None:
+    """Keep stop signals pending until this process installs its handlers (:func:`on_signals` and
+    :func:`restore_signals` lift the hold). Once a run is recorded as RUNNING, a signal must reach a
+    handler that records its end, not the default action, which would leave it RUNNING; a process that
+    forks children installs its handlers after (they may pass a signal on to every child), and each
+    child inherits the hold, until it has handlers of its own (not its copy of the parent's).
+    Per thread: a thread that never handles signals (they are the main thread's) holds them for good."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+
+
+def release_stops() -> None:
+    """Lift :func:`hold_stops`: a signal held back reaches the handler now in place."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+
+
 def on_signals(handler: Any) -> None:
-    """Install ``handler`` (a callable, SIG_IGN or SIG_DFL) for every stop signal.
+    """Install ``handler`` (a callable, SIG_IGN or SIG_DFL) for every stop signal; lift :func:`hold_stops`.
 
     A run's processes install theirs through this module (this function, :func:`restore_signals`,
     :func:`deferred`). Two places call :mod:`signal` directly: the per-job Redis server
@@ -121,6 +136,7 @@ def on_signals(handler: Any) -> None:
     start (``d4p_hpc.schedulers.local``, which gives a job the defaults a batch system starts it with)."""
     for signum in STOPS:
         signal.signal(signum, handler)
+    release_stops()
 
 
 def ignore_signals() -> None:
@@ -132,6 +148,7 @@ def restore_signals() -> None:
     """Give the stop signals back their default behaviour (after a run in this process)."""
     for signum in STOPS:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    release_stops()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from d4p_hpc.errors import UsageError
 from d4p_hpc.jobs import index, progress
 from d4p_hpc.mappings.runtime.prepare import prepare
 from d4p_hpc.results import ResultsView, check_new
-from d4p_hpc.supervisor import inside_mpi_world
+from d4p_hpc.supervisor import inside_mpi_world, release_stops
 from d4p_hpc.units import plural
 from d4p_hpc.workflow.loader import default_results, parse_inputs
 
@@ -88,7 +88,10 @@ def run_here(graph: str, mapping: str = "simple", processes: int | None = None, 
                      f"ok: {plural(len(ctx.plan.pes), 'PE')}, {plural(ctx.plan.instances, 'instance')} under "
                      f"{mapping} with {plural(ctx.processes, 'process')}")
     with progress.live(ctx.results):
-        record = chosen.run(ctx)
+        try:
+            record = chosen.run(ctx)
+        finally:  # a run that failed before its handlers were in place must not leave this process deaf to stops
+            release_stops()
     return Ended(ctx.results, record, chosen)
 
 

@@ -15,7 +15,6 @@ import importlib
 from collections.abc import Iterable, Iterator
 
 import click
-from click.utils import make_default_short_help
 
 from d4p_hpc import __version__
 from d4p_hpc.errors import Command, one_line_usage
@@ -69,7 +68,9 @@ class _LazyGroup(Command, click.Group):
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))
         with formatter.section("Commands"):
-            formatter.write_dl([(name, make_default_short_help(COMMANDS[name][2], limit)) for name in names])
+            # a throwaway command's short help: click's own cut, without its helper deprecated in 8.5
+            formatter.write_dl([(name, click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit))
+                                for name in names])
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

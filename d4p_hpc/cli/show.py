@@ -99,7 +99,7 @@ def dump(job: api.Job, target: str, file: str | None, limit: int | None) -> None
     file is written whole or not at all (an item refused midway leaves none)."""
     items = itertools.islice(job.items(target), limit)
     if not file:
-        out = click.get_text_stream("stdout")
+        out = sys.stdout
         for item in items:
             out.write(json.dumps(item, default=repr) + "\n")
         return

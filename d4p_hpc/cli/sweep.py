@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -127,7 +128,7 @@ def results(sweep: Sweep) -> None:
 def show_items(sweep: Sweep, target: str, limit: int | None) -> None:
     """The items of ``target`` (PE.OUTPUT) of every task that has it, a JSON line each, with the
     task's index, name and values beside each item."""
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     for task in sweep.status().tasks:
         try:
             job = sweep.job(task.task.index)

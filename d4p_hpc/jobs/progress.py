@@ -33,6 +33,7 @@ from typing import TextIO
 from d4p_hpc import settings
 from d4p_hpc.errors import D4pHpcError, ResultsError
 from d4p_hpc.results import last_samples, read_graph
+from d4p_hpc.supervisor import hold_stops
 from d4p_hpc.units import clock
 
 LIVE_SECONDS = 1.0
@@ -268,6 +269,7 @@ def live(directory: str | Path, fd: int = 2) -> Iterator[None]:
     started = time.monotonic()
 
     def loop() -> None:
+        hold_stops()  # for good: a stop signal is the main thread's to handle, which holds them while it starts a run
         while not stop.wait(display.every):
             try:
                 prefix = f"{clock(int(time.monotonic() - started))}  "

@@ -218,8 +218,6 @@ def run(ctx: RunContext) -> dict:
         broker.set_pool(scaler.size)
     children = [mp.Process(target=_worker, args=(ctx, p, broker, os.getpid()), name=f"d4p-worker-{p}")
                 for p in range(1, workers + 1)]
-    for child in children:
-        child.start()
 
     def gone() -> bool:
         return any(c.exitcode not in (None, 0) for c in children)
@@ -231,15 +229,20 @@ def run(ctx: RunContext) -> dict:
             raise Aborted()
 
     drivers = []
+    hold = driver_hold(ctx)
 
     def make_driver(sink) -> Driver:
         drivers.append(Driver(ctx, TaskRuntime(ctx.plan, 0, sink, chain=False, restored=ctx.restored), broker,
                               scaler, watch))
-        return drivers[0]
+        return hold.made(drivers[0]) if hold is not None else drivers[0]
 
     try:
-        driver_outcome = run_process(ctx, 0, None, on_stop=broker.on_stop, make_runtime=make_driver,
-                                     hold=driver_hold(ctx, drivers))
+        for child in children:
+            child.start()
+        supervisor.raise_on_signals(hold=hold)  # stop signals are held since begin(), and in the workers too
+        driver_outcome = run_process(ctx, 0, None, on_stop=broker.on_stop, make_runtime=make_driver, hold=hold)
+    except supervisor.Interrupted as stop:  # before the driver's run began
+        driver_outcome = Outcome(stop.state, stop.signum)
     finally:
         if broker.state() != COMPLETED:
             broker.stop("CANCELLED")

@@ -418,15 +418,30 @@ class Driver:
         return extra
 
 
-def driver_hold(ctx: RunContext, drivers: list) -> Any:
-    """The driver's ``hold`` for the walltime signal (checkpoints on): its next checkpoint is the last."""
-    if not ctx.checkpoints:
-        return None
+class DriverHold:
+    """The driver's ``hold`` for the walltime signal (checkpoints on): its next checkpoint is the last.
+    The signal may come while the workers are forked, before the driver is made: it is kept for it."""
 
-    def hold(signum: int) -> None:
-        if drivers:
-            drivers[0].request_stop(signum)
-    return hold
+    def __init__(self) -> None:
+        self.driver: Driver | None = None
+        self.signum: int | None = None
+
+    def __call__(self, signum: int) -> None:
+        self.signum = signum
+        if self.driver is not None:
+            self.driver.request_stop(signum)
+
+    def made(self, driver: Driver) -> Driver:
+        """``driver`` is made: it gets the signal, if one came; return it."""
+        self.driver = driver
+        if self.signum is not None:
+            driver.request_stop(self.signum)
+        return driver
+
+
+def driver_hold(ctx: RunContext) -> DriverHold | None:
+    """The driver's hold, if checkpoints are on (else the walltime signal stops the run at once)."""
+    return DriverHold() if ctx.checkpoints else None
 
 
 def join_workers(children: list, grace: float = supervisor.GRACE_SECONDS) -> None:

@@ -42,7 +42,8 @@ from d4p_hpc.mappings.redis.conn import Connection, connect, import_redis, parse
 from d4p_hpc.mappings.dynamic.autoscale import Autoscaler
 from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc.mappings.runtime.sink import Sink
-from d4p_hpc.mappings.dynamic.loops import RUNNING, Driver, died, driver_hold, final_outcome, join_workers
+from d4p_hpc.mappings.dynamic.loops import (RUNNING, Driver, DriverHold, died, driver_hold, final_outcome,
+                                            join_workers)
 from d4p_hpc.mappings.redis.broker import RedisBroker, claim_idle, cut_unacknowledged
 from d4p_hpc.mappings.redis.server import RELEASE_TIMEOUT, RedisServer
 from d4p_hpc.mappings.redis.keys import Keys, forget, publish, stop_run
@@ -227,17 +228,21 @@ def run(ctx: RunContext) -> dict:
             mp.Process(target=_local_worker, args=(conn, {"id": run_id, **run_info}, ctx, os.getpid()),
                        name=f"d4p-worker-{p}")
             for p in range(1, ctx.processes + 1)]
-        for child in children:
-            child.start()
         scaler = Autoscaler(ctx.processes, t0) if ctx.mapping == "dyn_auto_redis" else None
         drivers: list[Driver] = []
+        hold = driver_hold(ctx)
         extra: dict = {}
         errors: list[dict] = []
         lost: list[bool] = []  # Redis found gone while stopping: every further call would only retry
         try:
+            for child in children:
+                child.start()
+            supervisor.raise_on_signals(hold=hold)  # stop signals are held since begin(), and in the workers too
             driver = run_process(ctx, 0, None, on_stop=lambda o: _tell_stop(broker, o, redis, lost),
-                                 make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers),
-                                 hold=driver_hold(ctx, drivers))
+                                 make_runtime=lambda sink: _driver(ctx, sink, broker, scaler, children, drivers, hold),
+                                 hold=hold)
+        except supervisor.Interrupted as stop:  # before the driver's run began
+            driver = Outcome(stop.state, stop.signum)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             driver = Outcome("FAILED", None, {"pe": None, "process": 0,
                                               "traceback": f"lost the Redis at {conn.display()}: {exc}"})
@@ -285,7 +290,7 @@ def _tell_stop(broker: RedisDriverBroker, outcome: Outcome, redis, lost: list) -
 
 
 def _driver(ctx: RunContext, sink: Sink, broker: RedisDriverBroker, scaler: Autoscaler | None, children: list,
-            made: list) -> Driver:
+            made: list, hold: DriverHold | None) -> Driver:
     runtime = TaskRuntime(ctx.plan, 0, sink, chain=False, restored=ctx.restored)
     broker.runtime = runtime
     started = time.monotonic()
@@ -329,7 +334,7 @@ def _driver(ctx: RunContext, sink: Sink, broker: RedisDriverBroker, scaler: Auto
                   f"python -m d4p_hpc.mappings.redis.worker --connection {Layout(ctx.results).redis}", flush=True)
 
     made.append(Driver(ctx, runtime, broker, scaler, watch))
-    return made[0]
+    return hold.made(made[0]) if hold is not None else made[0]
 
 
 def _wait_external(broker: RedisDriverBroker, timeout: float) -> None:

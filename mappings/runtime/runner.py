@@ -27,7 +27,8 @@ from d4p_hpc.mappings.runtime.core import Runtime, Transport
 from d4p_hpc.mappings.runtime.process import Aborted, PEFailed, redirect_output
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc import supervisor
-from d4p_hpc.supervisor import IO_FAILED, STOPPED, Interrupted, ignore_signals, raise_on_signals
+from d4p_hpc.supervisor import (IO_FAILED, STOPPED, Interrupted, hold_stops, ignore_signals, raise_on_signals,
+                                 release_stops)
 from d4p_hpc.mappings.runtime import totals
 from d4p_hpc.mappings.runtime.plan import Plan
 from d4p_hpc.mappings.runtime.sampler import sampling
@@ -171,6 +172,7 @@ def begin(ctx: RunContext) -> float:
     start (``ctx.created``) are removed, and a resumed run keeps its ``run.json`` as it was (the
     reserve is written first, and ``run.json`` is replaced whole or not at all)."""
     made: list[Path] = []
+    hold_stops()
     try:
         for sub in ("", rd.Layout.LOGS, rd.Layout.PARTS, rd.Layout.OUTPUTS):
             made += rd.new_private_dir(ctx.results / sub)
@@ -192,6 +194,7 @@ def begin(ctx: RunContext) -> float:
                                                      "resumed_from": ctx.restored.seq if ctx.restored else None})
     except OSError as exc:
         rd.remove_created([*ctx.created, *made])
+        release_stops()
         raise UsageError(f"cannot write the results directory {ctx.results}: {exc.strerror or exc}; "
                          "give a writable --results directory (or --results-root)") from None
     return time.time()
@@ -280,15 +283,15 @@ def run_process(ctx: RunContext, proc: int, transport: Transport | None,
     outcome = Outcome()
     snapshots = ctx.snapshots(proc) if make_runtime is None else None
     with redirect_output(ctx.results / rd.Layout.LOGS / f"{proc:05d}.log"):
-        raise_on_signals(hold=hold)
         try:
+            # a stop signal held since the run began (the parent's begin(), inherited) is raised here
+            raise_on_signals(hold=snapshots.request_stop if snapshots is not None else hold)
             if make_runtime is not None:
                 runtime = make_runtime(sink)
             else:
                 runtime = Runtime(ctx.plan, proc, sink, transport, ctx.feeds, copy.deepcopy, restored=ctx.restored)
                 if snapshots is not None:
                     runtime.checkpoints = ChandyLamport(runtime, snapshots)
-                    raise_on_signals(hold=snapshots.request_stop)
             with sampling(ctx, proc, sink, runtime):
                 runtime.run()
         except CheckpointFailed as failed:

@@ -92,10 +92,11 @@ def run(ctx: RunContext) -> dict:
             if child.pid is not None:
                 os.kill(child.pid, signum)
 
-    supervisor.raise_on_signals(hold=checkpoint_then_stop if ctx.checkpoints else None)
     try:
         for child in children:
             child.start()
+        # stop signals are held since begin(): one that came meanwhile reaches every child now
+        supervisor.raise_on_signals(hold=checkpoint_then_stop if ctx.checkpoints else None)
         stopped = _supervise(children, ctx.checkpoints)
     except supervisor.Interrupted as stop:
         stopped = Outcome(stop.state, stop.signum)
