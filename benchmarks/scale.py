@@ -94,8 +94,8 @@ It asserts nothing beyond that each run COMPLETED with every item through (the c
 quick tasks is filled to; a pool of W > 125 workers gets W x 0.4 ms): Redis's cost per item with the
 units of a pool this machine cannot hold, printed as ratios to the pool's own and as the workers one
 Redis core would feed at that cost. ``--work-ms`` makes ``Light`` sleep that long per item; ``--fan K``
-(dyn_redis) runs ``graph_fanout``, each root item becoming K items for ``Light`` (``--items`` counts
-those), so that the workers, not the driver, queue most tasks.
+runs ``graph_fanout`` (dyn_redis) and ``graph_fanout_grouped`` (hybrid_redis), each root item becoming K
+items for ``Light`` (``--items`` counts those), so that the workers, not the driver, queue most tasks.
 """
 import argparse
 import contextlib
@@ -131,6 +131,7 @@ LIGHT = HERE / "graphs" / "light.py"
 KEYS = 100  # light.KEYS: what Tally emits in postprocess
 #: graph variable per mapping; dyn_redis refuses the stateful Tally
 ATTR = {"dyn_redis": "graph_stateless", "hybrid_redis": "graph"}
+FAN_ATTR = {"dyn_redis": "graph_fanout", "hybrid_redis": "graph_fanout_grouped"}
 LOCK = "/tmp/heavy.lock"
 HEAVY = 16
 CLIENT_EVERY = 0.1
@@ -468,7 +469,7 @@ def measure(mapping: str, workers: int, items: int, timeout: float, tmp: Path, m
         if unit:
             env["D4P_HPC_UNIT_SECONDS"] = str(unit)
         env["LIGHT_WORK_MS"], env["LIGHT_FAN"] = str(work_ms), str(fan)
-        command = [d4p, "run", str(LIGHT), "-a", "graph_fanout" if fan else ATTR[mapping], "-m", mapping, "-n",
+        command = [d4p, "run", str(LIGHT), "-a", FAN_ATTR[mapping] if fan else ATTR[mapping], "-m", mapping, "-n",
                    str(workers), "-i", str(items // (fan or 1)), "--results", str(results)]
         connection = Layout(results).redis
         if relay:  # as python -m d4p_hpc.mappings.redis.server writes it where a node's limit needs the relays
@@ -765,12 +766,11 @@ def main() -> None:
     parser.add_argument("--unit-seconds", type=parse_floats, default=[None], help="D4P_HPC_UNIT_SECONDS values, "
                         "one row each (default: unset, the pool's own: 0.05 s up to 125 workers)")
     parser.add_argument("--work-ms", type=float, default=0.0, help="milliseconds Light sleeps per item (default 0)")
-    parser.add_argument("--fan", type=int, default=0, help="dyn_redis only: graph_fanout, each root item "
-                        "becoming FAN items for Light (--items counts those); default 0: graph_stateless")
+    parser.add_argument("--fan", type=int, default=0, help="graph_fanout (dyn_redis) and graph_fanout_grouped "
+                        "(hybrid_redis), each root item becoming FAN items for Light (--items counts those); "
+                        "default 0: graph_stateless and graph")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args()
-    if args.fan and args.mappings != "dyn_redis":
-        parser.error("--fan goes with --mappings dyn_redis")
     workers = args.workers or ([4, 16] if args.quick else [8, 32, 128])
     items = args.items or (40_000 if args.quick else 400_000)
     timeout = args.timeout or (60 if args.quick else 900)

@@ -18,6 +18,8 @@ graph_stateless
     that refuse stateful PEs.
 graph_fanout
     ``Numbers -> Fan -> Light -> Tag -> Report``: each number becomes ``$LIGHT_FAN`` (100).
+graph_fanout_grouped
+    ``Numbers -> Fan -> Light -> Tally -> Report``: the same fan-out into the grouped ``Tally``.
 
 ``Report`` prints one line ``BENCH-RESULT {"records": R, "count": C, "sum": S}`` per
 instance in ``postprocess``; the benchmark adds these lines up and compares them with the
@@ -135,3 +137,5 @@ graph = pipeline(Light(), Tally())
 graph_stateless = pipeline(Light(), Tag())
 #: ``Numbers -> Fan -> Light -> Tag -> Report``: ``-i N`` gives N x $LIGHT_FAN items to Light
 graph_fanout = pipeline(Fan(), Light(), Tag())
+#: ``Numbers -> Fan -> Light -> Tally -> Report``: the same, into the grouped ``Tally`` (hybrid_redis)
+graph_fanout_grouped = pipeline(Fan(), Light(), Tally())

@@ -101,7 +101,7 @@ class LocalBroker:
                 return self.books.backlog()
             done, busy = self.books.values[1], self.books.values[2]
             for entry in shared_entries(outbox, self.workers, self.node_of.__getitem__,
-                                        runtime.costs if runtime else {}, busy / done if done else None):
+                                        runtime.known_costs({}) if runtime else {}, busy / done if done else None):
                 for payload in pack(entry):
                     self.queue.put(payload)
             for index in step.closing:

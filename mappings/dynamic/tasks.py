@@ -30,7 +30,7 @@ from d4p_hpc import settings
 from d4p_hpc.errors import MappingError
 from d4p_hpc.mappings.checkpoint import pe_state, store
 from d4p_hpc.mappings.runtime import replay
-from d4p_hpc.mappings.runtime.core import Runtime
+from d4p_hpc.mappings.runtime.core import MAX_DEPTH, Runtime
 from d4p_hpc.mappings.runtime.hosting import Instance, calls_under_way, pe_copy
 from d4p_hpc.mappings.runtime.sink import Sink
 from d4p_hpc.mappings.runtime.spread import Unchanged, silenced
@@ -62,6 +62,9 @@ COMMIT_SECONDS = 200e-6 / 0.5
 #: it has not run (see TaskRuntime.run_tasks): a shorter one is not worth a second commit (128 tasks
 #: of unknown cost, 1 ms each, would otherwise be cut in two)
 SPLIT_AFTER = 1.0
+#: Calls of a PE run at once (chained) that are timed while no unit of its tasks has run here: the
+#: quickest is its cost (see TaskRuntime.sampled)
+SAMPLES = 8
 #: A unit (an entry's tasks) that takes longer is slow: slow tasks travel in small entries, so that
 #: they spread over the pool, and workers read one entry at a time.
 SLOW_UNIT = 0.05
@@ -201,20 +204,28 @@ class TaskRuntime(Runtime):
         self._roots: dict[int, Unchanged] = {}
         #: seconds a queued task of each PE (by index) took here, with what it ran at once: its last unit's mean
         self.costs: dict[int, float] = {}
+        #: the same, of PEs not run here as tasks yet: the quickest of their first calls run at once (chained;
+        #: the first of a worker may wait for the machine, as every worker starts) and how many were timed
+        self.sampled: dict[int, float] = {}
+        self._samples: dict[int, int] = {}
         #: the same, of the last unit's PEs only (the pool's figures: the last unit committed wins)
         self.unit_costs: dict[int, float] = {}
+        #: seconds spent making this process's copies of PEs (see copy_of)
+        self.hosting = 0.0
 
     # --- hosting ---------------------------------------------------------------------------------
     def copy_of(self, index: int) -> Instance:
         """This process's copy of PE ``index``, preprocessed when first needed."""
         inst = self.copies.get(index)
         if inst is None:
+            began = time.perf_counter()
             node = self.plan.pes[index]
             inst = self._host(node.first_gid, self.proc)
             self.copies[index] = inst
             saved = self.restored.copies(self.proc).get(index) if self.restored is not None else None
             if saved is not None:
                 self._call(inst, pe_state.restore, inst.pe, saved)
+            self.hosting += time.perf_counter() - began
         return inst
 
     def own(self, gid: int) -> Instance:
@@ -296,6 +307,11 @@ class TaskRuntime(Runtime):
         self.costs.update(self.unit_costs)
         return done
 
+    def known_costs(self, pool: dict[int, float]) -> dict[int, float]:
+        """What a task of each PE costs (seconds, by PE index), as best known here: by this process's last
+        unit of them, else by the pool's (``pool``), else by the calls it ran at once."""
+        return {**self.sampled, **pool, **self.costs}
+
     def queue_call(self, gid: int, inputs: Any) -> None:
         """Queue one call of root ``gid`` for any worker (a spread root: see :mod:`~d4p_hpc.mappings.dynamic.loops`)."""
         self.unsent.setdefault(SHARED_QUEUE, []).append((gid, ROOT_CALL, inputs))
@@ -338,7 +354,20 @@ class TaskRuntime(Runtime):
             self.unsent.setdefault(gid, []).append((gid, input_name, data))
         elif self._budget > 0:
             self._budget -= 1
-            self._local(self.copy_of(node.index), input_name, data)
+            inst = self.copy_of(node.index)
+            index = node.index
+            if index in self.costs or self._samples.get(index, 0) >= SAMPLES or self._depth >= MAX_DEPTH \
+                    or self._deferred:  # (then not this call alone)
+                self._local(inst, input_name, data)
+            else:
+                # a cost for free: a fan-out's tasks for this PE are queued in entries filled by it (see cut),
+                # not by the writer's, before any unit of them has run
+                began, hosting = time.perf_counter(), self.hosting
+                self._local(inst, input_name, data)
+                # less the copies its chain made on the way (deep copies, preprocess: once per worker)
+                took = time.perf_counter() - began - (self.hosting - hosting)
+                self.sampled[index] = min(took, self.sampled.get(index, took))
+                self._samples[index] = self._samples.get(index, 0) + 1
             return
         else:
             self.unsent.setdefault(SHARED_QUEUE, []).append((gid, input_name, data))

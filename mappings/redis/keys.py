@@ -70,7 +70,8 @@ class Keys:
 #: :class:`~d4p_hpc.mappings.dynamic.accounting.Accounting` in Redis. ARGV[1]: JSON of
 #: :func:`~d4p_hpc.mappings.dynamic.accounting.commit_fields` plus ``prefix``, the unit's
 #: ``stream`` and ``ref`` (absent for the driver), ``sizes`` (part file -> acknowledged bytes),
-#: ``costs`` (a shared unit's seconds per task, by PE) and ``entries`` (stream suffixes);
+#: ``costs`` (a shared unit's seconds per task, by PE) and ``entries`` (stream suffixes); ``ref`` is a
+#: list for the entries of an owned instance taken together (:func:`~d4p_hpc.mappings.redis.broker.merge_owned`);
 #: ARGV[1 + k] is the payload of ``entries[k]``. Returns
 #: {1, backlog, completed}, {0, 0} if another worker committed the unit first, {2, 0} if the run has ended.
 COMMIT = r"""
@@ -78,8 +79,10 @@ local a = cjson.decode(ARGV[1])
 local p = a.prefix
 if redis.call('GET', p..'state') ~= 'RUNNING' then return {2, 0} end
 if a.ref then
-  if redis.call('XACK', p..a.stream, 'g', a.ref) == 0 then return {0, 0} end
-  redis.call('XDEL', p..a.stream, a.ref)
+  -- several entries of an owned instance's stream, taken as one unit (nobody else takes them: all or none)
+  local refs = type(a.ref) == 'table' and a.ref or {a.ref}
+  if redis.call('XACK', p..a.stream, 'g', unpack(refs)) == 0 then return {0, 0} end
+  redis.call('XDEL', p..a.stream, unpack(refs))
 end
 -- the walk only where a PE may have become ready (see Accounting.commit)
 local walk = a.close or a.finished or a.closed or (next(a.tasks) == nil and next(a.items) == nil)
