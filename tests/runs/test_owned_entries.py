@@ -30,7 +30,8 @@ def test_an_owned_instances_waiting_entries_are_one_unit_and_one_commit():
         client = conn.client()
         keys = Keys("owned")
         client.set(keys.state, "RUNNING")
-        client.set(keys.topo, json.dumps([{"i": 0, "root": True, "up": []}, {"i": 1, "root": False, "up": [0], "gids": [GID]}]))
+        client.set(keys.topo, json.dumps([{"i": 0, "root": True, "up": []},
+                                          {"i": 1, "root": False, "up": [0], "gids": [GID]}]))
         stream = keys.prefix + keys.stream(GID)
         for name in (stream, keys.tasks, keys.prefix + keys.stream(-2, 1)):
             client.xgroup_create(name, GROUP, id="0", mkstream=True)
