@@ -16,7 +16,7 @@ from d4p_hpc.errors import UsageError
 from d4p_hpc.jobs import index, progress
 from d4p_hpc.mappings.runtime.prepare import prepare
 from d4p_hpc.results import ResultsView, check_new
-from d4p_hpc.supervisor import inside_mpi_world, release_stops
+from d4p_hpc.supervisor import ignore_signals, inside_mpi_world
 from d4p_hpc.units import plural
 from d4p_hpc.workflow.loader import default_results, parse_inputs
 
@@ -90,8 +90,10 @@ def run_here(graph: str, mapping: str = "simple", processes: int | None = None, 
     with progress.live(ctx.results):
         try:
             record = chosen.run(ctx)
-        finally:  # a run that failed before its handlers were in place must not leave this process deaf to stops
-            release_stops()
+        finally:
+            # from its end (recorded, or refused) this process only reports and exits with the run's code: a
+            # second stop signal (a batch system's, after mpiexec passed the first on) must not kill it first
+            ignore_signals()
     return Ended(ctx.results, record, chosen)
 
 

@@ -25,7 +25,6 @@ from d4p_hpc.mappings.dynamic.accounting import Accounting, commit_fields, topol
 from d4p_hpc.mappings.dynamic.autoscale import Autoscaler
 from d4p_hpc.mappings.runtime.process import Aborted, die_with_parent
 from d4p_hpc import supervisor
-from d4p_hpc.supervisor import restore_signals
 from d4p_hpc.mappings.dynamic.loops import (COMPLETED, RUNNING, Driver, Unit, WorkerLoop,
     died, driver_hold, final_outcome, join_workers)
 from d4p_hpc.mappings.runtime.runner import Outcome, RunContext, begin, end, run_process
@@ -248,6 +247,5 @@ def run(ctx: RunContext) -> dict:
             broker.stop("CANCELLED")
         join_workers(children)
         broker.close()
-        restore_signals()
     extra = drivers[0].metrics() if drivers else {}
     return end(ctx, t0, final_outcome(ctx, driver_outcome, died(children, ctx.results)), extra)

@@ -458,9 +458,16 @@ def died(children: list, results: Path) -> list[dict]:
 
 def final_outcome(ctx: RunContext, driver: Outcome, errors: list[dict]) -> Outcome:
     """The run's outcome: the driver's PE failure, else a worker's (from its metrics part), else one of
-    ``errors`` (e.g. a worker that died), else the driver's own state (workers that only saw the run
-    stop report no error of their own)."""
+    ``errors`` (e.g. a worker that died), else, when the driver only saw the run stop (FAILED, no error of
+    its own), the signal a worker was stopped by (a SIGTERM sent to it alone: CANCELLED, as under the
+    static mappings), else the driver's own state."""
     if driver.error:
         return driver
-    found = [p["error"] for p in read_parts(ctx) if p["process"] != 0 and p.get("error")] + errors
-    return Outcome("FAILED", None, found[0]) if found else driver
+    parts = [p for p in read_parts(ctx) if p["process"] != 0]
+    found = [p["error"] for p in parts if p.get("error")] + errors
+    if found:
+        return Outcome("FAILED", None, found[0])
+    signalled = [p for p in parts if p.get("signum") and p.get("state") in supervisor.STOPS.values()]
+    if driver.state == "FAILED" and signalled:
+        return Outcome(signalled[0]["state"], signalled[0]["signum"])
+    return driver

@@ -48,16 +48,18 @@ RETURNED = -3
 #: Most tasks in one queue entry while their cost is unknown; what a worker reads at once.
 ENTRY_TASKS = 128
 #: Most tasks in one queue entry of tasks measured quick: entries are filled to :func:`unit_seconds`
-#: of work, so that quick tasks cost the broker a commit per few thousand, not per 128
-#: (``benchmarks/README.md``, "Scale"), and to at most :data:`ENTRY_BYTES`.
-QUICK_ENTRY_TASKS = 4096
+#: of work, so that quick tasks cost the broker a commit per thousands, not per 128 (a pool of 10,000
+#: workers at 1 ms per task fills entries of 15,000: ``benchmarks/broker_cost.py``), and to at most
+#: :data:`ENTRY_BYTES`.
+QUICK_ENTRY_TASKS = 16_384
 #: Most bytes of one pickled queue entry (of more than one task): large items travel in small
 #: entries, so that a worker's, the queue's and Redis's memory stay bounded.
 ENTRY_BYTES = 1 << 20
-#: The Redis CPU one commit costs with its requests, about 200 µs as measured (``benchmarks/README.md``,
-#: "Scale"), over the share of one core a pool's commits may take (a half): a pool's units last at
-#: least this long per worker, so that its commits stay within that share however many there are.
-COMMIT_SECONDS = 200e-6 / 0.5
+#: The Redis CPU of one entry's round (the commit that queues it, the read and the commit of the unit
+#: that runs it), about 750 µs for an entry of 10,000 tasks as measured (``benchmarks/broker_cost.py``),
+#: over the share of one core a pool's rounds may take (a half): a pool's units last at least this long
+#: per worker, so that their rounds stay within that share however many workers there are.
+COMMIT_SECONDS = 750e-6 / 0.5
 #: A unit that has run this long, and twice the work its entry was filled to, hands back the tasks
 #: it has not run (see TaskRuntime.run_tasks): a shorter one is not worth a second commit (128 tasks
 #: of unknown cost, 1 ms each, would otherwise be cut in two)
@@ -98,7 +100,7 @@ def keep_notices(plan: Plan) -> None:
 def unit_seconds(workers: int) -> float:
     """The work a queue entry of quick tasks is filled to: :data:`SLOW_UNIT`, and more in a pool
     so large that its commits would take more than their share of Redis (:data:`COMMIT_SECONDS`):
-    0.05 s up to 125 workers, 0.4 s at 1,000, 4 s at 10,000. ``$D4P_HPC_UNIT_SECONDS`` sets it: longer
+    0.05 s up to 33 workers, 1.5 s at 1,000, 15 s at 10,000. ``$D4P_HPC_UNIT_SECONDS`` sets it: longer
     units cost the broker less per task, and leave a stream's last tasks to fewer workers."""
     return settings.unit_seconds() or max(SLOW_UNIT, workers * COMMIT_SECONDS)
 

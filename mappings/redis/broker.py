@@ -32,6 +32,7 @@ import pickle
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 from d4p_hpc import settings
@@ -52,6 +53,11 @@ REDIS_TICK = 0.1
 #: While stateful instances have no host: how often to try to claim them, and for how long only a fair share.
 OWN_EVERY = 0.5
 OWN_GRACE = 3.0
+#: A queue entry's pickle longer than this is compressed (zlib, level 1) if that makes it a quarter
+#: shorter: Redis's cost of an entry of thousands of tasks is mostly its bytes, copied in and out
+#: (``benchmarks/broker_cost.py``: an entry of 15,000 light tasks, 0.06 µs per task as a pickle, 0.03
+#: compressed); the workers, which scale, pay for it (about 0.1 µs per task both ways).
+SQUEEZE_BYTES = 16 << 10
 #: Most entries of one owned instance read at once, run and committed as one unit. A unit of shared tasks
 #: writes an entry per instance its items go to, small when the instances are many (at 32 workers, an
 #: entry of 4,000 tasks gives 31 instances about 130 items each): each would otherwise cost a commit.
@@ -71,6 +77,21 @@ def cut_unacknowledged(results: Path, kept: dict[str, int], proc: int, sizes: di
 def claim_idle() -> float:
     """The configured claim idle time in seconds."""
     return settings.claim_idle()
+
+
+def squeeze(payload: bytes) -> bytes:
+    """A queue entry's pickle as it goes to Redis: compressed when long and compressible (see
+    :data:`SQUEEZE_BYTES`). A pickle begins with its protocol byte (0x80), zlib's stream with 0x78."""
+    if len(payload) > SQUEEZE_BYTES:
+        packed = zlib.compress(payload, 1)
+        if len(packed) < len(payload) * 3 // 4:
+            return packed
+    return payload
+
+
+def entry_items(raw: bytes) -> list:
+    """The tasks (or items) of a queue entry as read from Redis: what :func:`squeeze` made of its pickle."""
+    return pickle.loads(zlib.decompress(raw) if raw[:1] == b"\x78" else raw)
 
 
 def merge_owned(units: list[Unit]) -> list[Unit]:
@@ -156,7 +177,7 @@ class RedisBroker:
             for entry in entries:
                 for payload in pack(entry):
                     streams.append(self.keys.stream(target))
-                    payloads.append(payload)
+                    payloads.append(squeeze(payload))
         sizes = self.runtime.sink.sizes() if self.proc else {}
         fields.update(prefix=self.keys.prefix, entries=streams, sizes=sizes)
         if unit is not None:
@@ -311,7 +332,7 @@ class RedisBroker:
                 elif b"eos" in fields:
                     units.append(Unit(gid, [], ref.decode(), eos=True))
                 else:
-                    units.append(Unit(gid, pickle.loads(fields[b"b"]), ref.decode()))
+                    units.append(Unit(gid, entry_items(fields[b"b"]), ref.decode()))
         # an owned instance whose read was full may have more entries waiting: take them now, for one commit
         full = [gid for gid in self.runtime.owned if sum(u.gid == gid and not u.eos for u in units) >= self.count]
         if full and self.count < OWNED_ENTRIES:
@@ -320,7 +341,7 @@ class RedisBroker:
                     count=OWNED_ENTRIES - self.count) or []:
                 gid = int(stream.decode().rpartition(":")[2])
                 units += [Unit(gid, [], ref.decode(), eos=True) if b"eos" in fields else
-                          Unit(gid, pickle.loads(fields[b"b"]), ref.decode()) for ref, fields in entries]
+                          Unit(gid, entry_items(fields[b"b"]), ref.decode()) for ref, fields in entries]
         units = merge_owned(units)
         if woken:
             ctl = self.keys.prefix + self.keys.stream(CONTROL_QUEUE, self.proc)
@@ -350,7 +371,7 @@ class RedisBroker:
             self.client.pipeline(transaction=False).incrby(self.keys.redeliveries, len(claimed)) \
                 .hset(self.keys.taken, mapping={owners[ref]: 1 for ref, _ in claimed}).execute()
             print(f"took over {len(claimed)} entries of dead worker(s) {', '.join(sorted(dead))}", flush=True)
-        return [Unit(SHARED_QUEUE, pickle.loads(f[b"b"]), ref.decode()) for ref, f in claimed]
+        return [Unit(SHARED_QUEUE, entry_items(f[b"b"]), ref.decode()) for ref, f in claimed]
 
     def _own(self, now: float) -> None:
         """Claim stateful instances nobody hosts: a fair share at first, any leftovers later."""

@@ -263,8 +263,6 @@ def run(ctx: RunContext) -> dict:
                     forget(client, keys)
             except (redis.ConnectionError, redis.TimeoutError):
                 join_workers(children)  # Redis is gone: what it held is lost, but no worker may outlive us
-            finally:
-                supervisor.restore_signals()
     # a dead worker is no failure when others redid its work and the run completed
     errors += died(children, ctx.results) if driver.state != "COMPLETED" else []
     return end(ctx, t0, final_outcome(ctx, driver, errors), extra)

@@ -452,8 +452,11 @@ class RedisServer:
             client.close()
 
     def _restore_signal_handlers(self) -> None:
+        # only where ours is still in place: a run that began since has its own (or ignores stops, having
+        # ended): the saved default would let a late signal kill it before it records its end
         for signum, handler in self._saved_handlers.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) is _exit_on_signal:
+                signal.signal(signum, handler)
         self._saved_handlers = {}
 
     def _install_signal_handlers(self) -> None:

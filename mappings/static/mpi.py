@@ -145,7 +145,7 @@ def self_launch(ctx: RunContext) -> dict:
 
     supervisor.on_signals(forward)
     code = launcher.wait()
-    supervisor.restore_signals()
+    supervisor.ignore_signals()  # the ranks have recorded the run's end: a late signal must not change it
     record = _settled_record(results_dir)
     stop = stops[0] if stops else None
     if record is None:

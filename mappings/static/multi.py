@@ -106,7 +106,6 @@ def run(ctx: RunContext) -> dict:
         # after a normal end every child has exited already: the grace only bounds a stop; one stuck
         # after it is killed (what it flushed is kept), as none may outlive the run
         supervisor.stop(children, signum=passed_on)
-        supervisor.restore_signals()
     return end(ctx, t0, _outcome(ctx, children, stopped, [cell.value for cell in exits]))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 from d4p_hpc.mappings.dynamic.tasks import (ENTRY_BYTES, ENTRY_TASKS, QUICK_ENTRY_TASKS, SLOW_UNIT, chunk, cut, pack,
@@ -30,11 +31,12 @@ def test_quick_tasks_fill_entries_to_a_unit_of_work_up_to_the_cap_given():
 
 
 def test_a_large_pool_gets_longer_units_so_that_its_commits_keep_within_their_share_of_redis():
-    assert unit_seconds(1) == unit_seconds(125) == SLOW_UNIT
-    assert round(unit_seconds(1_000), 3) == 0.4
-    assert round(unit_seconds(10_000), 3) == 4.0
-    # at 10,000 workers, 1 ms tasks go in entries of 4,000: each worker commits every 4 s
-    assert sizes(chunk(list(range(8000)), workers=10_000, task_seconds=1e-3, most=QUICK_ENTRY_TASKS)) == [4000, 4000]
+    assert unit_seconds(1) == unit_seconds(33) == SLOW_UNIT
+    assert round(unit_seconds(1_000), 3) == 1.5
+    assert round(unit_seconds(10_000), 3) == 15.0
+    # at 10,000 workers, 1 ms tasks go in entries of 15,000: each worker commits every 15 s
+    assert sizes(chunk(list(range(30_000)), workers=10_000, task_seconds=1e-3, most=QUICK_ENTRY_TASKS)) == \
+        [15_000, 15_000]
 
 
 def test_an_entry_larger_than_its_byte_budget_is_halved_until_each_part_fits_or_holds_one_task():
@@ -73,3 +75,17 @@ def test_entries_are_filled_past_128_only_by_what_their_own_pes_cost():
 def test_the_pools_costs_per_pe_are_read_from_the_work_hash():
     work = {b"tasks": b"12", b"busy": b"3.0", b"backlog": b"7", b"c:1": b"0.05", b"c:12": b"1.25"}
     assert pe_costs(work) == {1: 0.05, 12: 1.25}
+
+
+def test_a_long_entry_goes_to_redis_compressed_when_that_pays_and_reads_back_whole():
+    from d4p_hpc.mappings.redis.broker import SQUEEZE_BYTES, entry_items, squeeze
+
+    quick = [(3, "input", k) for k in range(15_000)]  # a pool of 10,000's entry of 1 ms tasks
+    raw = pickle.dumps(quick, protocol=5)
+    assert len(raw) > SQUEEZE_BYTES and len(squeeze(raw)) < len(raw) // 4
+    assert entry_items(squeeze(raw)) == quick
+    noise = [(3, "input", os.urandom(64)) for _ in range(400)]  # incompressible: sent as it is
+    raw = pickle.dumps(noise, protocol=5)
+    assert squeeze(raw) == raw and entry_items(raw) == noise
+    small = pickle.dumps([(3, "input", 1)], protocol=5)
+    assert squeeze(small) == small and entry_items(small) == [(3, "input", 1)]
