@@ -60,6 +60,19 @@ def test_a_stop_signal_as_the_run_begins_ends_it_in_that_state(mapping, signum, 
         assert complete_checkpoints(results), "no checkpoint was taken before the stop"
 
 
+def start_running(mapping: str, results: Path) -> subprocess.Popen:
+    """A long run of g_long.py in a session of its own, seen RUNNING for 0.3 s (its processes started)."""
+    proc = subprocess.Popen([*d4p_hpc_cmd(), "run", str(DATA / "g_long.py"), "-m", mapping, "-n", "3", "-i",
+                             "1000000", "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while (read_json(results / "run.json") or {}).get("state") != "RUNNING" and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    return proc
+
+
 @pytest.mark.parametrize("mapping", ["simple", "multi", "dyn_multi", pytest.param("dyn_redis", marks=needs_redis),
                                      pytest.param("hybrid_redis", marks=needs_redis)])
 def test_stop_signals_after_the_first_do_not_change_how_the_run_ends(mapping, tmp_path):
@@ -70,15 +83,9 @@ def test_stop_signals_after_the_first_do_not_change_how_the_run_ends(mapping, tm
     Redis put back the default it had found at its start): a later signal killed the process, leaving
     run.json RUNNING."""
     results = tmp_path / "r"
-    proc = subprocess.Popen([*d4p_hpc_cmd(), "run", str(DATA / "g_long.py"), "-m", mapping, "-n", "3", "-i",
-                             "1000000", "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = start_running(mapping, results)
     try:
         deadline = time.monotonic() + 60
-        while (read_json(results / "run.json") or {}).get("state") != "RUNNING" and proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGUSR1)
         storm = 0
         while proc.poll() is None and time.monotonic() < deadline:
@@ -107,15 +114,8 @@ def test_sigterm_to_one_worker_of_dyn_multi_cancels_the_run_as_under_the_static_
     as when one process of multi gets it; before, the driver, which only saw the run stop, made it
     FAILED with no error at all."""
     results = tmp_path / "r"
-    proc = subprocess.Popen([*d4p_hpc_cmd(), "run", str(DATA / "g_long.py"), "-m", "dyn_multi", "-n", "3", "-i",
-                             "1000000", "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = start_running("dyn_multi", results)
     try:
-        deadline = time.monotonic() + 60
-        while (read_json(results / "run.json") or {}).get("state") != "RUNNING" and proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.5)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert children, "no worker found"
         os.kill(int(children[0]), signal.SIGTERM)
