@@ -91,7 +91,7 @@ It asserts nothing beyond that each run COMPLETED with every item through (the c
         --unit-seconds=-,0.4,4         # the units a larger pool gets ("-": the pool's own), side by side
 
 ``--unit-seconds`` runs each count once per value of ``D4P_HPC_UNIT_SECONDS`` (the work an entry of
-quick tasks is filled to; a pool of W > 125 workers gets W x 0.4 ms): Redis's cost per item with the
+quick tasks is filled to; a pool of W > 33 workers gets W x 1.5 ms): Redis's cost per item with the
 units of a pool this machine cannot hold, printed as ratios to the pool's own and as the workers one
 Redis core would feed at that cost. ``--work-ms`` makes ``Light`` sleep that long per item; ``--fan K``
 runs ``graph_fanout`` (dyn_redis) and ``graph_fanout_grouped`` (hybrid_redis), each root item becoming K
@@ -661,8 +661,8 @@ def projection(rows: list[dict]) -> list[str]:
 def paced_model(rows: list[dict]) -> list[str]:
     """What one Redis core feeds with the units a larger pool gets, from the rows that measured them.
 
-    A pool of W workers fills its entries of quick tasks to max(0.05 s, W x 0.4 ms) of work
-    (``d4p_hpc.mappings.dynamic.tasks.unit_seconds``): 4 s at 10,000 workers. The rows run with
+    A pool of W workers fills its entries of quick tasks to max(0.05 s, W x 1.5 ms) of work
+    (``d4p_hpc.mappings.dynamic.tasks.unit_seconds``): 15 s at 10,000 workers. The rows run with
     ``--unit-seconds`` measure Redis's cost per item with such units at the worker counts this machine
     holds; one core at that cost feeds 1e6 / (items per second a worker does x µs per item) workers."""
     done = [r for r in rows if r["status"] == "ok" and r.get("mode", "direct") == "direct"]
@@ -764,7 +764,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take (default 900)")
     parser.add_argument("--quick", action="store_true", help="4 and 16 workers, 40,000 items, 60 s timeout")
     parser.add_argument("--unit-seconds", type=parse_floats, default=[None], help="D4P_HPC_UNIT_SECONDS values, "
-                        "one row each (default: unset, the pool's own: 0.05 s up to 125 workers)")
+                        "one row each (default: unset, the pool's own: 0.05 s up to 33 workers)")
     parser.add_argument("--work-ms", type=float, default=0.0, help="milliseconds Light sleeps per item (default 0)")
     parser.add_argument("--fan", type=int, default=0, help="graph_fanout (dyn_redis) and graph_fanout_grouped "
                         "(hybrid_redis), each root item becoming FAN items for Light (--items counts those); "

@@ -1,7 +1,7 @@
 """Queue entries of the dynamic mappings, sized by a measured cost, never keep a stream that turns
 slow on one worker.
 
-Entries of tasks measured quick hold up to 4,096 of them. A stream whose tasks turn slow after many
+Entries of tasks measured quick hold up to 16,384 of them. A stream whose tasks turn slow after many
 quick ones is queued by the quick cost until a slow unit is measured, so one entry may take a slow
 tail whole: an outside attack saw a 400-task tail of 20 ms tasks run on one worker of four under
 ``dyn_redis`` and ``hybrid_redis`` (the pool's cost was then the run's mean, which stayed quick). A
