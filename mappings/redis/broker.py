@@ -141,6 +141,7 @@ class RedisBroker:
         self.workers = workers
         self.idle = idle
         self.beat = min(POOL_BEAT, idle / BEATS) if autoscaled else idle / BEATS
+        self.autoscaled = autoscaled
         self._commit = self.client.register_script(COMMIT)
         self.runtime: TaskRuntime  # set by attach (workers) or the driver, before any commit
         self.count = 1
@@ -248,9 +249,11 @@ class RedisBroker:
             pipe = client.pipeline(transaction=False)
             pipe.set(self.keys.alive(self.proc), 1, px=int(self.idle * 1000))
             pipe.get(self.keys.state)
-            pipe.get(self.keys.active)
             pipe.hgetall(self.keys.work)
-            _, state, active, work = pipe.execute()
+            if self.autoscaled:  # only the driver of an autoscaled run sets the pool (every beat counts at scale)
+                pipe.get(self.keys.active)
+            _, state, work, *pool = pipe.execute()
+            active = pool[0] if pool else None
         self._state = state.decode() if state else "GONE"
         self._pe_costs = pe_costs(work)
         parked = not self._active
